@@ -1,0 +1,141 @@
+/**
+ * The activities: every side effect of a stop. Each takes the provider name
+ * from the request and reconciles the backend's actual attachment state
+ * towards the workflow's desired one. Errors are mapped to ApplicationFailure
+ * types so retry policies can tell transient from final.
+ */
+import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
+import type { VolumeRef } from '../common/request';
+import { type AttachmentState, ForceUnsupportedError, PermanentProviderError, type Provider } from './provider';
+
+export interface ActivityDeps {
+  providers: ReadonlyMap<string, Provider>;
+  defaultProvider: string;
+  /** How often the detach wait asks the backend; each check is a heartbeat, never a history event. */
+  pollIntervalMs: number;
+  /** Called on every provider call and error, for metrics. Must not throw. */
+  observe?: (event: ProviderEvent) => void;
+}
+
+export type ProviderEvent =
+  | { kind: 'call'; provider: string; operation: string }
+  | { kind: 'error'; provider: string; operation: string; errorType: string };
+
+export interface VolumeTarget {
+  provider?: string | undefined;
+  instanceId: string;
+  volume: VolumeRef;
+}
+
+export interface DetachResult {
+  /** Attempt number of the activity that succeeded (1 = first try). */
+  attempts: number;
+}
+
+export interface WaitResult {
+  checks: number;
+  /** Times the backend had lost the request (volume back to `attached`) and it was sent again. */
+  rerequests: number;
+}
+
+export interface WaitHeartbeat {
+  checks: number;
+  state: AttachmentState;
+  since: string;
+}
+
+export function createActivities(deps: ActivityDeps) {
+  const resolve = (name: string | undefined): Provider => {
+    const chosen = name ?? deps.defaultProvider;
+    const provider = deps.providers.get(chosen);
+    if (!provider) {
+      throw ApplicationFailure.nonRetryable(
+        `provider "${chosen}" is not configured on this worker (configured: ${[...deps.providers.keys()].join(', ')})`,
+        'UnknownProvider',
+      );
+    }
+    return provider;
+  };
+
+  /** Runs one provider call, translating its errors into retryable or final failures. */
+  const call = async <T>(provider: Provider, operation: string, fn: () => Promise<T>): Promise<T> => {
+    deps.observe?.({ kind: 'call', provider: provider.name, operation });
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof CancelledFailure) throw err;
+      const error = err instanceof Error ? err : new Error(String(err));
+      deps.observe?.({ kind: 'error', provider: provider.name, operation, errorType: error.name });
+      if (error instanceof ForceUnsupportedError || error instanceof PermanentProviderError) {
+        throw ApplicationFailure.create({ message: error.message, type: error.name, nonRetryable: true, cause: error });
+      }
+      throw ApplicationFailure.create({ message: error.message, type: error.name, nonRetryable: false, cause: error });
+    }
+  };
+
+  /** Polls until `detached`, heartbeating each check so cancellation and worker loss are noticed. */
+  const pollUntilDetached = async (
+    provider: Provider,
+    target: VolumeTarget,
+    onAttached: (() => Promise<void>) | undefined,
+  ): Promise<WaitResult> => {
+    const ctx = Context.current();
+    const since = new Date().toISOString();
+    let checks = 0;
+    let rerequests = 0;
+    for (;;) {
+      const state = await call(provider, 'getAttachmentState', () =>
+        provider.getAttachmentState(target.instanceId, target.volume),
+      );
+      checks++;
+      if (state === 'detached') return { checks, rerequests };
+      if (state === 'attached' && onAttached) {
+        // Actual state drifted from desired (the backend dropped the request): ask again.
+        await onAttached();
+        rerequests++;
+      }
+      ctx.heartbeat({ checks, state, since } satisfies WaitHeartbeat);
+      await ctx.sleep(deps.pollIntervalMs);
+    }
+  };
+
+  return {
+    async listAttachedVolumes(input: { provider?: string | undefined; instanceId: string }): Promise<VolumeRef[]> {
+      const provider = resolve(input.provider);
+      return call(provider, 'listAttachedVolumes', () => provider.listAttachedVolumes(input.instanceId));
+    },
+
+    async detachVolume(target: VolumeTarget): Promise<DetachResult> {
+      const provider = resolve(target.provider);
+      await call(provider, 'detachVolume', () => provider.detachVolume(target.instanceId, target.volume));
+      return { attempts: Context.current().info.attempt };
+    },
+
+    async waitForDetached(target: VolumeTarget): Promise<WaitResult> {
+      const provider = resolve(target.provider);
+      return pollUntilDetached(provider, target, () =>
+        call(provider, 'detachVolume', () => provider.detachVolume(target.instanceId, target.volume)),
+      );
+    },
+
+    async forceDetachVolume(target: VolumeTarget): Promise<DetachResult & WaitResult> {
+      const provider = resolve(target.provider);
+      if (!provider.supportsForce) {
+        throw ApplicationFailure.nonRetryable(
+          `provider "${provider.name}" cannot force-detach volumes`,
+          'ForceUnsupported',
+        );
+      }
+      await call(provider, 'forceDetachVolume', () => provider.forceDetachVolume(target.instanceId, target.volume));
+      const waited = await pollUntilDetached(provider, target, undefined);
+      return { attempts: Context.current().info.attempt, ...waited };
+    },
+
+    async stopInstance(input: { provider?: string | undefined; instanceId: string }): Promise<void> {
+      const provider = resolve(input.provider);
+      await call(provider, 'stopInstance', () => provider.stopInstance(input.instanceId));
+    },
+  };
+}
+
+export type StopflowActivities = ReturnType<typeof createActivities>;

@@ -1,0 +1,341 @@
+/**
+ * `simulated`: a test double of a cloud, for demos and tests (DESIGN.md
+ * "Providers"). Volumes can be told to detach slowly, hang in `detaching`
+ * until forced, fail their first calls transiently, refuse force, or fail it.
+ * State lives in memory, or in a JSON file shared by the worker and the
+ * `stopflow sim` CLI so a person can seed a scenario and stop it from any client.
+ */
+import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import lockfile from 'proper-lockfile';
+import type { VolumeRef } from '../../common/request';
+import {
+  type AttachmentState,
+  ForceUnsupportedError,
+  PermanentProviderError,
+  type Provider,
+  TransientProviderError,
+} from '../provider';
+
+export type ForceBehavior = 'ok' | 'unsupported' | 'fails';
+
+export interface SimVolumeBehavior {
+  /** Time from the detach request to `detached`; 0 = at once. */
+  detachDelayMs: number;
+  /** Stays `detaching` until force-detached. */
+  hang: boolean;
+  /** The first N calls on this volume fail with a transient error. */
+  failFirst: number;
+  force: ForceBehavior;
+}
+
+export interface SimVolume {
+  volumeId: string;
+  device?: string;
+  state: AttachmentState;
+  behavior: SimVolumeBehavior;
+  detachRequestedAt?: number;
+  /** Transitions attached -> detaching: how often the backend really started a detach. */
+  detachStarts: number;
+  detachCalls: number;
+  forceCalls: number;
+  forced: boolean;
+  failuresServed: number;
+}
+
+export interface SimInstance {
+  instanceId: string;
+  state: 'running' | 'stopped';
+  volumes: SimVolume[];
+  stopCalls: number;
+  /** Volumes still attached when the instance was stopped: the leak stopflow exists to prevent. */
+  leakedAtStop: string[];
+}
+
+export interface SimCloud {
+  instances: Record<string, SimInstance>;
+}
+
+export const DEFAULT_BEHAVIOR: SimVolumeBehavior = { detachDelayMs: 0, hang: false, failFirst: 0, force: 'ok' };
+
+/** Where a cloud's state lives. `mutate` runs `fn` atomically against it. */
+export interface SimStore {
+  read(): Promise<SimCloud>;
+  mutate<T>(fn: (cloud: SimCloud) => T): Promise<T>;
+}
+
+export class MemorySimStore implements SimStore {
+  private cloud: SimCloud = { instances: {} };
+  async read(): Promise<SimCloud> {
+    return structuredClone(this.cloud);
+  }
+  async mutate<T>(fn: (cloud: SimCloud) => T): Promise<T> {
+    return fn(this.cloud);
+  }
+}
+
+/** JSON file guarded by a lock file, so the worker and the CLI can share it across processes. */
+export class FileSimStore implements SimStore {
+  constructor(readonly path: string) {}
+
+  async read(): Promise<SimCloud> {
+    try {
+      return JSON.parse(await readFile(this.path, 'utf8')) as SimCloud;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { instances: {} };
+      throw err;
+    }
+  }
+
+  async mutate<T>(fn: (cloud: SimCloud) => T): Promise<T> {
+    await mkdir(dirname(this.path), { recursive: true });
+    // proper-lockfile locks a path that must exist; lock the folder-level marker instead of the data file.
+    const marker = `${this.path}.lock-target`;
+    await writeFile(marker, '', { flag: 'a' });
+    const release = await lockfile.lock(marker, {
+      retries: { retries: 200, minTimeout: 5, maxTimeout: 100, factor: 1.5 },
+      stale: 10_000,
+    });
+    try {
+      const cloud = await this.read();
+      const result = fn(cloud);
+      const tmp = `${this.path}.${process.pid}.tmp`;
+      await writeFile(tmp, `${JSON.stringify(cloud, null, 2)}\n`);
+      await rename(tmp, this.path);
+      return result;
+    } finally {
+      await release();
+    }
+  }
+}
+
+export interface SimFaults {
+  /** Probability (0..1) that any call fails transiently, on top of per-volume behaviour. */
+  transientFailureRate?: number;
+  /** Random latency added to every call, in ms. */
+  latencyMs?: readonly [number, number];
+}
+
+export interface SeedVolume {
+  volumeId: string;
+  device?: string;
+  behavior?: Partial<SimVolumeBehavior>;
+}
+
+export class SimulatedProvider implements Provider {
+  readonly name: string;
+  readonly supportsForce = true;
+
+  constructor(
+    readonly store: SimStore,
+    private readonly faults: SimFaults = {},
+    name = 'simulated',
+  ) {
+    this.name = name;
+  }
+
+  // --- seeding and inspection, used by the `stopflow sim` CLI and tests ---
+
+  async addInstance(instanceId: string, volumes: SeedVolume[]): Promise<void> {
+    await this.store.mutate((cloud) => {
+      cloud.instances[instanceId] = {
+        instanceId,
+        state: 'running',
+        volumes: volumes.map((v) => newVolume(v)),
+        stopCalls: 0,
+        leakedAtStop: [],
+      };
+    });
+  }
+
+  /** Attaches a volume to an existing instance (e.g. a leftover attachment after a stop). */
+  async attachVolume(instanceId: string, volume: SeedVolume): Promise<void> {
+    await this.store.mutate((cloud) => {
+      const instance = requireInstance(cloud, instanceId);
+      const existing = instance.volumes.find((v) => v.volumeId === volume.volumeId);
+      if (existing) {
+        existing.state = 'attached';
+        delete existing.detachRequestedAt;
+      } else {
+        instance.volumes.push(newVolume(volume));
+      }
+    });
+  }
+
+  async instance(instanceId: string): Promise<SimInstance | undefined> {
+    return (await this.store.read()).instances[instanceId];
+  }
+
+  // --- Provider ---
+
+  async listAttachedVolumes(instanceId: string): Promise<VolumeRef[]> {
+    await this.chaos();
+    return this.store.mutate((cloud) => {
+      const instance = requireInstance(cloud, instanceId);
+      settle(instance, Date.now());
+      return instance.volumes
+        .filter((v) => v.state !== 'detached')
+        .map((v) => (v.device ? { volumeId: v.volumeId, device: v.device } : { volumeId: v.volumeId }));
+    });
+  }
+
+  async detachVolume(instanceId: string, volume: VolumeRef): Promise<void> {
+    await this.chaos();
+    await this.store.mutate((cloud) => {
+      const v = this.volumeFor(cloud, instanceId, volume.volumeId);
+      v.detachCalls++;
+      failIfScheduled(v, 'detach');
+      if (v.state === 'attached') {
+        v.state = 'detaching';
+        v.detachRequestedAt = Date.now();
+        v.detachStarts++;
+      }
+    });
+  }
+
+  async getAttachmentState(instanceId: string, volume: VolumeRef): Promise<AttachmentState> {
+    await this.chaos();
+    return this.store.mutate((cloud) => {
+      const v = this.volumeFor(cloud, instanceId, volume.volumeId);
+      failIfScheduled(v, 'describe');
+      settleVolume(v, Date.now());
+      return v.state;
+    });
+  }
+
+  async forceDetachVolume(instanceId: string, volume: VolumeRef): Promise<void> {
+    await this.chaos();
+    await this.store.mutate((cloud) => {
+      const v = this.volumeFor(cloud, instanceId, volume.volumeId);
+      v.forceCalls++;
+      if (v.behavior.force === 'unsupported') {
+        throw new ForceUnsupportedError(`simulated volume ${v.volumeId} does not support force-detach`);
+      }
+      if (v.behavior.force === 'fails') {
+        throw new TransientProviderError(
+          `simulated force-detach of ${v.volumeId} failed: volume still held by the host`,
+        );
+      }
+      failIfScheduled(v, 'force-detach');
+      if (v.state !== 'detached') {
+        v.state = 'detached';
+        v.forced = true;
+      }
+    });
+  }
+
+  async stopInstance(instanceId: string): Promise<void> {
+    await this.chaos();
+    await this.store.mutate((cloud) => {
+      const instance = requireInstance(cloud, instanceId);
+      settle(instance, Date.now());
+      instance.stopCalls++;
+      instance.leakedAtStop = instance.volumes.filter((v) => v.state !== 'detached').map((v) => v.volumeId);
+      instance.state = 'stopped';
+    });
+  }
+
+  async checkUsable(): Promise<void> {
+    await this.store.read();
+  }
+
+  private volumeFor(cloud: SimCloud, instanceId: string, volumeId: string): SimVolume {
+    const instance = requireInstance(cloud, instanceId);
+    const volume = instance.volumes.find((v) => v.volumeId === volumeId);
+    if (!volume) {
+      // A volume the cloud does not know is not attached to this instance: nothing to detach.
+      const ghost = newVolume({ volumeId });
+      ghost.state = 'detached';
+      instance.volumes.push(ghost);
+      return ghost;
+    }
+    return volume;
+  }
+
+  private async chaos(): Promise<void> {
+    const { latencyMs, transientFailureRate } = this.faults;
+    if (latencyMs) {
+      const [min, max] = latencyMs;
+      await new Promise((resolve) => setTimeout(resolve, min + Math.random() * (max - min)));
+    }
+    if (transientFailureRate && Math.random() < transientFailureRate) {
+      throw new TransientProviderError('simulated transient backend error (injected fault)');
+    }
+  }
+}
+
+function newVolume(seed: SeedVolume): SimVolume {
+  const volume: SimVolume = {
+    volumeId: seed.volumeId,
+    state: 'attached',
+    behavior: { ...DEFAULT_BEHAVIOR, ...seed.behavior },
+    detachStarts: 0,
+    detachCalls: 0,
+    forceCalls: 0,
+    forced: false,
+    failuresServed: 0,
+  };
+  if (seed.device) volume.device = seed.device;
+  return volume;
+}
+
+function requireInstance(cloud: SimCloud, instanceId: string): SimInstance {
+  const instance = cloud.instances[instanceId];
+  if (!instance) throw new PermanentProviderError(`simulated cloud has no instance ${instanceId}`);
+  return instance;
+}
+
+function failIfScheduled(v: SimVolume, what: string): void {
+  if (v.failuresServed < v.behavior.failFirst) {
+    v.failuresServed++;
+    throw new TransientProviderError(
+      `simulated ${what} of ${v.volumeId} failed transiently (${v.failuresServed}/${v.behavior.failFirst})`,
+    );
+  }
+}
+
+function settleVolume(v: SimVolume, now: number): void {
+  if (v.state !== 'detaching' || v.behavior.hang || v.detachRequestedAt === undefined) return;
+  if (now - v.detachRequestedAt >= v.behavior.detachDelayMs) v.state = 'detached';
+}
+
+function settle(instance: SimInstance, now: number): void {
+  for (const v of instance.volumes) settleVolume(v, now);
+}
+
+/**
+ * Parses the CLI's volume spec: `vol-a`, `vol-b:stuck`, `vol-c:slow=5s`,
+ * `vol-d:flaky=3`, `vol-e:stuck,no-force`, `vol-f:stuck,force-fails`,
+ * `vol-g@/dev/xvdf`.
+ */
+export function parseVolumeSpec(spec: string, parseMs: (text: string) => number | null | undefined): SeedVolume {
+  const [head = '', options = ''] = spec.split(/:(.*)/s, 2);
+  const [volumeId = '', device] = head.split('@', 2);
+  if (!/^[A-Za-z0-9._-]{1,255}$/.test(volumeId)) {
+    throw new Error(`volume spec "${spec}": the volume id must be 1-255 characters of [A-Za-z0-9._-]`);
+  }
+  const behavior: Partial<SimVolumeBehavior> = {};
+  for (const option of options.split(',').filter(Boolean)) {
+    const [key, value] = option.split('=', 2);
+    if (key === 'stuck' || key === 'hang') behavior.hang = true;
+    else if (key === 'no-force') behavior.force = 'unsupported';
+    else if (key === 'force-fails') behavior.force = 'fails';
+    else if (key === 'slow') {
+      const ms = value === undefined ? undefined : parseMs(value);
+      if (typeof ms !== 'number') throw new Error(`volume spec "${spec}": slow= needs a duration such as slow=5s`);
+      behavior.detachDelayMs = ms;
+    } else if (key === 'flaky') {
+      const n = Number(value);
+      if (!Number.isInteger(n) || n < 1)
+        throw new Error(`volume spec "${spec}": flaky= needs a whole number of failures such as flaky=3`);
+      behavior.failFirst = n;
+    } else {
+      throw new Error(
+        `volume spec "${spec}": unknown option "${option}" (known: stuck, slow=<duration>, flaky=<n>, no-force, force-fails)`,
+      );
+    }
+  }
+  const seed: SeedVolume = { volumeId, behavior };
+  if (device) seed.device = device;
+  return seed;
+}

@@ -1,0 +1,30 @@
+/**
+ * Names that other services depend on (see DESIGN.md "Names"). Changing any of
+ * these breaks callers that start, signal or query stops by name.
+ */
+import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
+
+export const DEFAULT_TASK_QUEUE = 'stopflow';
+export const WORKFLOW_TYPE = 'stopInstance';
+export const ABORT_SIGNAL = 'abort';
+export const SET_MAX_STOP_DURATION_UPDATE = 'setMaxStopDuration';
+export const STATUS_QUERY = 'status';
+/** Type of the ApplicationFailure a stop ends with when a volume could not be detached. */
+export const STOP_FAILED = 'StopFailed';
+/** Type of the ApplicationFailure raised when a request reaches the workflow invalid. */
+export const INVALID_STOP_REQUEST = 'InvalidStopRequest';
+
+export function workflowIdFor(instanceId: string): string {
+  return `stop-${instanceId}`;
+}
+
+export const StopPhaseKey = defineSearchAttributeKey('StopPhase', SearchAttributeType.KEYWORD);
+export const StopCauseKey = defineSearchAttributeKey('StopCause', SearchAttributeType.KEYWORD);
+export const StopForcedKey = defineSearchAttributeKey('StopForced', SearchAttributeType.BOOL);
+
+/** What `temporal operator search-attribute create` needs, for the dev server and start-up checks. */
+export const SEARCH_ATTRIBUTES = [
+  { name: 'StopPhase', type: 'Keyword' },
+  { name: 'StopCause', type: 'Keyword' },
+  { name: 'StopForced', type: 'Bool' },
+] as const;

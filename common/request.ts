@@ -1,0 +1,129 @@
+import { z } from 'zod';
+import { durationSchema, parseDuration } from './duration';
+
+/**
+ * StopRequest, the workflow's single argument (DESIGN.md "Input"). Two
+ * variants share one set of field rules: the strict one rejects unknown fields
+ * (client, CLI), the tolerant one ignores them (workflow), so that an older
+ * worker survives a newer client.
+ */
+export const INSTANCE_ID_RULE = 'must be 1-255 characters of [A-Za-z0-9._:-]';
+const ID_PATTERN = /^[A-Za-z0-9._:-]{1,255}$/;
+/** A single stop of more volumes than this is not an instance, it is a mistake (and a huge history). */
+export const MAX_VOLUMES = 256;
+
+const idSchema = (rule: string) => z.string({ error: `is required and ${rule}` }).regex(ID_PATTERN, { error: rule });
+
+export const volumeIdSchema = idSchema(INSTANCE_ID_RULE);
+
+const volumeFields = {
+  volumeId: volumeIdSchema,
+  device: z
+    .string()
+    .min(1, { error: 'must not be empty' })
+    .max(255, { error: 'must be at most 255 characters' })
+    .optional(),
+};
+
+const requestFields = (volume: z.ZodType<VolumeRef>) => ({
+  instanceId: idSchema(INSTANCE_ID_RULE),
+  volumes: z
+    .array(volume, { error: 'must be an array of { volumeId, device? }' })
+    .max(MAX_VOLUMES, { error: `must list at most ${MAX_VOLUMES} volumes` })
+    .refine((volumes) => new Set(volumes.map((v) => v.volumeId)).size === volumes.length, {
+      error: 'must not repeat a volumeId',
+    })
+    .optional(),
+  maxStopDuration: durationSchema.optional(),
+  reason: z.string({ error: 'must be a string' }).max(1024, { error: 'must be at most 1024 characters' }).optional(),
+  requestedBy: z.string({ error: 'must be a string' }).max(255, { error: 'must be at most 255 characters' }).optional(),
+  provider: z
+    .string({ error: 'must be a string' })
+    .regex(/^[a-z][a-z0-9-]{0,62}$/, { error: 'must be a provider name such as "simulated", "linux" or "aws"' })
+    .optional(),
+  forceGrace: durationSchema.optional(),
+});
+
+export interface VolumeRef {
+  volumeId: string;
+  device?: string | undefined;
+}
+
+export const strictStopRequestSchema = z.strictObject(requestFields(z.strictObject(volumeFields)));
+export const tolerantStopRequestSchema = z.looseObject(requestFields(z.looseObject(volumeFields)));
+
+export type StopRequest = z.input<typeof strictStopRequestSchema>;
+
+/** The request after validation, durations in milliseconds (`null` = off). */
+export interface NormalizedStopRequest {
+  instanceId: string;
+  volumes?: VolumeRef[];
+  maxStopDurationMs: number | null;
+  forceGraceMs: number | null;
+  reason?: string;
+  requestedBy?: string;
+  provider?: string;
+}
+
+export class StopRequestError extends Error {
+  constructor(
+    message: string,
+    readonly issues: string[],
+  ) {
+    super(message);
+    this.name = 'StopRequestError';
+  }
+}
+
+/** "volumes[1].volumeId: must be ..." — the field and the rule, one line per problem. */
+export function describeIssues(error: z.ZodError): string[] {
+  return error.issues.map((issue) => {
+    const path = issue.path.reduce<string>(
+      (acc, key) => (typeof key === 'number' ? `${acc}[${key}]` : acc ? `${acc}.${String(key)}` : String(key)),
+      '',
+    );
+    if (issue.code === 'unrecognized_keys') {
+      const where = path ? ` in ${path}` : '';
+      return `${issue.keys.join(', ')}: unknown field${issue.keys.length > 1 ? 's' : ''}${where} (allowed: instanceId, volumes, maxStopDuration, reason, requestedBy, provider, forceGrace)`;
+    }
+    return `${path || 'request'}: ${issue.message}`;
+  });
+}
+
+function normalize(parsed: z.output<typeof tolerantStopRequestSchema>): NormalizedStopRequest {
+  const out: NormalizedStopRequest = {
+    instanceId: parsed.instanceId,
+    maxStopDurationMs: parsed.maxStopDuration === undefined ? null : (parseDuration(parsed.maxStopDuration) ?? null),
+    forceGraceMs: parsed.forceGrace === undefined ? null : (parseDuration(parsed.forceGrace) ?? null),
+  };
+  if (parsed.volumes)
+    out.volumes = parsed.volumes.map((v) =>
+      v.device ? { volumeId: v.volumeId, device: v.device } : { volumeId: v.volumeId },
+    );
+  if (parsed.reason !== undefined) out.reason = parsed.reason;
+  if (parsed.requestedBy !== undefined) out.requestedBy = parsed.requestedBy;
+  if (parsed.provider !== undefined) out.provider = parsed.provider;
+  return out;
+}
+
+function parseWith(
+  schema: z.ZodType<z.output<typeof tolerantStopRequestSchema>>,
+  input: unknown,
+): NormalizedStopRequest {
+  const result = schema.safeParse(input);
+  if (!result.success) {
+    const issues = describeIssues(result.error);
+    throw new StopRequestError(`invalid StopRequest: ${issues.join('; ')}`, issues);
+  }
+  return normalize(result.data);
+}
+
+/** For clients and the CLI: unknown fields are errors. Throws StopRequestError. */
+export function parseStopRequest(input: unknown): NormalizedStopRequest {
+  return parseWith(strictStopRequestSchema, input);
+}
+
+/** For the workflow: unknown fields are ignored. Throws StopRequestError. */
+export function parseStopRequestTolerant(input: unknown): NormalizedStopRequest {
+  return parseWith(tolerantStopRequestSchema, input);
+}

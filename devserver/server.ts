@@ -1,0 +1,53 @@
+/** Starts a real Temporal dev server (never a fake) with stopflow's search attributes registered. */
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { StopCauseKey, StopForcedKey, StopPhaseKey } from '../common/names';
+import { type ResolveOptions, resolveTemporalCli } from './temporal-cli';
+
+export interface DevServerOptions extends ResolveOptions {
+  ip?: string;
+  /** gRPC port; a free one when omitted. */
+  port?: number;
+  /** Serve the Web UI on this port. */
+  uiPort?: number;
+  /** HTTP API port (Temporal's REST gateway). */
+  httpPort?: number;
+  /** SQLite file for persistence; in memory when omitted. */
+  dbFilename?: string;
+  logLevel?: 'debug' | 'info' | 'warn' | 'error';
+}
+
+export interface DevServer {
+  env: TestWorkflowEnvironment;
+  address: string;
+  uiUrl: string | undefined;
+  httpUrl: string | undefined;
+  cliPath: string | undefined;
+  stop(): Promise<void>;
+}
+
+export async function startDevServer(options: DevServerOptions = {}): Promise<DevServer> {
+  const cli = await resolveTemporalCli(options);
+  const ip = options.ip ?? '127.0.0.1';
+  const extraArgs: string[] = [];
+  if (options.httpPort) extraArgs.push('--http-port', String(options.httpPort));
+  const env = await TestWorkflowEnvironment.createLocal({
+    server: {
+      executable: cli.kind === 'path' ? { type: 'existing-path', path: cli.path } : { type: 'cached-download' },
+      ip,
+      ...(options.port ? { port: options.port } : {}),
+      ...(options.uiPort ? { ui: true, uiPort: options.uiPort } : {}),
+      ...(options.dbFilename ? { dbFilename: options.dbFilename } : {}),
+      log: { format: 'pretty', level: options.logLevel ?? 'warn' },
+      searchAttributes: [StopPhaseKey, StopCauseKey, StopForcedKey],
+      extraArgs,
+    },
+  });
+  return {
+    env,
+    address: env.address,
+    uiUrl: options.uiPort ? `http://${ip}:${options.uiPort}` : undefined,
+    httpUrl: options.httpPort ? `http://${ip}:${options.httpPort}` : undefined,
+    cliPath: cli.kind === 'path' ? cli.path : undefined,
+    stop: () => env.teardown(),
+  };
+}

@@ -1,0 +1,89 @@
+/** Test harness: a real worker on the run's dev server, on its own task queue, over a simulated cloud. */
+import { randomUUID } from 'node:crypto';
+import { Client, Connection } from '@temporalio/client';
+import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
+import { inject } from 'vitest';
+import type { Provider } from '../activities/provider';
+import { MemorySimStore, type SimFaults, SimulatedProvider } from '../activities/providers/simulated';
+import { StopflowClient } from '../client/stopflow-client';
+import { createStopflowWorker } from '../worker/worker';
+
+export interface Harness {
+  taskQueue: string;
+  client: Client;
+  stopflow: StopflowClient;
+  sim: SimulatedProvider;
+  worker: Worker;
+  /** A fresh instance id, unique across test files sharing the server. */
+  instanceId(prefix?: string): string;
+  close(): Promise<void>;
+}
+
+export interface HarnessOptions {
+  faults?: SimFaults;
+  pollIntervalMs?: number;
+  extraProviders?: Provider[];
+}
+
+export async function connectClient(): Promise<Client> {
+  const connection = await Connection.connect({ address: inject('temporalAddress') });
+  return new Client({ connection });
+}
+
+let runtimeInstalled = false;
+/** Worker logs at WARN: tests print their own figures, not every poll. */
+function installQuietRuntime(): void {
+  if (runtimeInstalled) return;
+  runtimeInstalled = true;
+  Runtime.install({ logger: new DefaultLogger('WARN') });
+}
+
+export async function startHarness(options: HarnessOptions = {}): Promise<Harness> {
+  installQuietRuntime();
+  const taskQueue = `test-${randomUUID()}`;
+  const client = await connectClient();
+  const sim = new SimulatedProvider(new MemorySimStore(), options.faults ?? {});
+  const nativeConnection = await NativeConnection.connect({ address: inject('temporalAddress') });
+  const worker = await createStopflowWorker({
+    connection: nativeConnection,
+    taskQueue,
+    providers: [sim, ...(options.extraProviders ?? [])],
+    pollIntervalMs: options.pollIntervalMs ?? 200,
+    workflowBundle: { codePath: inject('workflowBundlePath') },
+  });
+  const running = worker.run();
+  return {
+    taskQueue,
+    client,
+    stopflow: new StopflowClient({ client, taskQueue }),
+    sim,
+    worker,
+    instanceId: (prefix = 'i') => `${prefix}-${randomUUID().slice(0, 8)}`,
+    async close() {
+      worker.shutdown();
+      await running;
+      await nativeConnection.close();
+      await client.connection.close();
+    },
+  };
+}
+
+/** Polls `fn` until it returns a truthy value; for waiting on workflow state without fixed sleeps. */
+export async function eventually<T>(
+  fn: () => Promise<T | undefined | null | false>,
+  what: string,
+  timeoutMs = 60_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const value = await fn();
+      if (value) return value;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}

@@ -1,0 +1,2 @@
+// The worker bundles this file: it must export every workflow and nothing with side effects.
+export { stopInstance } from './stop-instance';
