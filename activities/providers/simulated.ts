@@ -339,3 +339,8 @@ export function parseVolumeSpec(spec: string, parseMs: (text: string) => number 
   if (device) seed.device = device;
   return seed;
 }
+
+/** The file the worker and `stopflow sim` share: STOPFLOW_SIM_STATE, or .stopflow/sim-cloud.json. */
+export function simStatePath(env: NodeJS.ProcessEnv = process.env): string {
+  return env.STOPFLOW_SIM_STATE || '.stopflow/sim-cloud.json';
+}
