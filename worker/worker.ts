@@ -15,6 +15,8 @@ export interface StopflowWorkerOptions {
   defaultProvider?: string;
   pollIntervalMs?: number;
   observe?: ActivityDeps['observe'];
+  /** More activities to register beside stopflow's own (e.g. the sweep's). */
+  extraActivities?: Record<string, (...args: never[]) => Promise<unknown>>;
   /** A pre-built bundle (tests build one per run); otherwise the workflows are bundled at start. */
   workflowBundle?: WorkerOptions['workflowBundle'];
   /** Passed through: concurrency, cache size, shutdown grace, interceptors, sinks. */
@@ -49,7 +51,7 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     connection: options.connection,
     namespace: options.namespace ?? 'default',
     taskQueue: options.taskQueue ?? DEFAULT_TASK_QUEUE,
-    activities: createActivities(activityDeps),
+    activities: { ...createActivities(activityDeps), ...options.extraActivities },
     ...(options.workflowBundle ? { workflowBundle: options.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
     ...options.tuning,
   });

@@ -20,6 +20,7 @@ import {
   CancellationScope,
   condition,
   isCancellation,
+  metricMeter,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -78,6 +79,21 @@ const forceOptions: ActivityOptions = {
     nonRetryableErrorTypes: NON_RETRYABLE,
   },
 };
+
+// Emitted through the SDK's metric meter, which skips replays, so counts are exact
+// and nothing here touches history. The worker exports them on its Prometheus endpoint.
+const stopsEnded = metricMeter.createCounter('stopflow_stops_ended', 'stops', 'Stops that ended, by phase and cause');
+const stopDuration = metricMeter.createHistogram(
+  'stopflow_stop_duration',
+  'float',
+  's',
+  'Seconds from the start of a stop to its end, by phase',
+);
+const forceDetaches = metricMeter.createCounter(
+  'stopflow_force_detaches',
+  'volumes',
+  'Force-detaches started, by cause (abort or timeout)',
+);
 
 /** Activities carry a per-call summary, so the Temporal UI reads as an audit log. */
 function activities(summary: string, options: ActivityOptions): StopflowActivities {
@@ -275,6 +291,7 @@ async function forceDetach(state: StopState, target: VolumeTarget, volume: Volum
     escalation.cause === 'abort'
       ? 'abort'
       : `maxStopDuration ${formatDuration(state.request.maxStopDurationMs)} expired`;
+  forceDetaches.add(1, { cause: escalation.cause });
   if (!state.forced) {
     state.forced = true;
     upsertSearchAttributes([{ key: StopForcedKey, value: true }]);
@@ -336,6 +353,11 @@ function fail(state: StopState, message: string): never {
 
 function setPhase(state: StopState, phase: StopPhase): void {
   state.phase = phase;
+  if (phase !== 'stopping') {
+    const cause = state.escalation?.cause ?? 'graceful';
+    stopsEnded.add(1, { phase, cause });
+    stopDuration.record((Date.now() - state.startedAtMs) / 1000, { phase });
+  }
   upsertSearchAttributes([{ key: StopPhaseKey, value: phase }]);
   describe(state);
 }
