@@ -105,17 +105,17 @@ export function createActivities(deps: ActivityDeps) {
       return call(provider, 'listAttachedVolumes', () => provider.listAttachedVolumes(input.instanceId));
     },
 
-    async detachVolume(target: VolumeTarget): Promise<DetachResult> {
+    /**
+     * Requests the detach, then waits until the backend reports it detached.
+     * One activity for both so a volume costs three history events however
+     * long it hangs; the request is idempotent, so a retry simply asks again.
+     */
+    async detachVolume(target: VolumeTarget): Promise<DetachResult & WaitResult> {
       const provider = resolve(target.provider);
-      await call(provider, 'detachVolume', () => provider.detachVolume(target.instanceId, target.volume));
-      return { attempts: Context.current().info.attempt };
-    },
-
-    async waitForDetached(target: VolumeTarget): Promise<WaitResult> {
-      const provider = resolve(target.provider);
-      return pollUntilDetached(provider, target, () =>
-        call(provider, 'detachVolume', () => provider.detachVolume(target.instanceId, target.volume)),
-      );
+      const request = () => call(provider, 'detachVolume', () => provider.detachVolume(target.instanceId, target.volume));
+      await request();
+      const waited = await pollUntilDetached(provider, target, request);
+      return { attempts: Context.current().info.attempt, ...waited };
     },
 
     async forceDetachVolume(target: VolumeTarget): Promise<DetachResult & WaitResult> {

@@ -58,10 +58,10 @@ const requestOptions: ActivityOptions = {
   startToCloseTimeout: '1m',
   retry: { ...unlimitedRetry, nonRetryableErrorTypes: NON_RETRYABLE },
 };
-// One long activity that polls and heartbeats: a stuck volume costs three
-// history events however long it hangs. Hitting startToClose just retries it,
-// which adds no events either.
-const waitOptions: ActivityOptions = {
+// The graceful detach is one long activity that requests, polls and heartbeats:
+// a stuck volume costs three history events however long it hangs. Hitting
+// startToClose just retries it, which adds no events either.
+const detachOptions: ActivityOptions = {
   startToCloseTimeout: '1h',
   heartbeatTimeout: '30s',
   retry: { ...unlimitedRetry, nonRetryableErrorTypes: NON_RETRYABLE },
@@ -159,10 +159,13 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
     },
   );
 
-  upsertSearchAttributes([
-    { key: StopPhaseKey, value: 'stopping' },
-    { key: StopForcedKey, value: false },
-  ]);
+  // StopflowClient sets these at start; a stop started elsewhere (temporal CLI, HTTP API) gets them here.
+  if (workflowInfo().typedSearchAttributes.get(StopPhaseKey) !== 'stopping') {
+    upsertSearchAttributes([
+      { key: StopPhaseKey, value: 'stopping' },
+      { key: StopForcedKey, value: false },
+    ]);
+  }
   describe(state);
 
   // Step 2: desired state — the volumes to detach.
@@ -186,7 +189,6 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
   await Promise.all(volumes.map((volume, i) => detachOneVolume(state, { provider, instanceId, volume }, i)));
   await deadline;
 
-  if (!state.escalation) upsertSearchAttributes([{ key: StopCauseKey, value: 'graceful' }]);
   const failed = (state.volumes ?? []).filter((v) => v.state === 'failed');
   if (failed.length > 0) {
     return fail(
@@ -235,15 +237,15 @@ async function detachOneVolume(state: StopState, target: VolumeTarget, index: nu
 
   // Escalated before this volume's detach was ever sent and no grace to honour: go straight to force.
   if (state.escalation && forceGraceMs === null) return forceDetach(state, target, volume);
+  setVolumeState(state, volume, 'detaching');
 
   const graceful = new CancellationScope();
   const detached = graceful
     .run(async () => {
-      const requested = await activities(`detach ${id} requested`, requestOptions).detachVolume(target);
-      volume.attempts += requested.attempts;
-      setVolumeState(state, volume, 'detaching');
-      const waited = await activities(`wait for ${id} to detach`, waitOptions).waitForDetached(target);
-      volume.attempts += waited.rerequests;
+      const detached = await activities(`detach ${id}: request, then wait until detached`, detachOptions).detachVolume(
+        target,
+      );
+      volume.attempts += detached.attempts + detached.rerequests;
       return 'detached' as const;
     })
     .catch((err: unknown) => {
@@ -353,12 +355,18 @@ function fail(state: StopState, message: string): never {
 
 function setPhase(state: StopState, phase: StopPhase): void {
   state.phase = phase;
-  if (phase !== 'stopping') {
-    const cause = state.escalation?.cause ?? 'graceful';
-    stopsEnded.add(1, { phase, cause });
-    stopDuration.record((Date.now() - state.startedAtMs) / 1000, { phase });
-  }
-  upsertSearchAttributes([{ key: StopPhaseKey, value: phase }]);
+  const cause = state.escalation?.cause ?? 'graceful';
+  // One upsert for the end: the phase, and the cause when no escalation has already set it.
+  upsertSearchAttributes(
+    state.escalation
+      ? [{ key: StopPhaseKey, value: phase }]
+      : [
+          { key: StopPhaseKey, value: phase },
+          { key: StopCauseKey, value: cause },
+        ],
+  );
+  stopsEnded.add(1, { phase, cause });
+  stopDuration.record((Date.now() - state.startedAtMs) / 1000, { phase });
   describe(state);
 }
 
