@@ -1,0 +1,127 @@
+/**
+ * `npm run record-fixtures`: runs the main stop scenarios on a fresh dev server
+ * and saves their histories to test/fixtures/, where test/replay.test.ts
+ * replays them against the current workflow code. Record new fixtures before
+ * changing workflow logic, never after: they are what in-flight stops look like.
+ */
+import { execFileSync } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { Client } from '@temporalio/client';
+import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
+import { MemorySimStore, type SeedVolume, SimulatedProvider } from '../activities/providers/simulated';
+import { StopflowClient } from '../client/stopflow-client';
+import { workflowIdFor } from '../common/names';
+import type { StopRequest } from '../common/request';
+import { startDevServer } from '../devserver/server';
+import { createStopflowWorker } from '../worker/worker';
+
+const OUT = new URL('../test/fixtures/', import.meta.url);
+
+interface Scenario {
+  name: string;
+  volumes: SeedVolume[];
+  request: Omit<StopRequest, 'instanceId'>;
+  /** What happens while the stop runs. */
+  drive?: (stopflow: StopflowClient, instanceId: string) => Promise<void>;
+}
+
+const stuck = { hang: true };
+const waitForDetaching = async (stopflow: StopflowClient, instanceId: string) => {
+  for (;;) {
+    const status = await stopflow.status(instanceId);
+    if (status.volumes.some((v) => v.state === 'detaching')) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+};
+
+const scenarios: Scenario[] = [
+  {
+    name: 'graceful',
+    volumes: [{ volumeId: 'vol-a' }, { volumeId: 'vol-b', behavior: { failFirst: 1 } }],
+    request: {},
+  },
+  { name: 'discovered-volumes', volumes: [{ volumeId: 'vol-a' }], request: {} },
+  {
+    name: 'abort',
+    volumes: [{ volumeId: 'vol-ok' }, { volumeId: 'vol-stuck', behavior: stuck }],
+    request: { volumes: [{ volumeId: 'vol-ok' }, { volumeId: 'vol-stuck' }] },
+    drive: async (stopflow, id) => {
+      await waitForDetaching(stopflow, id);
+      await stopflow.abort(id, { reason: 'fixture', requestedBy: 'record-fixtures' });
+      await stopflow.abort(id, { reason: 'again' }).catch(() => undefined);
+    },
+  },
+  {
+    name: 'timeout',
+    volumes: [{ volumeId: 'vol-stuck', behavior: stuck }],
+    request: { volumes: [{ volumeId: 'vol-stuck' }], maxStopDuration: '2s' },
+  },
+  {
+    name: 'set-max-stop-duration',
+    volumes: [{ volumeId: 'vol-stuck', behavior: stuck }],
+    request: { volumes: [{ volumeId: 'vol-stuck' }], maxStopDuration: '1h' },
+    drive: async (stopflow, id) => {
+      await stopflow.setMaxStopDuration(id, '2h');
+      await stopflow.setMaxStopDuration(id, '1s');
+    },
+  },
+  {
+    name: 'force-grace',
+    volumes: [
+      { volumeId: 'vol-late', behavior: { detachDelayMs: 500 } },
+      { volumeId: 'vol-stuck', behavior: stuck },
+    ],
+    request: { forceGrace: '2s', maxStopDuration: '1s' },
+  },
+  {
+    name: 'force-unsupported',
+    volumes: [{ volumeId: 'vol-pinned', behavior: { hang: true, force: 'unsupported' } }],
+    request: { volumes: [{ volumeId: 'vol-pinned' }], maxStopDuration: '1s' },
+  },
+];
+
+Runtime.install({ logger: new DefaultLogger('ERROR') });
+const server = await startDevServer();
+const cliPath = server.cliPath ?? 'temporal';
+try {
+  const sim = new SimulatedProvider(new MemorySimStore());
+  const taskQueue = `fixtures-${randomUUID()}`;
+  const connection = await NativeConnection.connect({ address: server.address });
+  const worker = await createStopflowWorker({ connection, taskQueue, providers: [sim], pollIntervalMs: 200 });
+  const client = new Client({ connection: server.env.connection });
+  const stopflow = new StopflowClient({ client, taskQueue });
+  await worker.runUntil(async () => {
+    mkdirSync(OUT, { recursive: true });
+    for (const scenario of scenarios) {
+      const instanceId = `i-${scenario.name}`;
+      await sim.addInstance(instanceId, scenario.volumes);
+      await stopflow.stop({ instanceId, ...scenario.request });
+      await scenario.drive?.(stopflow, instanceId);
+      const outcome = await stopflow.result(instanceId).then(
+        (s) => s.phase,
+        (err: Error) => `failed (${err.message})`,
+      );
+      // The same JSON a user gets from `temporal workflow show --output json`.
+      const json = execFileSync(
+        cliPath,
+        [
+          'workflow',
+          'show',
+          '--workflow-id',
+          workflowIdFor(instanceId),
+          '--output',
+          'json',
+          '--address',
+          server.address,
+        ],
+        { encoding: 'utf8' },
+      );
+      writeFileSync(new URL(`${scenario.name}.json`, OUT), json);
+      const events = (JSON.parse(json) as { events: unknown[] }).events.length;
+      console.log(`${scenario.name}: ${outcome}, ${events} events`);
+    }
+  });
+} finally {
+  await server.stop();
+}
