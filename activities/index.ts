@@ -13,6 +13,15 @@ export interface ActivityDeps {
   defaultProvider: string;
   /** How often the detach wait asks the backend; each check is a heartbeat, never a history event. */
   pollIntervalMs: number;
+  /**
+   * How long one attempt keeps polling before it gives its worker slot back
+   * and asks to be retried later. Most detaches finish within this window; a
+   * volume stuck for hours then costs a short check every `maxPollIntervalMs`,
+   * not a slot. Retries add no history events. Default 60s.
+   */
+  holdMs?: number;
+  /** Longest pause between checks of a volume stuck past the hold window. Default 60s. */
+  maxPollIntervalMs?: number;
   /** Called on every provider call and error, for metrics. Must not throw. */
   observe?: (event: ProviderEvent) => void;
 }
@@ -73,16 +82,26 @@ export function createActivities(deps: ActivityDeps) {
     }
   };
 
-  /** Polls until `detached`, heartbeating each check so cancellation and worker loss are noticed. */
+  const holdMs = deps.holdMs ?? 60_000;
+  const maxPollIntervalMs = Math.max(deps.maxPollIntervalMs ?? 60_000, deps.pollIntervalMs);
+
+  /**
+   * Polls until `detached`, heartbeating each check so cancellation and worker
+   * loss are noticed. Past the hold window it fails with `StillDetaching` and a
+   * growing `nextRetryDelay`: the server waits, not the worker. The heartbeat
+   * details carry the count of checks across those retries.
+   */
   const pollUntilDetached = async (
     provider: Provider,
     target: VolumeTarget,
     onAttached: (() => Promise<void>) | undefined,
   ): Promise<WaitResult> => {
     const ctx = Context.current();
-    const since = new Date().toISOString();
-    let checks = 0;
+    const previous = ctx.info.heartbeatDetails as Partial<WaitHeartbeat> | undefined;
+    const since = previous?.since ?? new Date().toISOString();
+    let checks = previous?.checks ?? 0;
     let rerequests = 0;
+    const releaseAt = Date.now() + holdMs;
     for (;;) {
       const state = await call(provider, 'getAttachmentState', () =>
         provider.getAttachmentState(target.instanceId, target.volume),
@@ -95,6 +114,15 @@ export function createActivities(deps: ActivityDeps) {
         rerequests++;
       }
       ctx.heartbeat({ checks, state, since } satisfies WaitHeartbeat);
+      if (Date.now() + deps.pollIntervalMs > releaseAt) {
+        const releases = Math.max(0, ctx.info.attempt - 1);
+        throw ApplicationFailure.create({
+          type: 'StillDetaching',
+          message: `${target.volume.volumeId} still ${state} after ${checks} checks since ${since}`,
+          nonRetryable: false,
+          nextRetryDelay: Math.min(deps.pollIntervalMs * 2 ** releases, maxPollIntervalMs),
+        });
+      }
       await ctx.sleep(deps.pollIntervalMs);
     }
   };
@@ -112,7 +140,8 @@ export function createActivities(deps: ActivityDeps) {
      */
     async detachVolume(target: VolumeTarget): Promise<DetachResult & WaitResult> {
       const provider = resolve(target.provider);
-      const request = () => call(provider, 'detachVolume', () => provider.detachVolume(target.instanceId, target.volume));
+      const request = () =>
+        call(provider, 'detachVolume', () => provider.detachVolume(target.instanceId, target.volume));
       await request();
       const waited = await pollUntilDetached(provider, target, request);
       return { attempts: Context.current().info.attempt, ...waited };

@@ -22,6 +22,7 @@ export interface Harness {
 export interface HarnessOptions {
   faults?: SimFaults;
   pollIntervalMs?: number;
+  holdMs?: number;
   extraProviders?: Provider[];
 }
 
@@ -49,6 +50,9 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     taskQueue,
     providers: [sim, ...(options.extraProviders ?? [])],
     pollIntervalMs: options.pollIntervalMs ?? 200,
+    // Short hold so tests exercise the release-and-retry path of stuck volumes too.
+    holdMs: options.holdMs ?? 2_000,
+    maxPollIntervalMs: 1_000,
     workflowBundle: { codePath: inject('workflowBundlePath') },
   });
   const running = worker.run();

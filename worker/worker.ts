@@ -14,6 +14,9 @@ export interface StopflowWorkerOptions {
   providers: Provider[];
   defaultProvider?: string;
   pollIntervalMs?: number;
+  /** See ActivityDeps.holdMs / maxPollIntervalMs. */
+  holdMs?: number;
+  maxPollIntervalMs?: number;
   observe?: ActivityDeps['observe'];
   /** More activities to register beside stopflow's own (e.g. the sweep's). */
   extraActivities?: Record<string, (...args: never[]) => Promise<unknown>>;
@@ -47,6 +50,8 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     pollIntervalMs: options.pollIntervalMs ?? 5_000,
   };
   if (options.observe) activityDeps.observe = options.observe;
+  if (options.holdMs !== undefined) activityDeps.holdMs = options.holdMs;
+  if (options.maxPollIntervalMs !== undefined) activityDeps.maxPollIntervalMs = options.maxPollIntervalMs;
   return Worker.create({
     connection: options.connection,
     namespace: options.namespace ?? 'default',

@@ -58,16 +58,17 @@ const requestOptions: ActivityOptions = {
   startToCloseTimeout: '1m',
   retry: { ...unlimitedRetry, nonRetryableErrorTypes: NON_RETRYABLE },
 };
-// The graceful detach is one long activity that requests, polls and heartbeats:
-// a stuck volume costs three history events however long it hangs. Hitting
-// startToClose just retries it, which adds no events either.
+// The graceful detach is one activity that requests, polls and heartbeats, and
+// past its hold window asks to be retried later (StillDetaching): a stuck volume
+// costs three history events however long it hangs, since retries add none.
 const detachOptions: ActivityOptions = {
-  startToCloseTimeout: '1h',
+  startToCloseTimeout: '10m',
   heartbeatTimeout: '30s',
   retry: { ...unlimitedRetry, nonRetryableErrorTypes: NON_RETRYABLE },
   cancellationType: ActivityCancellationType.TRY_CANCEL,
 };
-// Force is the last resort and may lose data: a bounded number of tries, then the volume is `failed`.
+// Force is the last resort and may lose data: a bounded number of tries (each forces,
+// then waits out one hold window for `detached`), then the volume is `failed`.
 const forceOptions: ActivityOptions = {
   startToCloseTimeout: '5m',
   heartbeatTimeout: '30s',
