@@ -1,8 +1,9 @@
 /**
- * `npm run record-fixtures`: runs the main stop scenarios on a fresh dev server
- * and saves their histories to test/fixtures/, where test/replay.test.ts
- * replays them against the current workflow code. Record new fixtures before
- * changing workflow logic, never after: they are what in-flight stops look like.
+ * `npm run record-fixtures -- <label>`: runs the main stop scenarios on a
+ * fresh dev server and saves their histories to test/fixtures/<label>/, where
+ * test/replay.test.ts replays them against the current workflow code. Record a
+ * new set whenever workflow logic changes (behind `patched()`), and keep the
+ * old sets: they are what stops already in flight look like.
  */
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -16,7 +17,12 @@ import type { StopRequest } from '../common/request';
 import { startDevServer } from '../devserver/server';
 import { createStopflowWorker } from '../worker/worker';
 
-const OUT = new URL('../test/fixtures/', import.meta.url);
+const label = process.argv[2];
+if (!label || !/^[a-z0-9-]+$/.test(label)) {
+  console.error('usage: npm run record-fixtures -- <label>   (a folder name such as v2-await-cancelled-detach)');
+  process.exit(2);
+}
+const OUT = new URL(`../test/fixtures/${label}/`, import.meta.url);
 
 interface Scenario {
   name: string;

@@ -58,6 +58,9 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     taskQueue: options.taskQueue ?? DEFAULT_TASK_QUEUE,
     activities: { ...createActivities(activityDeps), ...options.extraActivities },
     ...(options.workflowBundle ? { workflowBundle: options.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
+    // Heartbeats carry cancellation back to a detach wait when a stop escalates;
+    // sending them at most every second (not every 24s) stops that wait promptly.
+    maxHeartbeatThrottleInterval: '1s',
     ...options.tuning,
   });
 }

@@ -21,6 +21,7 @@ import {
   condition,
   isCancellation,
   metricMeter,
+  patched,
   proxyActivities,
   setCurrentDetails,
   setHandler,
@@ -95,6 +96,13 @@ const forceDetaches = metricMeter.createCounter(
   'volumes',
   'Force-detaches started, by cause (abort or timeout)',
 );
+
+/**
+ * Patches (see test/replay.test.ts for the histories they keep working):
+ * AWAIT_CANCELLED_DETACH — on escalation, wait for the cancelled graceful detach
+ * to acknowledge instead of abandoning it, so it cannot outlive the stop.
+ */
+const AWAIT_CANCELLED_DETACH = 'await-cancelled-detach';
 
 /** Activities carry a per-call summary, so the Temporal UI reads as an audit log. */
 function activities(summary: string, options: ActivityOptions): StopflowActivities {
@@ -240,17 +248,23 @@ async function detachOneVolume(state: StopState, target: VolumeTarget, index: nu
   if (state.escalation && forceGraceMs === null) return forceDetach(state, target, volume);
   setVolumeState(state, volume, 'detaching');
 
+  const awaitCancelledWait = patched(AWAIT_CANCELLED_DETACH);
+  const gracefulOptions: ActivityOptions = awaitCancelledWait
+    ? { ...detachOptions, cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED }
+    : detachOptions;
   const graceful = new CancellationScope();
   const detached = graceful
     .run(async () => {
-      const detached = await activities(`detach ${id}: request, then wait until detached`, detachOptions).detachVolume(
-        target,
-      );
+      const detached = await activities(
+        `detach ${id}: request, then wait until detached`,
+        gracefulOptions,
+      ).detachVolume(target);
       volume.attempts += detached.attempts + detached.rerequests;
       return 'detached' as const;
     })
     .catch((err: unknown) => {
-      if (isCancellation(err)) return 'cancelled' as const;
+      // Once we cancelled the wait, however it ended (cancelled, or a last StillDetaching) is not the volume's error.
+      if (isCancellation(err) || graceful.consideredCancelled) return 'cancelled' as const;
       if (!(err instanceof ActivityFailure)) throw err; // a bug, not a backend answer: fail the task, not the volume
       // A final error (unknown instance, bad provider) will not be fixed by force either.
       volume.lastError = failureMessage(err);
@@ -279,7 +293,12 @@ async function detachOneVolume(state: StopState, target: VolumeTarget, index: nu
     return;
   }
   graceful.cancel();
-  // The detach may have completed in the same instant the force became due: no force needed then.
+  if (awaitCancelledWait) {
+    // Force at once; the cancelled wait finishes alongside, so no activity of this stop outlives it.
+    await Promise.all([forceDetach(state, target, volume), detached]);
+    return;
+  }
+  // Histories from before the patch: the wait was abandoned (TRY_CANCEL) and its outcome known at once.
   if ((await detached) === 'detached') {
     volume.detachedAt = new Date().toISOString();
     setVolumeState(state, volume, 'detached');
