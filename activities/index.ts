@@ -130,7 +130,10 @@ export function createActivities(deps: ActivityDeps) {
   return {
     async listAttachedVolumes(input: { provider?: string | undefined; instanceId: string }): Promise<VolumeRef[]> {
       const provider = resolve(input.provider);
-      return call(provider, 'listAttachedVolumes', () => provider.listAttachedVolumes(input.instanceId));
+      const listed = await call(provider, 'listAttachedVolumes', () => provider.listAttachedVolumes(input.instanceId));
+      // A backend may report a volume twice (several attachments, several mounts): detach each once.
+      const unique = new Map(listed.map((v) => [v.volumeId, v]));
+      return [...unique.values()];
     },
 
     /**
@@ -162,7 +165,14 @@ export function createActivities(deps: ActivityDeps) {
 
     async stopInstance(input: { provider?: string | undefined; instanceId: string }): Promise<void> {
       const provider = resolve(input.provider);
-      await call(provider, 'stopInstance', () => provider.stopInstance(input.instanceId));
+      // Stopping can take minutes (AWS waits for `stopped`): heartbeat meanwhile so a lost worker is noticed.
+      const ctx = Context.current();
+      const beat = setInterval(() => ctx.heartbeat(), 5_000);
+      try {
+        await call(provider, 'stopInstance', () => provider.stopInstance(input.instanceId));
+      } finally {
+        clearInterval(beat);
+      }
     },
   };
 }

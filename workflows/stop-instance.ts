@@ -59,6 +59,8 @@ const requestOptions: ActivityOptions = {
   startToCloseTimeout: '1m',
   retry: { ...unlimitedRetry, nonRetryableErrorTypes: NON_RETRYABLE },
 };
+// Stopping may wait minutes for the backend to report `stopped`; the activity heartbeats meanwhile.
+const stopOptions: ActivityOptions = { ...requestOptions, startToCloseTimeout: '15m', heartbeatTimeout: '30s' };
 // The graceful detach is one activity that requests, polls and heartbeats, and
 // past its hold window asks to be retried later (StillDetaching): a stuck volume
 // costs three history events however long it hangs, since retries add none.
@@ -208,7 +210,7 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
 
   // Step 6: only now is it safe to stop the instance.
   try {
-    await activities(`stop instance ${instanceId}: every volume detached`, requestOptions).stopInstance({
+    await activities(`stop instance ${instanceId}: every volume detached`, stopOptions).stopInstance({
       provider,
       instanceId,
     });
