@@ -163,7 +163,10 @@ export function createActivities(deps: ActivityDeps) {
       return { attempts: Context.current().info.attempt, ...waited };
     },
 
-    async stopInstance(input: { provider?: string | undefined; instanceId: string }): Promise<void> {
+    async stopInstance(input: {
+      provider?: string | undefined;
+      instanceId: string;
+    }): Promise<{ instanceId: string; state: 'stopped' }> {
       const provider = resolve(input.provider);
       // Stopping can take minutes (AWS waits for `stopped`): heartbeat meanwhile so a lost worker is noticed.
       const ctx = Context.current();
@@ -173,6 +176,8 @@ export function createActivities(deps: ActivityDeps) {
       } finally {
         clearInterval(beat);
       }
+      // Returned so the history's completed event says what happened, not `null`.
+      return { instanceId: input.instanceId, state: 'stopped' };
     },
   };
 }

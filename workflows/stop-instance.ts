@@ -114,6 +114,8 @@ function activities(summary: string, options: ActivityOptions): StopflowActiviti
 interface StopState {
   request: NormalizedStopRequest;
   startedAtMs: number;
+  /** The request's maxStopDuration, as changed by the setMaxStopDuration update. */
+  maxStopDurationMs: number | null;
   deadlineMs: number | null;
   /** Bumped whenever the deadline changes, to wake the deadline timer. */
   deadlineVersion: number;
@@ -131,6 +133,7 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
   const state: StopState = {
     request,
     startedAtMs,
+    maxStopDurationMs: request.maxStopDurationMs,
     deadlineMs: request.maxStopDurationMs === null ? null : startedAtMs + request.maxStopDurationMs,
     deadlineVersion: 0,
     phase: 'stopping',
@@ -148,6 +151,7 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
     setMaxStopDurationUpdate,
     ({ maxStopDuration }) => {
       const ms = parseDuration(maxStopDuration) ?? null;
+      state.maxStopDurationMs = ms;
       state.deadlineMs = ms === null ? null : state.startedAtMs + ms;
       state.deadlineVersion++;
       describe(state);
@@ -313,8 +317,8 @@ async function forceDetach(state: StopState, target: VolumeTarget, volume: Volum
   const escalation = state.escalation as Escalation;
   const why =
     escalation.cause === 'abort'
-      ? 'abort'
-      : `maxStopDuration ${formatDuration(state.request.maxStopDurationMs)} expired`;
+      ? `abort${escalation.requestedBy ? ` by ${escalation.requestedBy}` : ''}`
+      : `maxStopDuration ${formatDuration(state.maxStopDurationMs)} expired (deadline ${iso(state.deadlineMs)})`;
   forceDetaches.add(1, { cause: escalation.cause });
   if (!state.forced) {
     state.forced = true;
@@ -416,28 +420,48 @@ function snapshot(state: StopState): StopStatus {
   return status;
 }
 
-/** The workflow's "current details" in the UI: the live per-volume picture, in words. */
+/**
+ * The workflow's "current details" in the UI: the live per-volume picture, in
+ * words. The UI renders Markdown in a short frame, so the tally comes first and
+ * blocks are separated by blank lines.
+ */
 function describe(state: StopState): void {
   const { request } = state;
-  const lines = [
-    `**${request.instanceId}**: ${state.phase}${state.instanceStopped ? ' (instance stopped)' : ''}`,
-    `maxStopDuration ${formatDuration(request.maxStopDurationMs)}, deadline ${iso(state.deadlineMs) ?? 'none'}, forceGrace ${formatDuration(request.forceGraceMs)}`,
-  ];
-  if (request.requestedBy || request.reason) {
-    lines.push(`requested by ${request.requestedBy ?? 'unknown'}${request.reason ? `: ${request.reason}` : ''}`);
-  }
-  if (state.escalation) {
-    const e = state.escalation;
-    lines.push(
-      `escalated (${e.cause}) at ${e.at}${e.requestedBy ? ` by ${e.requestedBy}` : ''}${e.reason ? `: ${e.reason}` : ''}`,
+  const volumes = state.volumes ?? [];
+  const tally = new Map<string, number>();
+  for (const v of volumes) tally.set(v.state, (tally.get(v.state) ?? 0) + 1);
+  const counts = [...tally].map(([s, n]) => `${n} ${s}`).join(', ');
+  const outcome =
+    state.phase === 'stopped' ? 'instance stopped; ' : state.phase === 'failed' ? 'instance NOT stopped; ' : '';
+  const headline =
+    state.volumes === null
+      ? `**${request.instanceId}: ${state.phase}** — listing attached volumes…`
+      : `**${request.instanceId}: ${state.phase}** — ${outcome}${volumes.length} volume(s)${counts ? `: ${counts}` : ''}`;
+  const blocks = [headline];
+  if (volumes.length > 0) {
+    blocks.push(
+      volumes
+        .map((v) => `- ${v.volumeId}: ${v.state} (${v.attempts} request(s))${v.lastError ? ` — ${v.lastError}` : ''}`)
+        .join('\n'),
     );
   }
-  if (state.volumes === null) lines.push('listing attached volumes…');
-  for (const v of state.volumes ?? []) {
-    lines.push(`- ${v.volumeId}: ${v.state}, ${v.attempts} request(s)${v.lastError ? ` — ${v.lastError}` : ''}`);
+  const facts: string[] = [];
+  if (state.escalation) {
+    const e = state.escalation;
+    facts.push(
+      `escalated by ${e.cause} at ${e.at}${e.requestedBy ? ` from ${e.requestedBy}` : ''}${e.reason ? `: ${e.reason}` : ''}`,
+    );
   }
-  if (state.error) lines.push(`error: ${state.error}`);
-  setCurrentDetails(lines.join('\n'));
+  facts.push(
+    `maxStopDuration ${formatDuration(state.maxStopDurationMs)}, deadline ${iso(state.deadlineMs) ?? 'none'}, forceGrace ${formatDuration(request.forceGraceMs)}`,
+  );
+  if (request.requestedBy || request.reason) {
+    facts.push(`requested by ${request.requestedBy ?? 'unknown'}${request.reason ? `: ${request.reason}` : ''}`);
+  }
+  if (state.error) facts.push(`error: ${state.error}`);
+  // Two trailing spaces make a Markdown line break.
+  blocks.push(facts.join('  \n'));
+  setCurrentDetails(blocks.join('\n\n'));
 }
 
 function iso(ms: number | null): string | null {
