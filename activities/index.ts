@@ -5,6 +5,7 @@
  * types so retry policies can tell transient from final.
  */
 import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
+import { ApplicationFailureCategory } from '@temporalio/common';
 import type { VolumeRef } from '../common/request';
 import { type AttachmentState, ForceUnsupportedError, PermanentProviderError, type Provider } from './provider';
 
@@ -118,6 +119,8 @@ export function createActivities(deps: ActivityDeps) {
         const releases = Math.max(0, ctx.info.attempt - 1);
         throw ApplicationFailure.create({
           type: 'StillDetaching',
+          // Expected while a volume is stuck: logged at debug and not counted as an activity failure.
+          category: ApplicationFailureCategory.BENIGN,
           message: `${target.volume.volumeId} still ${state} after ${checks} checks since ${since}`,
           nonRetryable: false,
           nextRetryDelay: Math.min(deps.pollIntervalMs * 2 ** releases, maxPollIntervalMs),

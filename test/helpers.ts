@@ -6,7 +6,7 @@ import { inject } from 'vitest';
 import type { Provider } from '../activities/provider';
 import { MemorySimStore, type SimFaults, SimulatedProvider } from '../activities/providers/simulated';
 import { StopflowClient } from '../client/stopflow-client';
-import { createStopflowWorker } from '../worker/worker';
+import { createStopflowWorker, type StopflowWorkerOptions } from '../worker/worker';
 
 export interface Harness {
   taskQueue: string;
@@ -24,6 +24,8 @@ export interface HarnessOptions {
   pollIntervalMs?: number;
   holdMs?: number;
   extraProviders?: Provider[];
+  /** Passed through to createStopflowWorker (e.g. the sweep's activities). */
+  extraActivities?: StopflowWorkerOptions['extraActivities'];
 }
 
 export async function connectClient(): Promise<Client> {
@@ -54,6 +56,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     holdMs: options.holdMs ?? 2_000,
     maxPollIntervalMs: 1_000,
     workflowBundle: { codePath: inject('workflowBundlePath') },
+    ...(options.extraActivities ? { extraActivities: options.extraActivities } : {}),
   });
   const running = worker.run();
   return {

@@ -30,6 +30,7 @@ export interface StopflowWorkerOptions {
       | 'maxConcurrentWorkflowTaskExecutions'
       | 'maxCachedWorkflows'
       | 'shutdownGraceTime'
+      | 'shutdownForceTime'
       | 'interceptors'
       | 'identity'
     >

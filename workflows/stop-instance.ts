@@ -20,6 +20,7 @@ import {
   CancellationScope,
   condition,
   isCancellation,
+  log,
   metricMeter,
   patched,
   proxyActivities,
@@ -369,6 +370,7 @@ function escalate(state: StopState, cause: EscalationCause, payload?: AbortPaylo
   if (payload?.reason !== undefined) escalation.reason = String(payload.reason).slice(0, 1024);
   if (payload?.requestedBy !== undefined) escalation.requestedBy = String(payload.requestedBy).slice(0, 255);
   state.escalation = escalation;
+  log.info(`stop escalated by ${cause}: force-detaching volumes not yet detached`, { ...escalation });
   upsertSearchAttributes([{ key: StopCauseKey, value: cause }]);
   describe(state);
 }
@@ -392,6 +394,7 @@ function setPhase(state: StopState, phase: StopPhase): void {
         ],
   );
   stopsEnded.add(1, { phase, cause });
+  log.info(`stop ended ${phase}`, { phase, cause, error: state.error, instanceStopped: state.instanceStopped });
   stopDuration.record((Date.now() - state.startedAtMs) / 1000, { phase });
   describe(state);
 }

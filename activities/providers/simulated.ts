@@ -98,11 +98,18 @@ export class FileSimStore implements SimStore {
     });
     try {
       const cloud = await this.read();
-      const result = fn(cloud);
+      // Save even when fn throws: a simulated failure still counts (failFirst, forceCalls), as in memory.
+      let outcome: { ok: true; value: T } | { ok: false; error: unknown };
+      try {
+        outcome = { ok: true, value: fn(cloud) };
+      } catch (error) {
+        outcome = { ok: false, error };
+      }
       const tmp = `${this.path}.${process.pid}.tmp`;
       await writeFile(tmp, `${JSON.stringify(cloud, null, 2)}\n`);
       await rename(tmp, this.path);
-      return result;
+      if (!outcome.ok) throw outcome.error;
+      return outcome.value;
     } finally {
       await release();
     }

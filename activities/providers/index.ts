@@ -1,0 +1,51 @@
+/**
+ * Builds the providers a worker is configured with, by name (DESIGN.md
+ * "Providers", docs/providers.md). Each backend's module is loaded only when
+ * it is configured, so a worker without `aws` never loads the AWS SDK.
+ */
+import type { Provider } from '../provider';
+import { FileSimStore, SimulatedProvider } from './simulated';
+
+/** Every provider name a worker can be configured with, in the order they are documented. */
+export const PROVIDER_NAMES = ['simulated', 'linux', 'aws'] as const;
+export type ProviderName = (typeof PROVIDER_NAMES)[number];
+
+export function isProviderName(name: string): name is ProviderName {
+  return (PROVIDER_NAMES as readonly string[]).includes(name);
+}
+
+export interface ProviderSettings {
+  /** The simulated cloud's state file, shared with `stopflow sim` (STOPFLOW_SIM_STATE). */
+  simStatePath: string;
+  /** linux: the command stopInstance runs (STOPFLOW_LINUX_STOP_COMMAND); none = stopping does nothing. */
+  linuxStopCommand?: string;
+  /** linux: only loop devices backed by files under this directory are listed (STOPFLOW_LINUX_VOLUME_DIR). */
+  linuxVolumeDir?: string;
+  // aws: region, endpoint and credentials come from the AWS SDK's default chain (AWS_REGION,
+  // AWS_ENDPOINT_URL_EC2, AWS_PROFILE, web identity, instance or pod role).
+}
+
+/** One provider per name, in the order given. */
+export async function buildProviders(names: readonly ProviderName[], settings: ProviderSettings): Promise<Provider[]> {
+  const providers: Provider[] = [];
+  for (const name of names) providers.push(await buildProvider(name, settings));
+  return providers;
+}
+
+async function buildProvider(name: ProviderName, settings: ProviderSettings): Promise<Provider> {
+  switch (name) {
+    case 'simulated':
+      return new SimulatedProvider(new FileSimStore(settings.simStatePath));
+    case 'linux': {
+      const { LinuxProvider } = await import('./linux');
+      return new LinuxProvider({
+        ...(settings.linuxStopCommand ? { stopCommand: settings.linuxStopCommand } : {}),
+        ...(settings.linuxVolumeDir ? { volumeDir: settings.linuxVolumeDir } : {}),
+      });
+    }
+    case 'aws': {
+      const { AwsProvider } = await import('./aws');
+      return new AwsProvider({});
+    }
+  }
+}

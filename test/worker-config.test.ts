@@ -1,0 +1,336 @@
+/** The production worker's configuration, checks wording and log shape: pure functions, no server. */
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { buildProviders, PROVIDER_NAMES } from '../activities/providers';
+import { searchAttributeCommands } from '../worker/checks';
+import { ConfigError, describeWorkerConfig, loadWorkerConfig } from '../worker/config';
+import { createLogger, PinoSdkLogger, targetFields } from '../worker/logging';
+
+const dir = mkdtempSync(join(tmpdir(), 'stopflow-config-'));
+// No developer's ~/.config/temporalio/temporal.toml may leak into these tests.
+const configFile = join(dir, 'temporal.toml');
+writeFileSync(configFile, '[profile.staging]\naddress = "staging.example.com:7233"\nnamespace = "stops"\n');
+const base = { TEMPORAL_CONFIG_FILE: configFile };
+
+function issuesOf(env: Record<string, string>): string[] {
+  try {
+    loadWorkerConfig({ ...base, ...env });
+  } catch (err) {
+    if (err instanceof ConfigError) return err.issues;
+    throw err;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('worker configuration', () => {
+  it('has working defaults', () => {
+    const config = loadWorkerConfig(base);
+    expect(config).toMatchObject({
+      taskQueue: 'stopflow',
+      providers: ['simulated'],
+      defaultProvider: 'simulated',
+      simStatePath: '.stopflow/sim-cloud.json',
+      pollIntervalMs: 5_000,
+      detachHoldMs: 60_000,
+      maxPollIntervalMs: 60_000,
+      metricsAddress: '0.0.0.0:9464',
+      shutdownGraceMs: 20_000,
+      maxConcurrentActivities: 100,
+      maxConcurrentWorkflowTasks: 40,
+      logLevel: 'info',
+    });
+    expect(config.maxCachedWorkflows).toBeUndefined();
+    expect(config.temporal).toMatchObject({ address: 'localhost:7233', namespace: 'default' });
+  });
+
+  it('reads every variable, treating blank as unset', () => {
+    const config = loadWorkerConfig({
+      ...base,
+      STOPFLOW_TASK_QUEUE: 'stops-eu',
+      STOPFLOW_SIM_STATE: '/var/lib/stopflow/sim.json',
+      STOPFLOW_POLL_INTERVAL: '2s',
+      STOPFLOW_DETACH_HOLD: '30s',
+      STOPFLOW_MAX_POLL_INTERVAL: '2m',
+      STOPFLOW_METRICS_ADDRESS: 'off',
+      STOPFLOW_SHUTDOWN_GRACE: '45s',
+      STOPFLOW_MAX_CONCURRENT_ACTIVITIES: '500',
+      STOPFLOW_MAX_CONCURRENT_WORKFLOW_TASKS: '20',
+      STOPFLOW_MAX_CACHED_WORKFLOWS: '0',
+      STOPFLOW_LOG_LEVEL: 'DEBUG',
+      STOPFLOW_IDENTITY: 'worker-a',
+      STOPFLOW_DEFAULT_PROVIDER: '  ',
+      TEMPORAL_ADDRESS: 'temporal.internal:7233',
+      TEMPORAL_NAMESPACE: 'stops',
+    });
+    expect(config).toMatchObject({
+      taskQueue: 'stops-eu',
+      simStatePath: '/var/lib/stopflow/sim.json',
+      pollIntervalMs: 2_000,
+      detachHoldMs: 30_000,
+      maxPollIntervalMs: 120_000,
+      metricsAddress: null,
+      shutdownGraceMs: 45_000,
+      maxConcurrentActivities: 500,
+      maxConcurrentWorkflowTasks: 20,
+      maxCachedWorkflows: 0,
+      logLevel: 'debug',
+      identity: 'worker-a',
+      defaultProvider: 'simulated',
+    });
+    expect(config.temporal).toMatchObject({ address: 'temporal.internal:7233', namespace: 'stops' });
+  });
+
+  it('configures and builds every provider by name', async () => {
+    const config = loadWorkerConfig({
+      ...base,
+      STOPFLOW_PROVIDERS: 'aws, linux,simulated',
+      STOPFLOW_DEFAULT_PROVIDER: 'linux',
+      STOPFLOW_LINUX_STOP_COMMAND: 'systemctl poweroff --no-block',
+      STOPFLOW_LINUX_VOLUME_DIR: dir,
+    });
+    expect(config).toMatchObject({
+      providers: ['aws', 'linux', 'simulated'],
+      defaultProvider: 'linux',
+      linuxStopCommand: 'systemctl poweroff --no-block',
+      linuxVolumeDir: dir,
+    });
+    const providers = await buildProviders(config.providers, {
+      simStatePath: join(dir, 'sim.json'),
+      linuxStopCommand: 'systemctl poweroff --no-block',
+    });
+    expect(providers.map((p) => p.name)).toEqual(['aws', 'linux', 'simulated']);
+    expect(describeWorkerConfig(config, { AWS_REGION: 'eu-west-1' })).toMatchObject({
+      linux: { stopCommand: 'systemctl poweroff --no-block', volumeDir: dir },
+      aws: { region: 'eu-west-1', endpoint: 'AWS default' },
+    });
+  });
+
+  it('ignores a Temporal config file without a default profile when no profile is asked for', () => {
+    const empty = join(dir, 'empty.toml');
+    writeFileSync(empty, '');
+    const config = loadWorkerConfig({ TEMPORAL_CONFIG_FILE: empty, TEMPORAL_ADDRESS: 'temporal:7233' });
+    expect(config.temporal).toMatchObject({ address: 'temporal:7233', namespace: 'default' });
+  });
+
+  it('uses a Temporal profile from TEMPORAL_PROFILE', () => {
+    const config = loadWorkerConfig({ ...base, TEMPORAL_PROFILE: 'staging' });
+    expect(config.temporal).toMatchObject({
+      address: 'staging.example.com:7233',
+      namespace: 'stops',
+      profile: 'staging',
+    });
+  });
+
+  it.each([
+    ['STOPFLOW_POLL_INTERVAL', '45s', 'STOPFLOW_POLL_INTERVAL: must be a duration such as "5s" (1s-20s)'],
+    ['STOPFLOW_POLL_INTERVAL', '500ms', 'STOPFLOW_POLL_INTERVAL: must be a duration such as "5s" (1s-20s)'],
+    ['STOPFLOW_POLL_INTERVAL', 'fast', 'STOPFLOW_POLL_INTERVAL: must be a duration such as "5s" (1s-20s)'],
+    ['STOPFLOW_DETACH_HOLD', '1h', 'STOPFLOW_DETACH_HOLD: must be a duration such as "60s" (1s-5m)'],
+    ['STOPFLOW_SHUTDOWN_GRACE', '0s', 'STOPFLOW_SHUTDOWN_GRACE: must be a duration such as "20s" (1s-10m)'],
+    [
+      'STOPFLOW_PROVIDERS',
+      'simulated,simulated',
+      `STOPFLOW_PROVIDERS: must be a comma-separated list of providers from: ${PROVIDER_NAMES.join(', ')} (e.g. "simulated"), each at most once`,
+    ],
+    [
+      'STOPFLOW_PROVIDERS',
+      'gcp',
+      `STOPFLOW_PROVIDERS: must be a comma-separated list of providers from: ${PROVIDER_NAMES.join(', ')} (e.g. "simulated"); unknown: gcp`,
+    ],
+    [
+      'STOPFLOW_DEFAULT_PROVIDER',
+      'gcp',
+      'STOPFLOW_DEFAULT_PROVIDER: must be one of the providers in STOPFLOW_PROVIDERS (simulated)',
+    ],
+    [
+      'STOPFLOW_METRICS_ADDRESS',
+      'localhost:9464',
+      'STOPFLOW_METRICS_ADDRESS: must be "off" or an IP address and port to serve Prometheus metrics on, such as "0.0.0.0:9464"',
+    ],
+    [
+      'STOPFLOW_METRICS_ADDRESS',
+      '0.0.0.0:70000',
+      'STOPFLOW_METRICS_ADDRESS: must be "off" or an IP address and port to serve Prometheus metrics on, such as "0.0.0.0:9464"',
+    ],
+    [
+      'STOPFLOW_MAX_CONCURRENT_ACTIVITIES',
+      'many',
+      'STOPFLOW_MAX_CONCURRENT_ACTIVITIES: must be a whole number from 1 to 10000',
+    ],
+    [
+      'STOPFLOW_MAX_CONCURRENT_ACTIVITIES',
+      '0',
+      'STOPFLOW_MAX_CONCURRENT_ACTIVITIES: must be a whole number from 1 to 10000',
+    ],
+    [
+      'STOPFLOW_MAX_CONCURRENT_WORKFLOW_TASKS',
+      '1',
+      'STOPFLOW_MAX_CONCURRENT_WORKFLOW_TASKS: must be a whole number from 2 to 1000',
+    ],
+    ['STOPFLOW_MAX_CACHED_WORKFLOWS', '-1', 'STOPFLOW_MAX_CACHED_WORKFLOWS: must be a whole number from 0 to 100000'],
+    ['STOPFLOW_LOG_LEVEL', 'verbose', 'STOPFLOW_LOG_LEVEL: must be one of trace, debug, info, warn, error'],
+    ['STOPFLOW_TASK_QUEUE', 'two words', 'STOPFLOW_TASK_QUEUE: must be 1-255 characters without spaces'],
+    [
+      'STOPFLOW_WORKFLOW_BUNDLE',
+      '/nonexistent/bundle.js',
+      'STOPFLOW_WORKFLOW_BUNDLE: must be the path of an existing file (a bundle written by `stopflow worker --write-bundle <path>`)',
+    ],
+    [
+      'TEMPORAL_ADDRESS',
+      'localhost',
+      'TEMPORAL_ADDRESS: must be host:port, such as "localhost:7233" or "my-namespace.a1b2c.tmprl.cloud:7233"',
+    ],
+    [
+      'STOPFLOW_LINUX_VOLUME_DIR',
+      '/nonexistent/images',
+      'STOPFLOW_LINUX_VOLUME_DIR: must be the path of an existing directory (where the loop images live)',
+    ],
+    ['TEMPORAL_TLS', 'yes', 'TEMPORAL_TLS: must be "true" or "false"'],
+    [
+      'TEMPORAL_TLS_CLIENT_CERT_PATH',
+      '/nonexistent/client.pem',
+      'TEMPORAL_TLS_CLIENT_CERT_PATH: must be the path of an existing file',
+    ],
+  ])('%s=%j is rejected naming the variable and the rule', (variable, value, expected) => {
+    expect(issuesOf({ [variable]: value })).toEqual([expected]);
+  });
+
+  it('checks variables against each other', () => {
+    expect(issuesOf({ STOPFLOW_POLL_INTERVAL: '10s', STOPFLOW_MAX_POLL_INTERVAL: '5s' })).toEqual([
+      'STOPFLOW_MAX_POLL_INTERVAL: must not be shorter than STOPFLOW_POLL_INTERVAL (10s)',
+    ]);
+  });
+
+  it('names an unknown profile', () => {
+    const [issue] = issuesOf({ TEMPORAL_PROFILE: 'prod' });
+    expect(issue).toMatch(/^TEMPORAL_PROFILE: must name a readable Temporal configuration profile \(.*prod.*\)$/);
+  });
+
+  it('reports every problem at once, one line each', () => {
+    const issues = issuesOf({
+      STOPFLOW_POLL_INTERVAL: '45s',
+      STOPFLOW_LOG_LEVEL: 'loud',
+      STOPFLOW_MAX_CONCURRENT_ACTIVITIES: 'x',
+      TEMPORAL_TLS: 'maybe',
+    });
+    expect(issues.map((issue) => issue.split(':')[0])).toEqual([
+      'STOPFLOW_POLL_INTERVAL',
+      'STOPFLOW_MAX_CONCURRENT_ACTIVITIES',
+      'STOPFLOW_LOG_LEVEL',
+      'TEMPORAL_TLS',
+    ]);
+    expect(new ConfigError(issues).message).toBe(`invalid configuration:\n${issues.map((i) => `  ${i}`).join('\n')}`);
+  });
+
+  it('prints the configuration without secrets', () => {
+    const secrets = {
+      TEMPORAL_API_KEY: 'tk-very-secret-api-key',
+      TEMPORAL_TLS_CLIENT_CERT_DATA: '-----BEGIN CERTIFICATE-----cert-body-1234',
+      TEMPORAL_TLS_CLIENT_KEY_DATA: '-----BEGIN PRIVATE KEY-----key-body-5678',
+      TEMPORAL_GRPC_META_AUTHORIZATION: 'Bearer grpc-meta-secret',
+      AWS_SECRET_ACCESS_KEY: 'aws-secret-9999',
+      AWS_SESSION_TOKEN: 'aws-session-token-0000',
+    };
+    const env = {
+      ...base,
+      ...secrets,
+      STOPFLOW_PROVIDERS: 'simulated,aws',
+      TEMPORAL_ADDRESS: 'my-ns.a1b2c.tmprl.cloud:7233',
+      TEMPORAL_NAMESPACE: 'my-ns.a1b2c',
+      AWS_ACCESS_KEY_ID: 'AKIAEXAMPLE',
+    };
+    const config = loadWorkerConfig(env);
+    const printed = JSON.stringify(describeWorkerConfig(config, env));
+    for (const secret of Object.values(secrets)) expect(printed).not.toContain(secret);
+    expect(describeWorkerConfig(config, env)).toMatchObject({
+      temporal: {
+        address: 'my-ns.a1b2c.tmprl.cloud:7233',
+        namespace: 'my-ns.a1b2c',
+        tls: 'on',
+        apiKey: 'set (hidden)',
+        tlsClientCert: '(inline data, hidden)',
+        tlsClientKey: '(inline data, hidden)',
+        grpcMetadata: { authorization: '(hidden)' },
+      },
+      taskQueue: 'stopflow',
+      pollInterval: '5s',
+      metrics: 'http://0.0.0.0:9464/metrics',
+      aws: { credentials: 'environment (AWS_ACCESS_KEY_ID, secret hidden)' },
+    });
+    // Errors print no secret either.
+    const issues = issuesOf({ ...secrets, STOPFLOW_POLL_INTERVAL: 'soon' });
+    for (const secret of Object.values(secrets)) expect(issues.join('\n')).not.toContain(secret);
+  });
+});
+
+describe('start-up check wording', () => {
+  it('prints the exact temporal CLI commands that create missing search attributes', () => {
+    const missing = [
+      { name: 'StopPhase', type: 'Keyword' },
+      { name: 'StopCause', type: 'Keyword' },
+      { name: 'StopForced', type: 'Bool' },
+    ];
+    expect(searchAttributeCommands({ address: 'localhost:7233', namespace: 'stops' }, missing)).toEqual([
+      'temporal operator search-attribute create --address localhost:7233 --namespace stops --name StopPhase --name StopCause --type Keyword',
+      'temporal operator search-attribute create --address localhost:7233 --namespace stops --name StopForced --type Bool',
+    ]);
+    expect(
+      searchAttributeCommands({ address: 'x:7233', namespace: 'stops', profile: 'prod' }, missing.slice(2)),
+    ).toEqual([
+      'temporal operator search-attribute create --profile prod --namespace stops --name StopForced --type Bool',
+    ]);
+    expect(
+      searchAttributeCommands({ address: 'my-ns.a1b2c.tmprl.cloud:7233', namespace: 'my-ns.a1b2c' }, missing),
+    ).toEqual([
+      'tcld namespace search-attributes add --namespace my-ns.a1b2c --search-attribute "StopPhase=Keyword" --search-attribute "StopCause=Keyword" --search-attribute "StopForced=Bool"',
+    ]);
+  });
+});
+
+describe('worker logs', () => {
+  function capture() {
+    const lines: Record<string, unknown>[] = [];
+    const destination = new Writable({
+      write(chunk: Buffer, _encoding, callback) {
+        for (const line of chunk.toString().split('\n').filter(Boolean)) lines.push(JSON.parse(line));
+        callback();
+      },
+    });
+    return { lines, logger: createLogger({ level: 'info', destination }) };
+  }
+
+  it('writes JSON lines with instanceId derived from the workflow id, without task tokens', () => {
+    const { lines, logger } = capture();
+    const sdk = new PinoSdkLogger(logger);
+    sdk.warn('Activity failed', {
+      workflowId: 'stop-i-42',
+      taskToken: 'opaque',
+      activityType: 'detachVolume',
+      volumeId: 'vol-1',
+    });
+    sdk.debug('not shown at info');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatchObject({
+      level: 'warn',
+      msg: 'Activity failed',
+      service: 'stopflow-worker',
+      workflowId: 'stop-i-42',
+      instanceId: 'i-42',
+      volumeId: 'vol-1',
+    });
+    expect(lines[0]).not.toHaveProperty('taskToken');
+    expect(typeof lines[0]?.time).toBe('string');
+  });
+
+  it('finds instanceId and volumeId in activity arguments', () => {
+    expect(targetFields({ instanceId: 'i-1', volume: { volumeId: 'vol-1', device: '/dev/xvdf' } })).toEqual({
+      instanceId: 'i-1',
+      volumeId: 'vol-1',
+    });
+    expect(targetFields({ instanceId: 'i-1' })).toEqual({ instanceId: 'i-1' });
+    expect(targetFields(undefined)).toEqual({});
+  });
+});

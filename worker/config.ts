@@ -1,0 +1,434 @@
+/**
+ * The worker's configuration, from the environment only (docs/worker.md has
+ * the table). Every problem is reported as `VARIABLE: rule`, all at once, so
+ * one restart fixes them all. `describeWorkerConfig` is what the worker prints
+ * at start: it shows where secrets come from, never their values.
+ */
+import { statSync } from 'node:fs';
+import {
+  type ClientConfigProfile,
+  type ClientConnectConfig,
+  loadClientConfigProfile,
+  toClientOptions,
+} from '@temporalio/envconfig';
+import { z } from 'zod';
+import { isProviderName, PROVIDER_NAMES, type ProviderName } from '../activities/providers';
+import { simStatePath } from '../activities/providers/simulated';
+import { formatDuration, parseDuration } from '../common/duration';
+import { DEFAULT_TASK_QUEUE } from '../common/names';
+
+export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
+export type LogLevelName = (typeof LOG_LEVELS)[number];
+
+/** The detach wait heartbeats on every poll, and its heartbeat timeout is 30s (workflows/stop-instance.ts). */
+export const POLL_INTERVAL_RANGE_MS = [1_000, 20_000] as const;
+/** One attempt of the detach wait must end well inside its 10m startToCloseTimeout. */
+export const DETACH_HOLD_RANGE_MS = [1_000, 300_000] as const;
+export const MAX_POLL_INTERVAL_RANGE_MS = [1_000, 600_000] as const;
+export const SHUTDOWN_GRACE_RANGE_MS = [1_000, 600_000] as const;
+
+export interface TemporalSettings {
+  address: string;
+  namespace: string;
+  /** TEMPORAL_PROFILE, when one was asked for. */
+  profile?: string;
+  /** What client/connection.ts needs to connect (may hold secrets: never print it). */
+  connectConfig: ClientConnectConfig;
+  /** Safe to print. */
+  summary: Record<string, unknown>;
+}
+
+export interface WorkerConfig {
+  temporal: TemporalSettings;
+  taskQueue: string;
+  providers: ProviderName[];
+  defaultProvider: ProviderName;
+  simStatePath: string;
+  linuxStopCommand?: string;
+  linuxVolumeDir?: string;
+  pollIntervalMs: number;
+  detachHoldMs: number;
+  maxPollIntervalMs: number;
+  metricsAddress: string | null;
+  shutdownGraceMs: number;
+  maxConcurrentActivities: number;
+  maxConcurrentWorkflowTasks: number;
+  /** Undefined: the SDK's default, sized from the memory available. */
+  maxCachedWorkflows?: number;
+  logLevel: LogLevelName;
+  identity?: string;
+  /** A workflow bundle written by `stopflow worker --write-bundle`; otherwise the worker bundles at start. */
+  workflowBundlePath?: string;
+}
+
+/** Invalid configuration: one `VARIABLE: rule` line per problem. */
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+  constructor(readonly issues: string[]) {
+    super(`invalid configuration:\n${issues.map((issue) => `  ${issue}`).join('\n')}`);
+  }
+}
+
+// --- rules, worded for the person who has to fix the variable ---
+
+const blankToUndefined = (value: unknown) => (typeof value === 'string' && value.trim() === '' ? undefined : value);
+
+function durationVar(example: string, [min, max]: readonly [number, number]) {
+  const rule = `must be a duration such as "${example}" (${formatDuration(min)}-${formatDuration(max)})`;
+  return z.string().transform((text, ctx) => {
+    const ms = parseDuration(text);
+    if (typeof ms !== 'number' || ms < min || ms > max) {
+      ctx.addIssue({ code: 'custom', message: rule });
+      return z.NEVER;
+    }
+    return ms;
+  });
+}
+
+function countVar(min: number, max: number) {
+  const rule = `must be a whole number from ${min} to ${max}`;
+  return z
+    .string()
+    .regex(/^\s*\d+\s*$/, { error: rule })
+    .transform(Number)
+    .refine((n) => n >= min && n <= max, { error: rule });
+}
+
+const PROVIDERS_RULE = `must be a comma-separated list of providers from: ${PROVIDER_NAMES.join(', ')} (e.g. "${PROVIDER_NAMES[0]}")`;
+const providerList = z.string().transform((text, ctx) => {
+  const names = text
+    .split(',')
+    .map((name) => name.trim())
+    .filter(Boolean);
+  const unknown = names.filter((name) => !isProviderName(name));
+  if (names.length === 0 || unknown.length > 0) {
+    ctx.addIssue({
+      code: 'custom',
+      message: unknown.length > 0 ? `${PROVIDERS_RULE}; unknown: ${unknown.join(', ')}` : PROVIDERS_RULE,
+    });
+    return z.NEVER;
+  }
+  if (new Set(names).size !== names.length) {
+    ctx.addIssue({ code: 'custom', message: `${PROVIDERS_RULE}, each at most once` });
+    return z.NEVER;
+  }
+  return names as ProviderName[];
+});
+
+const METRICS_RULE = 'must be "off" or an IP address and port to serve Prometheus metrics on, such as "0.0.0.0:9464"';
+const metricsAddress = z.string().transform((text, ctx) => {
+  const value = text.trim();
+  if (value.toLowerCase() === 'off') return null;
+  const match = /^(?:(\d{1,3}(?:\.\d{1,3}){3})|\[([0-9A-Fa-f:.]+)\]):(\d{1,5})$/.exec(value);
+  const ipv4 = match?.[1];
+  const port = Number(match?.[3]);
+  const ok =
+    match !== null &&
+    (ipv4 === undefined || ipv4.split('.').every((part) => Number(part) <= 255)) &&
+    port >= 1 &&
+    port <= 65_535;
+  if (!ok) {
+    ctx.addIssue({ code: 'custom', message: METRICS_RULE });
+    return z.NEVER;
+  }
+  return value;
+});
+
+const LOG_LEVEL_RULE = `must be one of ${LOG_LEVELS.join(', ')}`;
+const logLevel = z
+  .string()
+  .transform((text) => text.trim().toLowerCase())
+  .refine((text): text is LogLevelName => (LOG_LEVELS as readonly string[]).includes(text), { error: LOG_LEVEL_RULE })
+  .transform((text) => text as LogLevelName);
+
+const BOOL_RULE = 'must be "true" or "false"';
+const boolText = z.string().refine((text) => ['true', 'false', '1', '0'].includes(text.trim().toLowerCase()), {
+  error: BOOL_RULE,
+});
+
+const ADDRESS_RULE = 'must be host:port, such as "localhost:7233" or "my-namespace.a1b2c.tmprl.cloud:7233"';
+const temporalAddress = z.string().regex(/^[A-Za-z0-9._-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$/, {
+  error: ADDRESS_RULE,
+});
+
+function isDirectory(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+const FILE_RULE = 'must be the path of an existing file';
+const existingFile = (rule: string) =>
+  z.string().refine(
+    (path) => {
+      try {
+        return statSync(path).isFile();
+      } catch {
+        return false;
+      }
+    },
+    { error: rule },
+  );
+
+const envSchema = z
+  .object({
+    STOPFLOW_TASK_QUEUE: z.preprocess(
+      blankToUndefined,
+      z
+        .string()
+        .regex(/^\S{1,255}$/, { error: 'must be 1-255 characters without spaces' })
+        .default(DEFAULT_TASK_QUEUE),
+    ),
+    STOPFLOW_PROVIDERS: z.preprocess(blankToUndefined, providerList.default(['simulated'])),
+    STOPFLOW_DEFAULT_PROVIDER: z.preprocess(blankToUndefined, z.string().trim().optional()),
+    STOPFLOW_SIM_STATE: z.preprocess(blankToUndefined, z.string().optional()),
+    STOPFLOW_LINUX_STOP_COMMAND: z.preprocess(
+      blankToUndefined,
+      z.string().max(4096, { error: 'must be at most 4096 characters' }).optional(),
+    ),
+    STOPFLOW_LINUX_VOLUME_DIR: z.preprocess(
+      blankToUndefined,
+      z
+        .string()
+        .refine(isDirectory, { error: 'must be the path of an existing directory (where the loop images live)' })
+        .optional(),
+    ),
+    STOPFLOW_POLL_INTERVAL: z.preprocess(blankToUndefined, durationVar('5s', POLL_INTERVAL_RANGE_MS).default(5_000)),
+    STOPFLOW_DETACH_HOLD: z.preprocess(blankToUndefined, durationVar('60s', DETACH_HOLD_RANGE_MS).default(60_000)),
+    STOPFLOW_MAX_POLL_INTERVAL: z.preprocess(
+      blankToUndefined,
+      durationVar('60s', MAX_POLL_INTERVAL_RANGE_MS).default(60_000),
+    ),
+    STOPFLOW_METRICS_ADDRESS: z.preprocess(blankToUndefined, metricsAddress.default('0.0.0.0:9464')),
+    STOPFLOW_SHUTDOWN_GRACE: z.preprocess(
+      blankToUndefined,
+      durationVar('20s', SHUTDOWN_GRACE_RANGE_MS).default(20_000),
+    ),
+    STOPFLOW_MAX_CONCURRENT_ACTIVITIES: z.preprocess(blankToUndefined, countVar(1, 10_000).default(100)),
+    STOPFLOW_MAX_CONCURRENT_WORKFLOW_TASKS: z.preprocess(blankToUndefined, countVar(2, 1_000).default(40)),
+    STOPFLOW_MAX_CACHED_WORKFLOWS: z.preprocess(blankToUndefined, countVar(0, 100_000).optional()),
+    STOPFLOW_LOG_LEVEL: z.preprocess(blankToUndefined, logLevel.default('info')),
+    STOPFLOW_IDENTITY: z.preprocess(
+      blankToUndefined,
+      z.string().max(255, { error: 'must be at most 255 characters' }).optional(),
+    ),
+    STOPFLOW_WORKFLOW_BUNDLE: z.preprocess(
+      blankToUndefined,
+      existingFile(`${FILE_RULE} (a bundle written by \`stopflow worker --write-bundle <path>\`)`).optional(),
+    ),
+    TEMPORAL_ADDRESS: z.preprocess(blankToUndefined, temporalAddress.optional()),
+    TEMPORAL_NAMESPACE: z.preprocess(
+      blankToUndefined,
+      z
+        .string()
+        .regex(/^[A-Za-z0-9._-]{1,255}$/, { error: 'must be a namespace name: 1-255 characters of [A-Za-z0-9._-]' })
+        .optional(),
+    ),
+    TEMPORAL_TLS: z.preprocess(blankToUndefined, boolText.optional()),
+    TEMPORAL_TLS_DISABLE_HOST_VERIFICATION: z.preprocess(blankToUndefined, boolText.optional()),
+    TEMPORAL_TLS_CLIENT_CERT_PATH: z.preprocess(blankToUndefined, existingFile(FILE_RULE).optional()),
+    TEMPORAL_TLS_CLIENT_KEY_PATH: z.preprocess(blankToUndefined, existingFile(FILE_RULE).optional()),
+    TEMPORAL_TLS_SERVER_CA_CERT_PATH: z.preprocess(blankToUndefined, existingFile(FILE_RULE).optional()),
+  })
+  .superRefine((env, ctx) => {
+    const providers = env.STOPFLOW_PROVIDERS;
+    if (env.STOPFLOW_DEFAULT_PROVIDER !== undefined && !providers.some((p) => p === env.STOPFLOW_DEFAULT_PROVIDER)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['STOPFLOW_DEFAULT_PROVIDER'],
+        message: `must be one of the providers in STOPFLOW_PROVIDERS (${providers.join(', ')})`,
+      });
+    }
+    if (env.STOPFLOW_MAX_POLL_INTERVAL < env.STOPFLOW_POLL_INTERVAL) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['STOPFLOW_MAX_POLL_INTERVAL'],
+        message: `must not be shorter than STOPFLOW_POLL_INTERVAL (${formatDuration(env.STOPFLOW_POLL_INTERVAL)})`,
+      });
+    }
+  });
+
+type Env = Record<string, string | undefined>;
+
+/** Reads and checks the configuration. Throws ConfigError naming every bad variable and its rule. */
+export function loadWorkerConfig(env: Env = process.env): WorkerConfig {
+  const parsed = envSchema.safeParse(env);
+  const issues = parsed.success
+    ? []
+    : parsed.error.issues.map((issue) => `${String(issue.path[0] ?? 'environment')}: ${issue.message}`);
+  // A bad TEMPORAL_* variable is reported once, by its rule, not again by envconfig.
+  let temporal: TemporalSettings | undefined;
+  if (!issues.some((issue) => issue.startsWith('TEMPORAL_'))) {
+    try {
+      temporal = loadTemporalSettings(env);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      issues.push(...err.issues);
+    }
+  }
+  if (!parsed.success || !temporal || issues.length > 0) throw new ConfigError([...new Set(issues)]);
+
+  const e = parsed.data;
+  const config: WorkerConfig = {
+    temporal,
+    taskQueue: e.STOPFLOW_TASK_QUEUE,
+    providers: e.STOPFLOW_PROVIDERS,
+    defaultProvider:
+      (e.STOPFLOW_DEFAULT_PROVIDER as ProviderName | undefined) ?? (e.STOPFLOW_PROVIDERS[0] as ProviderName),
+    simStatePath: e.STOPFLOW_SIM_STATE ?? simStatePath({}),
+    pollIntervalMs: e.STOPFLOW_POLL_INTERVAL,
+    detachHoldMs: e.STOPFLOW_DETACH_HOLD,
+    maxPollIntervalMs: e.STOPFLOW_MAX_POLL_INTERVAL,
+    metricsAddress: e.STOPFLOW_METRICS_ADDRESS,
+    shutdownGraceMs: e.STOPFLOW_SHUTDOWN_GRACE,
+    maxConcurrentActivities: e.STOPFLOW_MAX_CONCURRENT_ACTIVITIES,
+    maxConcurrentWorkflowTasks: e.STOPFLOW_MAX_CONCURRENT_WORKFLOW_TASKS,
+    logLevel: e.STOPFLOW_LOG_LEVEL,
+  };
+  if (e.STOPFLOW_LINUX_STOP_COMMAND !== undefined) config.linuxStopCommand = e.STOPFLOW_LINUX_STOP_COMMAND;
+  if (e.STOPFLOW_LINUX_VOLUME_DIR !== undefined) config.linuxVolumeDir = e.STOPFLOW_LINUX_VOLUME_DIR;
+  if (e.STOPFLOW_MAX_CACHED_WORKFLOWS !== undefined) config.maxCachedWorkflows = e.STOPFLOW_MAX_CACHED_WORKFLOWS;
+  if (e.STOPFLOW_IDENTITY !== undefined) config.identity = e.STOPFLOW_IDENTITY;
+  if (e.STOPFLOW_WORKFLOW_BUNDLE !== undefined) config.workflowBundlePath = e.STOPFLOW_WORKFLOW_BUNDLE;
+  return config;
+}
+
+/**
+ * The Temporal connection through @temporalio/envconfig: TEMPORAL_ADDRESS,
+ * TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS*, TEMPORAL_GRPC_META_*,
+ * and profiles (TEMPORAL_PROFILE, TEMPORAL_CONFIG_FILE), as client/connection.ts does.
+ */
+function loadTemporalSettings(env: Env): TemporalSettings {
+  const overrideEnvVars: Record<string, string> = {};
+  for (const [key, value] of Object.entries(env)) {
+    if (value !== undefined && value !== '') overrideEnvVars[key] = value;
+  }
+  const profileName = overrideEnvVars.TEMPORAL_PROFILE;
+  let profile: ClientConfigProfile;
+  try {
+    profile = loadProfile(profileName, overrideEnvVars);
+  } catch (err) {
+    const variable = profileName ? 'TEMPORAL_PROFILE' : 'TEMPORAL_CONFIG_FILE';
+    throw new ConfigError([
+      `${variable}: must name a readable Temporal configuration profile (${(err as Error).message})`,
+    ]);
+  }
+  let connectConfig: ClientConnectConfig;
+  try {
+    connectConfig = toClientOptions(profile);
+  } catch (err) {
+    // Certificate or key files named by a profile that cannot be read.
+    const variable = profileName ? 'TEMPORAL_PROFILE' : 'TEMPORAL_CONFIG_FILE';
+    throw new ConfigError([`${variable}: its TLS files must be readable (${(err as Error).message})`]);
+  }
+  const address = connectConfig.connectionOptions.address ?? 'localhost:7233';
+  const namespace = connectConfig.namespace ?? 'default';
+  const settings: TemporalSettings = {
+    address,
+    namespace,
+    connectConfig: { ...connectConfig, connectionOptions: { ...connectConfig.connectionOptions, address } },
+    summary: describeTemporal(address, namespace, profileName, profile, connectConfig),
+  };
+  if (profileName) settings.profile = profileName;
+  return settings;
+}
+
+function loadProfile(profileName: string | undefined, overrideEnvVars: Record<string, string>): ClientConfigProfile {
+  if (profileName) return loadClientConfigProfile({ profile: profileName, overrideEnvVars });
+  try {
+    return loadClientConfigProfile({ overrideEnvVars });
+  } catch (err) {
+    // envconfig trips over a config file without a default profile (a TypeError); no profile was asked for, so
+    // the environment alone decides. Any other problem with the file is reported.
+    if (!(err instanceof TypeError)) throw err;
+    return loadClientConfigProfile({ overrideEnvVars, disableFile: true });
+  }
+}
+
+function describeSource(source: { path: string } | { data: string | Uint8Array } | undefined): string | undefined {
+  if (!source) return undefined;
+  return 'path' in source ? source.path : '(inline data, hidden)';
+}
+
+function describeTemporal(
+  address: string,
+  namespace: string,
+  profileName: string | undefined,
+  profile: ClientConfigProfile,
+  connectConfig: ClientConnectConfig,
+): Record<string, unknown> {
+  const tls = profile.tls;
+  const configuredTls = connectConfig.connectionOptions.tls;
+  // The SDK turns TLS on by itself when an API key is given and TLS is not configured.
+  const tlsOn =
+    configuredTls === undefined ? Boolean(profile.apiKey) : configuredTls !== false && configuredTls !== null;
+  const summary: Record<string, unknown> = {
+    address,
+    namespace,
+    profile: profileName ?? null,
+    tls: tlsOn ? 'on' : 'off',
+    apiKey: profile.apiKey ? 'set (hidden)' : 'not set',
+  };
+  if (tlsOn && tls) {
+    const clientCert = describeSource(tls.clientCert);
+    const clientKey = describeSource(tls.clientKey);
+    const serverCa = describeSource(tls.serverCACert);
+    if (clientCert) summary.tlsClientCert = clientCert;
+    if (clientKey) summary.tlsClientKey = clientKey.startsWith('(') ? clientKey : `${clientKey} (contents hidden)`;
+    if (serverCa) summary.tlsServerCaCert = serverCa;
+    if (tls.serverName) summary.tlsServerName = tls.serverName;
+  }
+  const metaKeys = Object.keys(profile.grpcMeta ?? {});
+  if (metaKeys.length > 0) summary.grpcMetadata = Object.fromEntries(metaKeys.map((key) => [key, '(hidden)']));
+  return summary;
+}
+
+/** What the worker prints at start: every setting, and for secrets only whether they are set. */
+export function describeWorkerConfig(config: WorkerConfig, env: Env = process.env): Record<string, unknown> {
+  const summary: Record<string, unknown> = {
+    temporal: config.temporal.summary,
+    taskQueue: config.taskQueue,
+    providers: config.providers,
+    defaultProvider: config.defaultProvider,
+  };
+  if (config.providers.includes('simulated')) summary.simState = config.simStatePath;
+  if (config.providers.includes('linux')) {
+    summary.linux = {
+      stopCommand: config.linuxStopCommand ?? 'none (stopping an instance does nothing)',
+      volumeDir: config.linuxVolumeDir ?? 'any writable loop device',
+    };
+  }
+  if (config.providers.includes('aws')) summary.aws = describeAws(env);
+  Object.assign(summary, {
+    pollInterval: formatDuration(config.pollIntervalMs),
+    detachHold: formatDuration(config.detachHoldMs),
+    maxPollInterval: formatDuration(config.maxPollIntervalMs),
+    metrics: config.metricsAddress ? `http://${config.metricsAddress}/metrics` : 'off',
+    shutdownGrace: formatDuration(config.shutdownGraceMs),
+    maxConcurrentActivities: config.maxConcurrentActivities,
+    maxConcurrentWorkflowTasks: config.maxConcurrentWorkflowTasks,
+    maxCachedWorkflows: config.maxCachedWorkflows ?? 'SDK default (from available memory)',
+    logLevel: config.logLevel,
+    identity: config.identity ?? 'SDK default (pid@hostname)',
+    workflowBundle: config.workflowBundlePath ?? 'bundled at start',
+  });
+  return summary;
+}
+
+/** The AWS SDK reads region, endpoint and credentials itself (its default chain); show where they come from. */
+function describeAws(env: Env): Record<string, unknown> {
+  const credentials = env.AWS_ACCESS_KEY_ID
+    ? 'environment (AWS_ACCESS_KEY_ID, secret hidden)'
+    : env.AWS_WEB_IDENTITY_TOKEN_FILE
+      ? `web identity (${env.AWS_ROLE_ARN ?? 'role from the token'})`
+      : env.AWS_PROFILE
+        ? `profile ${env.AWS_PROFILE}`
+        : 'AWS default chain (instance or pod role, shared config)';
+  return {
+    region: env.AWS_REGION || env.AWS_DEFAULT_REGION || 'from the AWS config',
+    endpoint: env.AWS_ENDPOINT_URL_EC2 || env.AWS_ENDPOINT_URL || 'AWS default',
+    credentials,
+  };
+}

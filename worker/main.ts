@@ -1,0 +1,231 @@
+/**
+ * The production worker: `npm run worker` and `stopflow worker` (same code).
+ *
+ *   configuration (environment, zod) ─► logs + metrics runtime ─► start-up checks ─► poll
+ *                                                                  SIGTERM/SIGINT ─► graceful shutdown, exit 0
+ *
+ * Exit codes: 0 stopped cleanly (or checks passed with --check), 1 the worker
+ * failed or its shutdown overran the grace, 2 invalid configuration, 3 a
+ * start-up check failed. docs/worker.md describes everything configurable.
+ */
+import { realpathSync, writeFileSync } from 'node:fs';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { GracefulShutdownPeriodExpiredError, Runtime, type Worker } from '@temporalio/worker';
+import type { ProviderEvent } from '../activities';
+import { buildProviders } from '../activities/providers';
+import { formatDuration } from '../common/duration';
+import { runStartupChecks } from './checks';
+import { ConfigError, describeWorkerConfig, loadWorkerConfig, type WorkerConfig } from './config';
+import {
+  type AppLogger,
+  activityLogContext,
+  coreLogFilter,
+  createLogger,
+  logProviderEvent,
+  PinoSdkLogger,
+} from './logging';
+import { prometheusExporter, providerMetrics } from './metrics';
+import { bundleStopflowWorkflows, createStopflowWorker } from './worker';
+
+export const WORKER_EXIT = { stopped: 0, failed: 1, badConfig: 2, checkFailed: 3 } as const;
+
+/** How long past the grace the worker may take to hand its tasks back before it is abandoned. */
+const FORCE_MARGIN_MS = 10_000;
+
+export interface RunWorkerOptions {
+  /** Run the start-up checks and exit: 0 when they pass, 3 when one fails. */
+  checkOnly?: boolean;
+  /** Write the workflow bundle to this file (for STOPFLOW_WORKFLOW_BUNDLE) and exit. */
+  writeBundle?: string;
+}
+
+/** Runs a worker until SIGTERM or SIGINT; resolves with the process exit code. */
+export async function runWorker(env: NodeJS.ProcessEnv = process.env, options: RunWorkerOptions = {}): Promise<number> {
+  if (options.writeBundle) return writeBundle(options.writeBundle);
+
+  let config: WorkerConfig;
+  try {
+    config = loadWorkerConfig(env);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`stopflow worker: ${err.message}\n(docs/worker.md lists every variable)\n`);
+    return WORKER_EXIT.badConfig;
+  }
+
+  const logger = createLogger({ level: config.logLevel });
+  try {
+    Runtime.install({
+      logger: new PinoSdkLogger(logger),
+      // Signals are handled below, to log them and to exit with a clear code.
+      shutdownSignals: [],
+      telemetryOptions: {
+        logging: { filter: coreLogFilter(config.logLevel), forward: {} },
+        ...(config.metricsAddress ? { metrics: prometheusExporter(config.metricsAddress) } : {}),
+      },
+    });
+  } catch (err) {
+    logger.error(
+      { err, check: 'metrics endpoint' },
+      `check failed: cannot serve metrics on ${config.metricsAddress}: ${(err as Error).message}. Set STOPFLOW_METRICS_ADDRESS to a free address or "off".`,
+    );
+    return WORKER_EXIT.checkFailed;
+  }
+
+  logger.info({ config: describeWorkerConfig(config, env) }, 'stopflow worker starting');
+  return serve(config, logger, options);
+}
+
+async function serve(config: WorkerConfig, logger: AppLogger, options: RunWorkerOptions): Promise<number> {
+  // A signal during start-up ends it quietly; once polling, it starts the graceful shutdown.
+  let worker: Worker | undefined;
+  let stopRequested = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    if (stopRequested) {
+      logger.warn({ signal }, `${signal} again: exiting now; running activities are retried by another worker`);
+      process.exit(signal === 'SIGINT' ? 130 : 143);
+    }
+    stopRequested = true;
+    logger.info(
+      { signal, shutdownGrace: formatDuration(config.shutdownGraceMs) },
+      `${signal}: shutting down; running activities get ${formatDuration(config.shutdownGraceMs)} to finish, then are cancelled and retried by the next worker`,
+    );
+    if (worker?.getState() === 'RUNNING') worker.shutdown();
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  const removeSignalHandlers = () => {
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+  };
+
+  const providers = await buildProviders(config.providers, {
+    simStatePath: config.simStatePath,
+    ...(config.linuxStopCommand ? { linuxStopCommand: config.linuxStopCommand } : {}),
+    ...(config.linuxVolumeDir ? { linuxVolumeDir: config.linuxVolumeDir } : {}),
+  });
+  const report = await runStartupChecks(config.temporal, providers);
+  for (const result of report.results) {
+    if (result.ok) logger.info({ check: result.check }, `check ok: ${result.message}`);
+    else
+      logger.error(
+        { check: result.check, fix: result.fix },
+        `check failed: ${result.message}${result.fix ? `. ${result.fix}` : ''}`,
+      );
+  }
+  const { connection } = report;
+  if (!report.ok || !connection) {
+    const failed = report.results.filter((r) => !r.ok).map((r) => r.check);
+    logger.error({ failed }, `start-up checks failed (${failed.join(', ')}); not starting`);
+    await connection?.close();
+    removeSignalHandlers();
+    return WORKER_EXIT.checkFailed;
+  }
+  if (options.checkOnly || stopRequested) {
+    if (options.checkOnly) logger.info('all start-up checks passed');
+    await connection.close();
+    removeSignalHandlers();
+    return WORKER_EXIT.stopped;
+  }
+
+  const metrics = providerMetrics(Runtime.instance().metricMeter);
+  const observe = (event: ProviderEvent) => {
+    metrics(event);
+    logProviderEvent(event);
+  };
+  try {
+    worker = await createStopflowWorker({
+      connection,
+      namespace: config.temporal.namespace,
+      taskQueue: config.taskQueue,
+      providers,
+      defaultProvider: config.defaultProvider,
+      pollIntervalMs: config.pollIntervalMs,
+      holdMs: config.detachHoldMs,
+      maxPollIntervalMs: config.maxPollIntervalMs,
+      observe,
+      ...(config.workflowBundlePath ? { workflowBundle: { codePath: config.workflowBundlePath } } : {}),
+      tuning: {
+        maxConcurrentActivityTaskExecutions: config.maxConcurrentActivities,
+        maxConcurrentWorkflowTaskExecutions: config.maxConcurrentWorkflowTasks,
+        ...(config.maxCachedWorkflows !== undefined ? { maxCachedWorkflows: config.maxCachedWorkflows } : {}),
+        ...(config.identity !== undefined ? { identity: config.identity } : {}),
+        shutdownGraceTime: config.shutdownGraceMs,
+        shutdownForceTime: config.shutdownGraceMs + FORCE_MARGIN_MS,
+        interceptors: { activity: [activityLogContext] },
+      },
+    });
+  } catch (err) {
+    logger.error({ err }, `cannot create the worker: ${(err as Error).message}`);
+    await connection.close();
+    removeSignalHandlers();
+    return WORKER_EXIT.failed;
+  }
+
+  let exitCode: number = WORKER_EXIT.stopped;
+  const running = worker.run();
+  // A signal that came while the worker was being created: stop right away (it has polled nothing yet).
+  if (stopRequested && worker.getState() === 'RUNNING') worker.shutdown();
+  else
+    logger.info(
+      {
+        taskQueue: config.taskQueue,
+        namespace: config.temporal.namespace,
+        providers: config.providers,
+        identity: worker.options.identity,
+      },
+      `worker polling task queue ${config.taskQueue} in namespace ${config.temporal.namespace}`,
+    );
+  try {
+    await running;
+    logger.info('worker stopped: every task handed back');
+  } catch (err) {
+    if (err instanceof GracefulShutdownPeriodExpiredError) {
+      logger.error(
+        { err },
+        `shutdown overran the grace by ${formatDuration(FORCE_MARGIN_MS)}: exiting anyway; unfinished activities are retried after their heartbeat timeout`,
+      );
+    } else {
+      logger.error({ err }, `worker failed: ${(err as Error).message}`);
+    }
+    exitCode = WORKER_EXIT.failed;
+  }
+  await connection.close();
+  removeSignalHandlers();
+  return exitCode;
+}
+
+async function writeBundle(path: string): Promise<number> {
+  const { code } = await bundleStopflowWorkflows();
+  writeFileSync(path, code);
+  process.stdout.write(`stopflow worker: workflow bundle written to ${path} (set STOPFLOW_WORKFLOW_BUNDLE=${path})\n`);
+  return WORKER_EXIT.stopped;
+}
+
+/** `npm run worker [-- --check | --write-bundle <path>]`. */
+function isEntryPoint(): boolean {
+  const script = process.argv[1];
+  if (!script) return false;
+  try {
+    return import.meta.url === pathToFileURL(realpathSync(script)).href;
+  } catch {
+    return false;
+  }
+}
+
+if (isEntryPoint()) {
+  let options: RunWorkerOptions;
+  try {
+    const { values } = parseArgs({
+      options: { check: { type: 'boolean' }, 'write-bundle': { type: 'string' } },
+      allowPositionals: false,
+    });
+    options = {};
+    if (values.check) options.checkOnly = true;
+    if (values['write-bundle']) options.writeBundle = values['write-bundle'];
+  } catch (err) {
+    process.stderr.write(`stopflow worker: ${(err as Error).message} (options: --check, --write-bundle <path>)\n`);
+    process.exit(WORKER_EXIT.badConfig);
+  }
+  process.exit(await runWorker(process.env, options));
+}
