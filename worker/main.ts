@@ -11,9 +11,11 @@
 import { realpathSync, writeFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { Client } from '@temporalio/client';
 import { GracefulShutdownPeriodExpiredError, Runtime, type Worker } from '@temporalio/worker';
 import type { ProviderEvent } from '../activities';
 import { buildProviders } from '../activities/providers';
+import { createSweepActivities } from '../activities/sweep';
 import { formatDuration } from '../common/duration';
 import { runStartupChecks } from './checks';
 import { ConfigError, describeWorkerConfig, loadWorkerConfig, type WorkerConfig } from './config';
@@ -144,6 +146,14 @@ async function serve(config: WorkerConfig, logger: AppLogger, options: RunWorker
       holdMs: config.detachHoldMs,
       maxPollIntervalMs: config.maxPollIntervalMs,
       observe,
+      // The sweep (docs/sweep.md) runs on the same worker; its activities need a Client for visibility.
+      extraActivities: createSweepActivities({
+        client: new Client({ connection, namespace: config.temporal.namespace }),
+        providers,
+        defaultProvider: config.defaultProvider,
+        namespace: config.temporal.namespace,
+        taskQueue: config.taskQueue,
+      }),
       ...(config.workflowBundlePath ? { workflowBundle: { codePath: config.workflowBundlePath } } : {}),
       tuning: {
         maxConcurrentActivityTaskExecutions: config.maxConcurrentActivities,

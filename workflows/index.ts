@@ -1,2 +1,3 @@
 // The worker bundles this file: it must export every workflow and nothing with side effects.
 export { stopInstance } from './stop-instance';
+export { sweep } from './sweep';
