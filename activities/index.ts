@@ -84,6 +84,30 @@ export function createActivities(deps: ActivityDeps) {
   };
 
   const holdMs = deps.holdMs ?? 60_000;
+
+  /**
+   * Runs `fn`, retrying its transient failures every poll interval until `releaseAt` (heartbeating
+   * meanwhile, so cancellation still arrives); after that, or on a final error, it throws and the
+   * activity's retry policy takes over. One flaky backend call then costs one poll interval instead of
+   * the whole attempt plus a retry backoff that grows to a minute. `retries` counts the repeated calls.
+   */
+  const retryWithinHold = async <T>(
+    releaseAt: number,
+    fn: () => Promise<T>,
+    heartbeat: () => void,
+  ): Promise<{ value: T; retries: number }> => {
+    const ctx = Context.current();
+    for (let retries = 0; ; retries++) {
+      try {
+        return { value: await fn(), retries };
+      } catch (err) {
+        const transient = err instanceof ApplicationFailure && !err.nonRetryable;
+        if (!transient || Date.now() + deps.pollIntervalMs > releaseAt) throw err;
+        heartbeat();
+        await ctx.sleep(deps.pollIntervalMs);
+      }
+    }
+  };
   const maxPollIntervalMs = Math.max(deps.maxPollIntervalMs ?? 60_000, deps.pollIntervalMs);
 
   /**
@@ -96,17 +120,22 @@ export function createActivities(deps: ActivityDeps) {
     provider: Provider,
     target: VolumeTarget,
     onAttached: (() => Promise<void>) | undefined,
+    releaseAt: number,
   ): Promise<WaitResult> => {
     const ctx = Context.current();
     const previous = ctx.info.heartbeatDetails as Partial<WaitHeartbeat> | undefined;
     const since = previous?.since ?? new Date().toISOString();
     let checks = previous?.checks ?? 0;
     let rerequests = 0;
-    const releaseAt = Date.now() + holdMs;
+    let last: AttachmentState = 'detaching';
     for (;;) {
-      const state = await call(provider, 'getAttachmentState', () =>
-        provider.getAttachmentState(target.instanceId, target.volume),
+      // A transient error on one check does not throw the attempt away: the next check comes a poll later.
+      const { value: state } = await retryWithinHold(
+        releaseAt,
+        () => call(provider, 'getAttachmentState', () => provider.getAttachmentState(target.instanceId, target.volume)),
+        () => ctx.heartbeat({ checks, state: last, since } satisfies WaitHeartbeat),
       );
+      last = state;
       checks++;
       if (state === 'detached') return { checks, rerequests };
       if (state === 'attached' && onAttached) {
@@ -148,9 +177,13 @@ export function createActivities(deps: ActivityDeps) {
       const provider = resolve(target.provider);
       const request = () =>
         call(provider, 'detachVolume', () => provider.detachVolume(target.instanceId, target.volume));
-      await request();
-      const waited = await pollUntilDetached(provider, target, request);
-      return { attempts: Context.current().info.attempt, ...waited };
+      const ctx = Context.current();
+      // One hold window for the whole attempt: the request and the wait share it.
+      const releaseAt = Date.now() + holdMs;
+      const { retries } = await retryWithinHold(releaseAt, request, () => ctx.heartbeat(ctx.info.heartbeatDetails));
+      const waited = await pollUntilDetached(provider, target, request, releaseAt);
+      // Requests sent: one per activity attempt, plus the ones repeated inside this attempt.
+      return { attempts: ctx.info.attempt + retries, ...waited };
     },
 
     async forceDetachVolume(target: VolumeTarget): Promise<DetachResult & WaitResult> {
@@ -161,8 +194,9 @@ export function createActivities(deps: ActivityDeps) {
           'ForceUnsupported',
         );
       }
+      const releaseAt = Date.now() + holdMs;
       await call(provider, 'forceDetachVolume', () => provider.forceDetachVolume(target.instanceId, target.volume));
-      const waited = await pollUntilDetached(provider, target, undefined);
+      const waited = await pollUntilDetached(provider, target, undefined, releaseAt);
       return { attempts: Context.current().info.attempt, ...waited };
     },
 
