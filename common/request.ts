@@ -49,8 +49,18 @@ export interface VolumeRef {
   device?: string | undefined;
 }
 
-export const strictStopRequestSchema = z.strictObject(requestFields(z.strictObject(volumeFields)));
-export const tolerantStopRequestSchema = z.looseObject(requestFields(z.looseObject(volumeFields)));
+const REQUEST_RULE =
+  'must be a StopRequest object { instanceId, volumes?, maxStopDuration?, reason?, requestedBy?, provider?, forceGrace? }';
+const VOLUME_RULE = 'must be an object { volumeId, device? }';
+
+export const strictStopRequestSchema = z.strictObject(
+  requestFields(z.strictObject(volumeFields, { error: VOLUME_RULE })),
+  { error: REQUEST_RULE },
+);
+export const tolerantStopRequestSchema = z.looseObject(
+  requestFields(z.looseObject(volumeFields, { error: VOLUME_RULE })),
+  { error: REQUEST_RULE },
+);
 
 export type StopRequest = z.input<typeof strictStopRequestSchema>;
 

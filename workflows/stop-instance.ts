@@ -161,15 +161,15 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
     {
       validator: (update) => {
         if (parseDuration(update?.maxStopDuration) === undefined) {
-          throw new Error(`maxStopDuration: ${DURATION_RULE}`);
+          throw invalidUpdate(`maxStopDuration: ${DURATION_RULE}`);
         }
         if (state.escalation) {
-          throw new Error(
+          throw invalidUpdate(
             `maxStopDuration: cannot be changed after escalation (${state.escalation.cause} at ${state.escalation.at})`,
           );
         }
         if (state.phase !== 'stopping' || allVolumesSettled(state)) {
-          throw new Error('maxStopDuration: cannot be changed once every volume is detached');
+          throw invalidUpdate('maxStopDuration: cannot be changed once every volume is detached');
         }
       },
     },
@@ -226,6 +226,11 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
   state.instanceStopped = true;
   setPhase(state, 'stopped');
   return snapshot(state);
+}
+
+/** A rejected update: final, typed, and never written to history. */
+function invalidUpdate(message: string): ApplicationFailure {
+  return ApplicationFailure.create({ message, type: 'InvalidUpdate', nonRetryable: true });
 }
 
 function validate(input: unknown): NormalizedStopRequest {

@@ -144,12 +144,12 @@ function clientStart(name: string, request: (id: string) => unknown, message: Re
   });
 }
 
-clientStart('request is null', () => null, /request: .*expected object/i, false);
-clientStart('request is an array', () => [], /request: .*expected object/i, false);
+clientStart('request is null', () => null, /request: must be a StopRequest object/, false);
+clientStart('request is an array', () => [], /request: must be a StopRequest object/, false);
 clientStart(
   'request is a JSON string, not an object',
   (id) => JSON.stringify({ instanceId: id }),
-  /request: .*expected object/i,
+  /request: must be a StopRequest object/,
   false,
 );
 clientStart('instanceId missing', () => ({ volumes: refs('vol-a') }), /instanceId: is required/, false);
@@ -442,7 +442,7 @@ rows.push(
     name: 'raw start with no argument at all',
     where: 'workflow',
     // zod's own wording for a missing argument; names the request but not what it should be.
-    message: /request: Invalid input/,
+    message: /request: must be a StopRequest object/,
     act: async () => {
       const id = rawNoArgId;
       expectedWorkflowIds.add(workflowIdFor(id));
