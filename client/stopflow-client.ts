@@ -1,24 +1,37 @@
 /**
- * StopflowClient: the typed way for services to start, abort, steer and read
- * stops. Everything is validated before anything is sent, so bad input starts
- * or changes nothing.
+ * StopflowClient: the typed way for services to start, abort, steer, watch
+ * and audit stops. Everything is validated before anything is sent, so bad
+ * input starts or changes nothing.
  */
 import { randomUUID } from 'node:crypto';
 import {
   type Client,
   WorkflowExecutionAlreadyStartedError,
+  type WorkflowExecutionDescription,
   WorkflowFailedError,
   type WorkflowHandle,
   WorkflowNotFoundError,
   WorkflowUpdateFailedError,
 } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
+import { optionalTsToMs } from '@temporalio/common/lib/time';
+import type { WaitHeartbeat } from '../activities';
 import { DURATION_RULE, formatDuration, parseDuration } from '../common/duration';
-import { DEFAULT_TASK_QUEUE, STOP_FAILED, StopForcedKey, StopPhaseKey, workflowIdFor } from '../common/names';
+import {
+  DEFAULT_TASK_QUEUE,
+  STOP_FAILED,
+  StopCauseKey,
+  StopForcedKey,
+  StopPhaseKey,
+  WORKFLOW_TYPE,
+  workflowIdFor,
+} from '../common/names';
 import { INSTANCE_ID_RULE, parseStopRequest, type StopRequest } from '../common/request';
-import type { AbortPayload, SetMaxStopDurationResult, StopStatus } from '../common/status';
+import type { AbortPayload, SetMaxStopDurationResult, StopPhase, StopStatus, VolumeStatus } from '../common/status';
 import { abortSignal, setMaxStopDurationUpdate, statusQuery } from '../workflows/definitions';
 import type { stopInstance } from '../workflows/stop-instance';
+import { type AuditEntry, auditEntries, failureText, HistoryDecoder } from './history';
+import { STOP_PHASES, stopsQuery } from './queries';
 
 export interface StopflowClientOptions {
   client: Client;
@@ -35,9 +48,25 @@ export class StopNotFoundError extends Error {
   override name = 'StopNotFoundError';
 }
 
-/** The request reached a stop that had already ended, so it changed nothing. */
+/**
+ * The request reached a stop that had already ended, so it changed nothing.
+ * `executionStatus` is how its workflow closed (`COMPLETED`, `FAILED`,
+ * `TERMINATED`, …) and `status` its final StopStatus when it has one.
+ */
 export class StopAlreadyEndedError extends Error {
   override name = 'StopAlreadyEndedError';
+  constructor(
+    message: string,
+    readonly executionStatus: string,
+    readonly status: StopStatus | undefined,
+  ) {
+    super(message);
+  }
+
+  /** True when the instance of that ended stop was stopped (the stop ended `stopped`). */
+  get instanceStopped(): boolean {
+    return this.status?.phase === 'stopped';
+  }
 }
 
 /** The stop ended failed: `status` says which volumes and why. */
@@ -60,7 +89,88 @@ export interface StopHandle {
   handle: WorkflowHandle<typeof stopInstance>;
 }
 
+/** What an activity working for the stop is doing right now (from the server's pending-activity view). */
+export interface PendingWork {
+  activityId: string;
+  activityType: string;
+  state: 'scheduled' | 'started' | 'cancel_requested' | 'paused' | 'pause_requested' | 'unknown';
+  /** 1 for the first try; a stuck detach counts one attempt per hold window. */
+  attempt: number;
+  /** From the detach wait's heartbeat: backend checks so far, the last state seen, since when it waits. */
+  checks?: number;
+  backendState?: string;
+  waitingSince?: string;
+  lastHeartbeatAt?: string;
+  /** The last attempt's failure, e.g. "vol-2 still detaching after 37 checks since …". */
+  lastFailure?: string;
+  /** When the next attempt starts, for an activity waiting out its retry delay. */
+  nextAttemptAt?: string;
+}
+
+export interface VolumeProgress extends VolumeStatus {
+  /** The detach or force-detach working on this volume, while one is pending. */
+  work?: PendingWork;
+}
+
+/** A stop's StopStatus merged with the live view of its pending activities. */
+export interface StopProgress {
+  instanceId: string;
+  workflowId: string;
+  runId: string;
+  /** The workflow's status: RUNNING, COMPLETED, FAILED, TERMINATED, CANCELLED, TIMED_OUT, … */
+  executionStatus: string;
+  running: boolean;
+  status: StopStatus;
+  volumes: VolumeProgress[];
+  /** Pending activities not about one volume (listing the volumes, stopping the instance). */
+  otherWork: PendingWork[];
+}
+
+export interface ListOptions {
+  phase?: StopPhase;
+  /** Only stops still `stopping`, still running, and started more than this long ago (a Duration). */
+  stuckFor?: string | number;
+  /** Only stops started on this task queue. Default: every task queue in the namespace. */
+  taskQueue?: string;
+  /** At most this many stops (1-1000). Default 100. */
+  limit?: number;
+  /** The clock `stuckFor` counts back from. Default: now. */
+  now?: Date;
+}
+
+export interface StopListing {
+  instanceId: string;
+  workflowId: string;
+  runId: string;
+  taskQueue: string;
+  executionStatus: string;
+  /** StopPhase; absent for a run that never recorded one. */
+  phase?: string;
+  cause?: string;
+  forced: boolean;
+  startTime: string;
+  closeTime?: string;
+  historyLength: number;
+}
+
+export interface StopHistory {
+  instanceId: string;
+  workflowId: string;
+  runId: string;
+  entries: AuditEntry[];
+}
+
 const ID_PATTERN = /^[A-Za-z0-9._:-]{1,255}$/;
+const STOP_ID_PREFIX = 'stop-';
+const VOLUME_ACTIVITIES = new Set(['detachVolume', 'forceDetachVolume']);
+// temporal.api.enums.v1.PendingActivityState, by number (the proto package is not a direct dependency).
+const PENDING_STATES: Record<number, PendingWork['state']> = {
+  1: 'scheduled',
+  2: 'started',
+  3: 'cancel_requested',
+  4: 'paused',
+  5: 'pause_requested',
+};
 
 function checkInstanceId(instanceId: unknown): string {
   if (typeof instanceId !== 'string' || !ID_PATTERN.test(instanceId)) {
@@ -69,9 +179,16 @@ function checkInstanceId(instanceId: unknown): string {
   return instanceId;
 }
 
+function isoOf(ts: Parameters<typeof optionalTsToMs>[0]): string | undefined {
+  const ms = optionalTsToMs(ts);
+  return ms === undefined || ms === 0 ? undefined : new Date(ms).toISOString();
+}
+
 export class StopflowClient {
   readonly client: Client;
   readonly taskQueue: string;
+  /** runId -> (activityId -> volumeId), learned from the history once per new activity. */
+  private readonly volumeOfActivity = new Map<string, Map<string, string>>();
 
   constructor(options: StopflowClientOptions) {
     this.client = options.client;
@@ -101,7 +218,7 @@ export class StopflowClient {
     // A token in the memo tells whether this call started the run or joined a running one.
     const startToken = randomUUID();
     try {
-      const handle = await this.client.workflow.start<typeof stopInstance>('stopInstance', {
+      const handle = await this.client.workflow.start<typeof stopInstance>(WORKFLOW_TYPE, {
         taskQueue: this.taskQueue,
         workflowId,
         args: [request],
@@ -126,11 +243,14 @@ export class StopflowClient {
     }
   }
 
-  private handle(instanceId: string): WorkflowHandle<typeof stopInstance> {
-    return this.client.workflow.getHandle<typeof stopInstance>(workflowIdFor(checkInstanceId(instanceId)));
+  private handle(instanceId: string, runId?: string): WorkflowHandle<typeof stopInstance> {
+    return this.client.workflow.getHandle<typeof stopInstance>(workflowIdFor(checkInstanceId(instanceId)), runId);
   }
 
-  /** Escalates a running stop to force-detach. Repeated aborts are harmless. */
+  /**
+   * Escalates a running stop to force-detach. Repeated aborts are harmless.
+   * Throws StopAlreadyEndedError (with the ended stop's final status) when there is nothing left to abort.
+   */
   async abort(instanceId: string, payload: AbortPayload = {}): Promise<void> {
     if (payload.reason !== undefined && (typeof payload.reason !== 'string' || payload.reason.length > 1024)) {
       throw new InvalidInputError('reason: must be a string of at most 1024 characters');
@@ -166,13 +286,14 @@ export class StopflowClient {
     }
   }
 
-  /** The live status of the latest stop of this instance (also after it ended). */
+  /**
+   * The status of the latest stop of this instance: live from the workflow
+   * while it runs, and from its recorded result once it ended (so reading an
+   * ended stop needs no worker).
+   */
   async status(instanceId: string): Promise<StopStatus> {
-    try {
-      return await this.handle(instanceId).query(statusQuery);
-    } catch (err) {
-      throw this.translate(instanceId, err, 'read the status of');
-    }
+    const description = await this.describe(instanceId, 'read the status of');
+    return this.statusOf(instanceId, description);
   }
 
   /** Waits for the stop to end: the final status, or StopFailedError with it. */
@@ -195,18 +316,211 @@ export class StopflowClient {
     }
   }
 
+  /**
+   * The status merged with what the server knows about the stop's pending
+   * activities: per volume the attempt, the wait's heartbeat (checks, backend
+   * state, since when) and the last failure, so a person sees "vol-2 still
+   * detaching after 37 checks".
+   */
+  async progress(instanceId: string): Promise<StopProgress> {
+    const description = await this.describe(instanceId, 'read the progress of');
+    const status = await this.statusOf(instanceId, description);
+    const running = description.status.name === 'RUNNING';
+    const pending = running ? (description.raw.pendingActivities ?? []) : [];
+    const decoder = new HistoryDecoder(this.client.options.loadedDataConverter);
+    const work: PendingWork[] = [];
+    for (const activity of pending) {
+      const item: PendingWork = {
+        activityId: activity.activityId ?? '',
+        activityType: activity.activityType?.name ?? 'activity',
+        state: PENDING_STATES[activity.state ?? 0] ?? 'unknown',
+        attempt: activity.attempt ?? 1,
+      };
+      const beat = (await decoder.first(activity.heartbeatDetails)) as Partial<WaitHeartbeat> | undefined;
+      if (beat && typeof beat === 'object') {
+        if (typeof beat.checks === 'number') item.checks = beat.checks;
+        if (typeof beat.state === 'string') item.backendState = beat.state;
+        if (typeof beat.since === 'string') item.waitingSince = beat.since;
+      }
+      const lastHeartbeatAt = isoOf(activity.lastHeartbeatTime);
+      if (lastHeartbeatAt) item.lastHeartbeatAt = lastHeartbeatAt;
+      if (activity.lastFailure) item.lastFailure = failureText(activity.lastFailure);
+      const nextAttemptAt = isoOf(activity.nextAttemptScheduleTime);
+      if (nextAttemptAt) item.nextAttemptAt = nextAttemptAt;
+      work.push(item);
+    }
+    const volumeWork = work.filter((w) => VOLUME_ACTIVITIES.has(w.activityType));
+    const byVolume = await this.volumesOfActivities(
+      description,
+      volumeWork.map((w) => w.activityId),
+    );
+    const volumes: VolumeProgress[] = status.volumes.map((volume) => {
+      // A cancelled graceful wait may linger beside the force-detach: show the force.
+      const candidates = volumeWork.filter((w) => byVolume.get(w.activityId) === volume.volumeId);
+      const chosen = candidates.find((w) => w.activityType === 'forceDetachVolume') ?? candidates[0];
+      return chosen ? { ...volume, work: chosen } : { ...volume };
+    });
+    return {
+      instanceId,
+      workflowId: description.workflowId,
+      runId: description.runId,
+      executionStatus: description.status.name,
+      running,
+      status,
+      volumes,
+      otherWork: work.filter((w) => !VOLUME_ACTIVITIES.has(w.activityType)),
+    };
+  }
+
+  /**
+   * Stops found by a visibility query on the search attributes, newest first;
+   * with `stuckFor`, the stops still `stopping` that started longer ago than that.
+   */
+  async list(options: ListOptions = {}): Promise<StopListing[]> {
+    if (options.phase !== undefined && !STOP_PHASES.includes(options.phase)) {
+      throw new InvalidInputError(`phase: must be one of ${STOP_PHASES.join(', ')}`);
+    }
+    let stuckForMs: number | undefined;
+    if (options.stuckFor !== undefined) {
+      const ms = parseDuration(options.stuckFor);
+      if (ms === undefined || ms === null) {
+        throw new InvalidInputError(`stuckFor: ${DURATION_RULE.replace('"off", ', '')}`);
+      }
+      if (options.phase !== undefined && options.phase !== 'stopping') {
+        throw new InvalidInputError(
+          `stuckFor: lists stops still stopping; it cannot be combined with phase ${options.phase}`,
+        );
+      }
+      stuckForMs = ms;
+    }
+    const limit = options.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1000) {
+      throw new InvalidInputError('limit: must be a whole number from 1 to 1000');
+    }
+    const query = stopsQuery({
+      ...(stuckForMs !== undefined ? { phase: 'stopping' as const, stuckForMs } : {}),
+      ...(options.phase !== undefined ? { phase: options.phase } : {}),
+      ...(options.taskQueue !== undefined ? { taskQueue: options.taskQueue } : {}),
+      ...(options.now !== undefined ? { now: options.now } : {}),
+    });
+    const stops: StopListing[] = [];
+    for await (const execution of this.client.workflow.list({ query, pageSize: Math.min(limit, 1000) })) {
+      if (execution.type !== WORKFLOW_TYPE || !execution.workflowId.startsWith(STOP_ID_PREFIX)) continue;
+      const listing: StopListing = {
+        instanceId: execution.workflowId.slice(STOP_ID_PREFIX.length),
+        workflowId: execution.workflowId,
+        runId: execution.runId,
+        taskQueue: execution.taskQueue,
+        executionStatus: execution.status.name,
+        forced: execution.typedSearchAttributes.get(StopForcedKey) === true,
+        startTime: execution.startTime.toISOString(),
+        historyLength: execution.historyLength,
+      };
+      const phase = execution.typedSearchAttributes.get(StopPhaseKey);
+      if (phase !== undefined) listing.phase = phase;
+      const cause = execution.typedSearchAttributes.get(StopCauseKey);
+      if (cause !== undefined) listing.cause = cause;
+      if (execution.closeTime) listing.closeTime = execution.closeTime.toISOString();
+      stops.push(listing);
+      if (stops.length >= limit) break;
+    }
+    return stops;
+  }
+
+  /** The audit log of the latest stop of this instance (or of one run), oldest entry first. */
+  async history(instanceId: string, options: { runId?: string } = {}): Promise<StopHistory> {
+    const handle = this.handle(instanceId, options.runId);
+    try {
+      // Pin the run: a new stop started while reading must not mix two runs' pages.
+      const runId = options.runId ?? (await handle.describe()).runId;
+      const history = await this.client.workflow.getHandle(handle.workflowId, runId).fetchHistory();
+      const entries = await auditEntries(history, this.client.options.loadedDataConverter);
+      return { instanceId, workflowId: handle.workflowId, runId, entries };
+    } catch (err) {
+      throw this.translate(instanceId, err, 'read the history of');
+    }
+  }
+
+  private async describe(instanceId: string, verb: string): Promise<WorkflowExecutionDescription> {
+    try {
+      return await this.handle(instanceId).describe();
+    } catch (err) {
+      throw this.translate(instanceId, err, verb);
+    }
+  }
+
+  /** The StopStatus of the described run: its result once ended, the `status` query while running. */
+  private async statusOf(instanceId: string, description: WorkflowExecutionDescription): Promise<StopStatus> {
+    const handle = this.handle(instanceId, description.runId);
+    if (description.status.name === 'COMPLETED' || description.status.name === 'FAILED') {
+      try {
+        return await handle.result();
+      } catch (err) {
+        if (err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure) {
+          const details = err.cause.details?.[0];
+          if (err.cause.type === STOP_FAILED && details && typeof details === 'object') return details as StopStatus;
+        }
+        // Not a stop's own outcome (e.g. an invalid request): ask the workflow below.
+      }
+    }
+    try {
+      return await handle.query(statusQuery);
+    } catch (err) {
+      throw this.translate(instanceId, err, 'read the status of');
+    }
+  }
+
+  /** Maps pending volume activities to their volumeIds, reading the run's history only for unseen activities. */
+  private async volumesOfActivities(
+    description: WorkflowExecutionDescription,
+    activityIds: string[],
+  ): Promise<Map<string, string>> {
+    let known = this.volumeOfActivity.get(description.runId);
+    if (!known) {
+      if (this.volumeOfActivity.size > 1000) this.volumeOfActivity.clear();
+      known = new Map();
+      this.volumeOfActivity.set(description.runId, known);
+    }
+    if (activityIds.every((id) => known.has(id))) return known;
+    const history = await this.client.workflow.getHandle(description.workflowId, description.runId).fetchHistory();
+    const decoder = new HistoryDecoder(this.client.options.loadedDataConverter);
+    for (const event of history.events ?? []) {
+      const scheduled = event.activityTaskScheduledEventAttributes;
+      if (!scheduled?.activityId || !VOLUME_ACTIVITIES.has(scheduled.activityType?.name ?? '')) continue;
+      if (known.has(scheduled.activityId)) continue;
+      const input = (await decoder.first(scheduled.input)) as { volume?: { volumeId?: unknown } } | undefined;
+      const volumeId = input?.volume?.volumeId;
+      if (typeof volumeId === 'string') known.set(scheduled.activityId, volumeId);
+    }
+    return known;
+  }
+
   private async requireRunning(instanceId: string, handle: WorkflowHandle, verb: string): Promise<void> {
-    let description: Awaited<ReturnType<WorkflowHandle['describe']>>;
+    let description: WorkflowExecutionDescription;
     try {
       description = await handle.describe();
     } catch (err) {
       throw this.translate(instanceId, err, verb);
     }
-    if (description.status.name !== 'RUNNING') {
-      throw new StopAlreadyEndedError(
-        `cannot ${verb} the stop of ${instanceId}: it already ended ${description.status.name.toLowerCase()} at ${description.closeTime?.toISOString() ?? 'an unknown time'}`,
-      );
+    if (description.status.name === 'RUNNING') return;
+    const ended = description.status.name.toLowerCase();
+    const at = description.closeTime?.toISOString() ?? 'an unknown time';
+    let status: StopStatus | undefined;
+    try {
+      status = await this.statusOf(instanceId, description);
+    } catch {
+      status = undefined; // e.g. a terminated stop and no worker to answer the query: the workflow status says enough
     }
+    const outcome = status
+      ? status.phase === 'stopped'
+        ? '; the instance was stopped'
+        : `; phase ${status.phase}, the instance was NOT stopped`
+      : '';
+    throw new StopAlreadyEndedError(
+      `cannot ${verb} the stop of ${instanceId}: it already ended ${ended} at ${at}${outcome}. Nothing was changed; start a new stop to act again.`,
+      description.status.name,
+      status,
+    );
   }
 
   private translate(instanceId: string, err: unknown, verb: string): Error {
