@@ -4,14 +4,19 @@
  * Temporal Web UI and reads what a person would read there. Screenshots are
  * saved to test-results/ui/ (see docs/audit-log.md for what they show).
  */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
+import type { AuditEntry } from '../client/history';
 import { workflowIdFor } from '../common/names';
 import type { StopStatus } from '../common/status';
 import { eventually, type Harness, startHarness } from './helpers';
 import { browserTestsUnavailable, launchChromium, newPage, screenshot } from './support/browser';
 import { type RecordedEvent, recordedHistory } from './support/history-json';
 import { type CompactRow, WorkflowPage } from './support/temporal-ui';
+
+const runFile = promisify(execFile);
 
 const uiUrl = inject('temporalUiUrl') ?? process.env.TEMPORAL_UI_URL;
 const unavailable = browserTestsUnavailable(uiUrl);
@@ -311,10 +316,35 @@ function historyItem(event: RecordedEvent): string | undefined {
   }
 }
 
+/** `stopflow history <instanceId> --json`, run as a person would, against this run's server. */
+async function stopflowHistory(instanceId: string, runId: string): Promise<AuditEntry[]> {
+  const { stdout } = await runFile('node', ['bin/stopflow.mjs', 'history', instanceId, '--run-id', runId, '--json'], {
+    env: { ...process.env, TEMPORAL_ADDRESS: inject('temporalAddress') },
+    maxBuffer: 16 * 1024 * 1024,
+  });
+  return (JSON.parse(stdout) as { entries: AuditEntry[] }).entries;
+}
+
+/** The audit entry's step in the same words as uiItem (patch markers are machinery the audit log leaves out). */
+function auditItem(entry: AuditEntry): string | undefined {
+  const text = entry.text;
+  switch (entry.event) {
+    case 'ActivityTaskScheduled':
+      return `activity ${text.replace(/^scheduled /, '')}`;
+    case 'WorkflowExecutionSignaled':
+      return `signal ${/^signal (\S+)/.exec(text)?.[1] ?? '?'}`;
+    case 'TimerStarted':
+      return `timer ${text.replace(/^timer started: /, '').replace(/ \(fires in [^)]*\)$/, '')}`;
+    case 'WorkflowExecutionUpdateAccepted':
+      return `update ${/^update (\S+) accepted/.exec(text)?.[1] ?? '?'}`;
+    default:
+      return undefined;
+  }
+}
+
 describe('the UI and the recorded history show the same events', () => {
-  // Issue 9 asks that `stopflow history <instanceId>` and the UI show the same events. Until the CLI
-  // command exists (issue 4), the recorded history is read with `temporal workflow show --output json`;
-  // then recordedHistory() can read `stopflow history <instanceId> --json` instead.
+  // The UI is compared event by event with the raw history (`temporal workflow show --output json`),
+  // and step by step with the audit log people read (`stopflow history <instanceId> --json`).
   for (const [name, stopOf] of [
     ['aborted', abortedStop],
     ['timed-out', timedOutStop],
@@ -353,6 +383,11 @@ describe('the UI and the recorded history show the same events', () => {
         expect(shown.length).toBeGreaterThan(10);
         expect(recordedInputs.some((input) => input.startsWith(shown))).toBe(true);
       }
+      // `stopflow history`: the same activities (type and summary), signals, timers and updates as the UI.
+      const audit = await stopflowHistory(stop.instanceId, stop.runId);
+      const fromAudit = audit.flatMap((e) => auditItem(e) ?? []).sort();
+      expect(fromAudit).toEqual(fromUi.filter((item) => !item.startsWith('marker ')));
+      expect(audit.some((e) => e.kind === 'workflow' && /completed|stopped/i.test(e.text))).toBe(true);
       await screenshot(ui.page, `${name}-compared-compact`);
     });
   }
