@@ -26,8 +26,7 @@ import {
   SweepInputError,
   type sweep,
 } from '../../workflows/sweep';
-import { ConnectionFailedError, connectTemporalClient } from '../connection';
-import { CliError, EXIT } from './errors';
+import { CliError, EXIT, withTemporalClient } from './errors';
 
 export const DEFAULT_SCHEDULE_ID = 'stopflow-sweep';
 export const DEFAULT_SWEEP_EVERY = '5m';
@@ -207,25 +206,14 @@ function formatView(view: SweepScheduleView): string {
   return lines.join('\n');
 }
 
-async function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
-  let client: Client;
-  try {
-    client = await connectTemporalClient();
-  } catch (err) {
-    if (err instanceof ConnectionFailedError) throw new CliError(err.message, EXIT.notFoundOrNoConnection);
-    throw err;
-  }
-  try {
-    return await fn(client);
-  } catch (err) {
+function withClient<T>(fn: (client: Client) => Promise<T>): Promise<T> {
+  return withTemporalClient(fn, (err) => {
     if (err instanceof ScheduleNotFoundError) {
-      throw new CliError(`no schedule ${err.scheduleId} was found`, EXIT.notFoundOrNoConnection);
+      return new CliError(`no schedule ${err.scheduleId} was found`, EXIT.notFoundOrNoConnection);
     }
-    if (err instanceof ScheduleInputError) throw new CliError(err.message, EXIT.badInput);
-    throw err;
-  } finally {
-    await client.connection.close();
-  }
+    if (err instanceof ScheduleInputError) return new CliError(err.message, EXIT.badInput);
+    return undefined;
+  });
 }
 
 function parseMaxInstances(value: string): number {

@@ -14,7 +14,6 @@ import { DURATION_RULE, formatDuration, parseDuration } from '../../common/durat
 import { DEFAULT_TASK_QUEUE } from '../../common/names';
 import { INSTANCE_ID_RULE, parseStopRequest, type StopRequest, StopRequestError } from '../../common/request';
 import type { StopPhase } from '../../common/status';
-import { ConnectionFailedError, connectTemporalClient } from '../connection';
 import type { AuditEntry } from '../history';
 import { STOP_PHASES } from '../queries';
 import {
@@ -27,7 +26,7 @@ import {
   type StopProgress,
   type VolumeProgress,
 } from '../stopflow-client';
-import { CliError, EXIT } from './errors';
+import { CliError, EXIT, withTemporalClient } from './errors';
 
 const ID_PATTERN = /^[A-Za-z0-9._:-]{1,255}$/;
 
@@ -60,26 +59,18 @@ function taskQueueOf(option: string | undefined): string {
 
 /** Connects, runs `fn`, and turns the client's errors into exit codes. */
 async function withStopflow<T>(taskQueue: string, fn: (stopflow: StopflowClient) => Promise<T>): Promise<T> {
-  let client: Awaited<ReturnType<typeof connectTemporalClient>>;
-  try {
-    client = await connectTemporalClient();
-  } catch (err) {
-    if (err instanceof ConnectionFailedError) throw new CliError(err.message, EXIT.notFoundOrNoConnection);
-    throw err;
-  }
-  try {
-    return await fn(new StopflowClient({ client, taskQueue }));
-  } catch (err) {
-    if (err instanceof InvalidInputError) throw badInput(err.message);
-    if (err instanceof StopNotFoundError) throw new CliError(err.message, EXIT.notFoundOrNoConnection);
-    if (err instanceof StopFailedError) throw new CliError(`the stop failed: ${err.message}`, EXIT.stopFailed);
-    if (err instanceof StopAlreadyEndedError) {
-      throw new CliError(err.message, err.instanceStopped ? EXIT.stopped : EXIT.stopFailed);
-    }
-    throw err;
-  } finally {
-    await client.connection.close();
-  }
+  return withTemporalClient(
+    (client) => fn(new StopflowClient({ client, taskQueue })),
+    (err) => {
+      if (err instanceof InvalidInputError) return badInput(err.message);
+      if (err instanceof StopNotFoundError) return new CliError(err.message, EXIT.notFoundOrNoConnection);
+      if (err instanceof StopFailedError) return new CliError(`the stop failed: ${err.message}`, EXIT.stopFailed);
+      if (err instanceof StopAlreadyEndedError) {
+        return new CliError(err.message, err.instanceStopped ? EXIT.stopped : EXIT.stopFailed);
+      }
+      return undefined;
+    },
+  );
 }
 
 // --- rendering ---
