@@ -94,7 +94,10 @@ export function describeIssues(error: z.ZodError): string[] {
     );
     if (issue.code === 'unrecognized_keys') {
       const where = path ? ` in ${path}` : '';
-      return `${issue.keys.join(', ')}: unknown field${issue.keys.length > 1 ? 's' : ''}${where} (allowed: instanceId, volumes, maxStopDuration, reason, requestedBy, provider, forceGrace)`;
+      const allowed = path
+        ? 'volumeId, device'
+        : 'instanceId, volumes, maxStopDuration, reason, requestedBy, provider, forceGrace';
+      return `${issue.keys.join(', ')}: unknown field${issue.keys.length > 1 ? 's' : ''}${where} (allowed: ${allowed})`;
     }
     return `${path || 'request'}: ${issue.message}`;
   });

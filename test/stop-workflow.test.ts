@@ -338,7 +338,9 @@ describe('history stays bounded', () => {
     // ~25 fixed events (start, workflow tasks, abort, stopInstance, search attributes, the patch marker)
     // plus ~8 per escalated volume (detach scheduled and cancelled, force scheduled/started/completed).
     expect(long.events).toBeLessThanOrEqual(40);
-    expect(Math.abs(long.events - short.events)).toBeLessThanOrEqual(2);
+    // ~35 more polls in the long run: growth per poll would show as dozens of events. What may differ is
+    // whether the cancelled wait's acknowledgement shares a workflow task with the force (at most 2 tasks).
+    expect(Math.abs(long.events - short.events)).toBeLessThanOrEqual(6);
     expect(long.pending).toBe(1); // the one waiting activity
     // Past the hold window (2s in tests) the wait gave its slot back and was retried: still no new events,
     // and the pending activity tells a person how long the volume has been stuck.
