@@ -1,0 +1,34 @@
+/**
+ * A second dev server for the reaction benchmark, with the history service's
+ * queue readers allowed to poll more often than the dev server's default of
+ * 20 reads per second (it has a single history shard, so that limit is
+ * server-wide). It shows how much of the reaction time that limit accounts
+ * for. Same binary and search attributes as devserver/server.ts; only the
+ * dynamic config differs.
+ */
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { StopCauseKey, StopForcedKey, StopPhaseKey } from '../common/names';
+import { resolveTemporalCli } from '../devserver/temporal-cli';
+
+export const TUNED_DYNAMIC_CONFIG = {
+  'history.transferProcessorMaxPollRPS': 1000,
+  'history.timerProcessorMaxPollRPS': 1000,
+} as const;
+
+export async function startTunedDevServer(): Promise<{ address: string; stop(): Promise<void> }> {
+  const cli = await resolveTemporalCli();
+  const extraArgs = Object.entries(TUNED_DYNAMIC_CONFIG).flatMap(([key, value]) => [
+    '--dynamic-config-value',
+    `${key}=${value}`,
+  ]);
+  const env = await TestWorkflowEnvironment.createLocal({
+    server: {
+      executable: cli.kind === 'path' ? { type: 'existing-path', path: cli.path } : { type: 'cached-download' },
+      ip: '127.0.0.1',
+      log: { format: 'pretty', level: 'error' },
+      searchAttributes: [StopPhaseKey, StopCauseKey, StopForcedKey],
+      extraArgs,
+    },
+  });
+  return { address: env.address, stop: () => env.teardown() };
+}
