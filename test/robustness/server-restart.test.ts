@@ -180,9 +180,15 @@ test(`the dev server restarts (same port and SQLite file) in the middle of ${STO
     expect(status.escalation?.cause ?? 'graceful', label).toBe(stop.cause);
     expect(status.volumes.map((v) => v.volumeId).sort(), label).toEqual(stop.volumes.map((v) => v.volumeId).sort());
     for (const v of status.volumes) {
-      expect(v.state, `${label} ${v.volumeId}`).toBe(
-        stop.mustForce.includes(v.volumeId) ? 'force_detached' : 'detached',
-      );
+      // A healthy volume of a stop with a deadline may be forced too: if the outage (or a loaded machine) kept
+      // its detach from being confirmed before the deadline, forcing it is the promised behaviour. Without a
+      // deadline nothing may be forced.
+      const allowed = stop.mustForce.includes(v.volumeId)
+        ? ['force_detached']
+        : stop.maxStopDuration
+          ? ['detached', 'force_detached']
+          : ['detached'];
+      expect(allowed, `${label} ${v.volumeId}: ${v.state}`).toContain(v.state);
     }
     const cloud = await sim.instance(stop.instanceId);
     expect(cloud?.state, label).toBe('stopped');
@@ -192,7 +198,11 @@ test(`the dev server restarts (same port and SQLite file) in the middle of ${STO
     duplicateStops += Math.max(0, (cloud?.stopCalls ?? 0) - 1);
     for (const v of cloud?.volumes ?? []) {
       expect(v.state, `${label} ${v.volumeId}`).toBe('detached');
-      expect(v.forced, `${label} ${v.volumeId}`).toBe(stop.mustForce.includes(v.volumeId));
+      const recorded = status.volumes.find((r) => r.volumeId === v.volumeId)?.state;
+      // Never forced behind the workflow's back; the stuck ones always forced. (A healthy volume the workflow
+      // forced may already have detached in the cloud, where force then changes nothing.)
+      if (recorded !== 'force_detached') expect(v.forced, `${label} ${v.volumeId}`).toBe(false);
+      if (stop.mustForce.includes(v.volumeId)) expect(v.forced, `${label} ${v.volumeId}`).toBe(true);
       duplicateDetachStarts += Math.max(0, v.detachStarts - 1);
     }
   }
