@@ -8,7 +8,7 @@ import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
 import { workflowIdFor } from '../common/names';
-import { eventually, type Harness, startHarness } from './helpers';
+import { eventually, type Harness, startHarness, workflowExists } from './helpers';
 import { type Ran, readmeBlock, runShell, shellCommands } from './support/readme-examples';
 
 let h: Harness;
@@ -36,15 +36,6 @@ function stopflow(args: string[], extraEnv: NodeJS.ProcessEnv = {}): Promise<Ran
       resolve({ code, stdout: String(stdout), stderr: String(stderr) });
     });
   });
-}
-
-async function workflowExists(instanceId: string): Promise<boolean> {
-  try {
-    await h.client.workflow.getHandle(workflowIdFor(instanceId)).describe();
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 test('the README CLI example runs as written', async () => {
@@ -156,7 +147,7 @@ describe('exit codes', () => {
       expect(results[i]?.code, args.join(' ')).toBe(2);
       expect(results[i]?.stderr, args.join(' ')).toMatch(message);
     }
-    expect(await workflowExists(id)).toBe(false);
+    expect(await workflowExists(h.client, id)).toBe(false);
   });
 
   test('a deadline change refused after escalation exits 2', async () => {

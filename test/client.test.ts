@@ -14,7 +14,7 @@ import {
   StopNotFoundError,
 } from '../client/stopflow-client';
 import { workflowIdFor } from '../common/names';
-import { eventually, type Harness, startHarness } from './helpers';
+import { eventually, type Harness, startHarness, workflowExists } from './helpers';
 import { readmeBlock, runShell } from './support/readme-examples';
 
 let h: Harness;
@@ -24,15 +24,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await h?.close();
 });
-
-async function workflowExists(instanceId: string): Promise<boolean> {
-  try {
-    await h.client.workflow.getHandle(workflowIdFor(instanceId)).describe();
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe('stopsQuery', () => {
   test('builds the visibility query for a phase, for stuck stops, and for one task queue', () => {
@@ -184,7 +175,7 @@ describe('StopflowClient', () => {
       expect(err, verb).toBeInstanceOf(StopNotFoundError);
       expect((err as Error).message, verb).toMatch(new RegExp(`no stop of ${unknown} was found`));
     }
-    expect(await workflowExists(unknown)).toBe(false);
+    expect(await workflowExists(h.client, unknown)).toBe(false);
   });
 
   test('bad input is InvalidInputError naming the field, and starts nothing', async () => {
@@ -205,7 +196,7 @@ describe('StopflowClient', () => {
       expect(err, String(message)).toBeInstanceOf(InvalidInputError);
       expect((err as Error).message).toMatch(message);
     }
-    expect(await workflowExists(instanceId)).toBe(false);
+    expect(await workflowExists(h.client, instanceId)).toBe(false);
   });
 });
 

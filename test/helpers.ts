@@ -6,6 +6,7 @@ import { inject } from 'vitest';
 import type { Provider } from '../activities/provider';
 import { MemorySimStore, type SimFaults, SimulatedProvider } from '../activities/providers/simulated';
 import { StopflowClient } from '../client/stopflow-client';
+import { workflowIdFor } from '../common/names';
 import { createStopflowWorker, type StopflowWorkerOptions } from '../worker/worker';
 
 export interface Harness {
@@ -92,5 +93,15 @@ export async function eventually<T>(
     }
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
     await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/** Whether a stop of this instance exists at all (bad input must start none). */
+export async function workflowExists(client: Client, instanceId: string): Promise<boolean> {
+  try {
+    await client.workflow.getHandle(workflowIdFor(instanceId)).describe();
+    return true;
+  } catch {
+    return false;
   }
 }

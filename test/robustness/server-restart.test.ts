@@ -96,7 +96,8 @@ test(`the dev server restarts (same port and SQLite file) in the middle of ${STO
   if (!server) throw new Error('no server');
   const t0 = Date.now();
   const address = server.address;
-  worker = await startInProcessWorker({
+  // The same worker settings for the first worker and any that must take over.
+  const workerOptions = {
     address,
     taskQueue,
     providers: [sim],
@@ -104,7 +105,8 @@ test(`the dev server restarts (same port and SQLite file) in the middle of ${STO
     pollIntervalMs: 300,
     holdMs: 3_000,
     maxPollIntervalMs: 2_000,
-  });
+  };
+  worker = await startInProcessWorker(workerOptions);
   let workerDied: unknown;
   worker.running.catch((err: unknown) => {
     workerDied = err;
@@ -149,15 +151,7 @@ test(`the dev server restarts (same port and SQLite file) in the middle of ${STO
   if (workerDied !== undefined || worker.worker.getState() !== 'RUNNING') {
     workerNote = `the worker died (${String(workerDied)}); a new worker took over`;
     extraWorkers.push(worker);
-    worker = await startInProcessWorker({
-      address,
-      taskQueue,
-      providers: [sim],
-      bundlePath: inject('workflowBundlePath'),
-      pollIntervalMs: 300,
-      holdMs: 3_000,
-      maxPollIntervalMs: 2_000,
-    });
+    worker = await startInProcessWorker(workerOptions);
   }
 
   const results = await mapLimit(stops, 10, async (stop) => {
