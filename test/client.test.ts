@@ -13,7 +13,6 @@ import {
   StopFailedError,
   StopNotFoundError,
 } from '../client/stopflow-client';
-import { workflowIdFor } from '../common/names';
 import { eventually, type Harness, startHarness, workflowExists } from './helpers';
 import { readmeBlock, runShell } from './support/readme-examples';
 
