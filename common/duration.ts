@@ -41,10 +41,17 @@ export function parseDuration(input: unknown): number | null | undefined {
   return ms;
 }
 
-/** A zod schema for a Duration field that keeps the caller's spelling and checks it parses. */
-export const durationSchema = z
-  .union([z.literal('off'), z.number(), z.string()], { error: DURATION_RULE })
-  .refine((value) => parseDuration(value) !== undefined, { error: DURATION_RULE });
+/**
+ * A zod schema for a Duration field that keeps the caller's spelling and
+ * checks it parses. A new one per call: see common/request.ts for why
+ * workflow code builds its schemas when it uses them.
+ */
+export function durationSchema() {
+  return z
+    .union([z.literal('off'), z.number(), z.string()], { error: DURATION_RULE })
+    .refine((value) => parseDuration(value) !== undefined, { error: DURATION_RULE });
+}
+export type DurationSchema = ReturnType<typeof durationSchema>;
 
 /** Renders milliseconds for people: 90_000 -> "1m30s". */
 export function formatDuration(ms: number | null): string {

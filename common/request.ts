@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { durationSchema, parseDuration } from './duration';
+import { type DurationSchema, durationSchema, parseDuration } from './duration';
 
 /**
  * StopRequest, the workflow's single argument (DESIGN.md "Input"). Two
@@ -14,18 +14,16 @@ export const MAX_VOLUMES = 256;
 
 const idSchema = (rule: string) => z.string({ error: `is required and ${rule}` }).regex(ID_PATTERN, { error: rule });
 
-export const volumeIdSchema = idSchema(INSTANCE_ID_RULE);
-
-const volumeFields = {
-  volumeId: volumeIdSchema,
+const volumeFields = (volumeId: z.ZodString) => ({
+  volumeId,
   device: z
     .string()
     .min(1, { error: 'must not be empty' })
     .max(255, { error: 'must be at most 255 characters' })
     .optional(),
-};
+});
 
-const requestFields = (volume: z.ZodType<VolumeRef>) => ({
+const requestFields = (volume: z.ZodType<VolumeRef>, duration: DurationSchema) => ({
   instanceId: idSchema(INSTANCE_ID_RULE),
   volumes: z
     .array(volume, { error: 'must be an array of { volumeId, device? }' })
@@ -34,14 +32,14 @@ const requestFields = (volume: z.ZodType<VolumeRef>) => ({
       error: 'must not repeat a volumeId',
     })
     .optional(),
-  maxStopDuration: durationSchema.optional(),
+  maxStopDuration: duration.optional(),
   reason: z.string({ error: 'must be a string' }).max(1024, { error: 'must be at most 1024 characters' }).optional(),
   requestedBy: z.string({ error: 'must be a string' }).max(255, { error: 'must be at most 255 characters' }).optional(),
   provider: z
     .string({ error: 'must be a string' })
     .regex(/^[a-z][a-z0-9-]{0,62}$/, { error: 'must be a provider name such as "simulated", "linux" or "aws"' })
     .optional(),
-  forceGrace: durationSchema.optional(),
+  forceGrace: duration.optional(),
 });
 
 export interface VolumeRef {
@@ -53,16 +51,42 @@ const REQUEST_RULE =
   'must be a StopRequest object { instanceId, volumes?, maxStopDuration?, reason?, requestedBy?, provider?, forceGrace? }';
 const VOLUME_RULE = 'must be an object { volumeId, device? }';
 
-export const strictStopRequestSchema = z.strictObject(
-  requestFields(z.strictObject(volumeFields, { error: VOLUME_RULE })),
-  { error: REQUEST_RULE },
-);
-export const tolerantStopRequestSchema = z.looseObject(
-  requestFields(z.looseObject(volumeFields, { error: VOLUME_RULE })),
-  { error: REQUEST_RULE },
-);
+// The schemas are built by functions, never at module scope. Every workflow a
+// worker keeps cached has its own copy of this module, and a module-level
+// schema would stay in memory for as long as its stop waits, to be used once:
+// most of a waiting stop's memory when they were (BENCHMARKS.md, item 4).
 
-export type StopRequest = z.input<typeof strictStopRequestSchema>;
+function buildStrictSchemas() {
+  const duration = durationSchema();
+  const volumeId = idSchema(INSTANCE_ID_RULE);
+  const request = z.strictObject(
+    requestFields(z.strictObject(volumeFields(volumeId), { error: VOLUME_RULE }), duration),
+    { error: REQUEST_RULE },
+  );
+  return { request, duration, volumeId };
+}
+
+function buildTolerantSchema() {
+  return z.looseObject(
+    requestFields(z.looseObject(volumeFields(idSchema(INSTANCE_ID_RULE)), { error: VOLUME_RULE }), durationSchema()),
+    { error: REQUEST_RULE },
+  );
+}
+
+let strictSchemas: ReturnType<typeof buildStrictSchemas> | undefined;
+
+/**
+ * The strict schema (unknown fields are errors) for clients, the CLI and the
+ * JSON Schema, with the parts scripts/gen-schema.ts annotates. Built on first
+ * use and kept: a client process has one.
+ */
+export function strictStopRequestSchemas(): ReturnType<typeof buildStrictSchemas> {
+  strictSchemas ??= buildStrictSchemas();
+  return strictSchemas;
+}
+
+export type StopRequest = z.input<ReturnType<typeof buildStrictSchemas>['request']>;
+type ParsedStopRequest = z.output<ReturnType<typeof buildTolerantSchema>>;
 
 /** The request after validation, durations in milliseconds (`null` = off). */
 export interface NormalizedStopRequest {
@@ -103,7 +127,7 @@ export function describeIssues(error: z.ZodError): string[] {
   });
 }
 
-function normalize(parsed: z.output<typeof tolerantStopRequestSchema>): NormalizedStopRequest {
+function normalize(parsed: ParsedStopRequest): NormalizedStopRequest {
   const out: NormalizedStopRequest = {
     instanceId: parsed.instanceId,
     maxStopDurationMs: parsed.maxStopDuration === undefined ? null : (parseDuration(parsed.maxStopDuration) ?? null),
@@ -119,10 +143,7 @@ function normalize(parsed: z.output<typeof tolerantStopRequestSchema>): Normaliz
   return out;
 }
 
-function parseWith(
-  schema: z.ZodType<z.output<typeof tolerantStopRequestSchema>>,
-  input: unknown,
-): NormalizedStopRequest {
+function parseWith(schema: z.ZodType<ParsedStopRequest>, input: unknown): NormalizedStopRequest {
   const result = schema.safeParse(input);
   if (!result.success) {
     const issues = describeIssues(result.error);
@@ -133,10 +154,13 @@ function parseWith(
 
 /** For clients and the CLI: unknown fields are errors. Throws StopRequestError. */
 export function parseStopRequest(input: unknown): NormalizedStopRequest {
-  return parseWith(strictStopRequestSchema, input);
+  return parseWith(strictStopRequestSchemas().request, input);
 }
 
-/** For the workflow: unknown fields are ignored. Throws StopRequestError. */
+/**
+ * For the workflow: unknown fields are ignored. Throws StopRequestError. The
+ * schema is built per call and dropped after it (see above).
+ */
 export function parseStopRequestTolerant(input: unknown): NormalizedStopRequest {
-  return parseWith(tolerantStopRequestSchema, input);
+  return parseWith(buildTolerantSchema(), input);
 }

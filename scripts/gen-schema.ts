@@ -1,7 +1,7 @@
 /**
  * `npm run gen-schema`: writes schema/stop-request.schema.json, the JSON
  * Schema (draft 2020-12) of StopRequest, generated from
- * `strictStopRequestSchema` in common/request.ts so that services in other
+ * `strictStopRequestSchemas()` in common/request.ts so that services in other
  * languages can validate a request before they start a stop.
  * `npm run gen-schema -- --check` exits 1 when the checked-in file is stale.
  *
@@ -14,8 +14,8 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import { durationSchema, MAX_DURATION_MS } from '../common/duration';
-import { INSTANCE_ID_RULE, MAX_VOLUMES, strictStopRequestSchema, volumeIdSchema } from '../common/request';
+import { MAX_DURATION_MS } from '../common/duration';
+import { INSTANCE_ID_RULE, MAX_VOLUMES, strictStopRequestSchemas } from '../common/request';
 
 export const SCHEMA_PATH = fileURLToPath(new URL('../schema/stop-request.schema.json', import.meta.url));
 
@@ -34,6 +34,11 @@ const DURATION_JSON_SCHEMA = {
 };
 
 export function buildStopRequestJsonSchema(): Record<string, unknown> {
+  const {
+    request: strictStopRequestSchema,
+    duration: durationSchema,
+    volumeId: volumeIdSchema,
+  } = strictStopRequestSchemas();
   const shape = strictStopRequestSchema.shape;
   const element = shape.volumes.unwrap().element;
   if (!(element instanceof z.ZodObject)) throw new Error('volumes: expected an array of objects');

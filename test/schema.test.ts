@@ -8,13 +8,13 @@
 import { readFileSync } from 'node:fs';
 import Ajv2020 from 'ajv/dist/2020';
 import { describe, expect, test } from 'vitest';
-import { strictStopRequestSchema } from '../common/request';
+import { strictStopRequestSchemas } from '../common/request';
 import { renderStopRequestJsonSchema, SCHEMA_PATH } from '../scripts/gen-schema';
 
 const checkedIn = readFileSync(SCHEMA_PATH, 'utf8');
 const validate = new Ajv2020({ strict: true, allErrors: true }).compile(JSON.parse(checkedIn));
 
-const zodAccepts = (request: unknown) => strictStopRequestSchema.safeParse(request).success;
+const zodAccepts = (request: unknown) => strictStopRequestSchemas().request.safeParse(request).success;
 const schemaAccepts = (request: unknown) => validate(request) === true;
 
 const base = { instanceId: 'i-1' };

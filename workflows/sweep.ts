@@ -47,11 +47,13 @@ export const SWEEP_DEFAULTS = {
 } as const;
 export const MAX_SWEEP_INSTANCES = 1_000;
 
-const sweepFields = {
+// Built when parsed, not at module scope: every cached stop has its own copy of
+// this module too (see common/request.ts).
+const sweepFields = () => ({
   /** A stop still `stopping` this long after it started is reported stuck; "off" skips this check. */
-  stuckAfter: durationSchema.optional(),
+  stuckAfter: durationSchema().optional(),
   /** Instances whose latest stop ended `stopped` within this window are checked for leftovers; "off" skips it. */
-  lookback: durationSchema.optional(),
+  lookback: durationSchema().optional(),
   /** Ask this provider about every instance; default: the provider each stop used (its request's, else the worker's default). */
   provider: z
     .string({ error: 'must be a string' })
@@ -72,14 +74,15 @@ const sweepFields = {
     .min(1, { error: 'must be at least 1' })
     .max(MAX_SWEEP_INSTANCES, { error: `must be at most ${MAX_SWEEP_INSTANCES}` })
     .optional(),
-};
+});
+const SWEEP_FIELD_NAMES = 'stuckAfter, lookback, provider, startStopsForLeftovers, taskQueue, maxInstances';
 
 /** For the CLI and clients: unknown fields are errors. */
-export const strictSweepInputSchema = z.strictObject(sweepFields);
+const strictSweepInputSchema = () => z.strictObject(sweepFields());
 /** For the workflow: unknown fields are ignored, so an older worker survives a newer schedule. */
-const tolerantSweepInputSchema = z.looseObject(sweepFields);
+const tolerantSweepInputSchema = () => z.looseObject(sweepFields());
 
-export type SweepInput = z.input<typeof strictSweepInputSchema>;
+export type SweepInput = z.input<ReturnType<typeof strictSweepInputSchema>>;
 
 export interface SweepConfig {
   stuckAfterMs: number | null;
@@ -92,11 +95,11 @@ export interface SweepConfig {
 
 /** "field: rule", one per problem; throws on invalid input. */
 export function parseSweepInput(input: unknown, strict = false): SweepConfig {
-  const result = (strict ? strictSweepInputSchema : tolerantSweepInputSchema).safeParse(input ?? {});
+  const result = (strict ? strictSweepInputSchema() : tolerantSweepInputSchema()).safeParse(input ?? {});
   if (!result.success) {
     const issues = result.error.issues.map((issue) =>
       issue.code === 'unrecognized_keys'
-        ? `${issue.keys.join(', ')}: unknown field (allowed: ${Object.keys(sweepFields).join(', ')})`
+        ? `${issue.keys.join(', ')}: unknown field (allowed: ${SWEEP_FIELD_NAMES})`
         : `${issue.path.map(String).join('.') || 'input'}: ${issue.message}`,
     );
     throw new SweepInputError(`invalid sweep input: ${issues.join('; ')}`, issues);
