@@ -28,7 +28,16 @@ import type { validatingFloor } from '../validating-floor-workflows';
 
 const WORKER_PATH = fileURLToPath(new URL('../memory-worker.ts', import.meta.url));
 const VOLUMES = 4;
+/** Large enough that every waiting stop stays cached: the worst case for memory. */
 const MAX_CACHED_WORKFLOWS = 6_000;
+/**
+ * A worker sized for many waiting stops: a stop waiting on a stuck volume has
+ * no workflow task to run until it wakes (a detach, an abort, its deadline),
+ * so it need not stay cached; when it wakes it replays its ≈ 50 events.
+ */
+const BOUNDED_CACHE = 100;
+/** validatingFloor only explains where stopflow's cost goes; at 5,000 it would add many minutes and no news. */
+const FLOOR_ZOD_MAX_STOPS = 1_000;
 const MAX_CONCURRENT_ACTIVITIES = 100;
 /**
  * V8 heap limit of the worker process, which worker threads (the SDK's workflow thread) inherit.
@@ -40,6 +49,27 @@ export const MAX_HEAP_MB = 16_384;
 const TIMINGS = { pollIntervalMs: 5_000, holdMs: 1_000, maxPollIntervalMs: 60_000 };
 
 type Kind = MemoryWorkerConfig['kind'];
+/** What one cell measures: a workflow kind and the worker's cache size. */
+type Variant = 'stopflow' | 'stopflowBounded' | 'floor' | 'floor+zod';
+interface Setup {
+  kind: Kind;
+  maxCachedWorkflows: number;
+  /** Node's --max-old-space-size for the worker, or null for Node's default (as a production worker runs). */
+  maxOldSpaceSizeMb: number | null;
+}
+const VARIANTS: Record<Variant, Setup> = {
+  stopflow: { kind: 'stopflow', maxCachedWorkflows: MAX_CACHED_WORKFLOWS, maxOldSpaceSizeMb: MAX_HEAP_MB },
+  // Node's default heap: a bounded cache does not need a raised one, and a raised one lets V8 put off collecting.
+  stopflowBounded: { kind: 'stopflow', maxCachedWorkflows: BOUNDED_CACHE, maxOldSpaceSizeMb: null },
+  floor: { kind: 'floor', maxCachedWorkflows: MAX_CACHED_WORKFLOWS, maxOldSpaceSizeMb: MAX_HEAP_MB },
+  'floor+zod': { kind: 'floor+zod', maxCachedWorkflows: MAX_CACHED_WORKFLOWS, maxOldSpaceSizeMb: MAX_HEAP_MB },
+};
+const LABELS: Record<Variant, string> = {
+  stopflow: 'stops',
+  stopflowBounded: `stops (cache ${BOUNDED_CACHE})`,
+  floor: 'floor workflows',
+  'floor+zod': 'floor+zod workflows',
+};
 
 export interface MemoryFigures {
   /** Bytes of RSS per waiting stop over the idle worker. */
@@ -59,10 +89,12 @@ export interface MemoryFigures {
 export interface MemoryRow {
   stops: number;
   rounds: number;
-  /** Null when every round of that kind failed (see errors). */
+  /** Every waiting stop cached. Null when every round of that kind failed (see errors). */
   stopflow: MemoryFigures | null;
+  /** The same stops on a worker whose cache holds BOUNDED_CACHE workflows. */
+  stopflowBounded: MemoryFigures | null;
   floor: MemoryFigures | null;
-  /** The floor plus validating a StopRequest with common/request.ts's zod schemas. */
+  /** The floor plus validating a StopRequest with common/request.ts's zod schemas (not measured above FLOOR_ZOD_MAX_STOPS). */
   floorZod: MemoryFigures | null;
   /** Rounds that failed (e.g. the worker ran out of memory), by kind. */
   errors: string[];
@@ -72,6 +104,7 @@ export interface MemoryResult {
   volumesPerStop: number;
   maxOldSpaceSizeMb: number;
   maxCachedWorkflows: number;
+  boundedCache: number;
   maxConcurrentActivityTaskExecutions: number;
   timings: typeof TIMINGS;
   windowMs: number;
@@ -149,27 +182,33 @@ export async function memory(ctx: BenchContext): Promise<MemoryResult> {
   const windowMs = ctx.quick ? 5_000 : 15_000;
   const rows: MemoryRow[] = [];
   for (const stops of sizes) {
-    const measured: Record<Kind, MemoryFigures[]> = { stopflow: [], floor: [], 'floor+zod': [] };
+    const measured: Record<Variant, MemoryFigures[]> = {
+      stopflow: [],
+      stopflowBounded: [],
+      floor: [],
+      'floor+zod': [],
+    };
     const errors: string[] = [];
     const rounds = roundsFor(stops);
     for (let r = 0; r < rounds; r++) {
       // Alternate the order, so no kind always runs on the fresher server.
-      const kinds: Kind[] = ['stopflow', 'floor', 'floor+zod'];
-      const order = r % 2 === 0 ? kinds : [...kinds].reverse();
-      for (const kind of order) {
+      const variants: Variant[] = ['stopflow', 'stopflowBounded', 'floor'];
+      if (stops <= FLOOR_ZOD_MAX_STOPS) variants.push('floor+zod');
+      const order = r % 2 === 0 ? variants : [...variants].reverse();
+      for (const variant of order) {
         let f: MemoryFigures;
         try {
-          f = await measureOnce(ctx, kind, stops, windowMs);
+          f = await measureOnce(ctx, VARIANTS[variant], stops, windowMs);
         } catch (err) {
           // One failed cell (say the worker ran out of heap at 5,000) must not lose the others.
-          const message = `${kind} at ${stops}: ${err instanceof Error ? err.message : String(err)}`;
+          const message = `${variant} at ${stops}: ${err instanceof Error ? err.message : String(err)}`;
           errors.push(message);
           ctx.log(`  FAILED ${message}`);
           continue;
         }
-        measured[kind].push(f);
+        measured[variant].push(f);
         ctx.log(
-          `  ${stops} ${kind === 'stopflow' ? 'stops' : `${kind} workflows`}, round ${r + 1}/${rounds}: ${round(f.rssPerStop / 1024)} KB RSS each, ${round(f.heapPerStop / 1024)} KB main heap, ${round(f.cpuMicrosPerSecPerStop)} µs CPU/s waiting, ${round(f.rampCpuMsPerStop, 2)} ms CPU to start (ramp ${round(f.rampSeconds)} s, RSS ${round(f.idleRssMb)} -> ${round(f.loadedRssMb)} MB)`,
+          `  ${stops} ${LABELS[variant]}, round ${r + 1}/${rounds}: ${round(f.rssPerStop / 1024)} KB RSS each, ${round(f.heapPerStop / 1024)} KB main heap, ${round(f.cpuMicrosPerSecPerStop)} µs CPU/s waiting, ${round(f.rampCpuMsPerStop, 2)} ms CPU to start (ramp ${round(f.rampSeconds)} s, RSS ${round(f.idleRssMb)} -> ${round(f.loadedRssMb)} MB)`,
         );
       }
     }
@@ -177,6 +216,7 @@ export async function memory(ctx: BenchContext): Promise<MemoryResult> {
       stops,
       rounds,
       stopflow: medianFigures(measured.stopflow),
+      stopflowBounded: medianFigures(measured.stopflowBounded),
       floor: medianFigures(measured.floor),
       floorZod: medianFigures(measured['floor+zod']),
       errors,
@@ -186,6 +226,7 @@ export async function memory(ctx: BenchContext): Promise<MemoryResult> {
     volumesPerStop: VOLUMES,
     maxOldSpaceSizeMb: MAX_HEAP_MB,
     maxCachedWorkflows: MAX_CACHED_WORKFLOWS,
+    boundedCache: BOUNDED_CACHE,
     maxConcurrentActivityTaskExecutions: MAX_CONCURRENT_ACTIVITIES,
     timings: TIMINGS,
     windowMs,
@@ -194,8 +235,13 @@ export async function memory(ctx: BenchContext): Promise<MemoryResult> {
   };
 }
 
-async function measureOnce(ctx: BenchContext, kind: Kind, stops: number, windowMs: number): Promise<MemoryFigures> {
-  const instancePrefix = `mem${{ stopflow: 's', floor: 'f', 'floor+zod': 'z' }[kind]}${stops}-${randomUUID().slice(0, 8)}`;
+async function measureOnce(
+  ctx: BenchContext,
+  { kind, maxCachedWorkflows, maxOldSpaceSizeMb }: Setup,
+  stops: number,
+  windowMs: number,
+): Promise<MemoryFigures> {
+  const instancePrefix = `mem${{ stopflow: 's', floor: 'f', 'floor+zod': 'z' }[kind]}${maxCachedWorkflows}-${stops}-${randomUUID().slice(0, 8)}`;
   const config: MemoryWorkerConfig = {
     kind,
     address: ctx.address,
@@ -209,12 +255,17 @@ async function measureOnce(ctx: BenchContext, kind: Kind, stops: number, windowM
     instances: stops,
     volumesPerStop: VOLUMES,
     ...TIMINGS,
-    maxCachedWorkflows: MAX_CACHED_WORKFLOWS,
+    maxCachedWorkflows,
     maxConcurrentActivityTaskExecutions: MAX_CONCURRENT_ACTIVITIES,
   };
   const child = new WorkerProcess(
     fork(WORKER_PATH, [], {
-      execArgv: ['--import', 'tsx', '--expose-gc', `--max-old-space-size=${MAX_HEAP_MB}`],
+      execArgv: [
+        '--import',
+        'tsx',
+        '--expose-gc',
+        ...(maxOldSpaceSizeMb === null ? [] : [`--max-old-space-size=${maxOldSpaceSizeMb}`]),
+      ],
       env: { ...process.env, STOPFLOW_BENCH_MEMORY: JSON.stringify(config) },
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     }),
