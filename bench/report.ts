@@ -28,6 +28,21 @@ interface Verdict {
   text: string;
 }
 
+/**
+ * What one more waiting stop costs a bounded-cache worker: the RSS growth between the two
+ * largest sizes measured, over the stops added. Per-stop averages hide it behind the fixed
+ * cost of the cached workflows and the workflow thread's heap.
+ */
+function marginalBytesPerStop(rows: MemoryRow[]): { bytes: number; from: number; to: number } | undefined {
+  const measured = rows.flatMap((row) =>
+    row.stopflowBounded ? [{ stops: row.stops, figures: row.stopflowBounded }] : [],
+  );
+  if (measured.length < 2) return undefined;
+  const [small, big] = measured.slice(-2) as [(typeof measured)[number], (typeof measured)[number]];
+  const grown = big.figures.rssPerStop * big.stops - small.figures.rssPerStop * small.stops;
+  return { bytes: Math.max(0, grown / (big.stops - small.stops)), from: small.stops, to: big.stops };
+}
+
 function atMost(value: number, limit: number, unit: (v: number) => string): Verdict {
   if (value < limit) return { met: true, text: `**met** (${unit(limit - value)} under)` };
   return { met: false, text: `**missed** by ${unit(value - limit)} (${num(value / limit, 2)}× the target)` };
@@ -37,12 +52,10 @@ export function renderMarkdown(r: BenchResults): string {
   const out: string[] = [];
   const line = (text = '') => out.push(text);
   const { throughput, reaction, reactionTuned, history, memory } = r.scenarios;
-  // Busy if the load was high at the start, over the minutes before it, or at the end.
-  const peakLoad = Math.max(
-    r.machine.loadAverageAtStart[0] ?? 0,
-    r.machine.loadAverageAtStart[1] ?? 0,
-    r.machine.loadAverageAtEnd[0] ?? 0,
-  );
+  // Busy if the load was high at the start or over the minutes before it. The load at the
+  // end is not a sign of other work: the memory scenario, which runs last, keeps both cores
+  // busy itself (a worker, the dev server and thousands of starts).
+  const peakLoad = Math.max(r.machine.loadAverageAtStart[0] ?? 0, r.machine.loadAverageAtStart[1] ?? 0);
   const loaded = peakLoad > r.machine.cpus * 0.5;
 
   line('# Benchmarks');
@@ -53,7 +66,7 @@ export function renderMarkdown(r: BenchResults): string {
   line();
   if (loaded) {
     line(
-      `> **This run was on a busy machine**: load average ${r.machine.loadAverageAtStart.join(' / ')} (1/5/15 min) at the start and ${r.machine.loadAverageAtEnd.join(' / ')} at the end, on ${r.machine.cpus} cores, while other work ran. Every figure here is slower and noisier than on a quiet machine; rerun \`npm run bench\` on a quiet one before quoting them. Ratios against the baselines measured in the same run hold up better than absolute figures.`,
+      `> **This run was on a busy machine**: load average ${r.machine.loadAverageAtStart.join(' / ')} (1/5/15 min) at the start, on ${r.machine.cpus} cores: other work was running. Every figure here is slower and noisier than on a quiet machine; rerun \`npm run bench\` on a quiet one before quoting them. Ratios against the baselines measured in the same run hold up better than absolute figures.`,
     );
     line();
   }
@@ -69,7 +82,7 @@ export function renderMarkdown(r: BenchResults): string {
   line('```');
   line();
   line(
-    'A full run takes over an hour on two cores: the 5,000-stop memory cells alone took about 45 minutes on a busy machine during development (starting 5,000 stops and their floors, each in its own worker process). `--memory-sizes=100,1000` leaves them out. A `--quick` run takes about 5 minutes.',
+    'A full run takes over an hour on two cores (71 minutes on a quiet machine, 2026-11-30), most of it in the memory scenario: each 5,000-stop cell takes 8 to 11 minutes to start its stops, in its own worker process. `--memory-sizes=100,1000` leaves those cells out. A `--quick` run takes about 5 minutes.',
   );
   line();
   line(
@@ -374,11 +387,19 @@ function renderBounds(line: Line, missed: string[], r: BenchResults): void {
     )
     .find((row) => row !== undefined);
   if (missed.includes('throughput') && throughput) {
+    const extra = largest ? largest.stopflow.rampCpuMsPerStop - largest.floor.rampCpuMsPerStop : 0;
+    const zodCpu = largest ? largest.floorZod.rampCpuMsPerStop - largest.floor.rampCpuMsPerStop : 0;
     const ramp = largest
-      ? ` The memory scenario measures it: bringing one stop to its waiting state cost the worker ${num(largest.stopflow.rampCpuMsPerStop, 0)} ms of CPU, the minimal workflow ${num(largest.floor.rampCpuMsPerStop, 0)} ms, and the minimal workflow plus the zod validation ${num(largest.floorZod.rampCpuMsPerStop, 0)} ms: of stopflow's extra ${num(largest.stopflow.rampCpuMsPerStop - largest.floor.rampCpuMsPerStop, 0)} ms, ${num(largest.floorZod.rampCpuMsPerStop - largest.floor.rampCpuMsPerStop, 0)} ms are the validation.`
+      ? ` The memory scenario measures it: at ${num(largest.stops, 0)} stops, bringing one stop to its waiting state cost the worker ${num(largest.stopflow.rampCpuMsPerStop, 0)} ms of CPU, the minimal workflow ${num(largest.floor.rampCpuMsPerStop, 0)} ms, and the minimal workflow plus the zod validation ${num(largest.floorZod.rampCpuMsPerStop, 0)} ms: of stopflow's extra ${num(extra, 0)} ms, ${num(zodCpu, 0)} ms are the validation (rounds of one cell differ by several milliseconds, so read the split as rough; see the rounds in \`bench/results/latest.json\`).`
       : '';
+    // Point at the lever that the figures say is the larger one.
+    const lever =
+      largest && zodCpu >= extra / 2
+        ? ' A hand-written check of the request inside the workflow (zod stays in the client and the CLI, which validate first anyway) would remove most of it, at the price of a second validator to keep in step with the schemas.'
+        : " The validation is the smaller part; the rest is stopflow's own work per stop that the minimal workflow does not do: a workflow task per detach result, the per-volume details in the Temporal UI and the search-attribute upsert that makes stops findable. Those are what stopflow is for, so most of this overhead buys its audit trail.";
+    const spread = `${num(Math.min(...throughput.ratios), 2)} to ${num(Math.max(...throughput.ratios), 2)}`;
     line(
-      `**Throughput** (ratio ${num(throughput.ratio, 2)} against ${throughput.target}). On ${r.machine.cpus} cores shared with the dev server, the worker's CPU per stop decides. A stop costs more worker CPU than six no-op activities: its first workflow task instantiates stopflow's workflow modules for that workflow alone (under the SDK's reused V8 context, module scope is per workflow; only the SDK's own modules are shared), zod among them, and builds the request's zod schemas to validate it; then more workflow tasks (each detach result, the end), \`setCurrentDetails\` on every volume state change, the end-of-stop search-attribute upsert, and ${throughput.eventsPerStop.stopflow} history events against ${throughput.eventsPerStop.baseline}.${ramp} A hand-written check of the request inside the workflow (zod stays in the client and the CLI, which validate first anyway) would remove that part. Sharing the schemas through the bundler's \`preloadModules\` is no way out: the SDK deep-freezes shared modules and zod then fails with "Cannot assign to read only property 'lastIndex'"; sharing zod alone worked but did not move these figures (both tried while writing this benchmark).`,
+      `**Throughput** (ratio ${num(throughput.ratio, 2)} against ${throughput.target}; per round ${spread}). On ${r.machine.cpus} cores shared with the dev server, the worker's CPU per stop decides. A stop costs more worker CPU than six no-op activities: its first workflow task instantiates stopflow's workflow modules for that workflow alone (under the SDK's reused V8 context, module scope is per workflow; only the SDK's own modules are shared), zod among them, and builds the request's zod schemas to validate it; then more workflow tasks (each detach result, the end), \`setCurrentDetails\` on every volume state change, the end-of-stop search-attribute upsert, and ${throughput.eventsPerStop.stopflow} history events against ${throughput.eventsPerStop.baseline}.${ramp}${lever} Sharing the schemas through the bundler's \`preloadModules\` is no way out: the SDK deep-freezes shared modules and zod then fails with "Cannot assign to read only property 'lastIndex'"; sharing zod alone worked but did not move these figures (both tried while writing this benchmark).`,
     );
     line();
   }
@@ -396,7 +417,7 @@ function renderBounds(line: Line, missed: string[], r: BenchResults): void {
       ? ` Raising the queue-read limits (tuned server) does not remove it: p99 ${ms(reactionTuned.deadline.stopflow.p99)} (baseline ${ms(reactionTuned.deadline.floor.p99)}).`
       : '';
     line(
-      `**Deadline → force-detach** (p99 ${ms(reaction.deadline.stopflow.p99)}, baseline ${ms(reaction.deadline.floor.p99)}). The baseline \`sleep()\` misses the target too: this is Temporal timer firing on the dev server. ${overFloor(reaction.deadline.stopflow.p50 - reaction.deadline.floor.p50)}. A timer is started when the server records the workflow task that created it, so it is already late by that task's latency; the server's timer queue then fires it some time after it is due, more so when ${reaction.deadline.lanes} stops' timers and tasks crowd the two cores.${t} stopflow's own part is the one workflow task that turns the timer into a force-detach, and on a busy machine the p99 of 20 to 60 samples is one unlucky sample. A deadline is minutes long in practice; a few hundred milliseconds on it are not what an operator notices, but the target is missed on this machine.`,
+      `**Deadline → force-detach** (p99 ${ms(reaction.deadline.stopflow.p99)}, baseline ${ms(reaction.deadline.floor.p99)}). The baseline \`sleep()\` misses the target too: this is Temporal timer firing on the dev server. ${overFloor(reaction.deadline.stopflow.p50 - reaction.deadline.floor.p50)}. A timer is started when the server records the workflow task that created it, so it is already late by that task's latency; the server's timer queue then fires it some time after it is due, more so when ${reaction.deadline.lanes} stops' timers and tasks crowd the two cores.${t} stopflow's own part is the one workflow task that turns the timer into a force-detach, and with fewer than 100 samples per round a round's p99 is its slowest sample: one unlucky workflow task on a loaded machine. A deadline is minutes long in practice; a few hundred milliseconds on it are not what an operator notices, but the target is missed on this machine.`,
     );
     line();
   }
@@ -417,17 +438,22 @@ function renderBounds(line: Line, missed: string[], r: BenchResults): void {
   if (memory && largest && top && top.stopflow.rssPerStop >= memory.target.maxBytesPerStop) {
     const zodShare = largest.floorZod.rssPerStop - largest.floor.rssPerStop;
     const rest = largest.stopflow.rssPerStop - largest.floorZod.rssPerStop;
-    const boundedRow = [...memory.rows].reverse().find((row) => row.stopflowBounded && row.stopflow);
+    const boundedRows = memory.rows.filter((row) => row.stopflowBounded && row.stopflow);
+    const boundedRow = boundedRows.at(-1);
+    const marginal = marginalBytesPerStop(boundedRows);
+    const marginalText = marginal
+      ? `: the cached stops and the workflow thread's heap are a fixed cost, and each stop beyond them adds ≈ ${kb(marginal.bytes)} (the growth from ${num(marginal.from, 0)} to ${num(marginal.to, 0)} waiting stops, divided by the ${num(marginal.to - marginal.from, 0)} stops added)`
+      : '';
     const boundedText =
       boundedRow?.stopflowBounded && boundedRow.stopflow
-        ? ` With \`maxCachedWorkflows\` ${num(memory.boundedCache, 0)}, ${num(boundedRow.stops, 0)} waiting stops cost the worker ${kb(boundedRow.stopflowBounded.rssPerStop)} each (every stop cached: ${kb(boundedRow.stopflow.rssPerStop)}), and adding stops adds little more. The price is CPU when an evicted stop has work again: it replays its history first, which the design keeps at ≈ 50 events. Bringing a stop to its waiting state takes three such wake-ups (one per healthy volume) and cost ${num(boundedRow.stopflowBounded.rampCpuMsPerStop, 0)} ms of CPU per stop with the bounded cache, against ${num(boundedRow.stopflow.rampCpuMsPerStop, 0)} ms with every stop cached; while the stops wait, ${num(boundedRow.stopflowBounded.cpuMicrosPerSecPerStop, 0)} against ${num(boundedRow.stopflow.cpuMicrosPerSecPerStop, 0)} µs/s.`
+        ? ` With \`maxCachedWorkflows\` ${num(memory.boundedCache, 0)}, ${num(boundedRow.stops, 0)} waiting stops cost the worker ${kb(boundedRow.stopflowBounded.rssPerStop)} each (every stop cached: ${kb(boundedRow.stopflow.rssPerStop)})${marginalText}. The price is CPU when an evicted stop has work again: it replays its history first, which the design keeps at ≈ 50 events. Bringing a stop to its waiting state takes three such wake-ups (one per healthy volume) and cost ${num(boundedRow.stopflowBounded.rampCpuMsPerStop, 0)} ms of CPU per stop with the bounded cache, against ${num(boundedRow.stopflow.rampCpuMsPerStop, 0)} ms with every stop cached; while the stops wait, ${num(boundedRow.stopflowBounded.cpuMicrosPerSecPerStop, 0)} against ${num(boundedRow.stopflow.cpuMicrosPerSecPerStop, 0)} µs/s.`
         : '';
     line(
       `**Memory with every stop cached** (${kb(top.stopflow.rssPerStop)} at ${num(top.stops, 0)}, target ${kb(memory.target.maxBytesPerStop)}). Even the minimal waiting workflow costs ${top.floor ? kb(top.floor.rssPerStop) : kb(largest.floor.rssPerStop)} of worker RSS while cached: one cached workflow costs more than the target on this SDK (its documentation quotes about 1 MB per cached workflow with the reused V8 context). At ${num(largest.stops, 0)}, of stopflow's ${kb(largest.stopflow.rssPerStop)}, validating the request with zod inside the workflow accounts for ${kb(zodShare)} (\`validatingFloor\` minus \`waitingFloor\`): zod's modules, which every cached workflow evaluates for itself, and the heap the workflow thread grew to build and parse with the schemas (they are built per validation and then dropped, not kept per workflow). The remaining ${kb(rest)} is the rest of stopflow's per-workflow modules and state (the workflow module graph, status and details objects, more workflow tasks and events in the core's cache). So a worker cannot keep ${num(memory.target.atStops, 0)} waiting stops cached in ${kb(memory.target.maxBytesPerStop)} each, and it need not: a stop waiting on a stuck volume has no workflow task to run until it wakes (the volume detaches, an abort, its deadline).${boundedText} \`STOPFLOW_MAX_CACHED_WORKFLOWS\` sets it (docs/worker.md); the default is the SDK's, sized from the workflow thread's heap.`,
     );
     line();
     line(
-      `**Activity slots, derived, not measured**: with the default hold window (60 s) a stuck volume's detach wait holds an activity slot while it polls in place, then pauses up to 60 s server-side, so each stuck volume occupies a slot about half the time. With the SDK's default ${memory.maxConcurrentActivityTaskExecutions} slots, a worker holds ≈ 100–200 stuck volumes before the detaches of other stops queue behind them; ${num(largest.stops, 0)} stuck volumes would need ≈ ${num(largest.stops / 2, 0)} slots. The memory scenario therefore used a hold window shorter than the poll (one check per attempt, then the server waits). Size \`STOPFLOW_DETACH_HOLD\` and \`STOPFLOW_MAX_CONCURRENT_ACTIVITIES\` together for the number of volumes expected to be stuck at once.`,
+      `**Activity slots, derived, not measured**: with the default hold window (60 s) a stuck volume's detach wait holds an activity slot while it polls in place, then pauses up to 60 s server-side, so each stuck volume occupies a slot about half the time. With the SDK's default ${memory.maxConcurrentActivityTaskExecutions} slots, a worker holds ≈ 100–200 stuck volumes before the detaches of other stops queue behind them; ${num(top.stops, 0)} stuck volumes would need ≈ ${num(top.stops / 2, 0)} slots. The memory scenario therefore used a hold window shorter than the poll (one check per attempt, then the server waits). Size \`STOPFLOW_DETACH_HOLD\` and \`STOPFLOW_MAX_CONCURRENT_ACTIVITIES\` together for the number of volumes expected to be stuck at once.`,
     );
     line();
   }
