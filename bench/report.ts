@@ -37,8 +37,9 @@ function marginalBytesPerStop(rows: MemoryRow[]): { bytes: number; from: number;
   const measured = rows.flatMap((row) =>
     row.stopflowBounded ? [{ stops: row.stops, figures: row.stopflowBounded }] : [],
   );
-  if (measured.length < 2) return undefined;
-  const [small, big] = measured.slice(-2) as [(typeof measured)[number], (typeof measured)[number]];
+  const small = measured.at(-2);
+  const big = measured.at(-1);
+  if (!small || !big) return undefined;
   const grown = big.figures.rssPerStop * big.stops - small.figures.rssPerStop * small.stops;
   return { bytes: Math.max(0, grown / (big.stops - small.stops)), from: small.stops, to: big.stops };
 }
