@@ -1,24 +1,46 @@
 /**
  * The activities: every side effect of a stop. Each takes the provider name
  * from the request and reconciles the backend's actual attachment state
- * towards the workflow's desired one. Errors are mapped to ApplicationFailure
- * types so retry policies can tell transient from final.
+ * towards the workflow's desired one (docs/architecture.md).
+ *
+ * Two kinds, on two task queues with their own slots (docs/worker.md):
+ * - urgent work (list, request, force, one state read, stop the instance) on the
+ *   stop's task queue: short calls that a stop is blocked on;
+ * - the read-only wait for `detached` (awaitDetached) on the waits queue, so a
+ *   thousand stuck volumes never hold a slot that a healthy stop or an abort needs.
+ *
+ * Every attempt heartbeats about once a second for as long as it runs, and every
+ * provider call carries the attempt's cancellation, so a cancel reaches it within
+ * a heartbeat and no call outlives its activity.
  */
-import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
+import { ApplicationFailure, Context } from '@temporalio/activity';
 import { ApplicationFailureCategory } from '@temporalio/common';
 import type { VolumeRef } from '../common/request';
-import { type AttachmentState, ForceUnsupportedError, PermanentProviderError, type Provider } from './provider';
+import type {
+  BackendState,
+  ForceResult,
+  InstanceTarget,
+  RequestResult,
+  StopActivities,
+  StopInstanceOutcome,
+  VolumeTarget,
+  WaitHeartbeat,
+  WaitResult,
+} from '../common/stop-activities';
+import { Backend, type ProviderEvent } from './backend';
+import type { Provider } from './provider';
+
+export type { VolumeTarget, WaitHeartbeat } from '../common/stop-activities';
+export type { ProviderEvent } from './backend';
 
 export interface ActivityDeps {
   providers: ReadonlyMap<string, Provider>;
   defaultProvider: string;
-  /** How often the detach wait asks the backend; each check is a heartbeat, never a history event. */
+  /** How often a wait asks the backend; each check is a heartbeat, never a history event. */
   pollIntervalMs: number;
   /**
-   * How long one attempt keeps polling before it gives its worker slot back
-   * and asks to be retried later. Most detaches finish within this window; a
-   * volume stuck for hours then costs a short check every `maxPollIntervalMs`,
-   * not a slot. Retries add no history events. Default 60s.
+   * How long one attempt of a wait keeps polling before it gives its slot back and
+   * asks to be retried later (StillDetaching): the server waits, not the worker. Default 60s.
    */
   holdMs?: number;
   /** Longest pause between checks of a volume stuck past the hold window. Default 60s. */
@@ -27,196 +49,193 @@ export interface ActivityDeps {
   observe?: (event: ProviderEvent) => void;
 }
 
-export type ProviderEvent =
-  | { kind: 'call'; provider: string; operation: string }
-  | { kind: 'error'; provider: string; operation: string; errorType: string };
+/** How often an attempt heartbeats, whatever it is doing: cancellation arrives within about this long. */
+const HEARTBEAT_EVERY_MS = 1_000;
+/** A wait reports the request lost after reading `attached` this many checks in a row (not one stale read). */
+const LOST_AFTER_CHECKS = 3;
 
-export interface VolumeTarget {
-  provider?: string | undefined;
-  instanceId: string;
-  volume: VolumeRef;
-}
+/** The providers of one worker, each with its budget and coalesced state checks. */
+export class Backends {
+  private readonly byName: Map<string, Backend>;
+  constructor(private readonly deps: ActivityDeps) {
+    this.byName = new Map([...deps.providers].map(([name, provider]) => [name, new Backend(provider, deps.observe)]));
+  }
 
-export interface DetachResult {
-  /** Attempt number of the activity that succeeded (1 = first try). */
-  attempts: number;
-}
-
-export interface WaitResult {
-  checks: number;
-  /** Times the backend had lost the request (volume back to `attached`) and it was sent again. */
-  rerequests: number;
-}
-
-export interface WaitHeartbeat {
-  checks: number;
-  state: AttachmentState;
-  since: string;
-}
-
-export function createActivities(deps: ActivityDeps) {
-  const resolve = (name: string | undefined): Provider => {
-    const chosen = name ?? deps.defaultProvider;
-    const provider = deps.providers.get(chosen);
-    if (!provider) {
+  resolve(name: string | undefined): Backend {
+    const chosen = name ?? this.deps.defaultProvider;
+    const backend = this.byName.get(chosen);
+    if (!backend) {
       throw ApplicationFailure.nonRetryable(
-        `provider "${chosen}" is not configured on this worker (configured: ${[...deps.providers.keys()].join(', ')})`,
+        `provider "${chosen}" is not configured on this worker (configured: ${[...this.byName.keys()].join(', ')})`,
         'UnknownProvider',
       );
     }
-    return provider;
-  };
+    return backend;
+  }
+}
 
-  /** Runs one provider call, translating its errors into retryable or final failures. */
-  const call = async <T>(provider: Provider, operation: string, fn: () => Promise<T>): Promise<T> => {
-    deps.observe?.({ kind: 'call', provider: provider.name, operation });
-    try {
-      return await fn();
-    } catch (err) {
-      if (err instanceof CancelledFailure) throw err;
-      const error = err instanceof Error ? err : new Error(String(err));
-      deps.observe?.({ kind: 'error', provider: provider.name, operation, errorType: error.name });
-      if (error instanceof ForceUnsupportedError || error instanceof PermanentProviderError) {
-        throw ApplicationFailure.create({ message: error.message, type: error.name, nonRetryable: true, cause: error });
-      }
-      throw ApplicationFailure.create({ message: error.message, type: error.name, nonRetryable: false, cause: error });
-    }
-  };
+/** Runs `fn` with a heartbeat about every second; `details` is what the UI and `stopflow status` show. */
+async function heartbeating<T>(details: () => unknown, fn: () => Promise<T>): Promise<T> {
+  const ctx = Context.current();
+  ctx.heartbeat(details());
+  const timer = setInterval(() => ctx.heartbeat(details()), HEARTBEAT_EVERY_MS);
+  try {
+    return await fn();
+  } finally {
+    clearInterval(timer);
+  }
+}
 
+const isTransient = (err: unknown) => err instanceof ApplicationFailure && !err.nonRetryable;
+
+export function createActivities(deps: ActivityDeps, backends = new Backends(deps)) {
   const holdMs = deps.holdMs ?? 60_000;
-
-  /**
-   * Runs `fn`, retrying its transient failures every poll interval until `releaseAt` (heartbeating
-   * meanwhile, so cancellation still arrives); after that, or on a final error, it throws and the
-   * activity's retry policy takes over. One flaky backend call then costs one poll interval instead of
-   * the whole attempt plus a retry backoff that grows to a minute. `retries` counts the repeated calls.
-   */
-  const retryWithinHold = async <T>(
-    releaseAt: number,
-    fn: () => Promise<T>,
-    heartbeat: () => void,
-  ): Promise<{ value: T; retries: number }> => {
-    const ctx = Context.current();
-    for (let retries = 0; ; retries++) {
-      try {
-        return { value: await fn(), retries };
-      } catch (err) {
-        const transient = err instanceof ApplicationFailure && !err.nonRetryable;
-        if (!transient || Date.now() + deps.pollIntervalMs > releaseAt) throw err;
-        heartbeat();
-        await ctx.sleep(deps.pollIntervalMs);
-      }
-    }
-  };
   const maxPollIntervalMs = Math.max(deps.maxPollIntervalMs ?? 60_000, deps.pollIntervalMs);
 
   /**
-   * Polls until `detached`, heartbeating each check so cancellation and worker
-   * loss are noticed. Past the hold window it fails with `StillDetaching` and a
-   * growing `nextRetryDelay`: the server waits, not the worker. The heartbeat
-   * details carry the count of checks across those retries.
+   * Polls until `detached` (or, with `lostAfter`, until the request was lost),
+   * inside one hold window. A transient error on one check costs a poll, not the
+   * attempt. Past the window: StillDetaching with a growing nextRetryDelay, so
+   * a volume stuck for a day holds no slot and adds no history.
    */
   const pollUntilDetached = async (
-    provider: Provider,
+    backend: Backend,
     target: VolumeTarget,
-    onAttached: (() => Promise<void>) | undefined,
-    releaseAt: number,
-  ): Promise<WaitResult> => {
+    lostAfter: number | undefined,
+  ): Promise<{ outcome: 'detached' | 'lost'; checks: number }> => {
     const ctx = Context.current();
+    const releaseAt = Date.now() + holdMs;
     const previous = ctx.info.heartbeatDetails as Partial<WaitHeartbeat> | undefined;
-    const since = previous?.since ?? new Date().toISOString();
-    let checks = previous?.checks ?? 0;
-    let rerequests = 0;
-    let last: AttachmentState = 'detaching';
-    for (;;) {
-      // A transient error on one check does not throw the attempt away: the next check comes a poll later.
-      const { value: state } = await retryWithinHold(
-        releaseAt,
-        () => call(provider, 'getAttachmentState', () => provider.getAttachmentState(target.instanceId, target.volume)),
-        () => ctx.heartbeat({ checks, state: last, since } satisfies WaitHeartbeat),
-      );
-      last = state;
-      checks++;
-      if (state === 'detached') return { checks, rerequests };
-      if (state === 'attached' && onAttached) {
-        // Actual state drifted from desired (the backend dropped the request): ask again.
-        await onAttached();
-        rerequests++;
-      }
-      ctx.heartbeat({ checks, state, since } satisfies WaitHeartbeat);
-      if (Date.now() + deps.pollIntervalMs > releaseAt) {
-        const releases = Math.max(0, ctx.info.attempt - 1);
-        throw ApplicationFailure.create({
-          type: 'StillDetaching',
-          // Expected while a volume is stuck: logged at debug and not counted as an activity failure.
-          category: ApplicationFailureCategory.BENIGN,
-          message: `${target.volume.volumeId} still ${state} after ${checks} checks since ${since}`,
-          nonRetryable: false,
-          nextRetryDelay: Math.min(deps.pollIntervalMs * 2 ** releases, maxPollIntervalMs),
-        });
-      }
-      await ctx.sleep(deps.pollIntervalMs);
-    }
+    const beat: WaitHeartbeat = {
+      checks: previous?.checks ?? 0,
+      state: previous?.state ?? 'detaching',
+      since: previous?.since ?? new Date().toISOString(),
+    };
+    let attachedInARow = 0;
+    return heartbeating(
+      () => beat,
+      async () => {
+        for (;;) {
+          try {
+            beat.state = await backend.states.check(target, ctx.cancellationSignal);
+            beat.checks++;
+          } catch (err) {
+            if (!isTransient(err) || Date.now() + deps.pollIntervalMs > releaseAt) throw err;
+          }
+          if (beat.state === 'detached') return { outcome: 'detached', checks: beat.checks };
+          attachedInARow = beat.state === 'attached' ? attachedInARow + 1 : 0;
+          if (lostAfter !== undefined && attachedInARow >= lostAfter) return { outcome: 'lost', checks: beat.checks };
+          if (Date.now() + deps.pollIntervalMs > releaseAt) {
+            const releases = Math.max(0, ctx.info.attempt - 1);
+            throw ApplicationFailure.create({
+              type: 'StillDetaching',
+              // Expected while a volume is stuck: logged at debug and not counted as an activity failure.
+              category: ApplicationFailureCategory.BENIGN,
+              message: `${target.volume.volumeId} still ${beat.state} after ${beat.checks} checks since ${beat.since}`,
+              nonRetryable: false,
+              nextRetryDelay: Math.min(deps.pollIntervalMs * 2 ** releases, maxPollIntervalMs),
+            });
+          }
+          await ctx.sleep(deps.pollIntervalMs);
+        }
+      },
+    );
   };
 
-  return {
-    async listAttachedVolumes(input: { provider?: string | undefined; instanceId: string }): Promise<VolumeRef[]> {
-      const provider = resolve(input.provider);
-      const listed = await call(provider, 'listAttachedVolumes', () => provider.listAttachedVolumes(input.instanceId));
-      // A backend may report a volume twice (several attachments, several mounts): detach each once.
-      const unique = new Map(listed.map((v) => [v.volumeId, v]));
-      return [...unique.values()];
+  const listAttached = async (backend: Backend, instanceId: string): Promise<VolumeRef[]> => {
+    const listed = await backend.call('listAttachedVolumes', (o) =>
+      backend.provider.listAttachedVolumes(instanceId, o),
+    );
+    // A backend may report a volume twice (several attachments, several mounts): detach each once.
+    return [...new Map(listed.map((v) => [v.volumeId, v])).values()];
+  };
+
+  const activities = {
+    async listAttachedVolumes(input: InstanceTarget): Promise<VolumeRef[]> {
+      const backend = backends.resolve(input.provider);
+      return heartbeating(
+        () => undefined,
+        () => listAttached(backend, input.instanceId),
+      );
     },
 
-    /**
-     * Requests the detach, then waits until the backend reports it detached.
-     * One activity for both so a volume costs three history events however
-     * long it hangs; the request is idempotent, so a retry simply asks again.
-     */
-    async detachVolume(target: VolumeTarget): Promise<DetachResult & WaitResult> {
-      const provider = resolve(target.provider);
-      const request = () =>
-        call(provider, 'detachVolume', () => provider.detachVolume(target.instanceId, target.volume));
-      const ctx = Context.current();
-      // One hold window for the whole attempt: the request and the wait share it.
-      const releaseAt = Date.now() + holdMs;
-      const { retries } = await retryWithinHold(releaseAt, request, () => ctx.heartbeat(ctx.info.heartbeatDetails));
-      const waited = await pollUntilDetached(provider, target, request, releaseAt);
-      // Requests sent: one per activity attempt, plus the ones repeated inside this attempt.
-      return { attempts: ctx.info.attempt + retries, ...waited };
+    async requestDetach(target: VolumeTarget): Promise<RequestResult> {
+      const backend = backends.resolve(target.provider);
+      await heartbeating(
+        () => undefined,
+        () => backend.call('detachVolume', (o) => backend.provider.detachVolume(target.instanceId, target.volume, o)),
+      );
+      return { requests: Context.current().info.attempt };
     },
 
-    async forceDetachVolume(target: VolumeTarget): Promise<DetachResult & WaitResult> {
-      const provider = resolve(target.provider);
-      if (!provider.supportsForce) {
+    async awaitDetached(target: VolumeTarget): Promise<WaitResult> {
+      return pollUntilDetached(backends.resolve(target.provider), target, LOST_AFTER_CHECKS);
+    },
+
+    async forceDetachVolume(target: VolumeTarget): Promise<ForceResult> {
+      const backend = backends.resolve(target.provider);
+      if (!backend.provider.supportsForce) {
         throw ApplicationFailure.nonRetryable(
-          `provider "${provider.name}" cannot force-detach volumes`,
+          `provider "${backend.provider.name}" cannot force-detach volumes`,
           'ForceUnsupported',
         );
       }
-      const releaseAt = Date.now() + holdMs;
-      await call(provider, 'forceDetachVolume', () => provider.forceDetachVolume(target.instanceId, target.volume));
-      const waited = await pollUntilDetached(provider, target, undefined, releaseAt);
-      return { attempts: Context.current().info.attempt, ...waited };
+      await heartbeating(
+        () => undefined,
+        () =>
+          backend.call('forceDetachVolume', (o) =>
+            backend.provider.forceDetachVolume(target.instanceId, target.volume, o),
+          ),
+      );
+      const { checks } = await pollUntilDetached(backend, target, undefined);
+      return { attempts: Context.current().info.attempt, checks };
     },
 
-    async stopInstance(input: {
-      provider?: string | undefined;
-      instanceId: string;
-    }): Promise<{ instanceId: string; state: 'stopped' }> {
-      const provider = resolve(input.provider);
-      // Stopping can take minutes (AWS waits for `stopped`): heartbeat meanwhile so a lost worker is noticed.
-      const ctx = Context.current();
-      const beat = setInterval(() => ctx.heartbeat(), 5_000);
-      try {
-        await call(provider, 'stopInstance', () => provider.stopInstance(input.instanceId));
-      } finally {
-        clearInterval(beat);
-      }
-      // Returned so the history's completed event says what happened, not `null`.
+    async readAttachmentState(target: VolumeTarget): Promise<BackendState> {
+      const backend = backends.resolve(target.provider);
+      return heartbeating(
+        () => undefined,
+        () => backend.states.check(target, Context.current().cancellationSignal),
+      );
+    },
+
+    async stopInstanceIfDetached(input: InstanceTarget): Promise<StopInstanceOutcome> {
+      const backend = backends.resolve(input.provider);
+      return heartbeating(
+        () => undefined,
+        async () => {
+          // The last word before stopping: whatever the request named, the backend is asked what is attached.
+          const attached = await listAttached(backend, input.instanceId);
+          if (attached.length > 0) return { stopped: false, instanceId: input.instanceId, attached };
+          await backend.call('stopInstance', (o) => backend.provider.stopInstance(input.instanceId, o));
+          return { stopped: true, instanceId: input.instanceId };
+        },
+      );
+    },
+  } satisfies StopActivities;
+
+  /**
+   * The activities of stops started before the reconciler patch (workflows/legacy/),
+   * kept so they can finish: the graceful request-and-wait in one, and the unchecked stop.
+   */
+  const legacy = {
+    async detachVolume(target: VolumeTarget): Promise<{ attempts: number; checks: number; rerequests: number }> {
+      const backend = backends.resolve(target.provider);
+      await backend.call('detachVolume', (o) => backend.provider.detachVolume(target.instanceId, target.volume, o));
+      const { checks } = await pollUntilDetached(backend, target, undefined);
+      return { attempts: Context.current().info.attempt, checks, rerequests: 0 };
+    },
+    async stopInstance(input: InstanceTarget): Promise<{ instanceId: string; state: 'stopped' }> {
+      const backend = backends.resolve(input.provider);
+      await heartbeating(
+        () => undefined,
+        () => backend.call('stopInstance', (o) => backend.provider.stopInstance(input.instanceId, o)),
+      );
       return { instanceId: input.instanceId, state: 'stopped' };
     },
   };
+
+  return { ...activities, ...legacy };
 }
 
 export type StopflowActivities = ReturnType<typeof createActivities>;

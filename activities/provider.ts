@@ -1,31 +1,94 @@
 import type { VolumeRef } from '../common/request';
 
 /**
- * One interface for every backend (DESIGN.md "Providers"). Adapters report the
+ * One interface for every backend (docs/contract.md "Providers"). Adapters report the
  * backend's actual state; the workflow owns the desired state and the
  * activities reconcile one towards the other.
+ *
+ * The rules every adapter keeps, checked by test/conformance/provider-conformance.ts:
+ * - never report `detached` before the backend confirms that nothing holds the volume;
+ * - every write is idempotent: asking twice is the same as asking once;
+ * - every call honours `options.signal` (the activity's cancellation) and has a
+ *   timeout of its own, so no call outlives the activity that made it;
+ * - errors are typed: TransientProviderError (retried), ThrottledProviderError
+ *   (retried after the backend's hint, and slows every call of this provider),
+ *   PermanentProviderError and ForceUnsupportedError (final).
  */
 export type AttachmentState = 'attached' | 'detaching' | 'detached';
+
+/** Passed to every call: the activity's cancellation, to hand to SDKs and child processes. */
+export interface CallOptions {
+  signal?: AbortSignal | undefined;
+  /**
+   * The same for every retry of one activity of one stop, and different for every other:
+   * a backend request id (GCP `requestId`), or the key under which an adapter remembers
+   * that it already did a one-shot step (the linux stop command, across a reboot).
+   */
+  idempotencyKey?: string | undefined;
+}
+
+/** One volume of one instance: what a state check is about. */
+export interface VolumeOfInstance {
+  instanceId: string;
+  volume: VolumeRef;
+}
+
+/** How many calls per second a provider may make to its backend (token bucket: rate and burst). */
+export interface CallBudget {
+  callsPerSecond: number;
+  burst: number;
+}
 
 export interface Provider {
   /** The name requests use to choose this provider ("simulated", "linux", "aws"). */
   readonly name: string;
   /** Whether the backend has a forced detach at all; a volume may still refuse it (ForceUnsupportedError). */
   readonly supportsForce: boolean;
-  listAttachedVolumes(instanceId: string): Promise<VolumeRef[]>;
+  /**
+   * The call budget this backend allows, shared by every stop on this worker. Omitted: no
+   * limit (a local backend such as the host's own devices).
+   */
+  readonly budget?: CallBudget;
+  /** Most volumes `getAttachmentStates` takes in one call. Default 1 (no coalescing). */
+  readonly maxBatch?: number;
+
+  /** The volumes attached to the instance now, boot/root volume excluded. */
+  listAttachedVolumes(instanceId: string, options?: CallOptions): Promise<VolumeRef[]>;
   /** Requests a normal detach. Idempotent: a volume already detaching or detached is success. */
-  detachVolume(instanceId: string, volume: VolumeRef): Promise<void>;
-  getAttachmentState(instanceId: string, volume: VolumeRef): Promise<AttachmentState>;
+  detachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void>;
+  /** The backend's current answer for one volume; `detached` only when the backend confirms it. */
+  getAttachmentState(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<AttachmentState>;
+  /**
+   * The same for many volumes in one backend call (one DescribeVolumes, one mountinfo read), in
+   * the order given. Optional: without it each volume is checked on its own.
+   */
+  getAttachmentStates?(targets: readonly VolumeOfInstance[], options?: CallOptions): Promise<AttachmentState[]>;
   /** Forces the detach; may lose unflushed writes. Idempotent like detachVolume. */
-  forceDetachVolume(instanceId: string, volume: VolumeRef): Promise<void>;
-  stopInstance(instanceId: string): Promise<void>;
+  forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void>;
+  /** Stops the instance and returns once the backend reports it stopped. Idempotent. */
+  stopInstance(instanceId: string, options?: CallOptions): Promise<void>;
   /** Start-up check: throws with a clear message when the backend cannot be used from this worker. */
   checkUsable?(): Promise<void>;
 }
 
-/** A failure worth retrying: throttling, timeouts, 5xx, a busy device. */
+/** A failure worth retrying: timeouts, 5xx, a busy device. */
 export class TransientProviderError extends Error {
   override name = 'TransientProviderError';
+}
+
+/**
+ * The backend said "too many requests". Retried like a transient error, and every call of
+ * the same provider on this worker waits out the backoff (the server's hint when it gave one).
+ */
+export class ThrottledProviderError extends TransientProviderError {
+  override name = 'ThrottledProviderError';
+  constructor(
+    message: string,
+    /** The backend's Retry-After, when it said one. */
+    readonly retryAfterMs?: number,
+  ) {
+    super(message);
+  }
 }
 
 /** The backend cannot force-detach this volume; retrying will not change that. */

@@ -7,12 +7,18 @@ import { type DurationSchema, durationSchema, parseDuration } from './duration';
  * (client, CLI), the tolerant one ignores them (workflow), so that an older
  * worker survives a newer client.
  */
-export const INSTANCE_ID_RULE = 'must be 1-255 characters of [A-Za-z0-9._:-]';
-const ID_PATTERN = /^[A-Za-z0-9._:-]{1,255}$/;
+export const INSTANCE_ID_RULE = 'must be 1-255 characters of [A-Za-z0-9._:-], starting with a letter or digit';
+/** Starts with a letter or digit: an id must never read as an option (`-rf`) where it reaches a command line. */
+export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$/;
+/** The rules before the `reconciler` patch: only replays of stops started then use them. */
+const LEGACY_ID_PATTERN = /^[A-Za-z0-9._:-]{1,255}$/;
+const EMPTY_VOLUMES_RULE =
+  'must list at least one volume (omit volumes to detach whatever the backend says is attached)';
 /** A single stop of more volumes than this is not an instance, it is a mistake (and a huge history). */
 export const MAX_VOLUMES = 256;
 
-const idSchema = (rule: string) => z.string({ error: `is required and ${rule}` }).regex(ID_PATTERN, { error: rule });
+const idSchema = (rule: string, pattern = ID_PATTERN) =>
+  z.string({ error: `is required and ${rule}` }).regex(pattern, { error: rule });
 
 const volumeFields = (volumeId: z.ZodString) => ({
   volumeId,
@@ -23,10 +29,11 @@ const volumeFields = (volumeId: z.ZodString) => ({
     .optional(),
 });
 
-const requestFields = (volume: z.ZodType<VolumeRef>, duration: DurationSchema) => ({
-  instanceId: idSchema(INSTANCE_ID_RULE),
+const requestFields = (volume: z.ZodType<VolumeRef>, duration: DurationSchema, legacy = false) => ({
+  instanceId: idSchema(INSTANCE_ID_RULE, legacy ? LEGACY_ID_PATTERN : ID_PATTERN),
   volumes: z
     .array(volume, { error: 'must be an array of { volumeId, device? }' })
+    .min(legacy ? 0 : 1, { error: EMPTY_VOLUMES_RULE })
     .max(MAX_VOLUMES, { error: `must list at most ${MAX_VOLUMES} volumes` })
     .refine((volumes) => new Set(volumes.map((v) => v.volumeId)).size === volumes.length, {
       error: 'must not repeat a volumeId',
@@ -66,9 +73,10 @@ function buildStrictSchemas() {
   return { request, duration, volumeId };
 }
 
-function buildTolerantSchema() {
+function buildTolerantSchema(legacy = false) {
+  const volumeId = idSchema(INSTANCE_ID_RULE, legacy ? LEGACY_ID_PATTERN : ID_PATTERN);
   return z.looseObject(
-    requestFields(z.looseObject(volumeFields(idSchema(INSTANCE_ID_RULE)), { error: VOLUME_RULE }), durationSchema()),
+    requestFields(z.looseObject(volumeFields(volumeId), { error: VOLUME_RULE }), durationSchema(), legacy),
     { error: REQUEST_RULE },
   );
 }
@@ -161,6 +169,9 @@ export function parseStopRequest(input: unknown): NormalizedStopRequest {
  * For the workflow: unknown fields are ignored. Throws StopRequestError. The
  * schema is built per call and dropped after it (see above).
  */
-export function parseStopRequestTolerant(input: unknown): NormalizedStopRequest {
-  return parseWith(buildTolerantSchema(), input);
+export function parseStopRequestTolerant(
+  input: unknown,
+  options: { legacyRules?: boolean } = {},
+): NormalizedStopRequest {
+  return parseWith(buildTolerantSchema(options.legacyRules), input);
 }

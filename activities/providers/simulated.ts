@@ -11,10 +11,14 @@ import lockfile from 'proper-lockfile';
 import type { VolumeRef } from '../../common/request';
 import {
   type AttachmentState,
+  type CallBudget,
+  type CallOptions,
   ForceUnsupportedError,
   PermanentProviderError,
   type Provider,
+  ThrottledProviderError,
   TransientProviderError,
+  type VolumeOfInstance,
 } from '../provider';
 
 export type ForceBehavior = 'ok' | 'unsupported' | 'fails';
@@ -121,6 +125,21 @@ export interface SimFaults {
   transientFailureRate?: number;
   /** Random latency added to every call, in ms. */
   latencyMs?: readonly [number, number];
+  /**
+   * A cloud's rate limit: more calls than this per second (a sliding one-second window)
+   * are answered "throttled", as EC2 answers RequestLimitExceeded.
+   */
+  rateLimitPerSecond?: number;
+  /** A call that never answers (until cancelled): the slow backend call the activities must be able to cancel. */
+  hangCalls?: ReadonlySet<string>;
+}
+
+export interface SimulatedProviderOptions {
+  name?: string;
+  /** The budget the worker keeps to for this provider (see activities/call-budget.ts). */
+  budget?: CallBudget;
+  /** Most volumes one batched state check takes; 1 turns coalescing off. Default 100. */
+  maxBatch?: number;
 }
 
 export interface SeedVolume {
@@ -132,13 +151,28 @@ export interface SeedVolume {
 export class SimulatedProvider implements Provider {
   readonly name: string;
   readonly supportsForce = true;
+  readonly budget?: CallBudget;
+  readonly maxBatch: number;
+  /** Calls the backend answered (or throttled), by operation: what a cloud's API would bill or limit. */
+  readonly calls = new Map<string, number>();
+  private recentCalls: number[] = [];
 
   constructor(
     readonly store: SimStore,
     private readonly faults: SimFaults = {},
-    name = 'simulated',
+    nameOrOptions: string | SimulatedProviderOptions = 'simulated',
   ) {
-    this.name = name;
+    const options = typeof nameOrOptions === 'string' ? { name: nameOrOptions } : nameOrOptions;
+    this.name = options.name ?? 'simulated';
+    if (options.budget) this.budget = options.budget;
+    this.maxBatch = options.maxBatch ?? 100;
+  }
+
+  /** Total backend calls so far (every operation). */
+  totalCalls(): number {
+    let total = 0;
+    for (const n of this.calls.values()) total += n;
+    return total;
   }
 
   // --- seeding and inspection, used by the `stopflow sim` CLI and tests ---
@@ -175,8 +209,8 @@ export class SimulatedProvider implements Provider {
 
   // --- Provider ---
 
-  async listAttachedVolumes(instanceId: string): Promise<VolumeRef[]> {
-    await this.chaos();
+  async listAttachedVolumes(instanceId: string, options?: CallOptions): Promise<VolumeRef[]> {
+    await this.chaos('listAttachedVolumes', options);
     return this.store.mutate((cloud) => {
       const instance = requireInstance(cloud, instanceId);
       settle(instance, Date.now());
@@ -186,8 +220,8 @@ export class SimulatedProvider implements Provider {
     });
   }
 
-  async detachVolume(instanceId: string, volume: VolumeRef): Promise<void> {
-    await this.chaos();
+  async detachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void> {
+    await this.chaos('detachVolume', options);
     await this.store.mutate((cloud) => {
       const v = this.volumeFor(cloud, instanceId, volume.volumeId);
       v.detachCalls++;
@@ -200,8 +234,8 @@ export class SimulatedProvider implements Provider {
     });
   }
 
-  async getAttachmentState(instanceId: string, volume: VolumeRef): Promise<AttachmentState> {
-    await this.chaos();
+  async getAttachmentState(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<AttachmentState> {
+    await this.chaos('getAttachmentState', options);
     return this.store.mutate((cloud) => {
       const v = this.volumeFor(cloud, instanceId, volume.volumeId);
       failIfScheduled(v, 'describe');
@@ -210,8 +244,23 @@ export class SimulatedProvider implements Provider {
     });
   }
 
-  async forceDetachVolume(instanceId: string, volume: VolumeRef): Promise<void> {
-    await this.chaos();
+  /** One "describe" for many volumes, like DescribeVolumes with many ids. */
+  async getAttachmentStates(targets: readonly VolumeOfInstance[], options?: CallOptions): Promise<AttachmentState[]> {
+    await this.chaos('getAttachmentStates', options);
+    return this.store.mutate((cloud) => {
+      const now = Date.now();
+      // A scheduled failure of any volume fails the whole describe, as one API call would.
+      const volumes = targets.map((t) => this.volumeFor(cloud, t.instanceId, t.volume.volumeId));
+      for (const v of volumes) failIfScheduled(v, 'describe');
+      return volumes.map((v) => {
+        settleVolume(v, now);
+        return v.state;
+      });
+    });
+  }
+
+  async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void> {
+    await this.chaos('forceDetachVolume', options);
     await this.store.mutate((cloud) => {
       const v = this.volumeFor(cloud, instanceId, volume.volumeId);
       v.forceCalls++;
@@ -231,8 +280,8 @@ export class SimulatedProvider implements Provider {
     });
   }
 
-  async stopInstance(instanceId: string): Promise<void> {
-    await this.chaos();
+  async stopInstance(instanceId: string, options?: CallOptions): Promise<void> {
+    await this.chaos('stopInstance', options);
     await this.store.mutate((cloud) => {
       const instance = requireInstance(cloud, instanceId);
       settle(instance, Date.now());
@@ -259,16 +308,45 @@ export class SimulatedProvider implements Provider {
     return volume;
   }
 
-  private async chaos(): Promise<void> {
-    const { latencyMs, transientFailureRate } = this.faults;
-    if (latencyMs) {
-      const [min, max] = latencyMs;
-      await new Promise((resolve) => setTimeout(resolve, min + Math.random() * (max - min)));
+  private async chaos(operation: string, options: CallOptions | undefined): Promise<void> {
+    const { latencyMs, transientFailureRate, rateLimitPerSecond, hangCalls } = this.faults;
+    const signal = options?.signal;
+    signal?.throwIfAborted();
+    this.calls.set(operation, (this.calls.get(operation) ?? 0) + 1);
+    if (rateLimitPerSecond !== undefined) {
+      const now = Date.now();
+      this.recentCalls = this.recentCalls.filter((t) => t > now - 1_000);
+      this.recentCalls.push(now);
+      if (this.recentCalls.length > rateLimitPerSecond) {
+        throw new ThrottledProviderError(`simulated ${operation}: RequestLimitExceeded (over ${rateLimitPerSecond}/s)`);
+      }
     }
+    const delay = hangCalls?.has(operation)
+      ? Number.POSITIVE_INFINITY
+      : latencyMs
+        ? latencyMs[0] + Math.random() * (latencyMs[1] - latencyMs[0])
+        : 0;
+    if (delay > 0) await abortableDelay(delay, signal);
     if (transientFailureRate && Math.random() < transientFailureRate) {
       throw new TransientProviderError('simulated transient backend error (injected fault)');
     }
   }
+}
+
+/** Waits `ms` (forever for Infinity), or rejects with the signal's reason when it aborts first. */
+function abortableDelay(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const timer = Number.isFinite(ms) ? setTimeout(done, ms) : undefined;
+    function done() {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }
+    function onAbort() {
+      if (timer) clearTimeout(timer);
+      reject(signal?.reason ?? new Error('aborted'));
+    }
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
 }
 
 function newVolume(seed: SeedVolume): SimVolume {

@@ -1,0 +1,90 @@
+/**
+ * One provider as the activities use it: every call waits for the provider's
+ * call budget, carries the activity's cancellation, is reported to metrics,
+ * and has its error translated once into an ApplicationFailure type the
+ * workflow's retry policies understand (docs/contract.md "Failure types").
+ */
+import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
+import { CallBudgetLimiter } from './call-budget';
+import {
+  type CallOptions,
+  ForceUnsupportedError,
+  PermanentProviderError,
+  type Provider,
+  ThrottledProviderError,
+} from './provider';
+import { StateChecks } from './state-checks';
+
+export type ProviderEvent =
+  | { kind: 'call'; provider: string; operation: string }
+  | { kind: 'error'; provider: string; operation: string; errorType: string };
+
+export class Backend {
+  readonly budget: CallBudgetLimiter;
+  readonly states: StateChecks;
+
+  constructor(
+    readonly provider: Provider,
+    private readonly observe?: (event: ProviderEvent) => void,
+  ) {
+    this.budget = new CallBudgetLimiter(provider.budget);
+    this.states = new StateChecks(provider, (operation, fn, shared) =>
+      this.call(operation, fn, shared ? null : undefined),
+    );
+  }
+
+  /**
+   * Runs one provider call inside an activity: budget first, then the call with the
+   * activity's AbortSignal and idempotency key. A batched state check serves many
+   * activities at once and so belongs to none: it passes `ctx` null.
+   */
+  async call<T>(
+    operation: string,
+    fn: (options: CallOptions) => Promise<T>,
+    ctx: Context | null = currentContext(),
+  ): Promise<T> {
+    const signal = ctx?.cancellationSignal;
+    const options: CallOptions = {};
+    if (signal) options.signal = signal;
+    if (ctx) options.idempotencyKey = `${ctx.info.workflowExecution?.runId ?? 'standalone'}/${ctx.info.activityId}`;
+    try {
+      await this.budget.take(signal);
+      this.observe?.({ kind: 'call', provider: this.provider.name, operation });
+      const value = await fn(options);
+      this.budget.succeeded();
+      return value;
+    } catch (err) {
+      throw this.translate(operation, err, signal);
+    }
+  }
+
+  private translate(operation: string, err: unknown, signal: AbortSignal | undefined): Error {
+    if (err instanceof CancelledFailure) return err;
+    // The activity was cancelled: whatever the SDK or child process threw is that cancellation.
+    if (signal?.aborted) return signal.reason instanceof Error ? signal.reason : new CancelledFailure('cancelled');
+    const error = err instanceof Error ? err : new Error(String(err));
+    this.observe?.({ kind: 'error', provider: this.provider.name, operation, errorType: error.name });
+    if (error instanceof ForceUnsupportedError || error instanceof PermanentProviderError) {
+      return ApplicationFailure.create({ message: error.message, type: error.name, nonRetryable: true, cause: error });
+    }
+    if (error instanceof ThrottledProviderError) {
+      this.budget.throttled(error.retryAfterMs);
+      return ApplicationFailure.create({
+        message: error.message,
+        type: error.name,
+        nonRetryable: false,
+        cause: error,
+        ...(error.retryAfterMs !== undefined ? { nextRetryDelay: error.retryAfterMs } : {}),
+      });
+    }
+    return ApplicationFailure.create({ message: error.message, type: error.name, nonRetryable: false, cause: error });
+  }
+}
+
+function currentContext(): Context | null {
+  try {
+    return Context.current();
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,117 @@
+/**
+ * A provider's call budget on this worker: a token bucket shared by every stop,
+ * plus one shared backoff when the backend says it is throttling us. With a
+ * thousand volumes stuck at once, calls per second to the backend are set by
+ * the budget, not by how many volumes wait (issue: incident scale).
+ *
+ * Hand-written rather than a rate-limit package: it is a few lines, it must
+ * take the activity's AbortSignal, and the throttling backoff must be shared
+ * with the bucket (a throttled backend slows every caller, not only the one
+ * that was told).
+ */
+import type { CallBudget } from './provider';
+
+export interface BudgetClock {
+  now(): number;
+  sleep(ms: number, signal?: AbortSignal): Promise<void>;
+}
+
+const realClock: BudgetClock = {
+  now: () => Date.now(),
+  sleep: (ms, signal) =>
+    new Promise<void>((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(signal.reason);
+        return;
+      }
+      const timer = setTimeout(done, ms);
+      function done() {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      }
+      function onAbort() {
+        clearTimeout(timer);
+        reject(signal?.reason);
+      }
+      signal?.addEventListener('abort', onAbort, { once: true });
+    }),
+};
+
+/** First and longest pause after the backend throttled us, when it gave no Retry-After. */
+const BACKOFF_MIN_MS = 1_000;
+const BACKOFF_MAX_MS = 60_000;
+
+export class CallBudgetLimiter {
+  private tokens: number;
+  private refilledAt: number;
+  /** Calls wait until this time after a throttling answer. */
+  private pausedUntil = 0;
+  private backoffMs = 0;
+  /** Callers queue in order, so a burst of waits cannot starve one urgent call forever. */
+  private queue: Promise<void> = Promise.resolve();
+  private readonly stats = { calls: 0, throttled: 0 };
+
+  constructor(
+    readonly budget: CallBudget | undefined,
+    private readonly clock: BudgetClock = realClock,
+  ) {
+    this.tokens = budget?.burst ?? 0;
+    this.refilledAt = clock.now();
+  }
+
+  /** Calls taken and throttling answers seen, for metrics and tests. */
+  get counts(): { calls: number; throttled: number } {
+    return { ...this.stats };
+  }
+
+  /** Waits for a token (and out any throttling backoff); rejects when `signal` aborts first. */
+  async take(signal?: AbortSignal): Promise<void> {
+    this.stats.calls++;
+    if (!this.budget && this.pausedUntil <= this.clock.now()) return;
+    const turn = this.queue.then(() => this.waitForToken(signal));
+    // A caller that gave up must not block the ones behind it.
+    this.queue = turn.catch(() => undefined);
+    return turn;
+  }
+
+  /** The backend throttled a call: everyone pauses, longer each time, with jitter; a Retry-After wins. */
+  throttled(retryAfterMs?: number): void {
+    this.stats.throttled++;
+    this.backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.backoffMs * 2));
+    // Full jitter: callers on several workers do not come back in step.
+    const pause = retryAfterMs ?? Math.round(this.backoffMs / 2 + Math.random() * (this.backoffMs / 2));
+    this.pausedUntil = Math.max(this.pausedUntil, this.clock.now() + pause);
+    this.tokens = 0;
+  }
+
+  /** A call went through: the backoff starts small again next time. */
+  succeeded(): void {
+    if (this.pausedUntil <= this.clock.now()) this.backoffMs = 0;
+  }
+
+  private async waitForToken(signal?: AbortSignal): Promise<void> {
+    for (;;) {
+      signal?.throwIfAborted();
+      const now = this.clock.now();
+      if (this.pausedUntil > now) {
+        await this.clock.sleep(this.pausedUntil - now, signal);
+        continue;
+      }
+      if (!this.budget) return;
+      this.refill(now);
+      if (this.tokens >= 1) {
+        this.tokens -= 1;
+        return;
+      }
+      const waitMs = Math.ceil(((1 - this.tokens) / this.budget.callsPerSecond) * 1000);
+      await this.clock.sleep(waitMs, signal);
+    }
+  }
+
+  private refill(now: number): void {
+    if (!this.budget) return;
+    const elapsed = now - this.refilledAt;
+    this.refilledAt = now;
+    this.tokens = Math.min(this.budget.burst, this.tokens + (elapsed / 1000) * this.budget.callsPerSecond);
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * Coalesced state checks: every volume waiting on the same provider shares one
+ * backend call per batch (one DescribeVolumes for up to 200 volume ids, one
+ * mountinfo read for many devices). Checks that arrive while a batch waits for
+ * its budget token join the next batch, so under load batches grow and calls
+ * per second stay at the budget.
+ */
+import type { AttachmentState, CallOptions, Provider, VolumeOfInstance } from './provider';
+
+interface PendingCheck {
+  target: VolumeOfInstance;
+  resolve(state: AttachmentState): void;
+  reject(err: unknown): void;
+}
+
+/** Runs one provider call under the budget, with errors mapped; see Backend.call in activities/backend.ts. */
+export type BudgetedCall = <T>(
+  operation: string,
+  fn: (options: CallOptions) => Promise<T>,
+  /** The call serves a batch of many activities: it takes no single activity's cancellation. */
+  shared?: boolean,
+) => Promise<T>;
+
+/** How long the first check of a batch waits for others to join it. Short: a lone check should not feel it. */
+const GATHER_MS = 20;
+
+export class StateChecks {
+  private pending: PendingCheck[] = [];
+  private flushing = false;
+  readonly maxBatch: number;
+
+  constructor(
+    private readonly provider: Provider,
+    private readonly call: BudgetedCall,
+  ) {
+    this.maxBatch = provider.getAttachmentStates ? Math.max(1, provider.maxBatch ?? 1) : 1;
+  }
+
+  /** The backend's state of one volume, answered from the next batch. */
+  check(target: VolumeOfInstance, signal?: AbortSignal): Promise<AttachmentState> {
+    if (this.maxBatch === 1) {
+      return this.call('getAttachmentState', (options) =>
+        this.provider.getAttachmentState(target.instanceId, target.volume, { ...options, signal }),
+      );
+    }
+    return new Promise<AttachmentState>((resolve, reject) => {
+      const entry: PendingCheck = { target, resolve, reject };
+      this.pending.push(entry);
+      // A cancelled wait leaves the batch at once; the batch itself goes on for the others.
+      signal?.addEventListener(
+        'abort',
+        () => {
+          this.pending = this.pending.filter((p) => p !== entry);
+          reject(signal.reason);
+        },
+        { once: true },
+      );
+      if (!this.flushing) void this.flush();
+    });
+  }
+
+  private async flush(): Promise<void> {
+    this.flushing = true;
+    try {
+      await new Promise((resolve) => setTimeout(resolve, GATHER_MS));
+      while (this.pending.length > 0) {
+        const batch = this.pending.splice(0, this.maxBatch);
+        const getStates = this.provider.getAttachmentStates?.bind(this.provider);
+        if (!getStates) throw new Error('unreachable: batching without getAttachmentStates');
+        try {
+          const states = await this.call(
+            'getAttachmentStates',
+            (options) =>
+              getStates(
+                batch.map((p) => p.target),
+                options,
+              ),
+            true,
+          );
+          batch.forEach((p, i) => {
+            const state = states[i];
+            if (state === undefined) p.reject(new Error(`provider ${this.provider.name} answered too few states`));
+            else p.resolve(state);
+          });
+        } catch (err) {
+          for (const p of batch) p.reject(err);
+        }
+      }
+    } finally {
+      this.flushing = false;
+    }
+  }
+}

@@ -1,0 +1,74 @@
+/**
+ * What the stopInstance workflow asks of its activities, and what they answer: the
+ * one interface both sides compile against (activities/index.ts implements it,
+ * workflows/ only imports its types). Names here are activity types in history.
+ */
+import type { VolumeRef } from './request';
+
+/** Which provider, which instance: every activity starts from this. */
+export interface InstanceTarget {
+  provider?: string | undefined;
+  instanceId: string;
+}
+
+export interface VolumeTarget extends InstanceTarget {
+  volume: VolumeRef;
+}
+
+export type BackendState = 'attached' | 'detaching' | 'detached';
+
+/** The wait's heartbeat details: what `stopflow status` shows beside a waiting volume. */
+export interface WaitHeartbeat {
+  checks: number;
+  state: BackendState;
+  since: string;
+}
+
+export interface RequestResult {
+  /** Requests sent, retries inside the attempt included. */
+  requests: number;
+}
+
+/**
+ * How a wait ended: `detached`, or `lost` when the backend reads `attached` again
+ * for several checks in a row (it dropped the request, or someone attached the
+ * volume again): the workflow then requests the detach again.
+ */
+export interface WaitResult {
+  outcome: 'detached' | 'lost';
+  checks: number;
+}
+
+export interface ForceResult {
+  /** Attempt number of the activity that succeeded (1 = first try). */
+  attempts: number;
+  checks: number;
+}
+
+/** stopInstanceIfDetached: stopped, or refused because these volumes are attached. */
+export type StopInstanceOutcome =
+  | { stopped: true; instanceId: string }
+  | { stopped: false; instanceId: string; attached: VolumeRef[] };
+
+/** The activities of the current stopInstance workflow. */
+export interface StopActivities {
+  listAttachedVolumes(input: InstanceTarget): Promise<VolumeRef[]>;
+  /** Sends the graceful detach (idempotent). Changes the backend. */
+  requestDetach(target: VolumeTarget): Promise<RequestResult>;
+  /** Read-only: polls until detached (on the waits task queue, so stuck volumes never take urgent slots). */
+  awaitDetached(target: VolumeTarget): Promise<WaitResult>;
+  /** Forces the detach and confirms it. Changes the backend; may lose unflushed writes. */
+  forceDetachVolume(target: VolumeTarget): Promise<ForceResult>;
+  /** One state check: did a volume whose force failed detach anyway? */
+  readAttachmentState(target: VolumeTarget): Promise<BackendState>;
+  /** Lists what is attached right before stopping; stops the instance only when nothing is. */
+  stopInstanceIfDetached(input: InstanceTarget): Promise<StopInstanceOutcome>;
+}
+
+/** Activity type names, for clients that read pending activities and history. */
+export const VOLUME_ACTIVITY_TYPES = ['requestDetach', 'awaitDetached', 'forceDetachVolume', 'detachVolume'] as const;
+
+/** The waits task queue beside a stop's own: read-only waits on stuck volumes run there, on their own slots. */
+export function waitsTaskQueue(taskQueue: string): string {
+  return `${taskQueue}-waits`;
+}
