@@ -165,7 +165,7 @@ async function main(): Promise<void> {
     gc?.();
     const mem = process.memoryUsage();
     const cpu = process.cpuUsage();
-    const status = worker.getStatus();
+    const status = ('main' in worker ? worker.main : worker).getStatus();
     return {
       at: Date.now(),
       rss: mem.rss,

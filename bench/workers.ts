@@ -1,7 +1,7 @@
 /** Workers the in-process scenarios run: stopflow's own and the baseline one, torn down even on error. */
 import { Worker } from '@temporalio/worker';
 import type { Provider } from '../activities/provider';
-import { createStopflowWorker, type StopflowWorkerOptions } from '../worker/worker';
+import { createStopflowWorker, type StopflowWorker, type StopflowWorkerOptions } from '../worker/worker';
 import { createBaselineActivities, type Marks } from './baseline-activities';
 import type { BenchContext } from './common';
 
@@ -14,7 +14,7 @@ export interface StopflowWorkerSettings {
   tuning?: StopflowWorkerOptions['tuning'];
 }
 
-export function stopflowWorker(ctx: BenchContext, settings: StopflowWorkerSettings): Promise<Worker> {
+export function stopflowWorker(ctx: BenchContext, settings: StopflowWorkerSettings): Promise<StopflowWorker> {
   const options: StopflowWorkerOptions = {
     connection: ctx.connection,
     taskQueue: settings.taskQueue,
@@ -43,7 +43,7 @@ export function baselineWorker(
 }
 
 /** Runs the workers while `fn` runs; shuts every one down afterwards, also when `fn` or a worker fails. */
-export async function withWorkers<T>(workers: Worker[], fn: () => Promise<T>): Promise<T> {
+export async function withWorkers<T>(workers: (Worker | StopflowWorker)[], fn: () => Promise<T>): Promise<T> {
   const failed: unknown[] = [];
   const running = workers.map((w) =>
     w.run().catch((err: unknown) => {

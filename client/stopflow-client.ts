@@ -15,7 +15,6 @@ import {
 } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { optionalTsToMs } from '@temporalio/common/lib/time';
-import type { WaitHeartbeat } from '../activities';
 import { DURATION_RULE, formatDuration, parseDuration } from '../common/duration';
 import {
   DEFAULT_TASK_QUEUE,
@@ -26,8 +25,9 @@ import {
   WORKFLOW_TYPE,
   workflowIdFor,
 } from '../common/names';
-import { INSTANCE_ID_RULE, parseStopRequest, type StopRequest } from '../common/request';
+import { ID_PATTERN, INSTANCE_ID_RULE, parseStopRequest, type StopRequest } from '../common/request';
 import type { AbortPayload, SetMaxStopDurationResult, StopPhase, StopStatus, VolumeStatus } from '../common/status';
+import { VOLUME_ACTIVITY_TYPES, type WaitHeartbeat } from '../common/stop-activities';
 import { abortSignal, setMaxStopDurationUpdate, statusQuery } from '../workflows/definitions';
 import type { stopInstance } from '../workflows/stop-instance';
 import { type AuditEntry, auditEntries, failureText, HistoryDecoder } from './history';
@@ -160,9 +160,8 @@ export interface StopHistory {
   entries: AuditEntry[];
 }
 
-const ID_PATTERN = /^[A-Za-z0-9._:-]{1,255}$/;
 const STOP_ID_PREFIX = 'stop-';
-const VOLUME_ACTIVITIES = new Set(['detachVolume', 'forceDetachVolume']);
+const VOLUME_ACTIVITIES = new Set<string>(VOLUME_ACTIVITY_TYPES);
 // temporal.api.enums.v1.PendingActivityState, by number (the proto package is not a direct dependency).
 const PENDING_STATES: Record<number, PendingWork['state']> = {
   1: 'scheduled',

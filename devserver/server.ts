@@ -28,7 +28,9 @@ export interface DevServer {
 export async function startDevServer(options: DevServerOptions = {}): Promise<DevServer> {
   const cli = await resolveTemporalCli(options);
   const ip = options.ip ?? '127.0.0.1';
-  const extraArgs: string[] = [];
+  // Task priority (force and abort ahead of other stops' work) needs the new matcher on server 1.29; stopflow
+  // works without it, and better with it (docs/worker.md "Isolation").
+  const extraArgs: string[] = ['--dynamic-config-value', 'matching.useNewMatcher=true'];
   if (options.httpPort) extraArgs.push('--http-port', String(options.httpPort));
   const env = await TestWorkflowEnvironment.createLocal({
     server: {

@@ -1,20 +1,20 @@
 /** Test harness: a real worker on the run's dev server, on its own task queue, over a simulated cloud. */
 import { randomUUID } from 'node:crypto';
 import { Client, Connection } from '@temporalio/client';
-import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
+import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
 import { inject } from 'vitest';
 import type { Provider } from '../activities/provider';
 import { MemorySimStore, type SimFaults, SimulatedProvider } from '../activities/providers/simulated';
 import { StopflowClient } from '../client/stopflow-client';
 import { workflowIdFor } from '../common/names';
-import { createStopflowWorker, type StopflowWorkerOptions } from '../worker/worker';
+import { createStopflowWorker, type StopflowWorker, type StopflowWorkerOptions } from '../worker/worker';
 
 export interface Harness {
   taskQueue: string;
   client: Client;
   stopflow: StopflowClient;
   sim: SimulatedProvider;
-  worker: Worker;
+  worker: StopflowWorker;
   /** A fresh instance id, unique across test files sharing the server. */
   instanceId(prefix?: string): string;
   close(): Promise<void>;

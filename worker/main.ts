@@ -12,7 +12,7 @@ import { realpathSync, writeFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Client } from '@temporalio/client';
-import { GracefulShutdownPeriodExpiredError, Runtime, type Worker } from '@temporalio/worker';
+import { GracefulShutdownPeriodExpiredError, Runtime } from '@temporalio/worker';
 import type { ProviderEvent } from '../activities';
 import { buildProviders } from '../activities/providers';
 import { createSweepActivities } from '../activities/sweep';
@@ -28,7 +28,7 @@ import {
   PinoSdkLogger,
 } from './logging';
 import { prometheusExporter, providerMetrics } from './metrics';
-import { bundleStopflowWorkflows, createStopflowWorker } from './worker';
+import { bundleStopflowWorkflows, createStopflowWorker, type StopflowWorker } from './worker';
 
 export const WORKER_EXIT = { stopped: 0, failed: 1, badConfig: 2, checkFailed: 3 } as const;
 
@@ -80,7 +80,7 @@ export async function runWorker(env: NodeJS.ProcessEnv = process.env, options: R
 
 async function serve(config: WorkerConfig, logger: AppLogger, options: RunWorkerOptions): Promise<number> {
   // A signal during start-up ends it quietly; once polling, it starts the graceful shutdown.
-  let worker: Worker | undefined;
+  let worker: StopflowWorker | undefined;
   let stopRequested = false;
   const onSignal = (signal: NodeJS.Signals) => {
     if (stopRequested) {

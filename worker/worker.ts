@@ -1,11 +1,31 @@
-/** Builds a stopflow Worker: the one place that wires workflows, activities and providers together. */
+/**
+ * Builds a stopflow worker: the one place that wires workflows, activities and
+ * providers together. It is two SDK Workers in one process, sharing one
+ * connection and one set of providers (and so one call budget per provider):
+ *
+ * - the stop's task queue: workflows and the urgent activities (list, request,
+ *   force, stop), with their own slots;
+ * - `<taskQueue>-waits`: only the read-only waits for `detached`, with slots of
+ *   their own, so stuck volumes can fill those and never delay a healthy stop
+ *   or the force an abort asks for (docs/worker.md "Isolation").
+ */
 import { fileURLToPath } from 'node:url';
 import { bundleWorkflowCode, type NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
-import { type ActivityDeps, createActivities } from '../activities';
+import { type ActivityDeps, Backends, createActivities } from '../activities';
 import type { Provider } from '../activities/provider';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
+import { waitsTaskQueue } from '../common/stop-activities';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
+
+/** Waits that may poll at once; past its hold window a wait gives its slot back, so this bounds memory, not stops. */
+export const DEFAULT_MAX_CONCURRENT_WAITS = 500;
+/**
+ * Workflows kept in memory between tasks. A waiting stop wakes rarely (a timer, a
+ * wait's result), so replaying it then is cheaper than keeping every one cached:
+ * 10,000 waiting stops fit a small worker (BENCHMARKS.md, incident scale).
+ */
+export const DEFAULT_MAX_CACHED_WORKFLOWS = 250;
 
 export interface StopflowWorkerOptions {
   connection: NativeConnection;
@@ -17,12 +37,14 @@ export interface StopflowWorkerOptions {
   /** See ActivityDeps.holdMs / maxPollIntervalMs. */
   holdMs?: number;
   maxPollIntervalMs?: number;
+  /** Slots of the waits task queue. Default DEFAULT_MAX_CONCURRENT_WAITS. */
+  maxConcurrentWaits?: number;
   observe?: ActivityDeps['observe'];
   /** More activities to register beside stopflow's own (e.g. the sweep's). */
   extraActivities?: Record<string, (...args: never[]) => Promise<unknown>>;
   /** A pre-built bundle (tests build one per run); otherwise the workflows are bundled at start. */
   workflowBundle?: WorkerOptions['workflowBundle'];
-  /** Passed through: concurrency, cache size, shutdown grace, interceptors, sinks. */
+  /** Passed through to the main worker: concurrency, cache size, shutdown grace, interceptors. */
   tuning?: Partial<
     Pick<
       WorkerOptions,
@@ -37,7 +59,53 @@ export interface StopflowWorkerOptions {
   >;
 }
 
-export async function createStopflowWorker(options: StopflowWorkerOptions): Promise<Worker> {
+/** The two Workers of one stopflow worker, run and shut down together. */
+export class StopflowWorker {
+  constructor(
+    /** Workflows and urgent activities, on the stop's task queue. */
+    readonly main: Worker,
+    /** Waits for `detached`, on the waits task queue. */
+    readonly waits: Worker,
+  ) {}
+
+  get options(): Worker['options'] {
+    return this.main.options;
+  }
+
+  getState(): ReturnType<Worker['getState']> {
+    return this.main.getState();
+  }
+
+  /** Runs both until shutdown; if one fails, the other is shut down too and the failure is thrown. */
+  async run(): Promise<void> {
+    const both = [this.main, this.waits].map((w) =>
+      w.run().catch((err: unknown) => {
+        this.shutdown();
+        throw err;
+      }),
+    );
+    const results = await Promise.allSettled(both);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+  }
+
+  shutdown(): void {
+    for (const w of [this.main, this.waits]) if (w.getState() === 'RUNNING') w.shutdown();
+  }
+
+  /** Runs the workers while `fn` runs, then shuts them down. */
+  async runUntil<T>(fn: () => Promise<T>): Promise<T> {
+    const running = this.run();
+    try {
+      return await fn();
+    } finally {
+      this.shutdown();
+      await running;
+    }
+  }
+}
+
+export async function createStopflowWorker(options: StopflowWorkerOptions): Promise<StopflowWorker> {
   const providers = new Map(options.providers.map((p) => [p.name, p]));
   const defaultProvider = options.defaultProvider ?? options.providers[0]?.name;
   if (!defaultProvider || !providers.has(defaultProvider)) {
@@ -53,17 +121,37 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
   if (options.observe) activityDeps.observe = options.observe;
   if (options.holdMs !== undefined) activityDeps.holdMs = options.holdMs;
   if (options.maxPollIntervalMs !== undefined) activityDeps.maxPollIntervalMs = options.maxPollIntervalMs;
-  return Worker.create({
+  // One Backends for both Workers: a provider's call budget and its batched checks are per process.
+  const { awaitDetached, ...urgent } = createActivities(activityDeps, new Backends(activityDeps));
+  const namespace = options.namespace ?? 'default';
+  const taskQueue = options.taskQueue ?? DEFAULT_TASK_QUEUE;
+  const { tuning = {} } = options;
+  const shared = {
     connection: options.connection,
-    namespace: options.namespace ?? 'default',
-    taskQueue: options.taskQueue ?? DEFAULT_TASK_QUEUE,
-    activities: { ...createActivities(activityDeps), ...options.extraActivities },
-    ...(options.workflowBundle ? { workflowBundle: options.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
-    // Heartbeats carry cancellation back to a detach wait when a stop escalates;
-    // sending them at most every second (not every 24s) stops that wait promptly.
+    namespace,
+    // Heartbeats carry cancellation to a running activity; sending them at most every second (not every
+    // 24 s) lets a cancel reach it within about a second.
     maxHeartbeatThrottleInterval: '1s',
-    ...options.tuning,
+    ...(tuning.shutdownGraceTime !== undefined ? { shutdownGraceTime: tuning.shutdownGraceTime } : {}),
+    ...(tuning.shutdownForceTime !== undefined ? { shutdownForceTime: tuning.shutdownForceTime } : {}),
+    ...(tuning.interceptors ? { interceptors: { activity: tuning.interceptors.activity ?? [] } } : {}),
+    ...(tuning.identity !== undefined ? { identity: tuning.identity } : {}),
+  } satisfies Partial<WorkerOptions>;
+  const main = await Worker.create({
+    ...shared,
+    taskQueue,
+    activities: { ...urgent, ...options.extraActivities },
+    ...(options.workflowBundle ? { workflowBundle: options.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
+    maxCachedWorkflows: DEFAULT_MAX_CACHED_WORKFLOWS,
+    ...tuning,
   });
+  const waits = await Worker.create({
+    ...shared,
+    taskQueue: waitsTaskQueue(taskQueue),
+    activities: { awaitDetached },
+    maxConcurrentActivityTaskExecutions: options.maxConcurrentWaits ?? DEFAULT_MAX_CONCURRENT_WAITS,
+  });
+  return new StopflowWorker(main, waits);
 }
 
 /** Bundles the workflow code once (webpack), so many workers can share it. */

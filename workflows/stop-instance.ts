@@ -1,16 +1,18 @@
 /**
- * stopInstance: the instance stays `stopping` until the backend confirms every
- * volume detached; only then is it stopped (DESIGN.md "The stop, step by step").
+ * stopInstance: the contract's state machine (docs/contract.md). The instance is
+ * stopped only by the activity that first asks the backend what is attached and
+ * finds nothing; until then the stop stays `stopping`.
  *
- *   stopping ──all volumes detached──► stopInstance ──► stopped
- *      │
- *      ├─ deadline (maxStopDuration) or `abort` ─► force-detach what is left
- *      │                                            (each after its forceGrace)
- *      └─ any volume failed, even by force ───────► failed (StopFailed)
+ *   stopping ─ every volume detached, backend lists nothing ─► stopInstance ─► stopped
+ *      │  (found attached: that volume goes through the same path again)
+ *      ├─ deadline or `abort` ─► force-detach what is left (after forceGrace)
+ *      ├─ workflow cancel ─────► force nothing, stop nothing ─► failed (StopFailed)
+ *      └─ a volume failed, even by force ─────────────────────► failed (StopFailed)
  *
- * Desired state is "every volume detached"; each volume's actual state comes
- * from the backend through activities. Waiting on a stuck volume happens
- * inside one heartbeating activity, so history does not grow while it waits.
+ * Writes to the backend (request, force, stop) are never abandoned: a cancelled
+ * one is awaited. The read-only wait for `detached` may be: it ends itself at its
+ * next heartbeat. Waiting on a stuck volume happens inside that wait activity, on
+ * its own task queue, so history does not grow while it waits.
  */
 import {
   ActivityCancellationType,
@@ -20,161 +22,114 @@ import {
   CancellationScope,
   condition,
   isCancellation,
-  log,
-  metricMeter,
   patched,
   proxyActivities,
-  setCurrentDetails,
   setHandler,
-  sleep,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
-import type { StopflowActivities, VolumeTarget } from '../activities';
-import { DURATION_RULE, formatDuration, parseDuration } from '../common/duration';
+import { DURATION_RULE, parseDuration } from '../common/duration';
 import { INVALID_STOP_REQUEST, STOP_FAILED, StopCauseKey, StopForcedKey, StopPhaseKey } from '../common/names';
 import {
-  type NormalizedStopRequest,
+  MAX_VOLUMES,
   parseStopRequestTolerant,
   type StopRequest,
   StopRequestError,
   type VolumeRef,
 } from '../common/request';
-import {
-  type AbortPayload,
-  type Escalation,
-  type EscalationCause,
-  FINAL_VOLUME_STATES,
-  type StopPhase,
-  type StopStatus,
-  type VolumeStatus,
+import type {
+  AbortPayload,
+  Escalation,
+  EscalationCause,
+  StopPhase,
+  StopStatus,
+  VolumeState,
+  VolumeStatus,
 } from '../common/status';
+import { type StopActivities, type VolumeTarget, waitsTaskQueue } from '../common/stop-activities';
+import { Deadline } from './deadline';
 import { abortSignal, setMaxStopDurationUpdate, statusQuery } from './definitions';
-
-// Transient backend errors are retried without limit while the stop is graceful:
-// an instance must never be reported stopped just because the backend was flaky.
-const unlimitedRetry = { initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m' };
-const NON_RETRYABLE = ['PermanentProviderError', 'UnknownProvider', 'ForceUnsupported'];
-
-const requestOptions: ActivityOptions = {
-  startToCloseTimeout: '1m',
-  retry: { ...unlimitedRetry, nonRetryableErrorTypes: NON_RETRYABLE },
-};
-// Stopping may wait minutes for the backend to report `stopped`; the activity heartbeats meanwhile.
-const stopOptions: ActivityOptions = { ...requestOptions, startToCloseTimeout: '15m', heartbeatTimeout: '30s' };
-// The graceful detach is one activity that requests, polls and heartbeats, and
-// past its hold window asks to be retried later (StillDetaching): a stuck volume
-// costs three history events however long it hangs, since retries add none.
-const detachOptions: ActivityOptions = {
-  startToCloseTimeout: '10m',
-  heartbeatTimeout: '30s',
-  retry: { ...unlimitedRetry, nonRetryableErrorTypes: NON_RETRYABLE },
-  cancellationType: ActivityCancellationType.TRY_CANCEL,
-};
-// Force is the last resort and may lose data: a bounded number of tries (each forces,
-// then waits out one hold window for `detached`), then the volume is `failed`.
-const forceOptions: ActivityOptions = {
-  startToCloseTimeout: '5m',
-  heartbeatTimeout: '30s',
-  retry: {
-    initialInterval: '1s',
-    backoffCoefficient: 2,
-    maximumInterval: '30s',
-    maximumAttempts: 5,
-    nonRetryableErrorTypes: NON_RETRYABLE,
-  },
-};
-
-// Emitted through the SDK's metric meter, which skips replays, so counts are exact
-// and nothing here touches history. The worker exports them on its Prometheus endpoint.
-const stopsEnded = metricMeter.createCounter('stopflow_stops_ended', 'stops', 'Stops that ended, by phase and cause');
-const stopDuration = metricMeter.createHistogram(
-  'stopflow_stop_duration',
-  'float',
-  's',
-  'Seconds from the start of a stop to its end, by phase',
-);
-const forceDetaches = metricMeter.createCounter(
-  'stopflow_force_detaches',
-  'volumes',
-  'Force-detaches started, by cause (abort or timeout)',
-);
+import { legacyStopInstance } from './legacy/stop-instance-v2';
+import { countForce, describe, reportEnd, reportEscalation, say } from './stop-report';
+import { allVolumesSettled, canMove, interrupted, iso, type StopState, snapshot } from './stop-state';
 
 /**
- * Patches (see test/replay.test.ts for the histories they keep working):
- * AWAIT_CANCELLED_DETACH — on escalation, wait for the cancelled graceful detach
- * to acknowledge instead of abandoning it, so it cannot outlive the stop.
+ * Patches (test/replay.test.ts replays the histories of every version):
+ * RECONCILER — this file. Stops started before it run workflows/legacy/stop-instance-v2.ts.
  */
-const AWAIT_CANCELLED_DETACH = 'await-cancelled-detach';
+const RECONCILER = 'reconciler';
 
-/** Activities carry a per-call summary, so the Temporal UI reads as an audit log. */
-function activities(summary: string, options: ActivityOptions): StopflowActivities {
-  return proxyActivities<StopflowActivities>({ ...options, summary });
-}
+/** Rounds of "the backend still lists something attached" before the stop gives up. */
+const MAX_FINAL_CHECKS = 5;
+const NON_RETRYABLE = ['PermanentProviderError', 'UnknownProvider', 'ForceUnsupported'];
+// Until escalation, transient errors are retried without limit: an instance must never be reported
+// stopped, or failed, because its backend was briefly unreachable. After it, a bounded number.
+const UNLIMITED = {
+  initialInterval: '1s',
+  backoffCoefficient: 2,
+  maximumInterval: '1m',
+  nonRetryableErrorTypes: NON_RETRYABLE,
+};
+const BOUNDED = { ...UNLIMITED, maximumInterval: '30s', maximumAttempts: 5 };
+// Heartbeats come every second, so a lost worker is noticed in 10 s.
+const urgent: ActivityOptions = {
+  startToCloseTimeout: '2m',
+  heartbeatTimeout: '10s',
+  retry: UNLIMITED,
+  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+};
+const stopping: ActivityOptions = { ...urgent, startToCloseTimeout: '15m' };
+// Where the server has task priority on, a force (what an abort asks for) goes ahead of everything else queued.
+const force: ActivityOptions = { ...urgent, startToCloseTimeout: '5m', retry: BOUNDED, priority: { priorityKey: 1 } };
+// Read-only, so a cancelled wait is not awaited; past its hold window it asks to be retried (StillDetaching).
+const wait: ActivityOptions = {
+  ...urgent,
+  startToCloseTimeout: '10m',
+  cancellationType: ActivityCancellationType.TRY_CANCEL,
+};
 
-interface StopState {
-  request: NormalizedStopRequest;
-  startedAtMs: number;
-  /** The request's maxStopDuration, as changed by the setMaxStopDuration update. */
-  maxStopDurationMs: number | null;
-  deadlineMs: number | null;
-  /** Bumped whenever the deadline changes, to wake the deadline timer. */
-  deadlineVersion: number;
-  phase: StopPhase;
-  escalation: Escalation | null;
-  volumes: VolumeStatus[] | null;
-  instanceStopped: boolean;
-  forced: boolean;
-  error?: string;
+function activities(summary: string, options: ActivityOptions): StopActivities {
+  return proxyActivities<StopActivities>({ ...options, summary });
 }
 
 export async function stopInstance(input: StopRequest): Promise<StopStatus> {
+  if (!patched(RECONCILER)) return legacyStopInstance(input);
   const request = validate(input);
   const startedAtMs = workflowInfo().runStartTime.getTime();
   const state: StopState = {
     request,
     startedAtMs,
-    maxStopDurationMs: request.maxStopDurationMs,
-    deadlineMs: request.maxStopDurationMs === null ? null : startedAtMs + request.maxStopDurationMs,
-    deadlineVersion: 0,
+    deadline: new Deadline(startedAtMs, request.maxStopDurationMs),
     phase: 'stopping',
     escalation: null,
+    cancelled: null,
     volumes: null,
     instanceStopped: false,
     forced: false,
   };
-  const { instanceId } = request;
-  const provider = request.provider;
-
   setHandler(statusQuery, () => snapshot(state));
   setHandler(abortSignal, (payload?: AbortPayload) => escalate(state, 'abort', payload));
   setHandler(
     setMaxStopDurationUpdate,
     ({ maxStopDuration }) => {
-      const ms = parseDuration(maxStopDuration) ?? null;
-      state.maxStopDurationMs = ms;
-      state.deadlineMs = ms === null ? null : state.startedAtMs + ms;
-      state.deadlineVersion++;
+      state.deadline.set(parseDuration(maxStopDuration) ?? null);
       describe(state);
-      return { deadline: iso(state.deadlineMs) };
+      return { deadline: iso(state.deadline.atMs) };
     },
-    {
-      validator: (update) => {
-        if (parseDuration(update?.maxStopDuration) === undefined) {
-          throw invalidUpdate(`maxStopDuration: ${DURATION_RULE}`);
-        }
-        if (state.escalation) {
-          throw invalidUpdate(
-            `maxStopDuration: cannot be changed after escalation (${state.escalation.cause} at ${state.escalation.at})`,
-          );
-        }
-        if (state.phase !== 'stopping' || allVolumesSettled(state)) {
-          throw invalidUpdate('maxStopDuration: cannot be changed once every volume is detached');
-        }
-      },
-    },
+    { validator: (update) => refuseDeadlineChange(state, update?.maxStopDuration) },
   );
+  // Cancel means "stop trying": nothing more is forced or stopped, and the stop fails (docs/contract.md).
+  CancellationScope.current().cancelRequested.catch(() => {
+    if (state.phase !== 'stopping' || state.cancelled) return;
+    state.cancelled = { at: new Date().toISOString() };
+    describe(state);
+  });
+  // The stop's own steps are never cancelled from outside: it decides what a cancel stops.
+  return CancellationScope.nonCancellable(() => run(state));
+}
 
+async function run(state: StopState): Promise<StopStatus> {
+  const { instanceId, provider } = state.request;
   // StopflowClient sets these at start; a stop started elsewhere (temporal CLI, HTTP API) gets them here.
   if (workflowInfo().typedSearchAttributes.get(StopPhaseKey) !== 'stopping') {
     upsertSearchAttributes([
@@ -183,213 +138,259 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
     ]);
   }
   describe(state);
+  // The deadline runs from the start: listing is inside it too.
+  void state.deadline
+    .expired(() => state.phase !== 'stopping' || interrupted(state), say.deadline)
+    .then((expired) => expired && escalate(state, 'timeout'));
 
-  // Step 2: desired state — the volumes to detach.
-  let volumes: VolumeRef[];
-  try {
-    volumes =
-      request.volumes ??
-      (await activities(`list volumes attached to ${instanceId}`, requestOptions).listAttachedVolumes({
-        provider,
-        instanceId,
-      }));
-  } catch (err) {
-    if (!(err instanceof ActivityFailure)) throw err;
-    return fail(state, `could not list the volumes attached to ${instanceId}: ${failureMessage(err)}`);
-  }
-  state.volumes = volumes.map((v) => ({ volumeId: v.volumeId, state: 'attached', attempts: 0 }));
-  describe(state);
-
-  // Steps 3-5: every volume in parallel, racing the deadline and `abort`.
-  const deadline = enforceDeadline(state);
-  await Promise.all(volumes.map((volume, i) => detachOneVolume(state, { provider, instanceId, volume }, i)));
-  await deadline;
-
-  const failed = (state.volumes ?? []).filter((v) => v.state === 'failed');
-  if (failed.length > 0) {
-    return fail(
-      state,
-      `instance ${instanceId} was not stopped: ${failed.map((v) => `${v.volumeId} (${v.lastError ?? 'failed'})`).join(', ')} could not be detached`,
+  let volumes = state.request.volumes;
+  if (!volumes) {
+    const listed = await untilInterrupted(state, () =>
+      activities(say.list(instanceId), urgent).listAttachedVolumes({ provider, instanceId }),
     );
+    if (!listed.ok) fail(state, `could not list the volumes attached to ${instanceId}: ${listed.why}`);
+    volumes = listed.value;
   }
+  await detachAll(state, volumes);
 
-  // Step 6: only now is it safe to stop the instance.
-  try {
-    await activities(`stop instance ${instanceId}: every volume detached`, stopOptions).stopInstance({
-      provider,
-      instanceId,
-    });
-  } catch (err) {
-    if (!(err instanceof ActivityFailure)) throw err;
-    return fail(state, `every volume was detached but stopping ${instanceId} failed: ${failureMessage(err)}`);
+  for (let check = 1; ; check++) {
+    const failed = (state.volumes ?? []).filter((v) => v.state === 'failed');
+    if (failed.length > 0) {
+      const which = failed.map((v) => `${v.volumeId} (${v.lastError ?? 'failed'})`).join(', ');
+      fail(state, `instance ${instanceId} was not stopped: ${which} could not be detached`);
+    }
+    if (state.cancelled) fail(state, `cancelled at ${state.cancelled.at}: instance ${instanceId} was not stopped`);
+    const stopOnce = (retry: typeof UNLIMITED) =>
+      activities(say.stop(instanceId), { ...stopping, retry }).stopInstanceIfDetached({ provider, instanceId });
+    // Once started, stopping is not cancelled by a cancel (an instance half-stopped must not be reported
+    // "not stopped"); an escalation bounds its retries.
+    let outcome = state.escalation
+      ? await settled(stopOnce(BOUNDED))
+      : await untilInterrupted(state, () => stopOnce(UNLIMITED), true);
+    if (!outcome.ok && outcome.why === INTERRUPTED) outcome = await settled(stopOnce(BOUNDED));
+    if (!outcome.ok) fail(state, `every volume was detached but stopping ${instanceId} failed: ${outcome.why}`);
+    if (outcome.value.stopped) break;
+    if (check === MAX_FINAL_CHECKS) {
+      const ids = outcome.value.attached.map((v) => v.volumeId).join(', ');
+      fail(
+        state,
+        `instance ${instanceId} was not stopped: the backend still lists ${ids} attached after ${check} rounds`,
+      );
+    }
+    await detachAll(state, outcome.value.attached);
   }
   state.instanceStopped = true;
-  setPhase(state, 'stopped');
+  end(state, 'stopped');
   return snapshot(state);
 }
 
-/** A rejected update: final, typed, and never written to history. */
-function invalidUpdate(message: string): ApplicationFailure {
-  return ApplicationFailure.create({ message, type: 'InvalidUpdate', nonRetryable: true });
-}
-
-function validate(input: unknown): NormalizedStopRequest {
-  try {
-    return parseStopRequestTolerant(input);
-  } catch (err) {
-    if (err instanceof StopRequestError) {
-      throw ApplicationFailure.create({
-        message: err.message,
-        type: INVALID_STOP_REQUEST,
-        nonRetryable: true,
-        details: [err.issues],
-      });
-    }
-    throw err;
+/** Adds the volumes (found attached again: back to `attached`) and detaches them all in parallel. */
+async function detachAll(state: StopState, refs: VolumeRef[]): Promise<void> {
+  const known = new Map((state.volumes ?? []).map((v) => [v.volumeId, v]));
+  const total = new Set([...known.keys(), ...refs.map((v) => v.volumeId)]).size;
+  if (total > MAX_VOLUMES) {
+    fail(
+      state,
+      `instance ${state.request.instanceId} has ${total} volumes to detach; one stop handles at most ${MAX_VOLUMES}`,
+    );
   }
+  const work = refs.map((ref) => {
+    let volume = known.get(ref.volumeId);
+    if (!volume) {
+      volume = { volumeId: ref.volumeId, state: 'attached', attempts: 0 };
+      state.volumes = [...(state.volumes ?? []), volume];
+    } else {
+      move(state, volume, 'attached');
+      delete volume.detachedAt;
+    }
+    return detachOne(state, volume, {
+      provider: state.request.provider,
+      instanceId: state.request.instanceId,
+      volume: ref,
+    });
+  });
+  describe(state);
+  await Promise.all(work);
 }
 
-/** Detaches gracefully until escalation (and this volume's forceGrace) says force, whichever comes first. */
-async function detachOneVolume(state: StopState, target: VolumeTarget, index: number): Promise<void> {
-  const volume = (state.volumes as VolumeStatus[])[index] as VolumeStatus;
-  const id = target.volume.volumeId;
+/** One volume: graceful until interrupted (and its forceGrace passed), then force; a cancel forces nothing. */
+async function detachOne(state: StopState, volume: VolumeStatus, target: VolumeTarget): Promise<void> {
   const firstRequestMs = Date.now();
-  const { forceGraceMs } = state.request;
-
-  // Escalated before this volume's detach was ever sent and no grace to honour: go straight to force.
-  if (state.escalation && forceGraceMs === null) return forceDetach(state, target, volume);
-  setVolumeState(state, volume, 'detaching');
-
-  const awaitCancelledWait = patched(AWAIT_CANCELLED_DETACH);
-  const gracefulOptions: ActivityOptions = awaitCancelledWait
-    ? { ...detachOptions, cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED }
-    : detachOptions;
+  const id = volume.volumeId;
   const graceful = new CancellationScope();
-  const detached = graceful
+  const detached =
+    state.escalation && state.request.forceGraceMs === null
+      ? Promise.resolve('cancelled' as const) // escalated before this volume's detach was sent: force at once
+      : graceful
+          .run(() => detachGracefully(state, volume, target))
+          .then(
+            () => 'detached' as const,
+            (err: unknown) => {
+              if (isCancellation(err) || graceful.consideredCancelled) return 'cancelled' as const;
+              if (!(err instanceof ActivityFailure)) throw err; // a bug, not a backend answer: fail the task
+              volume.lastError = failureMessage(err); // final (unknown instance, refused device): force would not help
+              return 'error' as const;
+            },
+          );
+  const timer = new CancellationScope();
+  const due = timer
     .run(async () => {
-      const detached = await activities(
-        `detach ${id}: request, then wait until detached`,
-        gracefulOptions,
-      ).detachVolume(target);
-      volume.attempts += detached.attempts + detached.rerequests;
-      return 'detached' as const;
+      await condition(() => interrupted(state));
+      const graceLeft =
+        state.request.forceGraceMs === null ? 0 : firstRequestMs + state.request.forceGraceMs - Date.now();
+      if (state.escalation && graceLeft > 0) {
+        await condition(() => state.cancelled !== null, graceLeft, {
+          summary: say.forceGrace(state.request.forceGraceMs, id),
+        });
+      }
+      return state.cancelled ? ('cancel' as const) : ('force' as const);
     })
-    .catch((err: unknown) => {
-      // Once we cancelled the wait, however it ended (cancelled, or a last StillDetaching) is not the volume's error.
-      if (isCancellation(err) || graceful.consideredCancelled) return 'cancelled' as const;
-      if (!(err instanceof ActivityFailure)) throw err; // a bug, not a backend answer: fail the task, not the volume
-      // A final error (unknown instance, bad provider) will not be fixed by force either.
-      volume.lastError = failureMessage(err);
-      return 'error' as const;
-    });
+    .catch(() => 'settled' as const);
 
-  const forceTimer = new CancellationScope();
-  const forceDue = forceTimer
-    .run(async () => {
-      await condition(() => state.escalation !== null);
-      const wait = forceGraceMs === null ? 0 : firstRequestMs + forceGraceMs - Date.now();
-      if (wait > 0) await sleep(wait, { summary: `forceGrace ${formatDuration(forceGraceMs)} for ${id}` });
-      return 'force' as const;
-    })
-    .catch(() => 'cancelled' as const);
-
-  const first = await Promise.race([detached, forceDue]);
+  const first = await Promise.race([detached, due]);
   if (first === 'detached' || first === 'error') {
-    forceTimer.cancel();
-    if (first === 'detached') {
-      volume.detachedAt = new Date().toISOString();
-      setVolumeState(state, volume, 'detached');
-    } else {
-      setVolumeState(state, volume, 'failed');
-    }
+    timer.cancel();
+    settle(state, volume, first === 'detached' ? 'detached' : 'failed');
     return;
   }
   graceful.cancel();
-  if (awaitCancelledWait) {
-    // Force at once; the cancelled wait finishes alongside, so no activity of this stop outlives it.
-    await Promise.all([forceDetach(state, target, volume), detached]);
+  const escalation = state.escalation;
+  if (first === 'cancel' || !escalation) {
+    await detached; // a detach request under way is a write: let it finish
+    volume.lastError = `stop cancelled at ${state.cancelled?.at} before ${id} was detached`;
+    settle(state, volume, 'failed');
     return;
   }
-  // Histories from before the patch: the wait was abandoned (TRY_CANCEL) and its outcome known at once.
-  if ((await detached) === 'detached') {
-    volume.detachedAt = new Date().toISOString();
-    setVolumeState(state, volume, 'detached');
-    return;
-  }
-  await forceDetach(state, target, volume);
+  await Promise.all([forceDetach(state, volume, target, escalation), detached]);
 }
 
-async function forceDetach(state: StopState, target: VolumeTarget, volume: VolumeStatus): Promise<void> {
-  const escalation = state.escalation as Escalation;
-  const why =
-    escalation.cause === 'abort'
-      ? `abort${escalation.requestedBy ? ` by ${escalation.requestedBy}` : ''}`
-      : `maxStopDuration ${formatDuration(state.maxStopDurationMs)} expired (deadline ${iso(state.deadlineMs)})`;
-  forceDetaches.add(1, { cause: escalation.cause });
+/** Request, then wait; again whenever the wait finds the request lost (the volume `attached` again). */
+async function detachGracefully(state: StopState, volume: VolumeStatus, target: VolumeTarget): Promise<void> {
+  const id = volume.volumeId;
+  for (;;) {
+    move(state, volume, 'detaching');
+    volume.attempts += (await activities(say.request(id), urgent).requestDetach(target)).requests;
+    const waited = await activities(say.wait(id), {
+      ...wait,
+      taskQueue: waitsTaskQueue(workflowInfo().taskQueue),
+    }).awaitDetached(target);
+    if (waited.outcome === 'detached') return;
+    move(state, volume, 'attached');
+  }
+}
+
+async function forceDetach(
+  state: StopState,
+  volume: VolumeStatus,
+  target: VolumeTarget,
+  escalation: Escalation,
+): Promise<void> {
+  countForce(escalation.cause);
   if (!state.forced) {
     state.forced = true;
     upsertSearchAttributes([{ key: StopForcedKey, value: true }]);
   }
-  setVolumeState(state, volume, 'force_detaching');
-  try {
-    const forced = await activities(`${why}: force-detaching ${volume.volumeId}`, forceOptions).forceDetachVolume(
-      target,
-    );
-    volume.attempts += forced.attempts;
-    volume.detachedAt = new Date().toISOString();
-    setVolumeState(state, volume, 'force_detached');
-  } catch (err) {
-    if (!(err instanceof ActivityFailure)) throw err;
-    volume.lastError = failureMessage(err);
-    setVolumeState(state, volume, 'failed');
+  move(state, volume, 'force_detaching');
+  const forced = await settled(
+    activities(say.force(state, escalation, volume.volumeId), force).forceDetachVolume(target),
+  );
+  if (forced.ok) {
+    volume.attempts += forced.value.attempts;
+    settle(state, volume, 'force_detached');
+    return;
   }
-}
-
-/** The maxStopDuration timer; re-armed when the update moves the deadline, cancelled when the stop settles. */
-async function enforceDeadline(state: StopState): Promise<void> {
-  for (;;) {
-    if (state.escalation || allVolumesSettled(state)) return;
-    const version = state.deadlineVersion;
-    const changed = () => state.escalation !== null || allVolumesSettled(state) || state.deadlineVersion !== version;
-    if (state.deadlineMs === null) {
-      await condition(changed);
-      continue;
-    }
-    const remaining = state.deadlineMs - Date.now();
-    const woken =
-      remaining > 0 &&
-      (await condition(changed, remaining, {
-        summary: `maxStopDuration deadline ${iso(state.deadlineMs)}`,
-      }));
-    if (!woken) {
-      escalate(state, 'timeout');
-      return;
-    }
+  // A volume that detached is detached, whichever path got there (a graceful detach finishing as force is refused).
+  const confirmed = await settled(
+    activities(say.confirm(volume.volumeId), { ...urgent, retry: BOUNDED }).readAttachmentState(target),
+  );
+  if (confirmed.ok && confirmed.value === 'detached') {
+    settle(state, volume, 'detached');
+    return;
   }
+  volume.lastError = forced.why;
+  settle(state, volume, 'failed');
 }
 
 function escalate(state: StopState, cause: EscalationCause, payload?: AbortPayload): void {
-  // Repeated aborts, an abort after the deadline, or one after every volume is detached change nothing.
-  if (state.escalation || state.phase !== 'stopping' || allVolumesSettled(state)) return;
+  // Repeated aborts, an abort after the deadline or a cancel, or one after the end change nothing.
+  if (interrupted(state) || state.phase !== 'stopping') return;
   const escalation: Escalation = { cause, at: new Date().toISOString() };
   if (payload?.reason !== undefined) escalation.reason = String(payload.reason).slice(0, 1024);
   if (payload?.requestedBy !== undefined) escalation.requestedBy = String(payload.requestedBy).slice(0, 255);
   state.escalation = escalation;
-  log.info(`stop escalated by ${cause}: force-detaching volumes not yet detached`, { ...escalation });
   upsertSearchAttributes([{ key: StopCauseKey, value: cause }]);
+  reportEscalation(state, escalation);
+}
+
+function refuseDeadlineChange(state: StopState, maxStopDuration: unknown): void {
+  if (parseDuration(maxStopDuration) === undefined) throw invalidUpdate(`maxStopDuration: ${DURATION_RULE}`);
+  if (state.escalation) {
+    const { cause, at } = state.escalation;
+    throw invalidUpdate(`maxStopDuration: cannot be changed after escalation (${cause} at ${at})`);
+  }
+  if (state.cancelled)
+    throw invalidUpdate(`maxStopDuration: cannot be changed: the stop was cancelled at ${state.cancelled.at}`);
+  if (state.phase !== 'stopping' || allVolumesSettled(state)) {
+    throw invalidUpdate('maxStopDuration: cannot be changed once every volume is detached');
+  }
+}
+
+const INTERRUPTED = 'interrupted by escalation or cancel';
+type Settled<T> = { ok: true; value: T } | { ok: false; why: string };
+
+/** An activity's outcome as a value: its value, or the innermost message of its failure. */
+async function settled<T>(call: Promise<T>): Promise<Settled<T>> {
+  try {
+    return { ok: true, value: await call };
+  } catch (err) {
+    if (!(err instanceof ActivityFailure)) throw err;
+    return { ok: false, why: failureMessage(err) };
+  }
+}
+
+/**
+ * Runs `call` until it ends or the stop is interrupted (escalated, or with `escalationOnly`
+ * only escalated); then cancels it and waits for the cancel to land (writes are never abandoned).
+ */
+async function untilInterrupted<T>(
+  state: StopState,
+  call: () => Promise<T>,
+  escalationOnly = false,
+): Promise<Settled<T>> {
+  const scope = new CancellationScope();
+  const outcome = scope
+    .run(() => settled(call()))
+    .catch((err: unknown) => {
+      if (isCancellation(err)) return { ok: false as const, why: INTERRUPTED };
+      throw err;
+    });
+  const stopWaiting = () => (escalationOnly ? state.escalation !== null : interrupted(state));
+  const watcher = new CancellationScope();
+  const stop = watcher.run(() => condition(stopWaiting)).catch(() => undefined);
+  const first = await Promise.race([outcome, stop.then(() => undefined)]);
+  watcher.cancel();
+  if (first) return first;
+  scope.cancel();
+  const last = await outcome;
+  return last.ok ? last : { ok: false, why: INTERRUPTED };
+}
+
+function move(state: StopState, volume: VolumeStatus, next: VolumeState): void {
+  if (!canMove(volume.state, next))
+    throw new Error(`bug: volume ${volume.volumeId} cannot go from ${volume.state} to ${next}`);
+  volume.state = next;
   describe(state);
 }
 
-function fail(state: StopState, message: string): never {
-  state.error = message;
-  setPhase(state, 'failed');
-  throw ApplicationFailure.create({ message, type: STOP_FAILED, nonRetryable: true, details: [snapshot(state)] });
+function settle(state: StopState, volume: VolumeStatus, next: 'detached' | 'force_detached' | 'failed'): void {
+  if (next !== 'failed') volume.detachedAt = new Date().toISOString();
+  move(state, volume, next);
 }
 
-function setPhase(state: StopState, phase: StopPhase): void {
+function end(state: StopState, phase: StopPhase): void {
   state.phase = phase;
-  const cause = state.escalation?.cause ?? 'graceful';
   // One upsert for the end: the phase, and the cause when no escalation has already set it.
+  const cause = state.cancelled ? 'cancel' : 'graceful';
   upsertSearchAttributes(
     state.escalation
       ? [{ key: StopPhaseKey, value: phase }]
@@ -398,82 +399,32 @@ function setPhase(state: StopState, phase: StopPhase): void {
           { key: StopCauseKey, value: cause },
         ],
   );
-  stopsEnded.add(1, { phase, cause });
-  log.info(`stop ended ${phase}`, { phase, cause, error: state.error, instanceStopped: state.instanceStopped });
-  stopDuration.record((Date.now() - state.startedAtMs) / 1000, { phase });
-  describe(state);
+  reportEnd(state, phase);
 }
 
-function setVolumeState(state: StopState, volume: VolumeStatus, next: VolumeStatus['state']): void {
-  volume.state = next;
-  describe(state);
+function fail(state: StopState, message: string): never {
+  state.error = message;
+  end(state, 'failed');
+  throw ApplicationFailure.create({ message, type: STOP_FAILED, nonRetryable: true, details: [snapshot(state)] });
 }
 
-function allVolumesSettled(state: StopState): boolean {
-  if (state.volumes === null) return false; // not yet known: nothing is settled
-  return state.volumes.every((v) => FINAL_VOLUME_STATES.includes(v.state));
+/** A rejected update: final, typed, and never written to history. */
+function invalidUpdate(message: string): ApplicationFailure {
+  return ApplicationFailure.create({ message, type: 'InvalidUpdate', nonRetryable: true });
 }
 
-function snapshot(state: StopState): StopStatus {
-  const status: StopStatus = {
-    instanceId: state.request.instanceId,
-    phase: state.phase,
-    startedAt: new Date(state.startedAtMs).toISOString(),
-    deadline: iso(state.deadlineMs),
-    escalation: state.escalation ? { ...state.escalation } : null,
-    volumes: (state.volumes ?? []).map((v) => ({ ...v })),
-    instanceStopped: state.instanceStopped,
-  };
-  if (state.error !== undefined) status.error = state.error;
-  return status;
-}
-
-/**
- * The workflow's "current details" in the UI: the live per-volume picture, in
- * words. The UI renders Markdown in a short frame, so the tally comes first and
- * blocks are separated by blank lines.
- */
-function describe(state: StopState): void {
-  const { request } = state;
-  const volumes = state.volumes ?? [];
-  const tally = new Map<string, number>();
-  for (const v of volumes) tally.set(v.state, (tally.get(v.state) ?? 0) + 1);
-  const counts = [...tally].map(([s, n]) => `${n} ${s}`).join(', ');
-  const outcome =
-    state.phase === 'stopped' ? 'instance stopped; ' : state.phase === 'failed' ? 'instance NOT stopped; ' : '';
-  const headline =
-    state.volumes === null
-      ? `**${request.instanceId}: ${state.phase}** — listing attached volumes…`
-      : `**${request.instanceId}: ${state.phase}** — ${outcome}${volumes.length} volume(s)${counts ? `: ${counts}` : ''}`;
-  const blocks = [headline];
-  if (volumes.length > 0) {
-    blocks.push(
-      volumes
-        .map((v) => `- ${v.volumeId}: ${v.state} (${v.attempts} request(s))${v.lastError ? ` — ${v.lastError}` : ''}`)
-        .join('\n'),
-    );
+function validate(input: unknown) {
+  try {
+    return parseStopRequestTolerant(input);
+  } catch (err) {
+    if (!(err instanceof StopRequestError)) throw err;
+    throw ApplicationFailure.create({
+      message: err.message,
+      type: INVALID_STOP_REQUEST,
+      nonRetryable: true,
+      details: [err.issues],
+    });
   }
-  const facts: string[] = [];
-  if (state.escalation) {
-    const e = state.escalation;
-    facts.push(
-      `escalated by ${e.cause} at ${e.at}${e.requestedBy ? ` from ${e.requestedBy}` : ''}${e.reason ? `: ${e.reason}` : ''}`,
-    );
-  }
-  facts.push(
-    `maxStopDuration ${formatDuration(state.maxStopDurationMs)}, deadline ${iso(state.deadlineMs) ?? 'none'}, forceGrace ${formatDuration(request.forceGraceMs)}`,
-  );
-  if (request.requestedBy || request.reason) {
-    facts.push(`requested by ${request.requestedBy ?? 'unknown'}${request.reason ? `: ${request.reason}` : ''}`);
-  }
-  if (state.error) facts.push(`error: ${state.error}`);
-  // Two trailing spaces make a Markdown line break.
-  blocks.push(facts.join('  \n'));
-  setCurrentDetails(blocks.join('\n\n'));
-}
-
-function iso(ms: number | null): string | null {
-  return ms === null ? null : new Date(ms).toISOString();
 }
 
 /** The innermost message of an activity failure, e.g. "simulated volume vol-1 does not support force-detach". */

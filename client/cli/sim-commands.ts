@@ -8,7 +8,7 @@ import {
   simStatePath,
 } from '../../activities/providers/simulated';
 import { parseDuration } from '../../common/duration';
-import { INSTANCE_ID_RULE } from '../../common/request';
+import { ID_PATTERN, INSTANCE_ID_RULE } from '../../common/request';
 import { CliError, EXIT } from './errors';
 
 function provider(): SimulatedProvider {
@@ -24,8 +24,7 @@ function volumes(specs: string[]) {
 }
 
 function checkId(instanceId: string): void {
-  if (!/^[A-Za-z0-9._:-]{1,255}$/.test(instanceId))
-    throw new CliError(`instanceId: ${INSTANCE_ID_RULE}`, EXIT.badInput);
+  if (!ID_PATTERN.test(instanceId)) throw new CliError(`instanceId: ${INSTANCE_ID_RULE}`, EXIT.badInput);
 }
 
 export function describeSimInstance(instance: SimInstance): string {

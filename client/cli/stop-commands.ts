@@ -12,7 +12,13 @@ import type { Command } from 'commander';
 import { createLogUpdate } from 'log-update';
 import { DURATION_RULE, formatDuration, parseDuration } from '../../common/duration';
 import { DEFAULT_TASK_QUEUE } from '../../common/names';
-import { INSTANCE_ID_RULE, parseStopRequest, type StopRequest, StopRequestError } from '../../common/request';
+import {
+  ID_PATTERN,
+  INSTANCE_ID_RULE,
+  parseStopRequest,
+  type StopRequest,
+  StopRequestError,
+} from '../../common/request';
 import type { StopPhase } from '../../common/status';
 import type { AuditEntry } from '../history';
 import { STOP_PHASES } from '../queries';
@@ -27,8 +33,6 @@ import {
   type VolumeProgress,
 } from '../stopflow-client';
 import { CliError, EXIT, withTemporalClient } from './errors';
-
-const ID_PATTERN = /^[A-Za-z0-9._:-]{1,255}$/;
 
 function badInput(message: string): CliError {
   return new CliError(message, EXIT.badInput);

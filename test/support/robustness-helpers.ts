@@ -10,12 +10,12 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Client, Connection, type WorkflowExecutionDescription } from '@temporalio/client';
-import { DefaultLogger, NativeConnection, Runtime, type Worker } from '@temporalio/worker';
+import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
 import type { ActivityDeps } from '../../activities';
 import type { Provider } from '../../activities/provider';
 import { StopflowClient } from '../../client/stopflow-client';
 import { type DevServer, type DevServerOptions, startDevServer } from '../../devserver/server';
-import { createStopflowWorker, type StopflowWorkerOptions } from '../../worker/worker';
+import { createStopflowWorker, type StopflowWorker, type StopflowWorkerOptions } from '../../worker/worker';
 
 let runtimeInstalled = false;
 /** Worker logs at ERROR only: injected faults and crashes are the subject here, not noise to print. */
@@ -59,7 +59,7 @@ export async function connectClients(address: string, taskQueue: string): Promis
 }
 
 export interface InProcessWorker {
-  worker: Worker;
+  worker: StopflowWorker;
   connection: NativeConnection;
   /** Settles when the worker stops; rejects if it dies. */
   running: Promise<void>;
