@@ -2,13 +2,20 @@
  * The aws provider through the real `@aws-sdk/client-ec2` against a local
  * server speaking the EC2 Query API (test/support/ec2-query-server.ts):
  * the conformance suite, EC2's own answers (already detached, busy,
- * IncorrectState), error classification, stopping, and one stop through the
- * workflow on the dev server.
+ * IncorrectState), error classification, stopping, cancellation and timeouts,
+ * throttling, coalesced state checks, and one stop through the workflow on the
+ * dev server.
  */
 import { EC2Client } from '@aws-sdk/client-ec2';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { PermanentProviderError, TransientProviderError } from '../activities/provider';
-import { AwsProvider } from '../activities/providers/aws';
+import {
+  type AttachmentState,
+  PermanentProviderError,
+  ThrottledProviderError,
+  TransientProviderError,
+  type VolumeOfInstance,
+} from '../activities/provider';
+import { AwsProvider, DEFAULT_AWS_BUDGET, DEFAULT_AWS_MAX_BATCH } from '../activities/providers/aws';
 import { describeProviderConformance } from './conformance/provider-conformance';
 import { type Harness, startHarness } from './helpers';
 import { Ec2QueryServer } from './support/ec2-query-server';
@@ -34,14 +41,29 @@ afterAll(async () => {
 });
 
 /** A provider whose client does not retry, so each injected error reaches the classification. */
-function noRetryProvider(options: { accessKeyId?: string } = {}): AwsProvider {
+function noRetryProvider(options: { accessKeyId?: string; maxBatch?: number } = {}): AwsProvider {
   const client = new EC2Client({
     region: 'us-east-1',
     endpoint: server.endpoint,
     maxAttempts: 1,
     credentials: { accessKeyId: options.accessKeyId ?? ACCESS_KEY_ID, secretAccessKey: 'stopflow-test-secret' },
   });
-  return new AwsProvider({ client, stopPollMs: 20 });
+  return new AwsProvider({
+    client,
+    stopPollMs: 20,
+    ...(options.maxBatch !== undefined ? { maxBatch: options.maxBatch } : {}),
+  });
+}
+
+const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Polls until `condition` holds (a request reached the server, a poll happened); fails after 10 s. */
+async function until(condition: () => boolean, what: string): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await pause(10);
+  }
 }
 
 describeProviderConformance('aws', async () => {
@@ -227,5 +249,262 @@ describe('aws provider through the workflow', () => {
     expect(server.volume(a).forced).toBe(false);
     expect(server.volume(`vol-root-${instanceId}`).attachments).toHaveLength(1);
     expect(server.instance(instanceId).state).toBe('stopped');
+  });
+});
+
+describe('aws provider: errors read by operation (IncorrectInstanceState, IncorrectState)', () => {
+  test('StopInstances on a terminated or terminating instance is done; on a pending one it is retried', async () => {
+    const provider = noRetryProvider();
+    for (const state of ['terminated', 'shutting-down'] as const) {
+      const instanceId = nextId('i');
+      server.addInstance({ instanceId, state, rootVolumeId: null, volumes: [] });
+      // EC2 answers IncorrectInstanceState: the instance runs nothing and holds no volume, so the stop is done.
+      await provider.stopInstance(instanceId);
+      expect(server.instance(instanceId).stopCalls).toBe(1);
+    }
+    const pending = nextId('i');
+    server.addInstance({ instanceId: pending, state: 'pending' });
+    const error = await provider.stopInstance(pending).catch((err: unknown) => err);
+    expect(error).toBeInstanceOf(TransientProviderError);
+    expect((error as Error).message).toMatch(/IncorrectInstanceState.*pending/);
+    server.instance(pending).state = 'running'; // it finished starting: the retry stops it
+    await provider.stopInstance(pending);
+    expect(server.instance(pending).state).toBe('stopped');
+  });
+
+  test('DetachVolume of a Marketplace-coded volume is final while the instance runs, retried while it stops', async () => {
+    const instanceId = nextId('i');
+    const volumeId = nextId('vol');
+    server.addInstance({ instanceId, volumes: [{ volumeId, marketplace: true }], stopDelayMs: 60_000 });
+    const provider = noRetryProvider();
+    const error = await provider.detachVolume(instanceId, { volumeId }).catch((err: unknown) => err);
+    expect(error).toBeInstanceOf(PermanentProviderError);
+    expect((error as Error).message).toMatch(/IncorrectInstanceState.*instance is running/);
+    expect((error as Error).message).toMatch(/root volume or a volume with an AWS Marketplace product code/);
+
+    server.instance(instanceId).state = 'stopping';
+    await expect(provider.detachVolume(instanceId, { volumeId })).rejects.toSatisfy(
+      (err: unknown) => err instanceof TransientProviderError && /instance is stopping/.test(err.message),
+    );
+    server.instance(instanceId).state = 'stopped';
+    await provider.detachVolume(instanceId, { volumeId });
+    expect(await provider.getAttachmentState(instanceId, { volumeId })).toBe('detached');
+  });
+
+  test('a detach already under way is success even when DescribeVolumes still shows it attached', async () => {
+    const instanceId = nextId('i');
+    const volumeId = nextId('vol');
+    server.addInstance({ instanceId, volumes: [{ volumeId, stuck: true }] });
+    const provider = noRetryProvider();
+    // EC2's describe calls lag behind: the next answers still show the attachment as it is now.
+    server.staleDescribes(volumeId, 20);
+    await provider.detachVolume(instanceId, { volumeId });
+    expect(server.volume(volumeId).attachments[0]?.state).toBe('detaching');
+    expect(await provider.getAttachmentState(instanceId, { volumeId })).toBe('attached'); // the stale read
+    // The retry: DetachVolume answers IncorrectState ("in the 'detaching' state"), the describe says attached.
+    await provider.detachVolume(instanceId, { volumeId });
+    const messages: [string, 'ok' | typeof TransientProviderError | typeof PermanentProviderError][] = [
+      [`Volume '${volumeId}' is already detaching.`, 'ok'],
+      [`Volume '${volumeId}' is in the 'busy' state.`, 'ok'],
+      [`Volume '${volumeId}' is in the 'available' state.`, 'ok'],
+      [`Volume '${volumeId}' is in the 'attaching' state.`, TransientProviderError],
+      [`Volume '${volumeId}' cannot be detached now.`, PermanentProviderError], // unknown, and the describe says attached
+    ];
+    for (const [message, expected] of messages) {
+      server.inject({ action: 'DetachVolume', code: 'IncorrectState', message });
+      const outcome = await provider.detachVolume(instanceId, { volumeId }).then(
+        () => 'ok' as const,
+        (err: unknown) => err,
+      );
+      if (expected === 'ok') expect(outcome, message).toBe('ok');
+      else expect(outcome, message).toBeInstanceOf(expected);
+    }
+  });
+});
+
+describe('aws provider: cancellation and timeouts', () => {
+  test('every call rejects at once with the signal’s reason when aborted while EC2 does not answer', async () => {
+    const instanceId = nextId('i');
+    const volumeId = nextId('vol');
+    server.addInstance({ instanceId, volumes: [{ volumeId }] });
+    // The default request timeout (30 s) is far longer than this test's: only the signal can end these calls.
+    const provider = new AwsProvider({ endpoint: server.endpoint });
+    const calls: [string, (signal: AbortSignal) => Promise<unknown>][] = [
+      ['DescribeInstances', (signal) => provider.listAttachedVolumes(instanceId, { signal })],
+      ['DetachVolume', (signal) => provider.detachVolume(instanceId, { volumeId }, { signal })],
+      ['DetachVolume', (signal) => provider.forceDetachVolume(instanceId, { volumeId }, { signal })],
+      ['DescribeVolumes', (signal) => provider.getAttachmentState(instanceId, { volumeId }, { signal })],
+      ['DescribeVolumes', (signal) => provider.getAttachmentStates([{ instanceId, volume: { volumeId } }], { signal })],
+      ['StopInstances', (signal) => provider.stopInstance(instanceId, { signal })],
+    ];
+    for (const [action, call] of calls) {
+      server.hang({ action });
+      const before = server.hungCalls;
+      const controller = new AbortController();
+      const reason = new Error(`activity cancelled (${action})`);
+      const pending = call(controller.signal).catch((err: unknown) => err);
+      await until(() => server.hungCalls > before, `${action} to reach the server`);
+      controller.abort(reason);
+      expect(await pending, action).toBe(reason);
+    }
+    // Already aborted: nothing is sent.
+    const sent = server.callCount();
+    const aborted = AbortSignal.abort(new Error('cancelled before the call'));
+    await expect(provider.getAttachmentState(instanceId, { volumeId }, { signal: aborted })).rejects.toThrow(
+      /cancelled before the call/,
+    );
+    expect(server.callCount()).toBe(sent);
+  });
+
+  test('the stop wait loop ends on the signal', async () => {
+    const instanceId = nextId('i');
+    server.addInstance({ instanceId, stopDelayMs: 600_000 });
+    const provider = new AwsProvider({ endpoint: server.endpoint, stopPollMs: 20 });
+    const controller = new AbortController();
+    const pending = provider.stopInstance(instanceId, { signal: controller.signal }).catch((err: unknown) => err);
+    const polls = () => server.callsOf('DescribeInstances').filter((c) => c.params['InstanceId.1'] === instanceId);
+    await until(() => polls().length >= 2, 'the stop loop to poll');
+    const reason = new Error('stop cancelled');
+    controller.abort(reason);
+    expect(await pending).toBe(reason);
+    const after = polls().length;
+    await pause(100);
+    expect(polls().length).toBe(after); // no poll after the abort
+  });
+
+  test('a call EC2 never answers fails transiently after requestTimeoutMs; the SDK retries a timeout', async () => {
+    const instanceId = nextId('i');
+    const volumeId = nextId('vol');
+    server.addInstance({ instanceId, volumes: [{ volumeId }] });
+    const once = new AwsProvider({ endpoint: server.endpoint, requestTimeoutMs: 300, maxAttempts: 1 });
+    server.hang({ action: 'DescribeVolumes' });
+    const error = await once.getAttachmentState(instanceId, { volumeId }).catch((err: unknown) => err);
+    expect(error).toBeInstanceOf(TransientProviderError);
+    expect((error as Error).message).toMatch(/TimeoutError/);
+    // With the SDK's retries a single hung attempt is retried, and the call answers.
+    const retrying = new AwsProvider({ endpoint: server.endpoint, requestTimeoutMs: 300 });
+    server.hang({ action: 'DescribeVolumes' });
+    expect(await retrying.getAttachmentState(instanceId, { volumeId })).toBe('attached');
+  });
+});
+
+describe('aws provider: throttling and the call budget', () => {
+  test('RequestLimitExceeded becomes ThrottledProviderError, with the server’s Retry-After when it gave one', async () => {
+    const instanceId = nextId('i');
+    const volumeId = nextId('vol');
+    server.addInstance({ instanceId, volumes: [{ volumeId }] });
+    const provider = noRetryProvider();
+    server.throttle(1, { action: 'DescribeVolumes', retryAfterSeconds: 3 });
+    const hinted = await provider.getAttachmentState(instanceId, { volumeId }).catch((err: unknown) => err);
+    expect(hinted).toBeInstanceOf(ThrottledProviderError);
+    expect((hinted as ThrottledProviderError).retryAfterMs).toBe(3_000);
+    expect((hinted as Error).message).toMatch(/RequestLimitExceeded/);
+
+    server.throttle(1, { action: 'DetachVolume' });
+    const bare = await provider.detachVolume(instanceId, { volumeId }).catch((err: unknown) => err);
+    expect(bare).toBeInstanceOf(ThrottledProviderError);
+    expect((bare as ThrottledProviderError).retryAfterMs).toBeUndefined();
+
+    const at = new Date(Date.now() + 60_000).toUTCString();
+    server.inject({ action: 'DescribeInstances', status: 400, code: 'Throttling', headers: { 'Retry-After': at } });
+    const dated = await provider.listAttachedVolumes(instanceId).catch((err: unknown) => err);
+    expect(dated).toBeInstanceOf(ThrottledProviderError);
+    expect((dated as ThrottledProviderError).retryAfterMs).toBeGreaterThan(0);
+    expect((dated as ThrottledProviderError).retryAfterMs).toBeLessThanOrEqual(60_000);
+
+    // Throttling of a whole batch is one error for the batch.
+    server.throttle(1, { action: 'DescribeVolumes' });
+    await expect(provider.getAttachmentStates([{ instanceId, volume: { volumeId } }])).rejects.toBeInstanceOf(
+      ThrottledProviderError,
+    );
+    expect(await provider.getAttachmentState(instanceId, { volumeId })).toBe('attached');
+  });
+
+  test('declares a call budget and a batch size, both configurable', () => {
+    const provider = new AwsProvider({ endpoint: server.endpoint });
+    expect(provider.budget).toEqual(DEFAULT_AWS_BUDGET);
+    expect(DEFAULT_AWS_BUDGET.callsPerSecond).toBeLessThanOrEqual(20); // EC2's refill for Describe* per account
+    expect(DEFAULT_AWS_BUDGET.burst).toBeLessThanOrEqual(100);
+    expect(provider.maxBatch).toBe(DEFAULT_AWS_MAX_BATCH);
+    const tuned = new AwsProvider({
+      endpoint: server.endpoint,
+      budget: { callsPerSecond: 50, burst: 200 },
+      maxBatch: 20,
+    });
+    expect(tuned.budget).toEqual({ callsPerSecond: 50, burst: 200 });
+    expect(tuned.maxBatch).toBe(20);
+  });
+});
+
+describe('aws provider: coalesced state checks', () => {
+  /** Five instances of ten volumes each, all attached. */
+  function fleet(): VolumeOfInstance[] {
+    const targets: VolumeOfInstance[] = [];
+    for (let i = 0; i < 5; i++) {
+      const instanceId = nextId('i');
+      const volumes = Array.from({ length: 10 }, (_, j) => ({ volumeId: nextId('vol'), stuck: j % 4 === 1 }));
+      server.addInstance({ instanceId, volumes });
+      for (const v of volumes) targets.push({ instanceId, volume: { volumeId: v.volumeId } });
+    }
+    return targets;
+  }
+
+  /**
+   * Brings the fleet to every state an answer can have, by the volume's place in its instance: 0 attached,
+   * 1 detaching (stuck), 2 detached (forced), 3 attached but asked about another instance (detached for it).
+   */
+  async function mixStates(provider: AwsProvider, targets: VolumeOfInstance[]): Promise<VolumeOfInstance[]> {
+    const mixed: VolumeOfInstance[] = [];
+    for (const [k, t] of targets.entries()) {
+      const place = (k % 10) % 4;
+      if (place === 1) await provider.detachVolume(t.instanceId, t.volume);
+      if (place === 2) await provider.forceDetachVolume(t.instanceId, t.volume);
+      const otherInstance = targets[(k + 10) % targets.length]?.instanceId ?? t.instanceId;
+      mixed.push(place === 3 ? { instanceId: otherInstance, volume: t.volume } : t);
+    }
+    return mixed;
+  }
+
+  test('50 volumes of several instances: one DescribeVolumes, the same answers as one by one', async () => {
+    const provider = noRetryProvider();
+    const targets = await mixStates(provider, fleet());
+    const one: AttachmentState[] = [];
+    for (const t of targets) one.push(await provider.getAttachmentState(t.instanceId, t.volume));
+    expect(new Set(one)).toEqual(new Set(['attached', 'detaching', 'detached']));
+
+    const before = server.callCount('DescribeVolumes');
+    const batch = await provider.getAttachmentStates(targets);
+    expect(server.callCount('DescribeVolumes') - before).toBe(1);
+    expect(batch).toEqual(one);
+    const last = server.callsOf('DescribeVolumes').at(-1);
+    expect(last?.params['VolumeId.50']).toBe(targets[49]?.volume.volumeId);
+  });
+
+  test('an unknown volume among them reads detached without failing the batch', async () => {
+    const provider = noRetryProvider();
+    const targets = fleet().slice(0, 20);
+    const unknown: VolumeOfInstance = {
+      instanceId: targets[3]?.instanceId ?? '',
+      volume: { volumeId: 'vol-0dead0dead0dead0' },
+    };
+    const asked = [...targets.slice(0, 10), unknown, ...targets.slice(10)];
+    const before = server.callCount('DescribeVolumes');
+    const states = await provider.getAttachmentStates(asked);
+    expect(states).toEqual([...Array(10).fill('attached'), 'detached', ...Array(10).fill('attached')]);
+    // VolumeIds failed the whole call with InvalidVolume.NotFound; the volume-id filter answered the rest.
+    expect(server.callCount('DescribeVolumes') - before).toBe(2);
+    const fallback = server.callsOf('DescribeVolumes').at(-1);
+    expect(fallback?.params['Filter.1.Name']).toBe('volume-id');
+    expect(fallback?.params['Filter.1.Value.11']).toBe(unknown.volume.volumeId);
+  });
+
+  test('more volumes than maxBatch take one call per maxBatch', async () => {
+    const provider = noRetryProvider({ maxBatch: 20 });
+    const targets = fleet();
+    const before = server.callCount('DescribeVolumes');
+    expect(await provider.getAttachmentStates(targets)).toEqual(Array(50).fill('attached'));
+    expect(server.callCount('DescribeVolumes') - before).toBe(3);
+    expect(await provider.getAttachmentStates([])).toEqual([]);
+    expect(server.callCount('DescribeVolumes') - before).toBe(3);
   });
 });

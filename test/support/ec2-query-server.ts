@@ -7,8 +7,13 @@
  * error parsing and the SDK's own retries all run for real.
  *
  * Scenario knobs: volumes that detach at once, slowly, or stay `detaching`
- * (or `busy`) until forced; instances that take a while to stop; injected
- * error responses (5xx, throttling, auth) for the next N calls of an action.
+ * (or `busy`) until forced; volumes with an AWS Marketplace product code
+ * (refused while their instance runs); instances that take a while to stop;
+ * injected error responses (5xx, throttling, auth) for the next N calls of an
+ * action, with headers (Retry-After); throttling for the next N calls; calls
+ * held open forever (a hung endpoint); DescribeVolumes answers that lag behind
+ * (EC2's eventual consistency). Every call is counted per action
+ * (`callCount`), so tests and benchmarks can see how many a stop cost.
  */
 import { randomUUID } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
@@ -44,6 +49,10 @@ export interface FakeVolume {
   detachCalls: number;
   forceCalls: number;
   forced: boolean;
+  /** Carries an AWS Marketplace product code: EC2 refuses to detach it while its instance runs. */
+  marketplace: boolean;
+  /** Snapshot DescribeVolumes answers with instead of the truth, for `remaining` more calls. */
+  stale?: { attachments: FakeAttachment[]; remaining: number };
 }
 
 export interface FakeInstance {
@@ -60,6 +69,8 @@ export interface VolumeSpec {
   device?: string;
   stuck?: boolean | 'busy';
   detachDelayMs?: number;
+  /** An AWS Marketplace product code on the volume. */
+  marketplace?: boolean;
 }
 
 export interface InstanceSpec {
@@ -80,6 +91,8 @@ export interface Fault {
   message?: string;
   /** How many calls fail (default 1). */
   times?: number;
+  /** Extra response headers (e.g. `Retry-After`). */
+  headers?: Record<string, string>;
 }
 
 export interface RecordedCall {
@@ -90,6 +103,8 @@ export interface RecordedCall {
 export interface Ec2QueryServerOptions {
   /** When set, requests signed with any other access key id fail with AuthFailure. */
   expectAccessKeyId?: string;
+  /** Keep every call's parameters in `calls` (default true); a long benchmark turns it off and reads `callCount`. */
+  recordCalls?: boolean;
 }
 
 class Ec2Error extends Error {
@@ -97,16 +112,33 @@ class Ec2Error extends Error {
     readonly status: number,
     readonly code: string,
     message: string,
+    readonly headers: Record<string, string> = {},
   ) {
     super(message);
   }
+}
+
+interface ArmedFault {
+  action?: string;
+  status: number;
+  code: string;
+  message?: string;
+  times: number;
+  headers: Record<string, string>;
 }
 
 export class Ec2QueryServer {
   readonly volumes = new Map<string, FakeVolume>();
   readonly instances = new Map<string, FakeInstance>();
   readonly calls: RecordedCall[] = [];
-  private readonly faults: { action?: string; status: number; code: string; message?: string; times: number }[] = [];
+  /** Calls received per action (hung and failed ones included), whether or not `calls` records them. */
+  readonly counts = new Map<string, number>();
+  private readonly faults: ArmedFault[] = [];
+  private readonly hangs: { action?: string; times: number }[] = [];
+  /** Requests held open by `hang`, never answered (until the client gives up). */
+  readonly held = new Set<ServerResponse>();
+  /** How many requests `hang` has held open so far (it only grows). */
+  hungCalls = 0;
 
   private constructor(
     private readonly server: Server,
@@ -134,6 +166,7 @@ export class Ec2QueryServer {
   }
 
   async close(): Promise<void> {
+    this.held.clear();
     this.server.closeAllConnections();
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
@@ -183,11 +216,52 @@ export class Ec2QueryServer {
 
   /** The next `times` calls (of `action`, or any) get this error response instead of an answer. */
   inject(fault: Fault): void {
-    this.faults.push({ ...fault, status: fault.status ?? 400, times: fault.times ?? 1 });
+    this.faults.push({ ...fault, status: fault.status ?? 400, times: fault.times ?? 1, headers: fault.headers ?? {} });
+  }
+
+  /**
+   * The next `times` calls (of `action`, or any) answer RequestLimitExceeded as EC2 does (HTTP 503), with a
+   * Retry-After header when `retryAfterSeconds` is given (EC2 itself rarely sends one; other endpoints do).
+   */
+  throttle(times: number, options: { action?: string; retryAfterSeconds?: number } = {}): void {
+    this.inject({
+      ...(options.action !== undefined ? { action: options.action } : {}),
+      status: 503,
+      code: 'RequestLimitExceeded',
+      message: 'Request limit exceeded.',
+      times,
+      headers: options.retryAfterSeconds !== undefined ? { 'Retry-After': String(options.retryAfterSeconds) } : {},
+    });
+  }
+
+  /** The next `times` calls (of `action`, or any) are read and then never answered: a hung endpoint. */
+  hang(options: { action?: string; times?: number } = {}): void {
+    this.hangs.push({ ...(options.action !== undefined ? { action: options.action } : {}), times: options.times ?? 1 });
+  }
+
+  /**
+   * The next `times` DescribeVolumes answers show the volume's attachments as they are now, whatever happens
+   * to it meanwhile: EC2's describe calls are eventually consistent and can lag behind a DetachVolume.
+   */
+  staleDescribes(volumeId: string, times: number): void {
+    const volume = this.volume(volumeId);
+    volume.stale = { attachments: volume.attachments.map((a) => ({ ...a })), remaining: times };
   }
 
   callsOf(action: string): RecordedCall[] {
     return this.calls.filter((c) => c.action === action);
+  }
+
+  /** How many calls of `action` arrived (or of every action, without one). */
+  callCount(action?: string): number {
+    if (action !== undefined) return this.counts.get(action) ?? 0;
+    let total = 0;
+    for (const n of this.counts.values()) total += n;
+    return total;
+  }
+
+  resetCounts(): void {
+    this.counts.clear();
   }
 
   // --- the API ---
@@ -204,6 +278,7 @@ export class Ec2QueryServer {
       detachCalls: 0,
       forceCalls: 0,
       forced: false,
+      marketplace: spec.marketplace ?? false,
     };
     this.volumes.set(volume.volumeId, volume);
     return volume;
@@ -216,12 +291,22 @@ export class Ec2QueryServer {
       const body = await readBody(req);
       const params = Object.fromEntries(new URLSearchParams(body));
       action = params.Action ?? '';
-      this.calls.push({ action, params });
+      this.counts.set(action, (this.counts.get(action) ?? 0) + 1);
+      if (this.options.recordCalls !== false) this.calls.push({ action, params });
       this.checkAuth(req);
+      const hang = this.hangs.find((h) => h.times > 0 && (h.action === undefined || h.action === action));
+      if (hang) {
+        hang.times--;
+        this.hungCalls++;
+        // Never answered; the client's timeout or abort (or close()) ends the connection.
+        this.held.add(res);
+        res.once('close', () => this.held.delete(res));
+        return;
+      }
       const fault = this.faults.find((f) => f.times > 0 && (f.action === undefined || f.action === action));
       if (fault) {
         fault.times--;
-        throw new Ec2Error(fault.status, fault.code, fault.message ?? `injected ${fault.code}`);
+        throw new Ec2Error(fault.status, fault.code, fault.message ?? `injected ${fault.code}`, fault.headers);
       }
       if (params.DryRun === 'true') {
         throw new Ec2Error(412, 'DryRunOperation', 'Request would have succeeded, but DryRun flag is set.');
@@ -232,6 +317,7 @@ export class Ec2QueryServer {
     } catch (err) {
       const error =
         err instanceof Ec2Error ? err : new Ec2Error(500, 'InternalError', `fake EC2 failed: ${String(err)}`);
+      for (const [name, value] of Object.entries(error.headers)) res.setHeader(name, value);
       send(
         res,
         error.status,
@@ -309,6 +395,15 @@ export class Ec2QueryServer {
       );
     }
     const instance = this.instances.get(attachment.instanceId);
+    if (volume.marketplace && instance && instance.state !== 'stopped') {
+      // Whether EC2 says IncorrectState or IncorrectInstanceState here is not documented; the latter is the
+      // harder case for a client (it names the instance, not the volume), so that is what this server says.
+      throw new Ec2Error(
+        400,
+        'IncorrectInstanceState',
+        `The instance '${attachment.instanceId}' is not in the 'stopped' state: volume '${volumeId}' has an AWS Marketplace product code.`,
+      );
+    }
     if (instance && attachment.device === instance.rootDeviceName && instance.state !== 'stopped') {
       throw new Ec2Error(
         400,
@@ -339,6 +434,11 @@ export class Ec2QueryServer {
     const filters = filterParams(params);
     const items = [...this.volumes.values()]
       .filter((v) => ids.length === 0 || ids.includes(v.volumeId))
+      .map((v) => {
+        if (!v.stale || v.stale.remaining <= 0) return v;
+        v.stale.remaining--;
+        return { ...v, attachments: v.stale.attachments };
+      })
       .filter((v) =>
         filters.every((f) => {
           if (f.name === 'attachment.instance-id') return v.attachments.some((a) => f.values.includes(a.instanceId));
@@ -385,7 +485,8 @@ export class Ec2QueryServer {
       if (!instance) throw new Ec2Error(400, 'InvalidInstanceID.NotFound', `The instance ID '${id}' does not exist`);
       instance.stopCalls++;
       const previous = instance.state;
-      if (previous === 'pending') {
+      // EC2 refuses to stop an instance that is still starting, or that is being (or was) terminated.
+      if (previous === 'pending' || previous === 'shutting-down' || previous === 'terminated') {
         throw new Ec2Error(
           400,
           'IncorrectInstanceState',
