@@ -132,6 +132,8 @@ export interface SimFaults {
   rateLimitPerSecond?: number;
   /** A call that never answers (until cancelled): the slow backend call the activities must be able to cancel. */
   hangCalls?: ReadonlySet<string>;
+  /** Operations that always fail transiently (a backend whose listing is broken, say). */
+  failCalls?: ReadonlySet<string>;
 }
 
 export interface SimulatedProviderOptions {
@@ -309,7 +311,7 @@ export class SimulatedProvider implements Provider {
   }
 
   private async chaos(operation: string, options: CallOptions | undefined): Promise<void> {
-    const { latencyMs, transientFailureRate, rateLimitPerSecond, hangCalls } = this.faults;
+    const { latencyMs, transientFailureRate, rateLimitPerSecond, hangCalls, failCalls } = this.faults;
     const signal = options?.signal;
     signal?.throwIfAborted();
     this.calls.set(operation, (this.calls.get(operation) ?? 0) + 1);
@@ -327,8 +329,8 @@ export class SimulatedProvider implements Provider {
         ? latencyMs[0] + Math.random() * (latencyMs[1] - latencyMs[0])
         : 0;
     if (delay > 0) await abortableDelay(delay, signal);
-    if (transientFailureRate && Math.random() < transientFailureRate) {
-      throw new TransientProviderError('simulated transient backend error (injected fault)');
+    if (failCalls?.has(operation) || (transientFailureRate && Math.random() < transientFailureRate)) {
+      throw new TransientProviderError(`simulated transient ${operation} error (injected fault)`);
     }
   }
 }

@@ -1,0 +1,279 @@
+/**
+ * The promise, case by case (docs/contract.md "The invariant"): never `stopped`
+ * with a volume attached, every stop ends, cancel and terminate mean what the
+ * contract says. Each test here failed on the workflow before the `reconciler`
+ * patch. Real dev server, real worker, the simulated cloud behind the activities.
+ */
+import { randomUUID } from 'node:crypto';
+import { WorkflowFailedError, WorkflowUpdateStage } from '@temporalio/client';
+import type { ApplicationFailure } from '@temporalio/common';
+import { NativeConnection } from '@temporalio/worker';
+import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
+import { MemorySimStore, type SeedVolume, SimulatedProvider } from '../activities/providers/simulated';
+import { InvalidInputError, StopFailedError, StopflowClient } from '../client/stopflow-client';
+import { INVALID_STOP_REQUEST, StopPhaseKey, WORKFLOW_TYPE, workflowIdFor } from '../common/names';
+import type { StopStatus } from '../common/status';
+import { createStopflowWorker } from '../worker/worker';
+import { eventually, type Harness, startHarness } from './helpers';
+
+const brokenListing = new SimulatedProvider(
+  new MemorySimStore(),
+  { failCalls: new Set(['listAttachedVolumes']) },
+  'broken-list',
+);
+const hangingDetach = new SimulatedProvider(
+  new MemorySimStore(),
+  { hangCalls: new Set(['detachVolume']) },
+  'hanging-detach',
+);
+
+let h: Harness;
+beforeAll(async () => {
+  h = await startHarness({ pollIntervalMs: 200, extraProviders: [brokenListing, hangingDetach] });
+});
+afterAll(async () => {
+  await h?.close();
+});
+
+async function seeded(volumes: SeedVolume[], sim = h.sim): Promise<string> {
+  const instanceId = h.instanceId('inv');
+  await sim.addInstance(instanceId, volumes);
+  return instanceId;
+}
+
+const refs = (...ids: string[]) => ids.map((volumeId) => ({ volumeId }));
+
+function volumeReaches(instanceId: string, volumeId: string, state: string): Promise<StopStatus> {
+  return eventually(async () => {
+    const status = await h.stopflow.status(instanceId);
+    return status.volumes.find((v) => v.volumeId === volumeId)?.state === state ? status : undefined;
+  }, `${volumeId} to be ${state}`);
+}
+
+async function failedStatus(instanceId: string): Promise<StopStatus> {
+  const err = await h.stopflow.result(instanceId).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(StopFailedError);
+  const status = (err as StopFailedError).status;
+  expect(status).toBeDefined();
+  return status as StopStatus;
+}
+
+describe('stopped means nothing attached', () => {
+  test('a volume the request did not name is found before stopping and detached first', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-named' }, { volumeId: 'vol-unnamed' }]);
+    await h.stopflow.stop({ instanceId, volumes: refs('vol-named') });
+    const result = await h.stopflow.result(instanceId);
+    expect(result.phase).toBe('stopped');
+    expect(result.volumes.map((v) => [v.volumeId, v.state])).toEqual([
+      ['vol-named', 'detached'],
+      ['vol-unnamed', 'detached'],
+    ]);
+    expect((await h.sim.instance(instanceId))?.leakedAtStop).toEqual([]);
+  });
+
+  test('a volume attached while the stop runs is detached before the instance stops', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-slow', behavior: { detachDelayMs: 2_000 } }]);
+    await h.stopflow.stop({ instanceId, volumes: refs('vol-slow') });
+    await volumeReaches(instanceId, 'vol-slow', 'detaching');
+    await h.sim.attachVolume(instanceId, { volumeId: 'vol-late' });
+    const result = await h.stopflow.result(instanceId);
+    expect(result.phase).toBe('stopped');
+    expect(result.volumes.find((v) => v.volumeId === 'vol-late')?.state).toBe('detached');
+    const cloud = await h.sim.instance(instanceId);
+    expect(cloud?.state).toBe('stopped');
+    expect(cloud?.leakedAtStop).toEqual([]);
+  });
+
+  test('a volume re-attached after it detached goes through the path again', async () => {
+    const instanceId = await seeded([
+      { volumeId: 'vol-quick' },
+      { volumeId: 'vol-slow', behavior: { detachDelayMs: 2_000 } },
+    ]);
+    await h.stopflow.stop({ instanceId, volumes: refs('vol-quick', 'vol-slow') });
+    await volumeReaches(instanceId, 'vol-quick', 'detached');
+    await h.sim.attachVolume(instanceId, { volumeId: 'vol-quick' });
+    const result = await h.stopflow.result(instanceId);
+    expect(result.phase).toBe('stopped');
+    const cloud = await h.sim.instance(instanceId);
+    expect(cloud?.leakedAtStop).toEqual([]);
+    expect(cloud?.volumes.find((v) => v.volumeId === 'vol-quick')?.detachStarts).toBe(2);
+  });
+
+  test('an empty volume list is refused by the client and by the workflow', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-1' }]);
+    await expect(h.stopflow.stop({ instanceId, volumes: [] })).rejects.toThrow(InvalidInputError);
+    const handle = await h.client.workflow.start(WORKFLOW_TYPE, {
+      taskQueue: h.taskQueue,
+      workflowId: workflowIdFor(instanceId),
+      args: [{ instanceId, volumes: [] }],
+    });
+    const err = await handle.result().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    const cause = (err as WorkflowFailedError).cause as ApplicationFailure;
+    expect(cause.type).toBe(INVALID_STOP_REQUEST);
+    expect(cause.message).toMatch(/volumes: must list at least one volume/);
+    expect((await h.sim.instance(instanceId))?.state).toBe('running');
+  });
+
+  test('more volumes listed than one stop handles fails the stop without stopping the instance', async () => {
+    const many = Array.from({ length: 260 }, (_, i) => ({ volumeId: `vol-${i}` }));
+    const instanceId = await seeded(many);
+    await h.stopflow.stop({ instanceId });
+    const status = await failedStatus(instanceId);
+    expect(status.error).toMatch(/260 volumes .* at most 256/);
+    expect((await h.sim.instance(instanceId))?.state).toBe('running');
+  });
+
+  test('an id that could read as an option is refused everywhere', async () => {
+    await expect(h.stopflow.stop({ instanceId: '-rf' })).rejects.toThrow(/starting with a letter or digit/);
+    const instanceId = await seeded([]);
+    await expect(h.stopflow.stop({ instanceId, volumes: [{ volumeId: '--force' }] })).rejects.toThrow(
+      /volumes\[0\]\.volumeId/,
+    );
+  });
+});
+
+describe('every stop ends', () => {
+  test('workflow cancel ends the stop failed: nothing forced, the instance not stopped', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-ok' }, { volumeId: 'vol-stuck', behavior: { hang: true } }]);
+    await h.stopflow.stop({ instanceId, volumes: refs('vol-ok', 'vol-stuck') });
+    await volumeReaches(instanceId, 'vol-stuck', 'detaching');
+    await h.client.workflow.getHandle(workflowIdFor(instanceId)).cancel();
+    const status = await failedStatus(instanceId);
+    expect(status.phase).toBe('failed');
+    expect(status.instanceStopped).toBe(false);
+    expect(status.error).toMatch(/cancelled/);
+    expect(status.volumes.find((v) => v.volumeId === 'vol-stuck')).toMatchObject({ state: 'failed' });
+    expect(status.volumes.find((v) => v.volumeId === 'vol-stuck')?.lastError).toMatch(/cancelled/);
+    const cloud = await h.sim.instance(instanceId);
+    expect(cloud?.state).toBe('running');
+    expect(cloud?.volumes.every((v) => v.forceCalls === 0)).toBe(true);
+    const description = await h.client.workflow.getHandle(workflowIdFor(instanceId)).describe();
+    expect(description.typedSearchAttributes.get(StopPhaseKey)).toBe('failed');
+  });
+
+  test('an abort while the listing keeps failing ends the stop failed, instance not stopped', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-1' }], brokenListing);
+    await h.stopflow.stop({ instanceId, provider: 'broken-list' });
+    await eventually(async () => {
+      const progress = await h.stopflow.progress(instanceId);
+      return progress.otherWork.some((w) => w.activityType === 'listAttachedVolumes' && w.attempt >= 2);
+    }, 'the listing to be retried');
+    await h.stopflow.abort(instanceId, { reason: 'give up' });
+    const status = await failedStatus(instanceId);
+    expect(status.error).toMatch(/could not list the volumes/);
+    expect((await brokenListing.instance(instanceId))?.state).toBe('running');
+  });
+
+  test('maxStopDuration runs from the start: a listing that keeps failing cannot outlive it', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-1' }], brokenListing);
+    await h.stopflow.stop({ instanceId, provider: 'broken-list', maxStopDuration: '3s' });
+    const status = await failedStatus(instanceId);
+    expect(status.escalation?.cause).toBe('timeout');
+    expect((await brokenListing.instance(instanceId))?.state).toBe('running');
+  });
+
+  test('a backend call that never answers is cancelled when the stop escalates', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-1' }], hangingDetach);
+    await h.stopflow.stop({ instanceId, provider: 'hanging-detach', volumes: refs('vol-1') });
+    await eventually(async () => (hangingDetach.calls.get('detachVolume') ?? 0) > 0, 'the detach call to hang');
+    await h.stopflow.abort(instanceId);
+    const result = await h.stopflow.result(instanceId);
+    expect(result.phase).toBe('stopped');
+    expect(result.volumes[0]?.state).toBe('force_detached');
+  });
+});
+
+describe('force and the graceful path', () => {
+  test('a volume that detaches gracefully while force keeps failing is detached, and the instance stops', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-late', behavior: { detachDelayMs: 3_000, force: 'fails' } }]);
+    await h.stopflow.stop({ instanceId, volumes: refs('vol-late') });
+    await volumeReaches(instanceId, 'vol-late', 'detaching');
+    await h.stopflow.abort(instanceId);
+    const result = await h.stopflow.result(instanceId);
+    expect(result.phase).toBe('stopped');
+    expect(result.volumes[0]?.state).toBe('detached');
+    expect((await h.sim.instance(instanceId))?.leakedAtStop).toEqual([]);
+  });
+
+  test('abort reaches a waiting stop without waiting for its next poll', async () => {
+    // A poll interval far longer than the stop takes: the wait must hear of the cancel from its heartbeat.
+    const slowPolls = await startHarness({ pollIntervalMs: 20_000, holdMs: 60_000 });
+    try {
+      const instanceId = slowPolls.instanceId('poll');
+      await slowPolls.sim.addInstance(instanceId, [{ volumeId: 'vol-stuck', behavior: { hang: true } }]);
+      await slowPolls.stopflow.stop({ instanceId, volumes: refs('vol-stuck') });
+      await eventually(async () => {
+        const status = await slowPolls.stopflow.status(instanceId);
+        return status.volumes[0]?.state === 'detaching';
+      }, 'the volume to be detaching');
+      const aborted = Date.now();
+      await slowPolls.stopflow.abort(instanceId);
+      const result = await slowPolls.stopflow.result(instanceId);
+      expect(result.phase).toBe('stopped');
+      expect(Date.now() - aborted).toBeLessThan(15_000);
+    } finally {
+      await slowPolls.close();
+    }
+  });
+});
+
+describe('the deadline in force decides', () => {
+  test('an update that lands with the old timer firing wins over it', async () => {
+    const sim = new SimulatedProvider(new MemorySimStore());
+    const taskQueue = `race-${randomUUID()}`;
+    const instanceId = `race-${randomUUID().slice(0, 8)}`;
+    await sim.addInstance(instanceId, [{ volumeId: 'vol-stuck', behavior: { hang: true } }]);
+    const start = async () => {
+      const connection = await NativeConnection.connect({ address: inject('temporalAddress') });
+      const worker = await createStopflowWorker({
+        connection,
+        taskQueue,
+        providers: [sim],
+        pollIntervalMs: 200,
+        holdMs: 2_000,
+        workflowBundle: { codePath: inject('workflowBundlePath') },
+      });
+      const running = worker.run();
+      return async () => {
+        worker.shutdown();
+        await running;
+        await connection.close();
+      };
+    };
+    let stopWorker = await start();
+    const stopflow = new StopflowClient({ client: h.client, taskQueue });
+    await stopflow.stop({ instanceId, volumes: refs('vol-stuck'), maxStopDuration: '4s' });
+    const { deadline } = await eventually(async () => {
+      const status = await stopflow.status(instanceId);
+      return status.volumes[0]?.state === 'detaching' ? status : undefined;
+    }, 'detaching');
+    // No worker while the deadline passes: its timer fires into a task nobody takes yet...
+    await stopWorker();
+    const handle = h.client.workflow.getHandle(workflowIdFor(instanceId));
+    // Past the old deadline, with room for the server to fire the timer.
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, Date.parse(deadline ?? '') - Date.now()) + 2_000));
+    // ...and the update that moves the deadline lands in that same task.
+    const update = handle.startUpdate('setMaxStopDuration', {
+      args: [{ maxStopDuration: '1h' }],
+      waitForStage: WorkflowUpdateStage.ACCEPTED,
+    });
+    stopWorker = await start();
+    try {
+      const accepted = await update;
+      const { deadline } = (await accepted.result()) as { deadline: string };
+      expect(Date.parse(deadline)).toBeGreaterThan(Date.now() + 30 * 60_000);
+      const status = await stopflow.status(instanceId);
+      expect(status.escalation).toBeNull();
+      expect(status.volumes[0]?.state).toBe('detaching');
+      expect((await sim.instance(instanceId))?.volumes[0]?.forceCalls).toBe(0);
+      await stopflow.abort(instanceId);
+      expect((await stopflow.result(instanceId)).phase).toBe('stopped');
+    } finally {
+      await stopWorker();
+    }
+  });
+});
