@@ -1,12 +1,13 @@
 /** The production worker's configuration, checks wording and log shape: pure functions, no server. */
 import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { buildProviders, PROVIDER_NAMES } from '../activities/providers';
+import { LinuxProvider } from '../activities/providers/linux';
 import { searchAttributeCommands } from '../worker/checks';
-import { ConfigError, describeWorkerConfig, loadWorkerConfig } from '../worker/config';
+import { ConfigError, describeWorkerConfig, linuxProviderSettings, loadWorkerConfig } from '../worker/config';
 import { createLogger, PinoSdkLogger, targetFields } from '../worker/logging';
 
 const dir = mkdtempSync(join(tmpdir(), 'stopflow-config-'));
@@ -100,12 +101,89 @@ describe('worker configuration', () => {
     const providers = await buildProviders(config.providers, {
       simStatePath: join(dir, 'sim.json'),
       linuxStopCommand: 'systemctl poweroff --no-block',
+      linuxDevicePatterns: ['/dev/nvme[1-9]n1'],
+      linuxInstanceId: 'web-1',
+      linuxStateDir: join(dir, 'state'),
     });
     expect(providers.map((p) => p.name)).toEqual(['aws', 'linux', 'simulated']);
+    expect(providers[1]).toBeInstanceOf(LinuxProvider);
+    expect(providers[1]).toMatchObject({
+      devicePatterns: ['/dev/nvme[1-9]n1'],
+      instanceId: 'web-1',
+      stateDir: join(dir, 'state'),
+    });
     expect(describeWorkerConfig(config, { AWS_REGION: 'eu-west-1' })).toMatchObject({
       linux: { stopCommand: 'systemctl poweroff --no-block', volumeDir: dir },
       aws: { region: 'eu-west-1', endpoint: 'AWS default' },
     });
+  });
+
+  it('linux needs an allow-list: a volume directory, device patterns, or both', () => {
+    expect(issuesOf({ STOPFLOW_PROVIDERS: 'simulated,linux' })).toEqual([
+      'STOPFLOW_LINUX_VOLUME_DIR: must be set when linux is in STOPFLOW_PROVIDERS (a directory whose loop images are the volumes), ' +
+        'or STOPFLOW_LINUX_DEVICES (comma-separated globs of the devices the linux provider may detach, such as "/dev/nvme[1-9]n1"), ' +
+        'or both: without an allow-list the provider would touch any device a request names',
+    ]);
+    // Blank is unset, and a list of nothing allows nothing.
+    expect(
+      issuesOf({ STOPFLOW_PROVIDERS: 'linux', STOPFLOW_LINUX_VOLUME_DIR: ' ', STOPFLOW_LINUX_DEVICES: ' , ' }),
+    ).toEqual([expect.stringMatching(/^STOPFLOW_LINUX_VOLUME_DIR: must be set .* or STOPFLOW_LINUX_DEVICES /)]);
+    const config = loadWorkerConfig({
+      ...base,
+      STOPFLOW_PROVIDERS: 'linux',
+      STOPFLOW_LINUX_DEVICES: '/dev/nvme[1-9]n1, /dev/xvd[f-z]',
+    });
+    expect(config).toMatchObject({
+      linuxDevicePatterns: ['/dev/nvme[1-9]n1', '/dev/xvd[f-z]'],
+      linuxStateDir: '/var/lib/stopflow',
+    });
+    expect(config.linuxVolumeDir).toBeUndefined();
+    expect(describeWorkerConfig(config)).toMatchObject({
+      linux: {
+        devices: '/dev/nvme[1-9]n1,/dev/xvd[f-z]',
+        volumeDir: 'none (no loop device is allowed by its backing file)',
+        stateDir: '/var/lib/stopflow',
+      },
+    });
+    // Without linux, nothing of it is asked for.
+    expect(loadWorkerConfig(base).linuxInstanceId).toBeUndefined();
+  });
+
+  it('a linux worker serves its own host, on a task queue of its own by default', () => {
+    const linux = { ...base, STOPFLOW_PROVIDERS: 'simulated,linux', STOPFLOW_LINUX_VOLUME_DIR: dir };
+    const byHostName = loadWorkerConfig(linux);
+    expect(byHostName).toMatchObject({
+      linuxInstanceId: hostname(),
+      taskQueue: `stopflow-linux-${hostname()}`,
+      taskQueueSource: 'linux host default',
+    });
+    expect(describeWorkerConfig(byHostName)).toMatchObject({
+      taskQueue: `stopflow-linux-${hostname()} (one queue per linux host: start this host's stops on it, or set STOPFLOW_TASK_QUEUE)`,
+      linux: { instanceId: hostname() },
+    });
+    const named = loadWorkerConfig({
+      ...linux,
+      STOPFLOW_LINUX_INSTANCE_ID: 'i-0abc.web-1',
+      STOPFLOW_LINUX_STATE_DIR: '/run/stopflow',
+      STOPFLOW_LINUX_DEVICES: '/dev/xvd[f-z]',
+    });
+    expect(named).toMatchObject({
+      linuxInstanceId: 'i-0abc.web-1',
+      taskQueue: 'stopflow-linux-i-0abc.web-1',
+      linuxStateDir: '/run/stopflow',
+    });
+    // Every linux variable reaches the provider.
+    expect(linuxProviderSettings(named)).toEqual({
+      linuxVolumeDir: dir,
+      linuxDevicePatterns: ['/dev/xvd[f-z]'],
+      linuxInstanceId: 'i-0abc.web-1',
+      linuxStateDir: '/run/stopflow',
+    });
+    // An explicit queue wins (a host that has its own queue name already).
+    const explicit = loadWorkerConfig({ ...linux, STOPFLOW_TASK_QUEUE: 'stops-host-7' });
+    expect(explicit).toMatchObject({ taskQueue: 'stops-host-7', taskQueueSource: 'STOPFLOW_TASK_QUEUE' });
+    expect(describeWorkerConfig(explicit)).toMatchObject({ taskQueue: 'stops-host-7' });
+    expect(loadWorkerConfig(base)).toMatchObject({ taskQueue: 'stopflow', taskQueueSource: 'default' });
   });
 
   it('ignores a Temporal config file without a default profile when no profile is asked for', () => {
@@ -187,6 +265,21 @@ describe('worker configuration', () => {
       'STOPFLOW_LINUX_VOLUME_DIR',
       '/nonexistent/images',
       'STOPFLOW_LINUX_VOLUME_DIR: must be the path of an existing directory (where the loop images live)',
+    ],
+    [
+      'STOPFLOW_LINUX_DEVICES',
+      '/dev/nvme1n1,sdb',
+      'STOPFLOW_LINUX_DEVICES: must be a comma-separated list of globs over device paths, such as "/dev/nvme[1-9]n1,/dev/xvd[f-z]" (device pattern "sdb" must be a glob over device paths such as /dev/nvme[1-9]n1 or /dev/xvd[f-z])',
+    ],
+    [
+      'STOPFLOW_LINUX_INSTANCE_ID',
+      'web 1',
+      "STOPFLOW_LINUX_INSTANCE_ID: must be this host's instance id as stop requests name it: 1-255 characters of [A-Za-z0-9._:-] (default the host name)",
+    ],
+    [
+      'STOPFLOW_LINUX_STATE_DIR',
+      'var/lib/stopflow',
+      'STOPFLOW_LINUX_STATE_DIR: must be an absolute path (a directory, created when missing)',
     ],
     ['TEMPORAL_TLS', 'yes', 'TEMPORAL_TLS: must be "true" or "false"'],
     [

@@ -5,6 +5,8 @@
  * at start: it shows where secrets come from, never their values.
  */
 import { statSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { isAbsolute } from 'node:path';
 import {
   type ClientConfigProfile,
   type ClientConnectConfig,
@@ -12,7 +14,13 @@ import {
   toClientOptions,
 } from '@temporalio/envconfig';
 import { z } from 'zod';
-import { isProviderName, PROVIDER_NAMES, type ProviderName } from '../activities/providers';
+import { isProviderName, PROVIDER_NAMES, type ProviderName, type ProviderSettings } from '../activities/providers';
+import {
+  DEFAULT_LINUX_STATE_DIR,
+  isLinuxInstanceId,
+  linuxTaskQueue,
+  parseDevicePatterns,
+} from '../activities/providers/linux';
 import { simStatePath } from '../activities/providers/simulated';
 import { formatDuration, parseDuration } from '../common/duration';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
@@ -41,11 +49,19 @@ export interface TemporalSettings {
 export interface WorkerConfig {
   temporal: TemporalSettings;
   taskQueue: string;
+  /** Where the task queue's name came from, for the start-up summary. */
+  taskQueueSource: 'STOPFLOW_TASK_QUEUE' | 'default' | 'linux host default';
   providers: ProviderName[];
   defaultProvider: ProviderName;
   simStatePath: string;
   linuxStopCommand?: string;
   linuxVolumeDir?: string;
+  /** linux: globs over resolved device paths the provider may touch (STOPFLOW_LINUX_DEVICES). */
+  linuxDevicePatterns?: string[];
+  /** linux: the one instance this host is (STOPFLOW_LINUX_INSTANCE_ID, default the host name); set when linux is configured. */
+  linuxInstanceId?: string;
+  /** linux: boot-id records of stops (STOPFLOW_LINUX_STATE_DIR); set when linux is configured. */
+  linuxStateDir?: string;
   pollIntervalMs: number;
   detachHoldMs: number;
   maxPollIntervalMs: number;
@@ -146,6 +162,25 @@ const boolText = z.string().refine((text) => ['true', 'false', '1', '0'].include
   error: BOOL_RULE,
 });
 
+const devicePatterns = z.string().transform((text, ctx) => {
+  try {
+    return parseDevicePatterns(text);
+  } catch (err) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `must be a comma-separated list of globs over device paths, such as "/dev/nvme[1-9]n1,/dev/xvd[f-z]" (${(err as Error).message})`,
+    });
+    return z.NEVER;
+  }
+});
+
+const LINUX_INSTANCE_ID_RULE =
+  "must be this host's instance id as stop requests name it: 1-255 characters of [A-Za-z0-9._:-] (default the host name)";
+const LINUX_ALLOW_LIST_RULE =
+  'must be set when linux is in STOPFLOW_PROVIDERS (a directory whose loop images are the volumes), or STOPFLOW_LINUX_DEVICES ' +
+  '(comma-separated globs of the devices the linux provider may detach, such as "/dev/nvme[1-9]n1"), or both: ' +
+  'without an allow-list the provider would touch any device a request names';
+
 const ADDRESS_RULE = 'must be host:port, such as "localhost:7233" or "my-namespace.a1b2c.tmprl.cloud:7233"';
 const temporalAddress = z.string().regex(/^[A-Za-z0-9._-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$/, {
   error: ADDRESS_RULE,
@@ -174,12 +209,13 @@ const existingFile = (rule: string) =>
 
 const envSchema = z
   .object({
+    // No default here: a worker with the linux provider defaults to a queue of its own host.
     STOPFLOW_TASK_QUEUE: z.preprocess(
       blankToUndefined,
       z
         .string()
         .regex(/^\S{1,255}$/, { error: 'must be 1-255 characters without spaces' })
-        .default(DEFAULT_TASK_QUEUE),
+        .optional(),
     ),
     STOPFLOW_PROVIDERS: z.preprocess(blankToUndefined, providerList.default(['simulated'])),
     STOPFLOW_DEFAULT_PROVIDER: z.preprocess(blankToUndefined, z.string().trim().optional()),
@@ -193,6 +229,18 @@ const envSchema = z
       z
         .string()
         .refine(isDirectory, { error: 'must be the path of an existing directory (where the loop images live)' })
+        .optional(),
+    ),
+    STOPFLOW_LINUX_DEVICES: z.preprocess(blankToUndefined, devicePatterns.optional()),
+    STOPFLOW_LINUX_INSTANCE_ID: z.preprocess(
+      blankToUndefined,
+      z.string().trim().refine(isLinuxInstanceId, { error: LINUX_INSTANCE_ID_RULE }).optional(),
+    ),
+    STOPFLOW_LINUX_STATE_DIR: z.preprocess(
+      blankToUndefined,
+      z
+        .string()
+        .refine(isAbsolute, { error: 'must be an absolute path (a directory, created when missing)' })
         .optional(),
     ),
     STOPFLOW_POLL_INTERVAL: z.preprocess(blankToUndefined, durationVar('5s', POLL_INTERVAL_RANGE_MS).default(5_000)),
@@ -241,6 +289,19 @@ const envSchema = z
         message: `must be one of the providers in STOPFLOW_PROVIDERS (${providers.join(', ')})`,
       });
     }
+    if (providers.includes('linux')) {
+      // Without an allow-list the linux provider would touch any device a request names (/dev/sda2, /boot).
+      if (env.STOPFLOW_LINUX_VOLUME_DIR === undefined && (env.STOPFLOW_LINUX_DEVICES ?? []).length === 0) {
+        ctx.addIssue({ code: 'custom', path: ['STOPFLOW_LINUX_VOLUME_DIR'], message: LINUX_ALLOW_LIST_RULE });
+      }
+      if (env.STOPFLOW_LINUX_INSTANCE_ID === undefined && !isLinuxInstanceId(hostname())) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['STOPFLOW_LINUX_INSTANCE_ID'],
+          message: `${LINUX_INSTANCE_ID_RULE}; the host name ${JSON.stringify(hostname())} is not, so set it`,
+        });
+      }
+    }
     if (env.STOPFLOW_MAX_POLL_INTERVAL < env.STOPFLOW_POLL_INTERVAL) {
       ctx.addIssue({
         code: 'custom',
@@ -271,9 +332,14 @@ export function loadWorkerConfig(env: Env = process.env): WorkerConfig {
   if (!parsed.success || !temporal || issues.length > 0) throw new ConfigError([...new Set(issues)]);
 
   const e = parsed.data;
+  const linux = e.STOPFLOW_PROVIDERS.includes('linux');
+  const linuxInstanceId = e.STOPFLOW_LINUX_INSTANCE_ID ?? hostname();
+  // Two linux hosts on one queue would take each other's stops (and refuse them): one queue per host by default.
+  const taskQueue = e.STOPFLOW_TASK_QUEUE ?? (linux ? linuxTaskQueue(linuxInstanceId) : DEFAULT_TASK_QUEUE);
   const config: WorkerConfig = {
     temporal,
-    taskQueue: e.STOPFLOW_TASK_QUEUE,
+    taskQueue,
+    taskQueueSource: e.STOPFLOW_TASK_QUEUE ? 'STOPFLOW_TASK_QUEUE' : linux ? 'linux host default' : 'default',
     providers: e.STOPFLOW_PROVIDERS,
     defaultProvider:
       (e.STOPFLOW_DEFAULT_PROVIDER as ProviderName | undefined) ?? (e.STOPFLOW_PROVIDERS[0] as ProviderName),
@@ -289,6 +355,11 @@ export function loadWorkerConfig(env: Env = process.env): WorkerConfig {
   };
   if (e.STOPFLOW_LINUX_STOP_COMMAND !== undefined) config.linuxStopCommand = e.STOPFLOW_LINUX_STOP_COMMAND;
   if (e.STOPFLOW_LINUX_VOLUME_DIR !== undefined) config.linuxVolumeDir = e.STOPFLOW_LINUX_VOLUME_DIR;
+  if (e.STOPFLOW_LINUX_DEVICES !== undefined) config.linuxDevicePatterns = e.STOPFLOW_LINUX_DEVICES;
+  if (linux) {
+    config.linuxInstanceId = linuxInstanceId;
+    config.linuxStateDir = e.STOPFLOW_LINUX_STATE_DIR ?? DEFAULT_LINUX_STATE_DIR;
+  }
   if (e.STOPFLOW_MAX_CACHED_WORKFLOWS !== undefined) config.maxCachedWorkflows = e.STOPFLOW_MAX_CACHED_WORKFLOWS;
   if (e.STOPFLOW_IDENTITY !== undefined) config.identity = e.STOPFLOW_IDENTITY;
   if (e.STOPFLOW_WORKFLOW_BUNDLE !== undefined) config.workflowBundlePath = e.STOPFLOW_WORKFLOW_BUNDLE;
@@ -385,19 +456,36 @@ function describeTemporal(
   return summary;
 }
 
+/** The linux provider's part of buildProviders' settings: every linux variable, for worker/main.ts to pass on. */
+export function linuxProviderSettings(config: WorkerConfig): Omit<ProviderSettings, 'simStatePath'> {
+  const settings: Omit<ProviderSettings, 'simStatePath'> = {};
+  if (config.linuxStopCommand !== undefined) settings.linuxStopCommand = config.linuxStopCommand;
+  if (config.linuxVolumeDir !== undefined) settings.linuxVolumeDir = config.linuxVolumeDir;
+  if (config.linuxDevicePatterns !== undefined) settings.linuxDevicePatterns = config.linuxDevicePatterns;
+  if (config.linuxInstanceId !== undefined) settings.linuxInstanceId = config.linuxInstanceId;
+  if (config.linuxStateDir !== undefined) settings.linuxStateDir = config.linuxStateDir;
+  return settings;
+}
+
 /** What the worker prints at start: every setting, and for secrets only whether they are set. */
 export function describeWorkerConfig(config: WorkerConfig, env: Env = process.env): Record<string, unknown> {
   const summary: Record<string, unknown> = {
     temporal: config.temporal.summary,
-    taskQueue: config.taskQueue,
+    taskQueue:
+      config.taskQueueSource === 'linux host default'
+        ? `${config.taskQueue} (one queue per linux host: start this host's stops on it, or set STOPFLOW_TASK_QUEUE)`
+        : config.taskQueue,
     providers: config.providers,
     defaultProvider: config.defaultProvider,
   };
   if (config.providers.includes('simulated')) summary.simState = config.simStatePath;
   if (config.providers.includes('linux')) {
     summary.linux = {
+      instanceId: config.linuxInstanceId,
       stopCommand: config.linuxStopCommand ?? 'none (stopping an instance does nothing)',
-      volumeDir: config.linuxVolumeDir ?? 'any writable loop device',
+      volumeDir: config.linuxVolumeDir ?? 'none (no loop device is allowed by its backing file)',
+      devices: config.linuxDevicePatterns?.join(',') ?? 'none (no device is allowed by its path)',
+      stateDir: config.linuxStateDir,
     };
   }
   if (config.providers.includes('aws')) summary.aws = describeAws(env);

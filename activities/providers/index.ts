@@ -19,8 +19,14 @@ export interface ProviderSettings {
   simStatePath: string;
   /** linux: the command stopInstance runs (STOPFLOW_LINUX_STOP_COMMAND); none = stopping does nothing. */
   linuxStopCommand?: string;
-  /** linux: only loop devices backed by files under this directory are listed (STOPFLOW_LINUX_VOLUME_DIR). */
+  /** linux: loop devices backed by files under this directory may be touched, and are listed (STOPFLOW_LINUX_VOLUME_DIR). */
   linuxVolumeDir?: string;
+  /** linux: globs over resolved device paths that may be touched, e.g. `/dev/nvme[1-9]n1` (STOPFLOW_LINUX_DEVICES). */
+  linuxDevicePatterns?: readonly string[];
+  /** linux: the one instance id this host is (STOPFLOW_LINUX_INSTANCE_ID, default the host name). */
+  linuxInstanceId?: string;
+  /** linux: where stopInstance records boot ids against a reboot (STOPFLOW_LINUX_STATE_DIR, default /var/lib/stopflow). */
+  linuxStateDir?: string;
   // aws: region, endpoint and credentials come from the AWS SDK's default chain (AWS_REGION,
   // AWS_ENDPOINT_URL_EC2, AWS_PROFILE, web identity, instance or pod role).
 }
@@ -41,6 +47,9 @@ async function buildProvider(name: ProviderName, settings: ProviderSettings): Pr
       return new LinuxProvider({
         ...(settings.linuxStopCommand ? { stopCommand: settings.linuxStopCommand } : {}),
         ...(settings.linuxVolumeDir ? { volumeDir: settings.linuxVolumeDir } : {}),
+        ...(settings.linuxDevicePatterns ? { devicePatterns: settings.linuxDevicePatterns } : {}),
+        ...(settings.linuxInstanceId ? { instanceId: settings.linuxInstanceId } : {}),
+        ...(settings.linuxStateDir ? { stateDir: settings.linuxStateDir } : {}),
       });
     }
     case 'aws': {

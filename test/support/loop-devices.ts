@@ -5,6 +5,12 @@
  * busy, so `umount` fails with EBUSY exactly as a stuck detach does on a real
  * host.
  *
+ * Two more ways to hold a volume: a mount stacked inside its mount (umount
+ * fails with EBUSY, a lazy unmount takes both and frees the device at once),
+ * and a mount of it in a second mount namespace (`unshare --mount`), which
+ * /proc/self/mountinfo cannot see and which keeps the device busy after every
+ * mount of the worker's namespace is gone.
+ *
  * Cleanup is thorough because a leaked mount or loop device outlives the test
  * run: `cleanup()` kills the holders, lazily unmounts whatever is still
  * mounted under the lab's directory, releases the lab's loop devices (only
@@ -49,9 +55,13 @@ export interface LoopVolume {
 }
 
 export interface Holder {
-  pid: number;
+  /** The process that holds the volume; undefined for a holder that is a mount. */
+  pid: number | undefined;
   release(): Promise<void>;
 }
+
+/** How long a second namespace's holder lives at most: a crashed run leaves nothing behind for longer. */
+const NAMESPACE_HOLD_SECONDS = 30;
 
 export class LoopLab {
   readonly volumes: LoopVolume[] = [];
@@ -117,6 +127,67 @@ export class LoopLab {
     const pid = child.pid as number;
     return {
       pid,
+      release: async () => {
+        await stopChild(child);
+        this.holders.delete(child);
+      },
+    };
+  }
+
+  /**
+   * Makes the volume's unmount fail with EBUSY without any process: a tmpfs mounted inside
+   * its mount. A lazy unmount takes both, and nothing keeps the device busy afterwards.
+   */
+  async holdBusyByMount(volume: LoopVolume): Promise<Holder> {
+    if (!volume.mountPoint) throw new Error(`${volume.device} is not mounted`);
+    const inner = join(volume.mountPoint, 'pinned');
+    await mkdir(inner, { recursive: true });
+    await exec('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'stopflow-pin', inner], { env: ENV });
+    return {
+      pid: undefined,
+      release: async () => {
+        await exec('umount', ['--', inner], { env: ENV }).catch(() => undefined);
+      },
+    };
+  }
+
+  /**
+   * Mounts the volume in a second, private mount namespace, held by a process there
+   * (at most NAMESPACE_HOLD_SECONDS). The worker's mountinfo does not show that mount;
+   * only the kernel's exclusive-open check sees that the device is still in use.
+   */
+  async holdInOtherNamespace(volume: LoopVolume): Promise<Holder> {
+    const target = join(this.dir, 'ns', `${volume.name}-${++this.counter}`);
+    await mkdir(target, { recursive: true });
+    const child = spawn(
+      'unshare',
+      [
+        '--mount',
+        '--propagation',
+        'private',
+        'sh',
+        '-c',
+        // exec: the holder is this one process, so killing it ends the namespace and its mount.
+        `mount -t ext4 -- "$0" "$1" && echo ready && exec sleep ${NAMESPACE_HOLD_SECONDS}`,
+        volume.device,
+        target,
+      ],
+      { env: ENV, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    this.holders.add(child);
+    let stderr = '';
+    child.stderr?.on('data', (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.stdout?.on('data', (chunk: Buffer) => {
+        if (chunk.toString().includes('ready')) resolve();
+      });
+      child.once('error', reject);
+      child.once('exit', (code) => reject(new Error(`unshare exited with ${code} before mounting: ${stderr}`)));
+    });
+    return {
+      pid: child.pid,
       release: async () => {
         await stopChild(child);
         this.holders.delete(child);
