@@ -180,6 +180,12 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
           'ForceUnsupported',
         );
       }
+      // Force may lose data: never on a volume the backend already reads detached (the graceful detach won).
+      const before = await heartbeating(
+        () => undefined,
+        () => backend.states.check(target, Context.current().cancellationSignal),
+      );
+      if (before === 'detached') return { forced: false, attempts: Context.current().info.attempt, checks: 1 };
       await heartbeating(
         () => undefined,
         () =>
@@ -188,7 +194,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
           ),
       );
       const { checks } = await pollUntilDetached(backend, target, undefined);
-      return { attempts: Context.current().info.attempt, checks };
+      return { forced: true, attempts: Context.current().info.attempt, checks: checks + 1 };
     },
 
     async readAttachmentState(target: VolumeTarget): Promise<BackendState> {

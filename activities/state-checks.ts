@@ -5,6 +5,7 @@
  * its budget token join the next batch, so under load batches grow and calls
  * per second stay at the budget.
  */
+import { ApplicationFailure } from '@temporalio/common';
 import type { AttachmentState, CallOptions, Provider, VolumeOfInstance } from './provider';
 
 interface PendingCheck {
@@ -83,7 +84,20 @@ export class StateChecks {
             else p.resolve(state);
           });
         } catch (err) {
-          for (const p of batch) p.reject(err);
+          // A final answer about the batch may be about one volume of it (a refused device): ask each
+          // on its own so one request's problem never fails another's wait. Transient ones (throttling)
+          // fail the batch: one call per volume is the opposite of what a throttled backend needs.
+          if (!(err instanceof ApplicationFailure && err.nonRetryable)) {
+            for (const p of batch) p.reject(err);
+            continue;
+          }
+          for (const p of batch) {
+            this.call(
+              'getAttachmentState',
+              (options) => this.provider.getAttachmentState(p.target.instanceId, p.target.volume, options),
+              true,
+            ).then(p.resolve, p.reject);
+          }
         }
       }
     } finally {

@@ -40,6 +40,8 @@ export interface WaitResult {
 }
 
 export interface ForceResult {
+  /** False when the backend already read `detached` and nothing was forced. */
+  forced: boolean;
   /** Attempt number of the activity that succeeded (1 = first try). */
   attempts: number;
   checks: number;

@@ -36,7 +36,7 @@ export async function connectClient(): Promise<Client> {
 
 let runtimeInstalled = false;
 /** Worker logs at ERROR: expected transient failures are the tests' subject, not noise to print. */
-function installQuietRuntime(): void {
+export function installQuietRuntime(): void {
   if (runtimeInstalled) return;
   runtimeInstalled = true;
   Runtime.install({ logger: new DefaultLogger('ERROR') });

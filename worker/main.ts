@@ -18,7 +18,13 @@ import { buildProviders } from '../activities/providers';
 import { createSweepActivities } from '../activities/sweep';
 import { formatDuration } from '../common/duration';
 import { runStartupChecks } from './checks';
-import { ConfigError, describeWorkerConfig, loadWorkerConfig, type WorkerConfig } from './config';
+import {
+  ConfigError,
+  describeWorkerConfig,
+  linuxProviderSettings,
+  loadWorkerConfig,
+  type WorkerConfig,
+} from './config';
 import {
   type AppLogger,
   activityLogContext,
@@ -103,8 +109,7 @@ async function serve(config: WorkerConfig, logger: AppLogger, options: RunWorker
 
   const providers = await buildProviders(config.providers, {
     simStatePath: config.simStatePath,
-    ...(config.linuxStopCommand ? { linuxStopCommand: config.linuxStopCommand } : {}),
-    ...(config.linuxVolumeDir ? { linuxVolumeDir: config.linuxVolumeDir } : {}),
+    ...linuxProviderSettings(config),
   });
   const report = await runStartupChecks(config.temporal, providers);
   for (const result of report.results) {

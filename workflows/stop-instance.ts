@@ -296,7 +296,7 @@ async function forceDetach(
   );
   if (forced.ok) {
     volume.attempts += forced.value.attempts;
-    settle(state, volume, 'force_detached');
+    settle(state, volume, forced.value.forced ? 'force_detached' : 'detached');
     return;
   }
   // A volume that detached is detached, whichever path got there (a graceful detach finishing as force is refused).
