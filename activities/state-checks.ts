@@ -45,17 +45,24 @@ export class StateChecks {
       );
     }
     return new Promise<AttachmentState>((resolve, reject) => {
-      const entry: PendingCheck = { target, resolve, reject };
-      this.pending.push(entry);
       // A cancelled wait leaves the batch at once; the batch itself goes on for the others.
-      signal?.addEventListener(
-        'abort',
-        () => {
-          this.pending = this.pending.filter((p) => p !== entry);
-          reject(signal.reason);
+      const onAbort = () => {
+        this.pending = this.pending.filter((p) => p !== entry);
+        reject(signal?.reason);
+      };
+      const entry: PendingCheck = {
+        target,
+        resolve: (state) => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve(state);
         },
-        { once: true },
-      );
+        reject: (err) => {
+          signal?.removeEventListener('abort', onAbort);
+          reject(err);
+        },
+      };
+      this.pending.push(entry);
+      signal?.addEventListener('abort', onAbort, { once: true });
       if (!this.flushing) void this.flush();
     });
   }

@@ -81,6 +81,24 @@ const scenarios: Scenario[] = [
     request: { forceGrace: '2s', maxStopDuration: '1s' },
   },
   {
+    name: 'cancel',
+    volumes: [{ volumeId: 'vol-ok' }, { volumeId: 'vol-stuck', behavior: stuck }],
+    request: { volumes: [{ volumeId: 'vol-ok' }, { volumeId: 'vol-stuck' }] },
+    drive: async (stopflow, id) => {
+      await waitForDetaching(stopflow, id);
+      await stopflow.client.workflow.getHandle(workflowIdFor(id)).cancel();
+    },
+  },
+  {
+    name: 'attached-mid-stop',
+    volumes: [{ volumeId: 'vol-slow', behavior: { detachDelayMs: 1_000 } }],
+    request: { volumes: [{ volumeId: 'vol-slow' }] },
+    drive: async (stopflow, id) => {
+      await waitForDetaching(stopflow, id);
+      await sim.attachVolume(id, { volumeId: 'vol-late' });
+    },
+  },
+  {
     name: 'force-unsupported',
     volumes: [{ volumeId: 'vol-pinned', behavior: { hang: true, force: 'unsupported' } }],
     request: { volumes: [{ volumeId: 'vol-pinned' }], maxStopDuration: '1s' },
@@ -88,10 +106,10 @@ const scenarios: Scenario[] = [
 ];
 
 Runtime.install({ logger: new DefaultLogger('ERROR') });
+const sim = new SimulatedProvider(new MemorySimStore());
 const server = await startDevServer();
 const cliPath = server.cliPath ?? 'temporal';
 try {
-  const sim = new SimulatedProvider(new MemorySimStore());
   const taskQueue = `fixtures-${randomUUID()}`;
   const connection = await NativeConnection.connect({ address: server.address });
   const worker = await createStopflowWorker({ connection, taskQueue, providers: [sim], pollIntervalMs: 200 });

@@ -154,12 +154,12 @@ async function run(state: StopState): Promise<StopStatus> {
   await detachAll(state, volumes);
 
   for (let check = 1; ; check++) {
+    if (state.cancelled) fail(state, `cancelled at ${state.cancelled.at}: instance ${instanceId} was not stopped`);
     const failed = (state.volumes ?? []).filter((v) => v.state === 'failed');
     if (failed.length > 0) {
       const which = failed.map((v) => `${v.volumeId} (${v.lastError ?? 'failed'})`).join(', ');
       fail(state, `instance ${instanceId} was not stopped: ${which} could not be detached`);
     }
-    if (state.cancelled) fail(state, `cancelled at ${state.cancelled.at}: instance ${instanceId} was not stopped`);
     const stopOnce = (retry: typeof UNLIMITED) =>
       activities(say.stop(instanceId), { ...stopping, retry }).stopInstanceIfDetached({ provider, instanceId });
     // Once started, stopping is not cancelled by a cancel (an instance half-stopped must not be reported
