@@ -1,7 +1,7 @@
 import { z } from 'zod';
 
 /**
- * DESIGN.md `Duration`: "off", a positive number of seconds, or a string of
+ * docs/contract.md `Duration`: "off", a positive number of seconds, or a string of
  * unit-suffixed parts such as "45s", "15m", "1h30m", "2d". Parsed to
  * milliseconds, with `null` meaning "off" (no limit).
  */

@@ -1,5 +1,5 @@
 /**
- * Names that other services depend on (see DESIGN.md "Names"). Changing any of
+ * Names that other services depend on (see docs/contract.md "Names"). Changing any of
  * these breaks callers that start, signal or query stops by name.
  */
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { type DurationSchema, durationSchema, parseDuration } from './duration';
 
 /**
- * StopRequest, the workflow's single argument (DESIGN.md "Input"). Two
+ * StopRequest, the workflow's single argument (docs/contract.md "Input"). Two
  * variants share one set of field rules: the strict one rejects unknown fields
  * (client, CLI), the tolerant one ignores them (workflow), so that an older
  * worker survives a newer client.

@@ -1,4 +1,4 @@
-/** StopStatus and its states (DESIGN.md "States"), returned by the `status` query and the workflow. */
+/** StopStatus and its states (docs/contract.md "States"), returned by the `status` query and the workflow. */
 export type StopPhase = 'stopping' | 'stopped' | 'failed';
 export type VolumeState = 'attached' | 'detaching' | 'detached' | 'force_detaching' | 'force_detached' | 'failed';
 export type EscalationCause = 'abort' | 'timeout';
@@ -28,7 +28,7 @@ export interface StopStatus {
   escalation: Escalation | null;
   volumes: VolumeStatus[];
   instanceStopped: boolean;
-  /** Additive to DESIGN.md: why the stop failed when no single volume explains it (e.g. stopInstance refused). */
+  /** Additive to the first contract: why the stop failed when no single volume explains it (e.g. stopInstance refused). */
   error?: string;
 }
 

@@ -48,7 +48,7 @@ export function buildStopRequestJsonSchema(): Record<string, unknown> {
   registry.add(strictStopRequestSchema, {
     title: 'StopRequest',
     description:
-      'The single argument of the stopInstance workflow (stopflow DESIGN.md "Input"). Unknown fields are rejected by stopflow clients; the workflow itself ignores them.',
+      'The single argument of the stopInstance workflow (stopflow docs/contract.md "Input"). Unknown fields are rejected by stopflow clients; the workflow itself ignores them.',
   });
   registry.add(durationSchema, { id: 'Duration', title: 'Duration' });
   registry.add(shape.instanceId, { description: `The instance to stop; ${INSTANCE_ID_RULE}.` });

@@ -1,4 +1,4 @@
-/** The StopRequest contract and Duration rules (DESIGN.md "Input"), without a server. */
+/** The StopRequest contract and Duration rules (docs/contract.md "Input"), without a server. */
 import { describe, expect, test } from 'vitest';
 import { formatDuration, parseDuration } from '../common/duration';
 import { MAX_VOLUMES, parseStopRequest, parseStopRequestTolerant, StopRequestError } from '../common/request';

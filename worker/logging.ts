@@ -6,7 +6,7 @@
  *   {"level":"warn","time":"…","service":"stopflow-worker","msg":"Activity failed",
  *    "workflowId":"stop-i-1","instanceId":"i-1","volumeId":"vol-2","activityType":"detachVolume",…}
  *
- * `instanceId` comes from the workflow id (`stop-<instanceId>`, DESIGN.md), so
+ * `instanceId` comes from the workflow id (`stop-<instanceId>`, docs/contract.md), so
  * it is on every line about a stop; `volumeId` is on every line of an activity
  * that works on one volume (added by `activityLogContext`).
  */
@@ -65,11 +65,16 @@ const LEVELS: Record<SdkLogLevel, pino.Level> = {
 };
 
 /** The Temporal SDK's Logger interface over pino; install it with `Runtime.install({ logger })`. */
+const ABANDONED_WAIT_COMPLETED = 'Activity not found on completion';
+
 export class PinoSdkLogger implements SdkLogger {
   constructor(private readonly logger: AppLogger) {}
 
   log(level: SdkLogLevel, message: string, meta?: LogMetadata): void {
-    const pinoLevel = LEVELS[level] ?? 'info';
+    // A wait for `detached` that a stop cancelled without waiting (it is read-only: docs/contract.md) may still
+    // finish before it hears of the cancel; the server then refuses its result. Expected, so not a warning.
+    const expected = level === 'WARN' && message.startsWith(ABANDONED_WAIT_COMPLETED);
+    const pinoLevel = expected ? 'debug' : (LEVELS[level] ?? 'info');
     if (!this.logger.isLevelEnabled(pinoLevel)) return;
     this.logger[pinoLevel](withStopFields(meta ?? {}), message);
   }

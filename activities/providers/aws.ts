@@ -1,5 +1,5 @@
 /**
- * `aws`: EC2 EBS volumes through `@aws-sdk/client-ec2` (DESIGN.md "Providers").
+ * `aws`: EC2 EBS volumes through `@aws-sdk/client-ec2` (docs/contract.md "Providers").
  *
  * - instance: an EC2 instance id (`i-...`); its volumes are the EBS volumes in
  *   its block device mappings, except the root volume (EC2 cannot detach the

@@ -1,5 +1,5 @@
 /**
- * Builds the providers a worker is configured with, by name (DESIGN.md
+ * Builds the providers a worker is configured with, by name (docs/contract.md
  * "Providers", docs/providers.md). Each backend's module is loaded only when
  * it is configured, so a worker without `aws` never loads the AWS SDK.
  */

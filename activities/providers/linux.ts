@@ -1,5 +1,5 @@
 /**
- * `linux`: real block devices on the worker's own host (DESIGN.md "Providers",
+ * `linux`: real block devices on the worker's own host (docs/contract.md "Providers",
  * docs/providers.md "The linux provider").
  *
  * - instance: the host the worker runs on, one id per worker (`instanceId`,

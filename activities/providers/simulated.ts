@@ -1,5 +1,5 @@
 /**
- * `simulated`: a test double of a cloud, for demos and tests (DESIGN.md
+ * `simulated`: a test double of a cloud, for demos and tests (docs/contract.md
  * "Providers"). Volumes can be told to detach slowly, hang in `detaching`
  * until forced, fail their first calls transiently, refuse force, or fail it.
  * State lives in memory, or in a JSON file shared by the worker and the

@@ -3,7 +3,7 @@
  * StopflowClient.stop yields ONE workflow run, exactly one caller is told
  * `started: true` (the others joined), and the backend sees each volume's
  * detach started once. Once that stop has ended, 20 more concurrent requests
- * start exactly one new run (DESIGN.md: "a new stop after one has ended is
+ * start exactly one new run (docs/contract.md: "a new stop after one has ended is
  * allowed"), which again detaches nothing twice.
  */
 import { afterAll, beforeAll, expect, inject, test } from 'vitest';

@@ -5,7 +5,7 @@
  * behind its own patch. Do not reshape it.
  *
  * stopInstance: the instance stays `stopping` until the backend confirms every
- * volume detached; only then is it stopped (DESIGN.md "The stop, step by step").
+ * volume detached; only then is it stopped (docs/contract.md).
  *
  *   stopping ──all volumes detached──► stopInstance ──► stopped
  *      │
