@@ -17,7 +17,10 @@ import { ApplicationFailure } from '@temporalio/common';
 import { optionalTsToMs } from '@temporalio/common/lib/time';
 import { DURATION_RULE, formatDuration, parseDuration } from '../common/duration';
 import {
+  ABORT_SIGNAL,
   DEFAULT_TASK_QUEUE,
+  SET_MAX_STOP_DURATION_UPDATE,
+  STATUS_QUERY,
   STOP_FAILED,
   StopCauseKey,
   StopForcedKey,
@@ -26,12 +29,25 @@ import {
   workflowIdFor,
 } from '../common/names';
 import { ID_PATTERN, INSTANCE_ID_RULE, parseStopRequest, type StopRequest } from '../common/request';
-import type { AbortPayload, SetMaxStopDurationResult, StopPhase, StopStatus, VolumeStatus } from '../common/status';
+import type {
+  AbortPayload,
+  SetMaxStopDurationInput,
+  SetMaxStopDurationResult,
+  StopPhase,
+  StopStatus,
+  VolumeStatus,
+} from '../common/status';
 import { VOLUME_ACTIVITY_TYPES, type WaitHeartbeat } from '../common/stop-activities';
-import { abortSignal, setMaxStopDurationUpdate, statusQuery } from '../workflows/definitions';
-import type { stopInstance } from '../workflows/stop-instance';
 import { type AuditEntry, auditEntries, failureText, HistoryDecoder } from './history';
 import { STOP_PHASES, stopsQuery } from './queries';
+
+/**
+ * The stopInstance workflow's signature, stated here rather than imported from
+ * workflows/ so that the client (and its published package) needs neither the
+ * workflow's code nor @temporalio/workflow. test/client-package.test.ts checks
+ * that it matches `typeof stopInstance`.
+ */
+export type StopInstanceWorkflow = (request: StopRequest) => Promise<StopStatus>;
 
 export interface StopflowClientOptions {
   client: Client;
@@ -86,7 +102,7 @@ export interface StopHandle {
   runId: string;
   /** False when the call joined a stop of this instance that was already running. */
   started: boolean;
-  handle: WorkflowHandle<typeof stopInstance>;
+  handle: WorkflowHandle<StopInstanceWorkflow>;
 }
 
 /** What an activity working for the stop is doing right now (from the server's pending-activity view). */
@@ -217,7 +233,7 @@ export class StopflowClient {
     // A token in the memo tells whether this call started the run or joined a running one.
     const startToken = randomUUID();
     try {
-      const handle = await this.client.workflow.start<typeof stopInstance>(WORKFLOW_TYPE, {
+      const handle = await this.client.workflow.start<StopInstanceWorkflow>(WORKFLOW_TYPE, {
         taskQueue: this.taskQueue,
         workflowId,
         args: [request],
@@ -242,8 +258,8 @@ export class StopflowClient {
     }
   }
 
-  private handle(instanceId: string, runId?: string): WorkflowHandle<typeof stopInstance> {
-    return this.client.workflow.getHandle<typeof stopInstance>(workflowIdFor(checkInstanceId(instanceId)), runId);
+  private handle(instanceId: string, runId?: string): WorkflowHandle<StopInstanceWorkflow> {
+    return this.client.workflow.getHandle<StopInstanceWorkflow>(workflowIdFor(checkInstanceId(instanceId)), runId);
   }
 
   /**
@@ -263,7 +279,9 @@ export class StopflowClient {
     const handle = this.handle(instanceId);
     await this.requireRunning(instanceId, handle, 'abort');
     try {
-      await handle.signal(abortSignal, payload);
+      // By name with the argument types spelled out: the client's own API, no
+      // defineSignal (and so no @temporalio/workflow) needed. Same below.
+      await handle.signal<[AbortPayload?]>(ABORT_SIGNAL, payload);
     } catch (err) {
       throw this.translate(instanceId, err, 'abort');
     }
@@ -275,7 +293,10 @@ export class StopflowClient {
     const handle = this.handle(instanceId);
     await this.requireRunning(instanceId, handle, 'change maxStopDuration of');
     try {
-      return await handle.executeUpdate(setMaxStopDurationUpdate, { args: [{ maxStopDuration }] });
+      return await handle.executeUpdate<SetMaxStopDurationResult, [SetMaxStopDurationInput]>(
+        SET_MAX_STOP_DURATION_UPDATE,
+        { args: [{ maxStopDuration }] },
+      );
     } catch (err) {
       if (err instanceof WorkflowUpdateFailedError) {
         const cause = err.cause instanceof Error ? err.cause.message : err.message;
@@ -463,7 +484,7 @@ export class StopflowClient {
       }
     }
     try {
-      return await handle.query(statusQuery);
+      return await handle.query<StopStatus>(STATUS_QUERY);
     } catch (err) {
       throw this.translate(instanceId, err, 'read the status of');
     }

@@ -1,5 +1,5 @@
 import type { Client } from '@temporalio/client';
-import { ConnectionFailedError, connectTemporalClient } from '../connection';
+import { ConnectionFailedError, connectTemporalClient } from '../connect';
 
 /** Exit codes of the `stopflow` CLI (documented in the README). */
 export const EXIT = { stopped: 0, stopFailed: 1, badInput: 2, notFoundOrNoConnection: 3 } as const;
