@@ -161,11 +161,16 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
 
     async requestDetach(target: VolumeTarget): Promise<RequestResult> {
       const backend = backends.resolve(target.provider);
-      await heartbeating(
+      const ctx = Context.current();
+      const state = await heartbeating(
         () => undefined,
-        () => backend.call('detachVolume', (o) => backend.provider.detachVolume(target.instanceId, target.volume, o)),
+        async () => {
+          await backend.call('detachVolume', (o) => backend.provider.detachVolume(target.instanceId, target.volume, o));
+          // One coalesced check: a detach that is done already skips the wait (and its queue) entirely.
+          return backend.states.check(target, ctx.cancellationSignal);
+        },
       );
-      return { requests: Context.current().info.attempt };
+      return { requests: ctx.info.attempt, state };
     },
 
     async awaitDetached(target: VolumeTarget): Promise<WaitResult> {

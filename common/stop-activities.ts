@@ -27,6 +27,11 @@ export interface WaitHeartbeat {
 export interface RequestResult {
   /** Requests sent, retries inside the attempt included. */
   requests: number;
+  /**
+   * The backend's answer right after the request: a backend that detaches at once needs no
+   * wait, and so never queues on the waits task queue behind stuck volumes.
+   */
+  state: BackendState;
 }
 
 /**

@@ -18,8 +18,11 @@ import { waitsTaskQueue } from '../common/stop-activities';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 
-/** Waits that may poll at once; past its hold window a wait gives its slot back, so this bounds memory, not stops. */
-export const DEFAULT_MAX_CONCURRENT_WAITS = 500;
+/**
+ * Waits that may poll at once. A wait is a promise and a timer, and its checks are coalesced per
+ * provider, so slots are cheap: enough that thousands of stuck volumes never make a new wait queue.
+ */
+export const DEFAULT_MAX_CONCURRENT_WAITS = 5_000;
 /**
  * Workflows kept in memory between tasks. A waiting stop wakes rarely (a timer, a
  * wait's result), so replaying it then is cheaper than keeping every one cached:
@@ -150,6 +153,9 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     taskQueue: waitsTaskQueue(taskQueue),
     activities: { awaitDetached },
     maxConcurrentActivityTaskExecutions: options.maxConcurrentWaits ?? DEFAULT_MAX_CONCURRENT_WAITS,
+    // A wait is read-only and abandoned when cancelled: it needs no prompt cancel, and five thousand of them
+    // heartbeating every second would be five thousand calls a second to Temporal.
+    maxHeartbeatThrottleInterval: '30s',
   });
   return new StopflowWorker(main, waits);
 }

@@ -82,9 +82,11 @@ const stopping: ActivityOptions = { ...urgent, startToCloseTimeout: '15m' };
 // Where the server has task priority on, a force (what an abort asks for) goes ahead of everything else queued.
 const force: ActivityOptions = { ...urgent, startToCloseTimeout: '5m', retry: BOUNDED, priority: { priorityKey: 1 } };
 // Read-only, so a cancelled wait is not awaited; past its hold window it asks to be retried (StillDetaching).
+// It heartbeats rarely (its worker throttles to 30 s): thousands of stuck volumes must not flood the server.
 const wait: ActivityOptions = {
   ...urgent,
   startToCloseTimeout: '10m',
+  heartbeatTimeout: '2m',
   cancellationType: ActivityCancellationType.TRY_CANCEL,
 };
 
@@ -269,7 +271,9 @@ async function detachGracefully(state: StopState, volume: VolumeStatus, target: 
   const id = volume.volumeId;
   for (;;) {
     move(state, volume, 'detaching');
-    volume.attempts += (await activities(say.request(id), urgent).requestDetach(target)).requests;
+    const requested = await activities(say.request(id), urgent).requestDetach(target);
+    volume.attempts += requested.requests;
+    if (requested.state === 'detached') return;
     const waited = await activities(say.wait(id), {
       ...wait,
       taskQueue: waitsTaskQueue(workflowInfo().taskQueue),

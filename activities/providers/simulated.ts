@@ -157,6 +157,8 @@ export class SimulatedProvider implements Provider {
   readonly maxBatch: number;
   /** Calls the backend answered (or throttled), by operation: what a cloud's API would bill or limit. */
   readonly calls = new Map<string, number>();
+  /** Calls answered "throttled" (rateLimitPerSecond). */
+  throttledCalls = 0;
   private recentCalls: number[] = [];
 
   constructor(
@@ -320,6 +322,7 @@ export class SimulatedProvider implements Provider {
       this.recentCalls = this.recentCalls.filter((t) => t > now - 1_000);
       this.recentCalls.push(now);
       if (this.recentCalls.length > rateLimitPerSecond) {
+        this.throttledCalls++;
         throw new ThrottledProviderError(`simulated ${operation}: RequestLimitExceeded (over ${rateLimitPerSecond}/s)`);
       }
     }

@@ -1,0 +1,230 @@
+/**
+ * Incident scale (docs/worker.md "Isolation" and "Call budget"): the call
+ * budget and its shared backoff, coalesced state checks, and through the
+ * workflow on the dev server, a healthy stop and an abort that go through
+ * while every wait slot is taken by stuck volumes. Speed is measured in
+ * `npm run bench` (incident); these check behaviour.
+ */
+import { randomUUID } from 'node:crypto';
+import { NativeConnection } from '@temporalio/worker';
+import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
+import { Backend } from '../activities/backend';
+import { type BudgetClock, CallBudgetLimiter } from '../activities/call-budget';
+import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
+import { StopflowClient } from '../client/stopflow-client';
+import { createStopflowWorker, type StopflowWorker } from '../worker/worker';
+import { connectClient, eventually, installQuietRuntime } from './helpers';
+
+/** Lets every pending promise chain run (the budget's queue is a chain of them). */
+const settle = () => new Promise((resolve) => setImmediate(resolve));
+
+/** A clock the test moves by hand: sleeps resolve when the test advances past them. */
+class ManualClock implements BudgetClock {
+  private t = 0;
+  private sleepers: { until: number; resolve: () => void }[] = [];
+  now(): number {
+    return this.t;
+  }
+  sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => this.sleepers.push({ until: this.t + ms, resolve }));
+  }
+  async advance(ms: number): Promise<void> {
+    const end = this.t + ms;
+    await settle();
+    for (;;) {
+      const next = this.sleepers.filter((s) => s.until <= end).sort((a, b) => a.until - b.until)[0];
+      if (!next) break;
+      this.t = Math.max(this.t, next.until);
+      this.sleepers = this.sleepers.filter((s) => s !== next);
+      next.resolve();
+      // Let the woken caller run (and maybe sleep again) before the clock moves on.
+      await settle();
+    }
+    this.t = end;
+  }
+}
+
+describe('call budget', () => {
+  test('calls per second keep to the budget however many callers wait', async () => {
+    const clock = new ManualClock();
+    const budget = new CallBudgetLimiter({ callsPerSecond: 10, burst: 5 }, clock);
+    let done = 0;
+    for (let i = 0; i < 100; i++) void budget.take().then(() => done++);
+    await clock.advance(0);
+    expect(done).toBe(5); // the burst
+    await clock.advance(1_000);
+    expect(done).toBe(15); // plus one second at 10/s
+    await clock.advance(2_000);
+    expect(done).toBe(35);
+  });
+
+  test('a throttling answer pauses every caller, for the Retry-After when the backend gave one', async () => {
+    const clock = new ManualClock();
+    const budget = new CallBudgetLimiter({ callsPerSecond: 100, burst: 100 }, clock);
+    budget.throttled(5_000);
+    let done = 0;
+    for (let i = 0; i < 10; i++) void budget.take().then(() => done++);
+    await clock.advance(4_900);
+    expect(done).toBe(0);
+    await clock.advance(200);
+    expect(done).toBeGreaterThan(0);
+    expect(budget.counts.throttled).toBe(1);
+  });
+
+  test('without a Retry-After the backoff grows with each throttling answer', async () => {
+    const clock = new ManualClock();
+    const budget = new CallBudgetLimiter(undefined, clock);
+    budget.throttled();
+    budget.throttled();
+    budget.throttled();
+    let done = false;
+    void budget.take().then(() => {
+      done = true;
+    });
+    // Third backoff: 4 s, with jitter between half and all of it.
+    await clock.advance(1_900);
+    expect(done).toBe(false);
+    await clock.advance(2_200);
+    expect(done).toBe(true);
+  });
+
+  test('a caller that is cancelled while it waits gives up without blocking the others', async () => {
+    const clock = new ManualClock();
+    const budget = new CallBudgetLimiter({ callsPerSecond: 1, burst: 1 }, clock);
+    await budget.take();
+    const controller = new AbortController();
+    const cancelled = budget.take(controller.signal);
+    let next = false;
+    void budget.take().then(() => {
+      next = true;
+    });
+    controller.abort(new Error('activity cancelled'));
+    await expect(cancelled).rejects.toThrow('activity cancelled');
+    await clock.advance(1_100);
+    expect(next).toBe(true);
+  });
+});
+
+describe('coalesced state checks', () => {
+  test('checks of many volumes at once are one backend call per batch, with the same answers', async () => {
+    const sim = new SimulatedProvider(new MemorySimStore(), {}, { maxBatch: 20 });
+    const volumes = Array.from({ length: 50 }, (_, i) => ({ volumeId: `vol-${i}` }));
+    await sim.addInstance('i-batch', volumes);
+    for (const v of volumes.slice(0, 25)) await sim.detachVolume('i-batch', v);
+    const backend = new Backend(sim);
+    const states = await Promise.all(volumes.map((volume) => backend.states.check({ instanceId: 'i-batch', volume })));
+    expect(sim.calls.get('getAttachmentStates')).toBe(3); // 50 checks in batches of 20
+    expect(sim.calls.get('getAttachmentState')).toBeUndefined();
+    const oneByOne = await Promise.all(volumes.map((v) => sim.getAttachmentState('i-batch', v)));
+    expect(states).toEqual(oneByOne);
+  });
+
+  test('a batch that one volume makes fail is answered volume by volume', async () => {
+    const sim = new SimulatedProvider(new MemorySimStore());
+    await sim.addInstance('i-ok', [{ volumeId: 'vol-ok' }]);
+    const backend = new Backend(sim);
+    const [ok, missing] = await Promise.allSettled([
+      backend.states.check({ instanceId: 'i-ok', volume: { volumeId: 'vol-ok' } }),
+      backend.states.check({ instanceId: 'i-unknown', volume: { volumeId: 'vol-x' } }),
+    ]);
+    expect(ok).toEqual({ status: 'fulfilled', value: 'attached' });
+    expect(missing.status).toBe('rejected');
+  });
+});
+
+describe('through the workflow', () => {
+  const taskQueue = `incident-${randomUUID()}`;
+  // The backend allows 20 calls a second; the worker must keep to 10.
+  const sim = new SimulatedProvider(
+    new MemorySimStore(),
+    { rateLimitPerSecond: 20 },
+    { name: 'simulated', budget: { callsPerSecond: 10, burst: 10 }, maxBatch: 100 },
+  );
+  // A backend that allows 4 calls a second, with a worker budget far above it: throttling must slow the worker.
+  const strict = new SimulatedProvider(
+    new MemorySimStore(),
+    { rateLimitPerSecond: 4 },
+    { name: 'strict', budget: { callsPerSecond: 50, burst: 50 } },
+  );
+  let worker: StopflowWorker;
+  let running: Promise<void>;
+  let connection: NativeConnection;
+  let stopflow: StopflowClient;
+  let closeClient: () => Promise<void>;
+
+  beforeAll(async () => {
+    installQuietRuntime();
+    const client = await connectClient();
+    closeClient = () => client.connection.close();
+    stopflow = new StopflowClient({ client, taskQueue });
+    connection = await NativeConnection.connect({ address: inject('temporalAddress') });
+    worker = await createStopflowWorker({
+      connection,
+      taskQueue,
+      providers: [sim, strict],
+      pollIntervalMs: 1_000,
+      // Waits hold their slot for a long time: two wait slots, both taken by stuck volumes.
+      holdMs: 120_000,
+      maxConcurrentWaits: 2,
+      workflowBundle: { codePath: inject('workflowBundlePath') },
+    });
+    running = worker.run();
+  });
+  afterAll(async () => {
+    worker?.shutdown();
+    await running;
+    await connection?.close();
+    await closeClient?.();
+  });
+
+  test('with every wait slot taken by stuck volumes, a healthy stop still stops and an abort still forces', async () => {
+    const stuck = Array.from({ length: 6 }, (_, i) => `stuck-${i}-${randomUUID().slice(0, 6)}`);
+    for (const id of stuck) {
+      await sim.addInstance(id, [{ volumeId: 'vol-stuck', behavior: { hang: true } }]);
+      await stopflow.stop({ instanceId: id, volumes: [{ volumeId: 'vol-stuck' }] });
+    }
+    await eventually(async () => {
+      const statuses = await Promise.all(stuck.map((id) => stopflow.status(id)));
+      return statuses.every((s) => s.volumes[0]?.state === 'detaching');
+    }, 'every stuck volume to be detaching');
+
+    const healthy = `healthy-${randomUUID().slice(0, 6)}`;
+    await sim.addInstance(healthy, [{ volumeId: 'vol-a' }, { volumeId: 'vol-b' }]);
+    await stopflow.stop({ instanceId: healthy });
+    expect((await stopflow.result(healthy)).phase).toBe('stopped');
+
+    // The last stuck stop's wait has no slot at all; its abort must still reach the force.
+    const last = stuck[stuck.length - 1] as string;
+    await stopflow.abort(last, { reason: 'incident drill' });
+    const result = await stopflow.result(last);
+    expect(result.volumes[0]?.state).toBe('force_detached');
+    for (const id of stuck.slice(0, -1)) await stopflow.abort(id);
+    for (const id of stuck.slice(0, -1)) expect((await stopflow.result(id)).phase).toBe('stopped');
+  });
+
+  test('backend calls per second keep to the budget while many volumes are stuck', async () => {
+    const ids = Array.from({ length: 30 }, (_, i) => `many-${i}-${randomUUID().slice(0, 6)}`);
+    for (const id of ids) {
+      await sim.addInstance(id, [{ volumeId: 'vol-stuck', behavior: { hang: true } }]);
+      await stopflow.stop({ instanceId: id, volumes: [{ volumeId: 'vol-stuck' }] });
+    }
+    const before = sim.totalCalls();
+    const started = Date.now();
+    await new Promise((resolve) => setTimeout(resolve, 5_000));
+    const perSecond = (sim.totalCalls() - before) / ((Date.now() - started) / 1000);
+    // The budget is 10/s with a burst of 10: over 5 s at most 10 + 10 * elapsed.
+    expect(perSecond).toBeLessThanOrEqual(10 + 10 / 5 + 1);
+    for (const id of ids) await stopflow.abort(id);
+    for (const id of ids) expect((await stopflow.result(id)).phase).toBe('stopped');
+  });
+
+  test('a throttling backend slows every call of its provider, and the stops still end', async () => {
+    const ids = Array.from({ length: 4 }, (_, i) => `strict-${i}-${randomUUID().slice(0, 6)}`);
+    for (const id of ids) await strict.addInstance(id, [{ volumeId: 'vol-a' }, { volumeId: 'vol-b' }]);
+    await Promise.all(ids.map((instanceId) => stopflow.stop({ instanceId, provider: 'strict' })));
+    for (const id of ids) expect((await stopflow.result(id)).phase).toBe('stopped');
+    expect(strict.throttledCalls).toBeGreaterThan(0);
+    // Backing off, the worker makes far fewer calls than it would by retrying every throttled call at once.
+    expect(strict.throttledCalls).toBeLessThan(strict.totalCalls() / 2);
+  });
+});
