@@ -118,6 +118,52 @@ describe('worker configuration', () => {
     });
   });
 
+  it('azure needs a subscription id; its endpoint must be https; the summary hides the secret', async () => {
+    expect(issuesOf({ STOPFLOW_PROVIDERS: 'azure' })).toEqual([
+      'AZURE_SUBSCRIPTION_ID: must be the Azure subscription id (a GUID) of the VMs the azure provider stops, set when azure is in STOPFLOW_PROVIDERS',
+    ]);
+    expect(
+      issuesOf({
+        STOPFLOW_PROVIDERS: 'azure',
+        AZURE_SUBSCRIPTION_ID: 'prod',
+        STOPFLOW_AZURE_ENDPOINT: 'http://arm.local',
+      }),
+    ).toEqual([
+      expect.stringMatching(/^STOPFLOW_AZURE_ENDPOINT: must be the https URL of Azure Resource Manager/),
+      expect.stringMatching(/^AZURE_SUBSCRIPTION_ID: must be the Azure subscription id \(a GUID\)/),
+    ]);
+    // Not configured: another tool's AZURE_SUBSCRIPTION_ID is none of the worker's business.
+    expect(() =>
+      loadWorkerConfig({ ...base, STOPFLOW_PROVIDERS: 'simulated', AZURE_SUBSCRIPTION_ID: 'whatever' }),
+    ).not.toThrow();
+    const env = {
+      STOPFLOW_PROVIDERS: 'azure',
+      AZURE_SUBSCRIPTION_ID: '00000000-1111-2222-3333-444444444444',
+      AZURE_CLIENT_ID: 'app-1',
+      AZURE_CLIENT_SECRET: 'azure-secret-7777',
+    };
+    const config = loadWorkerConfig({ ...base, ...env });
+    const summary = describeWorkerConfig(config, env);
+    expect(summary).toMatchObject({
+      azure: {
+        subscription: env.AZURE_SUBSCRIPTION_ID,
+        endpoint: 'https://management.azure.com',
+        credentials: 'service principal app-1 (secret hidden)',
+      },
+    });
+    expect(JSON.stringify(summary)).not.toContain('azure-secret-7777');
+    // Built from the environment, as the worker builds it.
+    const saved = process.env.AZURE_SUBSCRIPTION_ID;
+    process.env.AZURE_SUBSCRIPTION_ID = env.AZURE_SUBSCRIPTION_ID;
+    try {
+      const [azure] = await buildProviders(config.providers, { simStatePath: join(dir, 'sim.json') });
+      expect(azure).toMatchObject({ name: 'azure', subscriptionId: env.AZURE_SUBSCRIPTION_ID, supportsForce: true });
+    } finally {
+      if (saved === undefined) delete process.env.AZURE_SUBSCRIPTION_ID;
+      else process.env.AZURE_SUBSCRIPTION_ID = saved;
+    }
+  });
+
   it('linux needs an allow-list: a volume directory, device patterns, or both', () => {
     expect(issuesOf({ STOPFLOW_PROVIDERS: 'simulated,linux' })).toEqual([
       'STOPFLOW_LINUX_VOLUME_DIR: must be set when linux is in STOPFLOW_PROVIDERS (a directory whose loop images are the volumes), ' +

@@ -181,6 +181,19 @@ const LINUX_ALLOW_LIST_RULE =
   '(comma-separated globs of the devices the linux provider may detach, such as "/dev/nvme[1-9]n1"), or both: ' +
   'without an allow-list the provider would touch any device a request names';
 
+/** A GUID, as activities/providers/azure.ts checks it (not imported: that module loads the Azure SDK). */
+const AZURE_SUBSCRIPTION_ID = /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/;
+const AZURE_SUBSCRIPTION_RULE = 'must be the Azure subscription id (a GUID) of the VMs the azure provider stops';
+const AZURE_ENDPOINT_RULE =
+  'must be the https URL of Azure Resource Manager, such as "https://management.usgovcloudapi.net" (default https://management.azure.com)';
+function isHttpsUrl(text: string): boolean {
+  try {
+    return new URL(text).protocol === 'https:';
+  } catch {
+    return false;
+  }
+}
+
 const ADDRESS_RULE = 'must be host:port, such as "localhost:7233" or "my-namespace.a1b2c.tmprl.cloud:7233"';
 const temporalAddress = z.string().regex(/^[A-Za-z0-9._-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$/, {
   error: ADDRESS_RULE,
@@ -243,6 +256,12 @@ const envSchema = z
         .refine(isAbsolute, { error: 'must be an absolute path (a directory, created when missing)' })
         .optional(),
     ),
+    // Checked only when azure is configured (superRefine): other tools on the host may use it their own way.
+    AZURE_SUBSCRIPTION_ID: z.preprocess(blankToUndefined, z.string().trim().optional()),
+    STOPFLOW_AZURE_ENDPOINT: z.preprocess(
+      blankToUndefined,
+      z.string().trim().refine(isHttpsUrl, { error: AZURE_ENDPOINT_RULE }).optional(),
+    ),
     STOPFLOW_POLL_INTERVAL: z.preprocess(blankToUndefined, durationVar('5s', POLL_INTERVAL_RANGE_MS).default(5_000)),
     STOPFLOW_DETACH_HOLD: z.preprocess(blankToUndefined, durationVar('60s', DETACH_HOLD_RANGE_MS).default(60_000)),
     STOPFLOW_MAX_POLL_INTERVAL: z.preprocess(
@@ -287,6 +306,14 @@ const envSchema = z
         code: 'custom',
         path: ['STOPFLOW_DEFAULT_PROVIDER'],
         message: `must be one of the providers in STOPFLOW_PROVIDERS (${providers.join(', ')})`,
+      });
+    }
+    if (providers.includes('azure') && !AZURE_SUBSCRIPTION_ID.test(env.AZURE_SUBSCRIPTION_ID ?? '')) {
+      // Every VM call names the subscription; without one the provider cannot make any.
+      ctx.addIssue({
+        code: 'custom',
+        path: ['AZURE_SUBSCRIPTION_ID'],
+        message: `${AZURE_SUBSCRIPTION_RULE}, set when azure is in STOPFLOW_PROVIDERS`,
       });
     }
     if (providers.includes('linux')) {
@@ -489,6 +516,7 @@ export function describeWorkerConfig(config: WorkerConfig, env: Env = process.en
     };
   }
   if (config.providers.includes('aws')) summary.aws = describeAws(env);
+  if (config.providers.includes('azure')) summary.azure = describeAzure(env);
   Object.assign(summary, {
     pollInterval: formatDuration(config.pollIntervalMs),
     detachHold: formatDuration(config.detachHoldMs),
@@ -503,6 +531,20 @@ export function describeWorkerConfig(config: WorkerConfig, env: Env = process.en
     workflowBundle: config.workflowBundlePath ?? 'bundled at start',
   });
   return summary;
+}
+
+/** The azure provider reads its subscription and endpoint, and DefaultAzureCredential its identity, from the environment. */
+function describeAzure(env: Env): Record<string, unknown> {
+  const credentials = env.AZURE_FEDERATED_TOKEN_FILE
+    ? `workload identity (client ${env.AZURE_CLIENT_ID ?? 'from the token'})`
+    : env.AZURE_CLIENT_SECRET || env.AZURE_CLIENT_CERTIFICATE_PATH
+      ? `service principal ${env.AZURE_CLIENT_ID ?? '(AZURE_CLIENT_ID not set)'} (secret hidden)`
+      : 'DefaultAzureCredential chain (managed identity, Azure CLI, ...)';
+  return {
+    subscription: env.AZURE_SUBSCRIPTION_ID?.trim(),
+    endpoint: env.STOPFLOW_AZURE_ENDPOINT?.trim() || 'https://management.azure.com',
+    credentials,
+  };
 }
 
 /** The AWS SDK reads region, endpoint and credentials itself (its default chain); show where they come from. */
