@@ -164,6 +164,54 @@ describe('worker configuration', () => {
     }
   });
 
+  it('gcp: project, zone, force and endpoint are checked; the summary names where credentials come from', async () => {
+    expect(
+      issuesOf({
+        STOPFLOW_PROVIDERS: 'gcp',
+        STOPFLOW_GCP_PROJECT: 'Not A Project',
+        STOPFLOW_GCP_ZONE: 'US Central',
+        STOPFLOW_GCP_FORCE: 'yes',
+        STOPFLOW_GCP_ENDPOINT: 'http://compute.example.com',
+      }),
+    ).toEqual([
+      expect.stringMatching(/^STOPFLOW_GCP_PROJECT: must be a Google Cloud project id/),
+      expect.stringMatching(/^STOPFLOW_GCP_ZONE: must be a Compute Engine zone/),
+      expect.stringMatching(/^STOPFLOW_GCP_FORCE: must be "off" .* or "stop-instance"/),
+      expect.stringMatching(
+        /^STOPFLOW_GCP_ENDPOINT: must be the https URL .* or a plain http URL on a loopback address/,
+      ),
+    ]);
+    const env = {
+      STOPFLOW_PROVIDERS: 'gcp',
+      STOPFLOW_GCP_PROJECT: 'stopflow-prod',
+      STOPFLOW_GCP_ZONE: 'europe-west1-b',
+      STOPFLOW_GCP_FORCE: 'stop-instance',
+      GOOGLE_APPLICATION_CREDENTIALS: '/etc/stopflow/gcp-key.json',
+    };
+    const config = loadWorkerConfig({ ...base, ...env });
+    expect(describeWorkerConfig(config, env)).toMatchObject({
+      gcp: {
+        project: 'stopflow-prod',
+        zone: 'europe-west1-b',
+        force: expect.stringMatching(/^stop-instance/),
+        endpoint: 'Google default',
+        credentials: 'key file /etc/stopflow/gcp-key.json (contents hidden)',
+      },
+    });
+    // Built from the environment, as the worker builds it.
+    const saved = { ...process.env };
+    Object.assign(process.env, env);
+    try {
+      const [gcp] = await buildProviders(config.providers, { simStatePath: join(dir, 'sim.json') });
+      expect(gcp).toMatchObject({ name: 'gcp', supportsForce: true });
+      process.env.STOPFLOW_GCP_FORCE = 'off';
+      const [plain] = await buildProviders(config.providers, { simStatePath: join(dir, 'sim.json') });
+      expect(plain).toMatchObject({ name: 'gcp', supportsForce: false });
+    } finally {
+      process.env = saved;
+    }
+  });
+
   it('linux needs an allow-list: a volume directory, device patterns, or both', () => {
     expect(issuesOf({ STOPFLOW_PROVIDERS: 'simulated,linux' })).toEqual([
       'STOPFLOW_LINUX_VOLUME_DIR: must be set when linux is in STOPFLOW_PROVIDERS (a directory whose loop images are the volumes), ' +
@@ -261,12 +309,12 @@ describe('worker configuration', () => {
     ],
     [
       'STOPFLOW_PROVIDERS',
-      'gcp',
-      `STOPFLOW_PROVIDERS: must be a comma-separated list of providers from: ${PROVIDER_NAMES.join(', ')} (e.g. "simulated"); unknown: gcp`,
+      'openstack',
+      `STOPFLOW_PROVIDERS: must be a comma-separated list of providers from: ${PROVIDER_NAMES.join(', ')} (e.g. "simulated"); unknown: openstack`,
     ],
     [
       'STOPFLOW_DEFAULT_PROVIDER',
-      'gcp',
+      'openstack',
       'STOPFLOW_DEFAULT_PROVIDER: must be one of the providers in STOPFLOW_PROVIDERS (simulated)',
     ],
     [

@@ -194,6 +194,28 @@ function isHttpsUrl(text: string): boolean {
   }
 }
 
+/** GCP names, as activities/providers/gcp.ts checks them (not imported: that module loads the Compute SDK). */
+const GCP_PROJECT = /^(?:[a-z0-9.-]+:)?[a-z][-a-z0-9]{0,61}[a-z0-9]$/;
+const GCP_ZONE = /^[a-z][-a-z0-9]{0,62}$/;
+const GCP_FORCE_RULE =
+  'must be "off" (default: Compute Engine has no forced detach, a disk that will not detach fails the stop) or ' +
+  '"stop-instance" (force by stopping the whole instance at once, then detaching)';
+const GCP_ENDPOINT_RULE =
+  'must be the https URL of the Compute Engine API endpoint, such as "https://compute.googleapis.com", or a plain ' +
+  'http URL on a loopback address (a local test server, to which no credentials are sent)';
+function isGcpEndpoint(text: string): boolean {
+  try {
+    const url = new URL(text);
+    if (url.pathname !== '/' || url.search !== '') return false;
+    return (
+      url.protocol === 'https:' ||
+      (url.protocol === 'http:' && /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])$/.test(url.hostname))
+    );
+  } catch {
+    return false;
+  }
+}
+
 const ADDRESS_RULE = 'must be host:port, such as "localhost:7233" or "my-namespace.a1b2c.tmprl.cloud:7233"';
 const temporalAddress = z.string().regex(/^[A-Za-z0-9._-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$/, {
   error: ADDRESS_RULE,
@@ -261,6 +283,26 @@ const envSchema = z
     STOPFLOW_AZURE_ENDPOINT: z.preprocess(
       blankToUndefined,
       z.string().trim().refine(isHttpsUrl, { error: AZURE_ENDPOINT_RULE }).optional(),
+    ),
+    STOPFLOW_GCP_PROJECT: z.preprocess(
+      blankToUndefined,
+      z
+        .string()
+        .trim()
+        .regex(GCP_PROJECT, { error: 'must be a Google Cloud project id, such as "my-project-123"' })
+        .optional(),
+    ),
+    STOPFLOW_GCP_ZONE: z.preprocess(
+      blankToUndefined,
+      z.string().trim().regex(GCP_ZONE, { error: 'must be a Compute Engine zone, such as "us-central1-a"' }).optional(),
+    ),
+    STOPFLOW_GCP_FORCE: z.preprocess(
+      blankToUndefined,
+      z.enum(['off', 'stop-instance'], { error: GCP_FORCE_RULE }).optional(),
+    ),
+    STOPFLOW_GCP_ENDPOINT: z.preprocess(
+      blankToUndefined,
+      z.string().trim().refine(isGcpEndpoint, { error: GCP_ENDPOINT_RULE }).optional(),
     ),
     STOPFLOW_POLL_INTERVAL: z.preprocess(blankToUndefined, durationVar('5s', POLL_INTERVAL_RANGE_MS).default(5_000)),
     STOPFLOW_DETACH_HOLD: z.preprocess(blankToUndefined, durationVar('60s', DETACH_HOLD_RANGE_MS).default(60_000)),
@@ -516,6 +558,7 @@ export function describeWorkerConfig(config: WorkerConfig, env: Env = process.en
     };
   }
   if (config.providers.includes('aws')) summary.aws = describeAws(env);
+  if (config.providers.includes('gcp')) summary.gcp = describeGcp(env);
   if (config.providers.includes('azure')) summary.azure = describeAzure(env);
   Object.assign(summary, {
     pollInterval: formatDuration(config.pollIntervalMs),
@@ -543,6 +586,26 @@ function describeAzure(env: Env): Record<string, unknown> {
   return {
     subscription: env.AZURE_SUBSCRIPTION_ID?.trim(),
     endpoint: env.STOPFLOW_AZURE_ENDPOINT?.trim() || 'https://management.azure.com',
+    credentials,
+  };
+}
+
+/** The gcp provider reads its variables itself, and credentials through Application Default Credentials. */
+function describeGcp(env: Env): Record<string, unknown> {
+  const endpoint = env.STOPFLOW_GCP_ENDPOINT?.trim();
+  const credentials = endpoint?.startsWith('http:')
+    ? 'none (plain http to a local server)'
+    : env.GOOGLE_APPLICATION_CREDENTIALS
+      ? `key file ${env.GOOGLE_APPLICATION_CREDENTIALS} (contents hidden)`
+      : 'Application Default Credentials (gcloud application-default login, or the attached service account)';
+  return {
+    project: env.STOPFLOW_GCP_PROJECT || env.GOOGLE_CLOUD_PROJECT || 'from Application Default Credentials',
+    zone: env.STOPFLOW_GCP_ZONE || 'none (instance ids name it: zone:name)',
+    force:
+      env.STOPFLOW_GCP_FORCE?.trim() === 'stop-instance'
+        ? 'stop-instance (a force stops the whole instance at once)'
+        : 'off (no forced detach: a disk that will not detach fails the stop)',
+    endpoint: endpoint || 'Google default',
     credentials,
   };
 }

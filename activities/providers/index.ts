@@ -7,7 +7,7 @@ import type { Provider } from '../provider';
 import { FileSimStore, SimulatedProvider } from './simulated';
 
 /** Every provider name a worker can be configured with, in the order they are documented. */
-export const PROVIDER_NAMES = ['simulated', 'linux', 'aws', 'azure'] as const;
+export const PROVIDER_NAMES = ['simulated', 'linux', 'aws', 'gcp', 'azure'] as const;
 export type ProviderName = (typeof PROVIDER_NAMES)[number];
 
 export function isProviderName(name: string): name is ProviderName {
@@ -29,6 +29,8 @@ export interface ProviderSettings {
   linuxStateDir?: string;
   // aws: region, endpoint and credentials come from the AWS SDK's default chain (AWS_REGION,
   // AWS_ENDPOINT_URL_EC2, AWS_PROFILE, web identity, instance or pod role).
+  // gcp: project, zone, force opt-in and endpoint from the environment (STOPFLOW_GCP_PROJECT, STOPFLOW_GCP_ZONE,
+  // STOPFLOW_GCP_FORCE, STOPFLOW_GCP_ENDPOINT); credentials from Application Default Credentials.
   // azure: the subscription (AZURE_SUBSCRIPTION_ID) and Resource Manager endpoint (STOPFLOW_AZURE_ENDPOINT) are read
   // from the environment like AWS's; credentials come from DefaultAzureCredential (AZURE_CLIENT_ID, managed identity, ...).
 }
@@ -57,6 +59,10 @@ async function buildProvider(name: ProviderName, settings: ProviderSettings): Pr
     case 'aws': {
       const { AwsProvider } = await import('./aws');
       return new AwsProvider({});
+    }
+    case 'gcp': {
+      const { GcpProvider, gcpOptionsFromEnv } = await import('./gcp');
+      return new GcpProvider(gcpOptionsFromEnv(process.env));
     }
     case 'azure': {
       const { AzureProvider } = await import('./azure');
