@@ -283,6 +283,8 @@ export class StopflowClient {
       // defineSignal (and so no @temporalio/workflow) needed. Same below.
       await handle.signal<[AbortPayload?]>(ABORT_SIGNAL, payload);
     } catch (err) {
+      // It ended between the check and the signal: say so, as if it had ended before.
+      if (err instanceof WorkflowNotFoundError) await this.requireRunning(instanceId, handle, 'abort');
       throw this.translate(instanceId, err, 'abort');
     }
   }
@@ -302,6 +304,8 @@ export class StopflowClient {
         const cause = err.cause instanceof Error ? err.cause.message : err.message;
         throw new InvalidInputError(cause);
       }
+      if (err instanceof WorkflowNotFoundError)
+        await this.requireRunning(instanceId, handle, 'change maxStopDuration of');
       throw this.translate(instanceId, err, 'change maxStopDuration of');
     }
   }

@@ -66,7 +66,7 @@ describe('StopflowClient', () => {
     }, 'vol-2 detaching with several checks');
     expect(progress.running).toBe(true);
     expect(progress.executionStatus).toBe('RUNNING');
-    expect(progress.volumes[1]?.work).toMatchObject({ activityType: 'detachVolume', backendState: 'detaching' });
+    expect(progress.volumes[1]?.work).toMatchObject({ activityType: 'awaitDetached', backendState: 'detaching' });
     expect(progress.volumes[1]?.work?.waitingSince).toMatch(/^\d{4}-/);
 
     const { deadline } = await h.stopflow.setMaxStopDuration(instanceId, '2h');
@@ -101,16 +101,17 @@ describe('StopflowClient', () => {
     const expectations = [
       /^stop started from .* by tester \(reason: client test\): stop cl-.*: 2 volume\(s\), maxStopDuration 1h$/,
       /^timer started: maxStopDuration deadline .* \(fires in 1h\)$/,
-      /^scheduled detachVolume: detach vol-2: request, then wait until detached$/,
-      /^completed detachVolume: detach vol-1/,
+      /^scheduled requestDetach: detach vol-2: request$/,
+      /^scheduled awaitDetached: wait until vol-2 is detached$/,
+      /^completed requestDetach: detach vol-1/,
       /^update setMaxStopDuration accepted from .*: \{"maxStopDuration":"2h"\}$/,
       /^update setMaxStopDuration completed: \{"deadline":".*"\}$/,
       /^timer cancelled: maxStopDuration deadline/,
       /^signal abort from .*: \{"reason":"maintenance window over","requestedBy":"tester"\}$/,
       /^recorded StopCause="abort"$|^recorded StopCause=abort$/,
       /^scheduled forceDetachVolume: abort by tester: force-detaching vol-2$/,
-      /^cancel requested for detachVolume: detach vol-2/,
-      /^completed stopInstance: stop instance/,
+      /^cancel requested for awaitDetached: wait until vol-2 is detached/,
+      /^completed stopInstanceIfDetached: stop instance/,
       /^stop ended: phase stopped, instance stopped; vol-1 detached, vol-2 force_detached$/,
     ];
     for (const expected of expectations)

@@ -261,7 +261,8 @@ function violations(o: Outcome): string[] {
       broken.push(`${v.volumeId} was forced but reported ${reported?.state ?? 'nowhere'}`);
     }
     if (v.forced && status.escalation === null) broken.push(`${v.volumeId} was forced without an escalation`);
-    if (v.behavior.force === 'ok' && v.behavior.failFirst === 0 && v.forceCalls > 1) broken.push(`${v.volumeId} was forced ${v.forceCalls} times`);
+    if (v.behavior.force === 'ok' && v.behavior.failFirst === 0 && v.forceCalls > 1)
+      broken.push(`${v.volumeId} was forced ${v.forceCalls} times`);
   }
   const cancelled = /cancelled/.test(status.error ?? '');
   for (const r of status.volumes) {

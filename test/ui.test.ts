@@ -146,10 +146,11 @@ async function expectCommonStory(ui: WorkflowPage, stop: FinishedStop, name: str
   await page.getByText('stopInstance', { exact: true }).first().waitFor();
 
   // "All": one row per event, each scheduled activity with its type and summary.
-  await ui.expectRow('Activity Task Scheduled', 'detachVolume', 'vol-ok');
-  await ui.expectRow('Activity Task Scheduled', 'detachVolume', 'vol-stuck');
+  await ui.expectRow('Activity Task Scheduled', 'requestDetach', 'vol-ok');
+  await ui.expectRow('Activity Task Scheduled', 'requestDetach', 'vol-stuck');
+  await ui.expectRow('Activity Task Scheduled', 'awaitDetached', 'vol-stuck');
   await ui.expectRow('Activity Task Scheduled', 'forceDetachVolume', 'vol-stuck');
-  await ui.expectRow('Activity Task Scheduled', 'stopInstance', stop.instanceId);
+  await ui.expectRow('Activity Task Scheduled', 'stopInstanceIfDetached', stop.instanceId);
   await ui.expectRow('Workflow Execution Completed');
   await screenshot(page, `${name}-history-all`);
 
@@ -158,10 +159,11 @@ async function expectCommonStory(ui: WorkflowPage, stop: FinishedStop, name: str
   const rows = await ui.compactRows();
   expect(rows).toEqual(
     expect.arrayContaining([
-      activityRow('detachVolume', 'vol-ok'),
-      activityRow('detachVolume', 'vol-stuck'),
+      activityRow('requestDetach', 'vol-ok'),
+      activityRow('requestDetach', 'vol-stuck'),
+      activityRow('awaitDetached', 'vol-stuck'),
       activityRow('forceDetachVolume', 'vol-stuck'),
-      activityRow('stopInstance', stop.instanceId),
+      activityRow('stopInstanceIfDetached', stop.instanceId),
     ]),
   );
   // Only the stuck volume was forced.

@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -212,7 +212,7 @@ describe('worker process: metrics, logs and graceful shutdown', () => {
       instanceId,
       volumeId: 'vol-slow',
       workflowId: `stop-${instanceId}`,
-      activityType: 'detachVolume',
+      activityType: 'requestDetach',
     });
     const errorLine = await first.waitForLine(
       (l) => l.level === 'warn' && l.instanceId === unknown && l.sdkComponent === 'activity',
@@ -244,11 +244,13 @@ describe('worker process: metrics, logs and graceful shutdown', () => {
       STOPFLOW_METRICS_ADDRESS: `127.0.0.1:${secondPort}`,
     });
     await second.waitUntilPolling();
-    // The second worker takes over the wait on the stuck volume...
-    await second.waitForLine(
-      (l) => l.msg === 'simulated: detach requested' && l.instanceId === instanceId,
-      'the second worker to take over the detach',
-    );
+    // The second worker takes over the wait on the stuck volume (the first handed it back at shutdown)...
+    const secondIdentity = `${second.child.pid}@${hostname()}`;
+    await eventually(async () => {
+      const d = await client.workflow.getHandle(workflowIdFor(instanceId)).describe();
+      const waiting = d.raw.pendingActivities?.find((a) => a.activityType?.name === 'awaitDetached');
+      return waiting?.lastWorkerIdentity === secondIdentity;
+    }, 'the second worker to take over the wait');
     // ...and finishes the stop when it is aborted.
     await stopflow.abort(instanceId, { reason: 'worker-process test', requestedBy: 'test' });
     const final = await stopflow.result(instanceId);

@@ -155,7 +155,7 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     maxConcurrentActivityTaskExecutions: options.maxConcurrentWaits ?? DEFAULT_MAX_CONCURRENT_WAITS,
     // A wait is read-only and abandoned when cancelled: it needs no prompt cancel, and five thousand of them
     // heartbeating every second would be five thousand calls a second to Temporal.
-    maxHeartbeatThrottleInterval: '30s',
+    maxHeartbeatThrottleInterval: '20s',
   });
   return new StopflowWorker(main, waits);
 }

@@ -82,11 +82,12 @@ const stopping: ActivityOptions = { ...urgent, startToCloseTimeout: '15m' };
 // Where the server has task priority on, a force (what an abort asks for) goes ahead of everything else queued.
 const force: ActivityOptions = { ...urgent, startToCloseTimeout: '5m', retry: BOUNDED, priority: { priorityKey: 1 } };
 // Read-only, so a cancelled wait is not awaited; past its hold window it asks to be retried (StillDetaching).
-// It heartbeats rarely (its worker throttles to 30 s): thousands of stuck volumes must not flood the server.
+// It heartbeats rarely (its worker throttles to 20 s): thousands of stuck volumes must not flood the server.
+// A lost worker's waits move to another within 30 s.
 const wait: ActivityOptions = {
   ...urgent,
   startToCloseTimeout: '10m',
-  heartbeatTimeout: '2m',
+  heartbeatTimeout: '30s',
   cancellationType: ActivityCancellationType.TRY_CANCEL,
 };
 

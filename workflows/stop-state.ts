@@ -55,7 +55,7 @@ export function interrupted(state: StopState): boolean {
 }
 
 export function allVolumesSettled(state: StopState): boolean {
-  return state.volumes !== null && state.volumes.every((v) => FINAL_VOLUME_STATES.includes(v.state));
+  return state.volumes?.every((v) => FINAL_VOLUME_STATES.includes(v.state)) ?? false;
 }
 
 export function iso(ms: number | null): string | null {

@@ -274,7 +274,7 @@ test('a worker process killed with SIGKILL mid-stop: a new worker process finish
     await eventually(
       async () => {
         const d = await clients.client.workflow.getHandle(workflowIdFor(stop.instanceId)).describe();
-        const waiting = d.raw.pendingActivities?.find((a) => a.activityType?.name === 'detachVolume');
+        const waiting = d.raw.pendingActivities?.find((a) => a.activityType?.name === 'awaitDetached');
         return waiting?.lastWorkerIdentity === secondIdentity;
       },
       `the new worker to take over the wait of ${stop.instanceId}`,
