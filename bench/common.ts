@@ -10,6 +10,8 @@ export interface BenchContext {
   quick: boolean;
   /** --memory-sizes: stops in flight for the memory scenario, overriding its defaults. */
   memorySizes: number[] | null;
+  /** --incident-sizes: stuck stops per row of the incident scenario (simulated rows), overriding its defaults. */
+  incidentSizes: number[] | null;
   address: string;
   client: Client;
   connection: NativeConnection;

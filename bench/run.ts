@@ -1,14 +1,17 @@
 /**
- * `npm run bench [-- --quick] [-- --only=throughput,reaction,history,memory]`
+ * `npm run bench [-- --quick] [-- --only=throughput,reaction,history,memory,incident]`
  *
  * Starts a real Temporal dev server (in memory), runs each scenario against
  * stopflow and against a baseline in the same process and run, and writes
- * bench/results/latest.json and BENCHMARKS.md. `--only` writes
- * bench/results/partial.json instead and leaves BENCHMARKS.md alone.
- * The dev server, workers and child processes are torn down also on error.
+ * bench/results/latest.json and BENCHMARKS.md. `--only` writes its own run to
+ * bench/results/partial.json and merges its scenarios into latest.json (the
+ * others keep their figures, and latest.json records which run each scenario's
+ * figures come from), then renders BENCHMARKS.md again; `--quick` figures never
+ * replace a scenario's figures from a full run. The dev server, workers and
+ * child processes are torn down also on error.
  */
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { cpus, loadavg, release, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
@@ -27,14 +30,16 @@ import { bundleStopflowWorkflows } from '../worker/worker';
 import type { BenchContext } from './common';
 import { renderMarkdown } from './report';
 import { history } from './scenarios/history';
+import { incident } from './scenarios/incident';
 import { memory } from './scenarios/memory';
 import { reaction, reactionTuned } from './scenarios/reaction';
 import { throughput } from './scenarios/throughput';
 
-const SCENARIOS = { throughput, reaction, reactionTuned, history, memory } as const;
-type ScenarioName = keyof typeof SCENARIOS;
+const SCENARIOS = { throughput, reaction, reactionTuned, history, memory, incident } as const;
+export type ScenarioName = keyof typeof SCENARIOS;
 
-export interface BenchResults {
+/** One invocation of the benchmark: when, how, on what. */
+export interface RunInfo {
   generatedAt: string;
   command: string;
   quick: boolean;
@@ -49,8 +54,57 @@ export interface BenchResults {
   };
   versions: { node: string; temporalSdk: string; temporalCli: string; stopflow: string };
   devServer: string;
+}
+
+/** The top-level RunInfo is the last run that wrote the file. */
+export interface BenchResults extends RunInfo {
   scenarios: Partial<{ [K in ScenarioName]: Awaited<ReturnType<(typeof SCENARIOS)[K]>> }>;
   errors: Partial<Record<ScenarioName, string>>;
+  /**
+   * The run each scenario's figures (or error) come from, once a `--only` run merged into the file.
+   * Absent (or a scenario missing from it): the top-level run.
+   */
+  runs?: Partial<Record<ScenarioName, RunInfo>>;
+}
+
+function runInfo(r: RunInfo): RunInfo {
+  const { generatedAt, command, quick, durationSeconds, machine, versions, devServer } = r;
+  return { generatedAt, command, quick, durationSeconds, machine, versions, devServer };
+}
+
+/**
+ * Merges the scenarios a `--only` run measured into the last results. A quick run's figures do not
+ * replace a full run's (those scenarios are returned in `kept`).
+ */
+export function mergeResults(
+  previous: BenchResults | null,
+  current: BenchResults,
+  names: readonly ScenarioName[],
+): { merged: BenchResults; kept: ScenarioName[] } {
+  if (!previous)
+    return { merged: { ...current, runs: Object.fromEntries(names.map((n) => [n, runInfo(current)])) }, kept: [] };
+  const runs: Partial<Record<ScenarioName, RunInfo>> = {};
+  const had = new Set([...Object.keys(previous.scenarios), ...Object.keys(previous.errors)] as ScenarioName[]);
+  for (const name of had) runs[name] = previous.runs?.[name] ?? runInfo(previous);
+  const scenarios = { ...previous.scenarios } as Record<string, unknown>;
+  const errors = { ...previous.errors };
+  const kept: ScenarioName[] = [];
+  for (const name of names) {
+    const before = runs[name];
+    if (current.quick && before && !before.quick && name in previous.scenarios) {
+      kept.push(name);
+      continue;
+    }
+    if (name in current.scenarios) scenarios[name] = (current.scenarios as Record<string, unknown>)[name];
+    else delete scenarios[name];
+    if (current.errors[name] !== undefined) errors[name] = current.errors[name];
+    else delete errors[name];
+    runs[name] = runInfo(current);
+  }
+  return {
+    merged: { ...runInfo(current), scenarios: scenarios as BenchResults['scenarios'], errors, runs },
+    kept,
+  };
 }
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -72,25 +126,32 @@ interface Args {
   quick: boolean;
   only: ScenarioName[] | null;
   memorySizes: number[] | null;
+  incidentSizes: number[] | null;
+}
+
+function sizesArg(arg: string, name: string, min: number): number[] {
+  const sizes = arg
+    .slice(`--${name}=`.length)
+    .split(',')
+    .map((v) => Number(v));
+  if (sizes.length === 0 || sizes.some((n) => !Number.isInteger(n) || n < min || n > 20_000)) {
+    throw new Error(`--${name}: a comma-separated list of whole numbers from ${min} to 20000, e.g. 100,1000`);
+  }
+  return sizes;
 }
 
 function parseArgs(argv: string[]): Args {
   let quick = false;
   let only: ScenarioName[] | null = null;
   let memorySizes: number[] | null = null;
+  let incidentSizes: number[] | null = null;
   let render = false;
   for (const arg of argv) {
     if (arg === '--quick') quick = true;
     else if (arg === '--render') render = true;
-    else if (arg.startsWith('--memory-sizes=')) {
-      memorySizes = arg
-        .slice('--memory-sizes='.length)
-        .split(',')
-        .map((v) => Number(v));
-      if (memorySizes.length === 0 || memorySizes.some((n) => !Number.isInteger(n) || n < 1 || n > 20_000)) {
-        throw new Error('--memory-sizes: a comma-separated list of whole numbers from 1 to 20000, e.g. 100,1000');
-      }
-    } else if (arg.startsWith('--only=')) {
+    else if (arg.startsWith('--memory-sizes=')) memorySizes = sizesArg(arg, 'memory-sizes', 1);
+    else if (arg.startsWith('--incident-sizes=')) incidentSizes = sizesArg(arg, 'incident-sizes', 0);
+    else if (arg.startsWith('--only=')) {
       const names = arg.slice('--only='.length).split(',').filter(Boolean);
       for (const name of names) {
         if (!(name in SCENARIOS))
@@ -99,14 +160,14 @@ function parseArgs(argv: string[]): Args {
       only = names as ScenarioName[];
     } else if (arg === '--help' || arg === '-h') {
       log(
-        `usage: npm run bench [-- --quick] [-- --only=${Object.keys(SCENARIOS).join(',')}] [-- --memory-sizes=100,1000,5000] [-- --render]`,
+        `usage: npm run bench [-- --quick] [-- --only=${Object.keys(SCENARIOS).join(',')}] [-- --memory-sizes=100,1000,5000] [-- --incident-sizes=0,100,1000] [-- --render]`,
       );
       process.exit(0);
     } else {
       throw new Error(`unknown argument "${arg}" (try --help)`);
     }
   }
-  return { render, quick, only, memorySizes };
+  return { render, quick, only, memorySizes, incidentSizes };
 }
 
 function packageVersion(name: string): string {
@@ -126,7 +187,7 @@ function cliVersion(path: string | undefined): string {
 }
 
 async function main(): Promise<number> {
-  const { render, quick, only, memorySizes } = parseArgs(process.argv.slice(2));
+  const { render, quick, only, memorySizes, incidentSizes } = parseArgs(process.argv.slice(2));
   if (render) {
     const saved = JSON.parse(readFileSync(join(ROOT, 'bench/results/latest.json'), 'utf8')) as BenchResults;
     writeFileSync(join(ROOT, 'BENCHMARKS.md'), renderMarkdown(saved));
@@ -204,6 +265,7 @@ async function main(): Promise<number> {
     const ctx: BenchContext = {
       quick,
       memorySizes,
+      incidentSizes,
       address: server.address,
       client: new Client({ connection: clientConnection }),
       connection,
@@ -239,15 +301,27 @@ async function main(): Promise<number> {
   results.durationSeconds = Math.round((Date.now() - startedAt) / 1000);
   results.machine.loadAverageAtEnd = loadavg().map((v) => Math.round(v * 100) / 100);
   mkdirSync(join(ROOT, 'bench/results'), { recursive: true });
-  const json = `${JSON.stringify(results, null, 2)}\n`;
-  if (only || interrupted) {
-    // A subset, or a run cut short, must not replace the last complete results.
-    writeFileSync(join(ROOT, 'bench/results/partial.json'), json);
-    log(
-      `bench: wrote bench/results/partial.json (${interrupted ? 'interrupted' : '--only'}: BENCHMARKS.md left as it was)`,
-    );
+  const json = (value: BenchResults) => `${JSON.stringify(value, null, 2)}\n`;
+  const latestPath = join(ROOT, 'bench/results/latest.json');
+  if (interrupted) {
+    // A run cut short must not replace the last complete results.
+    writeFileSync(join(ROOT, 'bench/results/partial.json'), json(results));
+    log('bench: wrote bench/results/partial.json (interrupted: BENCHMARKS.md left as it was)');
+  } else if (only) {
+    // This run's own figures, whole; then its scenarios merged into the last results, the others kept.
+    writeFileSync(join(ROOT, 'bench/results/partial.json'), json(results));
+    const previous = existsSync(latestPath) ? (JSON.parse(readFileSync(latestPath, 'utf8')) as BenchResults) : null;
+    const { merged, kept } = mergeResults(previous, results, only);
+    if (kept.length > 0) {
+      log(
+        `bench: --quick figures of ${kept.join(', ')} not merged (latest.json has them from a full run); they are in bench/results/partial.json`,
+      );
+    }
+    writeFileSync(latestPath, json(merged));
+    writeFileSync(join(ROOT, 'BENCHMARKS.md'), renderMarkdown(merged));
+    log('bench: wrote bench/results/partial.json, merged it into bench/results/latest.json and rewrote BENCHMARKS.md');
   } else {
-    writeFileSync(join(ROOT, 'bench/results/latest.json'), json);
+    writeFileSync(latestPath, json(results));
     writeFileSync(join(ROOT, 'BENCHMARKS.md'), renderMarkdown(results));
     log('bench: wrote bench/results/latest.json and BENCHMARKS.md');
   }

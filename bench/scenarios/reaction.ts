@@ -55,7 +55,7 @@ export interface ReactionResult {
   target: { p99Ms: number };
 }
 
-function summarize(values: number[]): LatencySummary {
+export function summarize(values: number[]): LatencySummary {
   return {
     samples: values.length,
     p50: round(percentile(values, 50)),
@@ -72,6 +72,26 @@ function figure(rounds: number[][]): LatencyFigure {
     p99: round(median(perRound.map((s) => s.p99))),
     pooled: summarize(rounds.flat()),
   };
+}
+
+/**
+ * Temporal's own signal → activity floor, one sample: `signalFloor` on a baseline worker
+ * (bench/workers.ts baselineWorker with these marks) waits for `abort`, then runs one
+ * activity; timed from just before the signal is sent to that activity's Date.now().
+ */
+export async function signalFloorOnce(ctx: BenchContext, floorQueue: string, marks: Marks): Promise<number> {
+  const id = `fa-${randomUUID().slice(0, 13)}`;
+  const handle = await ctx.client.workflow.start<typeof signalFloor>('signalFloor', {
+    taskQueue: floorQueue,
+    workflowId: id,
+    args: [id],
+  });
+  await marks.when(`${id}:ready`);
+  const sentAt = Date.now();
+  await handle.signal(ABORT_SIGNAL, { reason: 'bench' });
+  const at = await marks.when(id);
+  await handle.result();
+  return at - sentAt;
 }
 
 export async function reaction(ctx: BenchContext, options: { rounds?: number } = {}): Promise<ReactionResult> {
@@ -113,20 +133,7 @@ export async function reaction(ctx: BenchContext, options: { rounds?: number } =
     return { ms: forcedAt - sentAt, ended };
   };
 
-  const abortFloorOnce = async (): Promise<number> => {
-    const id = `fa-${randomUUID().slice(0, 13)}`;
-    const handle = await ctx.client.workflow.start<typeof signalFloor>('signalFloor', {
-      taskQueue: floorQueue,
-      workflowId: id,
-      args: [id],
-    });
-    await marks.when(`${id}:ready`);
-    const sentAt = Date.now();
-    await handle.signal(ABORT_SIGNAL, { reason: 'bench' });
-    const at = await marks.when(id);
-    await handle.result();
-    return at - sentAt;
-  };
+  const abortFloorOnce = () => signalFloorOnce(ctx, floorQueue, marks);
 
   const deadlineOnce = async (): Promise<number> => {
     const instanceId = `rd-${randomUUID().slice(0, 13)}`;

@@ -1,0 +1,58 @@
+/**
+ * What bench/scenarios/incident.ts and its worker process (bench/incident-worker.ts)
+ * share: the worker's configuration, its IPC messages, and the ids of the
+ * instances and volumes of one row. A module of its own, so the benchmark
+ * never loads the worker's entry point.
+ */
+import type { CallBudget } from '../activities/provider';
+
+export interface IncidentWorkerConfig {
+  provider: 'simulated' | 'aws';
+  address: string;
+  taskQueue: string;
+  bundlePath: string;
+  /** Instance ids are `<prefix>-s<i>` (stuck), `<prefix>-h<i>` (healthy), `<prefix>-a<i>` (abort probes). */
+  prefix: string;
+  stuck: number;
+  healthy: number;
+  probes: number;
+  /** simulated: the budget declared on the provider. */
+  budget?: CallBudget;
+  /** aws: the local EC2 server (already seeded by the benchmark). */
+  ec2Endpoint?: string;
+}
+
+export interface IncidentSample {
+  at: number;
+  rss: number;
+  heapUsed: number;
+  /** User + system CPU of the whole process, microseconds. */
+  cpuMicros: number;
+  /** Stuck stops whose detach request the backend has answered (they then wait). */
+  stuckRequested: number;
+  /** Stuck volumes checked at least once by a wait. */
+  stuckChecked: number;
+  /** Volume states read (a batch of 100 counts 100). */
+  volumesChecked: number;
+  /** simulated: the provider's own `calls` map, by operation. aws: empty (the EC2 server counts). */
+  backendCalls: Record<string, number>;
+  cachedWorkflows: number;
+  inFlightActivations: number;
+  urgentActivities: number;
+  waitActivities: number;
+}
+
+export type ToIncidentWorker = { type: 'sample'; id: number } | { type: 'shutdown' };
+export type FromIncidentWorker =
+  | { type: 'ready' }
+  | { type: 'sample'; id: number; sample: IncidentSample }
+  | { type: 'event'; kind: 'detach' | 'force'; instanceId: string; at: number };
+
+export const stuckId = (prefix: string, i: number) => `${prefix}-s${i}`;
+export const healthyId = (prefix: string, i: number) => `${prefix}-h${i}`;
+/** The healthy stop each row runs before its idle sample (seeded beside the healthy ones). */
+export const warmUpId = (prefix: string) => `${prefix}-w`;
+export const probeId = (prefix: string, i: number) => `${prefix}-a${i}`;
+/** Volume ids are unique across instances (EC2's are). */
+export const stuckVolume = (instanceId: string) => `vol-${instanceId}-stuck`;
+export const healthyVolumes = (instanceId: string) => [`vol-${instanceId}-0`, `vol-${instanceId}-1`];

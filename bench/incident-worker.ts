@@ -1,0 +1,227 @@
+/**
+ * The worker process of the incident benchmark (bench/scenarios/incident.ts):
+ * a stopflow worker built exactly as `stopflow worker` builds it with no
+ * settings (createStopflowWorker without tuning: default cache, slots, waits
+ * slots, poll, hold; no Node flags but `--import tsx`), alone in its own
+ * process so its RSS is its own. Its backend is the simulated cloud (seeded
+ * here, before the idle sample, with a call budget declared on it) or the aws
+ * provider against the local EC2 server the benchmark runs.
+ *
+ * It answers `sample` and `shutdown` messages over IPC, and reports the
+ * moments the benchmark times: a detach request and a force-detach reaching
+ * the backend, for the healthy and abort-probe stops only (a message per
+ * stuck stop would itself load the worker).
+ */
+import { DefaultLogger, makeTelemetryFilterString, NativeConnection, Runtime } from '@temporalio/worker';
+import type { AttachmentState, CallBudget, CallOptions, Provider, VolumeOfInstance } from '../activities/provider';
+import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
+import type { VolumeRef } from '../common/request';
+import { createStopflowWorker } from '../worker/worker';
+import {
+  type FromIncidentWorker,
+  healthyId,
+  healthyVolumes,
+  type IncidentSample,
+  type IncidentWorkerConfig,
+  probeId,
+  stuckId,
+  stuckVolume,
+  type ToIncidentWorker,
+  warmUpId,
+} from './incident-shared';
+
+/**
+ * Delegates every call (options, budget and batching included) and counts.
+ * Counters and one byte per stuck stop only: a map entry per stop would be memory charged to stopflow.
+ */
+class CountingProvider implements Provider {
+  readonly name: string;
+  readonly supportsForce: boolean;
+  readonly budget?: CallBudget;
+  readonly maxBatch?: number;
+  readonly getAttachmentStates?: (
+    targets: readonly VolumeOfInstance[],
+    options?: CallOptions,
+  ) => Promise<AttachmentState[]>;
+  stuckRequested = 0;
+  stuckChecked = 0;
+  volumesChecked = 0;
+  private readonly requested: Uint8Array;
+  private readonly checked: Uint8Array;
+  private readonly stuckPrefix: string;
+
+  constructor(
+    private readonly inner: Provider,
+    prefix: string,
+    stuck: number,
+    private readonly report: (kind: 'detach' | 'force', instanceId: string, at: number) => void,
+  ) {
+    this.name = inner.name;
+    this.supportsForce = inner.supportsForce;
+    if (inner.budget) this.budget = inner.budget;
+    if (inner.maxBatch !== undefined) this.maxBatch = inner.maxBatch;
+    this.requested = new Uint8Array(stuck);
+    this.checked = new Uint8Array(stuck);
+    this.stuckPrefix = `${prefix}-s`;
+    const batch = inner.getAttachmentStates?.bind(inner);
+    if (batch) {
+      this.getAttachmentStates = async (targets, options) => {
+        const states = await batch(targets, options);
+        this.volumesChecked += targets.length;
+        for (const t of targets) this.markChecked(t.instanceId);
+        return states;
+      };
+    }
+  }
+
+  /** Index of a stuck stop's instance, or -1. */
+  private stuckIndex(instanceId: string): number {
+    return instanceId.startsWith(this.stuckPrefix) ? Number(instanceId.slice(this.stuckPrefix.length)) : -1;
+  }
+
+  private markChecked(instanceId: string): void {
+    const i = this.stuckIndex(instanceId);
+    if (i >= 0 && this.checked[i] === 0) {
+      this.checked[i] = 1;
+      this.stuckChecked++;
+    }
+  }
+
+  listAttachedVolumes(instanceId: string, options?: CallOptions): Promise<VolumeRef[]> {
+    return this.inner.listAttachedVolumes(instanceId, options);
+  }
+
+  async detachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void> {
+    const i = this.stuckIndex(instanceId);
+    if (i < 0) this.report('detach', instanceId, Date.now());
+    await this.inner.detachVolume(instanceId, volume, options);
+    if (i >= 0 && this.requested[i] === 0) {
+      this.requested[i] = 1;
+      this.stuckRequested++;
+    }
+  }
+
+  async getAttachmentState(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<AttachmentState> {
+    const state = await this.inner.getAttachmentState(instanceId, volume, options);
+    this.volumesChecked++;
+    this.markChecked(instanceId);
+    return state;
+  }
+
+  forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void> {
+    // The moment the force reaches the backend, as bench/instrumented-provider.ts times it for `reaction`.
+    this.report('force', instanceId, Date.now());
+    return this.inner.forceDetachVolume(instanceId, volume, options);
+  }
+
+  stopInstance(instanceId: string, options?: CallOptions): Promise<void> {
+    return this.inner.stopInstance(instanceId, options);
+  }
+}
+
+async function backend(config: IncidentWorkerConfig): Promise<{ inner: Provider; sim?: SimulatedProvider }> {
+  if (config.provider === 'aws') {
+    if (!config.ec2Endpoint) throw new Error('incident-worker: aws needs ec2Endpoint');
+    // Loaded only here: the simulated rows' idle worker does not carry the AWS SDK.
+    const { AwsProvider } = await import('../activities/providers/aws');
+    // Defaults as the worker builds it (budget, batch, timeouts, stop poll); only the endpoint points home.
+    return { inner: new AwsProvider({ region: 'us-east-1', endpoint: config.ec2Endpoint }) };
+  }
+  const sim = new SimulatedProvider(
+    new MemorySimStore(),
+    {},
+    config.budget ? { name: 'simulated', budget: config.budget } : 'simulated',
+  );
+  for (let i = 0; i < config.stuck; i++) {
+    const id = stuckId(config.prefix, i);
+    await sim.addInstance(id, [{ volumeId: stuckVolume(id), behavior: { hang: true } }]);
+  }
+  for (const id of [
+    warmUpId(config.prefix),
+    ...Array.from({ length: config.healthy }, (_, i) => healthyId(config.prefix, i)),
+  ]) {
+    await sim.addInstance(
+      id,
+      healthyVolumes(id).map((volumeId) => ({ volumeId })),
+    );
+  }
+  for (let i = 0; i < config.probes; i++) {
+    const id = probeId(config.prefix, i);
+    await sim.addInstance(id, [{ volumeId: stuckVolume(id), behavior: { hang: true } }]);
+  }
+  return { inner: sim, sim };
+}
+
+async function main(): Promise<void> {
+  const raw = process.env.STOPFLOW_BENCH_INCIDENT;
+  if (!raw)
+    throw new Error('incident-worker: STOPFLOW_BENCH_INCIDENT is not set (started by bench/scenarios/incident.ts)');
+  const config = JSON.parse(raw) as IncidentWorkerConfig;
+  Runtime.install({
+    logger: new DefaultLogger('ERROR'),
+    telemetryOptions: {
+      logging: { filter: makeTelemetryFilterString({ core: 'ERROR', other: 'ERROR' }), forward: {} },
+    },
+  });
+  const send = (message: FromIncidentWorker) => process.send?.(message);
+  const { inner, sim } = await backend(config);
+  const provider = new CountingProvider(inner, config.prefix, config.stuck, (kind, instanceId, at) =>
+    send({ type: 'event', kind, instanceId, at }),
+  );
+  const connection = await NativeConnection.connect({ address: config.address });
+  // Nothing but what `stopflow worker` passes with an empty environment: no tuning, default timings.
+  const worker = await createStopflowWorker({
+    connection,
+    taskQueue: config.taskQueue,
+    providers: [provider],
+    workflowBundle: { codePath: config.bundlePath },
+  });
+  const running = worker.run();
+
+  const sample = (): IncidentSample => {
+    const mem = process.memoryUsage();
+    const cpu = process.cpuUsage();
+    const main = worker.main.getStatus();
+    const waits = worker.waits.getStatus();
+    return {
+      at: Date.now(),
+      rss: mem.rss,
+      heapUsed: mem.heapUsed,
+      cpuMicros: cpu.user + cpu.system,
+      stuckRequested: provider.stuckRequested,
+      stuckChecked: provider.stuckChecked,
+      volumesChecked: provider.volumesChecked,
+      backendCalls: sim ? Object.fromEntries(sim.calls) : {},
+      cachedWorkflows: main.numCachedWorkflows,
+      inFlightActivations: main.numInFlightWorkflowActivations,
+      urgentActivities: main.numInFlightActivities,
+      waitActivities: waits.numInFlightActivities,
+    };
+  };
+
+  let closing = false;
+  const shutdown = async (code: number) => {
+    if (closing) return;
+    closing = true;
+    worker.shutdown();
+    await running.catch(() => undefined);
+    await connection.close().catch(() => undefined);
+    process.exit(code);
+  };
+  process.on('message', (message: ToIncidentWorker) => {
+    if (message.type === 'sample') send({ type: 'sample', id: message.id, sample: sample() });
+    else void shutdown(0);
+  });
+  // The benchmark went away (crashed or was killed): do not linger.
+  process.on('disconnect', () => void shutdown(1));
+  running.catch((err: unknown) => {
+    process.stderr.write(`incident-worker: worker failed: ${String(err)}\n`);
+    process.exit(1);
+  });
+  send({ type: 'ready' });
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`incident-worker: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(1);
+});

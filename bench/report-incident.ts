@@ -1,0 +1,276 @@
+/**
+ * The incident scenario's part of BENCHMARKS.md (bench/report.ts renders the
+ * rest): its summary rows, its section, and what bounds each figure that
+ * misses its target. Every figure is judged against a baseline of the same
+ * run: the N = 0 row, and Temporal's signal → activity floor measured beside
+ * each row.
+ */
+import type { IncidentResult, IncidentRow } from './scenarios/incident';
+
+type Line = (text?: string) => void;
+
+const kb = (bytes: number) => `${Math.round(bytes / 1024).toLocaleString('en-US')} KB`;
+const ms = (value: number) => `${Math.round(value)} ms`;
+const num = (value: number, digits = 1) => value.toLocaleString('en-US', { maximumFractionDigits: digits });
+const n0 = (value: number) => num(value, 0);
+const round2 = (value: number) => Math.round(value * 100) / 100;
+const sec = (value: number) => `${num(value / 1000)} s`;
+const rowName = (row: IncidentRow) => `${row.provider === 'aws' ? 'aws, ' : ''}N = ${n0(row.stops)}`;
+
+/** Calls per second a worker may make under the budget over a window: the rate, plus the burst spread over it. */
+function budgetLimit(inc: IncidentResult, provider: IncidentRow['provider']): number {
+  const budget = provider === 'aws' ? inc.awsBudget : inc.simBudget;
+  return budget.callsPerSecond + budget.burst / (inc.windowMs / 1000);
+}
+
+/** Median of a row's healthy latencies over the N = 0 row's, and the same for p99. */
+function healthyRatios(row: IncidentRow, base: IncidentRow | undefined): { p50: number; p99: number } | null {
+  if (!row.healthy || !base?.healthy) return null;
+  return { p50: round2(row.healthy.p50 / base.healthy.p50), p99: round2(row.healthy.p99 / base.healthy.p99) };
+}
+
+function base(inc: IncidentResult): IncidentRow | undefined {
+  return inc.rows.find((r) => r.provider === 'simulated' && r.stops === 0 && r.healthy);
+}
+
+/** The row the healthy-stop target is judged at: N = 5,000, else the largest simulated row with healthy stops. */
+function healthyTargetRow(inc: IncidentResult): IncidentRow | undefined {
+  const measured = inc.rows.filter((r) => r.provider === 'simulated' && r.healthy && r.stops > 0);
+  return measured.find((r) => r.stops === inc.targets.healthyAtStops) ?? measured.at(-1);
+}
+
+function memoryRows(inc: IncidentResult): IncidentRow[] {
+  const measured = inc.rows.filter((r) => r.provider === 'simulated' && r.rss.perWaitingStopBytes !== null);
+  const atTarget = measured.filter((r) => inc.targets.memoryAtStops.includes(r.stops));
+  return atTarget.length > 0 ? atTarget : measured.slice(-1);
+}
+
+function abortRows(inc: IncidentResult): Array<IncidentRow & { abort: NonNullable<IncidentRow['abort']> }> {
+  return inc.rows.filter((r): r is IncidentRow & { abort: NonNullable<IncidentRow['abort']> } => r.abort !== null);
+}
+
+/** Summary rows (# 5); pushes the names of missed targets onto `missed`. */
+export function renderIncidentSummary(line: Line, inc: IncidentResult, missed: string[]): void {
+  const zero = base(inc);
+  const target = healthyTargetRow(inc);
+  if (target?.healthy && zero?.healthy) {
+    const ratio = healthyRatios(target, zero);
+    const notAt =
+      target.stops === inc.targets.healthyAtStops
+        ? ''
+        : ` (not the target's ${n0(inc.targets.healthyAtStops)}: largest size measured)`;
+    const unfinished = target.healthy.unfinished;
+    const met = ratio !== null && ratio.p99 <= inc.targets.healthyP99Ratio && unfinished === 0;
+    if (!met) missed.push('incident-healthy');
+    const verdict = met
+      ? `**met** (${num(ratio?.p99 ?? Number.NaN, 2)}×)`
+      : `**missed**: ${num(ratio?.p99 ?? Number.NaN, 2)}×${unfinished > 0 ? `, ${unfinished} of ${target.healthy.samples} not done after ${n0(target.healthy.capMs / 60_000)} min (their latency counted as the time waited: a lower bound)` : ''}`;
+    line(
+      `| 5 | healthy 2-volume stop, start → result, p99 (p50), ${n0(target.stops)} stops stuck${notAt} | ${ms(target.healthy.p99)} (${ms(target.healthy.p50)}): ${num(ratio?.p99 ?? Number.NaN, 2)}× (${num(ratio?.p50 ?? Number.NaN, 2)}×) the N = 0 figures | N = 0: ${ms(zero.healthy.p99)} (${ms(zero.healthy.p50)}) | p99 ≤ ${inc.targets.healthyP99Ratio} × N = 0 at ${n0(inc.targets.healthyAtStops)} | ${verdict} |`,
+    );
+  } else {
+    missed.push('incident-healthy');
+    line(
+      `| 5 | healthy stop latency while stops are stuck | not measured (see the errors under "Incident scale") | | p99 ≤ ${inc.targets.healthyP99Ratio} × N = 0 | **missed** |`,
+    );
+  }
+
+  for (const provider of ['simulated', 'aws'] as const) {
+    const rows = inc.rows.filter((r) => r.provider === provider && r.stops > 0 && r.calls);
+    if (rows.length === 0) continue;
+    const limit = budgetLimit(inc, provider);
+    const budget = provider === 'aws' ? inc.awsBudget : inc.simBudget;
+    const figure = (r: IncidentRow) =>
+      provider === 'aws' ? (r.calls?.describeVolumesPerSecond ?? Number.NaN) : (r.calls?.perSecond ?? Number.NaN);
+    const worst = Math.max(...rows.map(figure));
+    const met = worst <= limit;
+    if (!met) missed.push(`incident-calls-${provider}`);
+    const what =
+      provider === 'aws'
+        ? 'real `DescribeVolumes` calls per second (counted by the local EC2 server), aws provider'
+        : 'backend calls per second, simulated cloud';
+    line(
+      `| 5 | ${what}, while N stops wait on a stuck volume | ${rows.map((r) => `${n0(r.stops)}: ${num(figure(r), 2)}/s`).join('; ')} | budget declared: ${num(budget.callsPerSecond)}/s, burst ${n0(budget.burst)} | set by the budget, not by N (≤ ${num(limit, 2)}/s over ${n0(inc.windowMs / 1000)} s) | ${met ? `**met** (at most ${num(worst, 2)}/s)` : `**missed**: ${num(worst, 2)}/s`} |`,
+    );
+  }
+
+  const aborts = abortRows(inc);
+  if (aborts.length > 0) {
+    const excess = aborts.map((r) => r.abort.stopflow.p99 - r.abort.floor.p99);
+    const worst = Math.max(...excess);
+    const met = worst <= inc.targets.abortOverFloorMs;
+    if (!met) missed.push('incident-abort');
+    line(
+      `| 5 | \`abort\` sent → force-detach started while N stops wait, p99 (p50) | ${aborts.map((r) => `${rowName(r)}: ${ms(r.abort.stopflow.p99)} (${ms(r.abort.stopflow.p50)})`).join('; ')} | signal → activity, beside each row: ${aborts.map((r) => `${ms(r.abort.floor.p99)} (${ms(r.abort.floor.p50)})`).join('; ')} | p99 ≤ floor p99 + ${inc.targets.abortOverFloorMs} ms at every N | ${met ? `**met** (at most ${ms(worst)} over)` : `**missed**: up to ${ms(worst)} over the floor`} |`,
+    );
+  }
+
+  const mem = memoryRows(inc);
+  if (mem.length > 0) {
+    const worst = Math.max(...mem.map((r) => r.rss.perWaitingStopBytes ?? Number.NaN));
+    const notAt = mem.every((r) => inc.targets.memoryAtStops.includes(r.stops)) ? '' : ' (largest size measured)';
+    const met = worst < inc.targets.maxBytesPerStop;
+    if (!met) missed.push('incident-memory');
+    line(
+      `| 5 | worker memory (RSS) per waiting stop, default settings${notAt} | ${mem.map((r) => `${kb(r.rss.perWaitingStopBytes ?? Number.NaN)} at ${n0(r.stops)}`).join('; ')} | idle worker: ${mem.map((r) => `${num(r.rss.idleMb)} MB`).join('; ')} | < ${kb(inc.targets.maxBytesPerStop)} at ${inc.targets.memoryAtStops.map(n0).join(' and ')} | ${met ? `**met** (at most ${kb(worst)})` : `**missed**: up to ${kb(worst)} (${num(worst / inc.targets.maxBytesPerStop, 2)}× the target)`} |`,
+    );
+  }
+  const failedMemory = inc.rows.filter(
+    (r) => inc.targets.memoryAtStops.includes(r.stops) && r.rss.perWaitingStopBytes === null,
+  );
+  for (const r of failedMemory) {
+    missed.push('incident-memory');
+    line(
+      `| 5 | worker memory per waiting stop, ${n0(r.stops)} in flight | **failed**: ${r.errors.join('; ').replace(/\|/g, '\\|')} | | < ${kb(inc.targets.maxBytesPerStop)} | **missed** |`,
+    );
+  }
+}
+
+export function renderIncident(line: Line, inc: IncidentResult, from: string): void {
+  const d = inc.defaults;
+  line('## 5. Incident scale');
+  line();
+  line(from);
+  line();
+  line(
+    `N stops, each with one volume stuck in \`detaching\` forever, on one worker; then what that does to other stops on the same worker. Each row starts a fresh worker in a child process (\`bench/incident-worker.ts\`) built as \`stopflow worker\` builds it with an empty environment: \`maxCachedWorkflows\` ${n0(d.maxCachedWorkflows)}, ${n0(d.maxConcurrentActivities)} activity slots for workflows' urgent work, ${n0(d.maxConcurrentWaits)} slots on the waits task queue, poll ${sec(d.pollIntervalMs)}, hold window ${sec(d.holdMs)}, longest pause ${sec(d.maxPollIntervalMs)}, Node's default heap, no flag but \`--import tsx\`; the workflow bundle is built once by the benchmark, and the sweep's activities and metrics are not registered. Its backend is the simulated cloud declaring a call budget of ${num(inc.simBudget.callsPerSecond)} calls/s with a burst of ${n0(inc.simBudget.burst)} (the aws provider's default) and batches of up to ${n0(inc.simMaxBatch)} volumes, or, in the aws rows, the aws provider with its defaults (budget ${num(inc.awsBudget.callsPerSecond)}/s, burst ${n0(inc.awsBudget.burst)}, ${n0(inc.awsMaxBatch)} volumes per \`DescribeVolumes\`) against the local EC2 server of the tests (\`test/support/ec2-query-server.ts\`, in the benchmark's process), which counts the calls it receives. In each row:`,
+  );
+  line();
+  line(
+    "1. **idle**: one healthy stop runs first (not counted: the workflow code loaded once in every row), then the worker's RSS is sampled, its cloud already seeded.",
+  );
+  line(
+    "2. **ramp**: the N stops are started (50 starts in flight) with their volume named, until the backend has answered every stuck volume's detach request and the worker has no workflow task left; each stop then waits on its volume. The detach requests go through the budget, so the ramp takes about N ÷ budget seconds.",
+  );
+  line(
+    `3. **waiting**: RSS (no forced GC: the process as it runs), then every backend call over ${n0(inc.windowMs / 1000)} s while nothing but the N waits runs: the simulated provider's own \`calls\` count, or every action the EC2 server received. "Volume states read" counts volumes whose state a call read (one batched call reads many). "Wait slots busy" and "stuck volumes checked" (at least once since their stop started) show whether the waits fit their slots.`,
+  );
+  line(
+    `4. **healthy**: ${inc.healthyStops} stops with 2 volumes that detach at once, started one every ${ms(inc.healthySpacingMs)} whether or not the previous one ended; start → result of each. p99 is nearest-rank (with ${inc.healthyStops} samples, the slowest). A stop not done by the cap counts as the time it had waited, a lower bound. The aws rows' stops also wait for \`StopInstances\` to report \`stopped\`: the provider's 5 s stop poll, so their figures are not comparable with the simulated rows'.`,
+  );
+  line(
+    `5. **abort**: ${inc.probes} probe stops, one after another, each with one stuck volume: once its detach request reached the backend, \`abort\` is sent and timed to its force-detach reaching the backend (Date.now() in the worker, as in "Reaction"). After each probe, one sample of Temporal's own floor as in "Reaction": \`signalFloor\` on a baseline worker in the benchmark's process, timed from the signal to its activity, so both see the same server load.`,
+  );
+  line();
+  line(
+    `Rows above ${n0(inc.healthyMaxStops)} stops measure 1-3 only. Every row ends by stopping its worker and terminating its workflows.`,
+  );
+  line();
+  line('What the N waiting stops cost:');
+  line();
+  line(
+    '| backend | N stuck | ramp | worker RSS idle → waiting → end | RSS per waiting stop | backend calls/s while waiting | by operation (/s) | volume states read/s | wait slots busy | stuck volumes checked | worker CPU |',
+  );
+  line('|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const r of inc.rows) {
+    const c = r.calls;
+    const byOp = c
+      ? Object.entries(c.byOperation)
+          .map(([op, v]) => `${op} ${num(v, 2)}`)
+          .join(', ') || 'none'
+      : '';
+    line(
+      `| ${r.provider} | ${n0(r.stops)} | ${r.rampSeconds === null ? 'failed' : `${num(r.rampSeconds)} s`} | ${num(r.rss.idleMb)} → ${r.rss.loadedMb === null ? '?' : num(r.rss.loadedMb)} → ${r.rss.endMb === null ? '?' : num(r.rss.endMb)} MB | ${r.rss.perWaitingStopBytes === null ? 'n/a' : `**${kb(r.rss.perWaitingStopBytes)}**`} | ${c ? `**${num(c.perSecond, 2)}**` : ''} | ${byOp} | ${c ? num(c.volumesCheckedPerSecond) : ''} | ${r.waiting ? n0(r.waiting.waitSlotsBusy) : ''} | ${r.waiting ? `${n0(r.waiting.checked)} of ${n0(r.stops)}` : ''} | ${c ? `${num(c.workerCpuPercent)}%` : ''} |`,
+    );
+  }
+  line();
+  line('What other stops on the same worker see:');
+  line();
+  line(
+    '| backend | N stuck | healthy stop p50 | healthy stop p99 | × N = 0 (p50 / p99) | abort → force p50 / p99 / max | floor: signal → activity p50 / p99 / max | abort p99 over the floor |',
+  );
+  line('|---|---|---|---|---|---|---|---|');
+  const zero = base(inc);
+  for (const r of inc.rows) {
+    if (!r.healthy && !r.abort) continue;
+    const h = r.healthy;
+    const ratio = r.provider === 'simulated' ? healthyRatios(r, zero) : null;
+    const cut = h && h.unfinished > 0 ? ` (${h.unfinished} not done by the cap: ≥)` : '';
+    const a = r.abort;
+    line(
+      `| ${r.provider} | ${n0(r.stops)} | ${h ? `${ms(h.p50)}${cut}` : ''} | ${h ? `**${ms(h.p99)}**` : ''} | ${ratio ? `${num(ratio.p50, 2)} / **${num(ratio.p99, 2)}**` : r.provider === 'aws' ? 'n/a (stop poll)' : ''} | ${a ? `${ms(a.stopflow.p50)} / **${ms(a.stopflow.p99)}** / ${ms(a.stopflow.max)}` : ''} | ${a ? `${ms(a.floor.p50)} / ${ms(a.floor.p99)} / ${ms(a.floor.max)}` : ''} | ${a ? `**${ms(a.stopflow.p99 - a.floor.p99)}**` : ''} |`,
+    );
+  }
+  line();
+  for (const r of inc.rows) for (const e of r.errors) line(`- **failed**, ${r.provider} N = ${n0(r.stops)}: ${e}`);
+  if (inc.rows.some((r) => r.errors.length > 0)) line();
+}
+
+/** "What bounds it" lines for the incident targets missed. */
+export function renderIncidentBounds(line: Line, inc: IncidentResult, missed: string[]): void {
+  const d = inc.defaults;
+  const zero = base(inc);
+  if (missed.includes('incident-healthy')) {
+    const r = healthyTargetRow(inc);
+    const why: string[] = [];
+    if (r?.waiting && r.waiting.checked < r.stops) {
+      why.push(
+        `only ${n0(r.waiting.checked)} of the ${n0(r.stops)} stuck volumes had been checked even once by the end of the waiting window: a wait holds one of the ${n0(d.maxConcurrentWaits)} slots of the waits task queue for its whole ${sec(d.holdMs)} hold window, so the rest queue on the server. A healthy volume's own wait (\`awaitDetached\`) goes to that same queue at the same priority (only force carries \`priorityKey: 1\`), so it queues behind them: the isolation keeps urgent activities off that queue, but a healthy stop still needs one wait on it`,
+      );
+    }
+    const limit = r?.calls ? budgetLimit(inc, r.provider) : 0;
+    if (r?.calls && r.calls.perSecond >= 0.8 * (r.provider === 'aws' ? inc.awsBudget : inc.simBudget).callsPerSecond) {
+      why.push(
+        `the call budget was spent (${num(r.calls.perSecond, 2)} calls/s against ${num(limit, 2)}/s): each of a healthy stop's budgeted calls in a row (the detach requests, its state check, the final listing and \`stopInstance\`) waits for a token`,
+      );
+    }
+    if (why.length === 0 && r?.calls && r.healthy) {
+      const p50 = zero ? healthyRatios(r, zero)?.p50 : undefined;
+      why.push(
+        `neither the waits task queue nor the call budget was full at this N (all ${n0(r.waiting?.checked ?? 0)} stuck volumes checked, ${num(r.calls.perSecond, 2)} calls/s), so these figures name no stopflow cause: with ${r.healthy.samples} samples the p99 is the slowest stop${p50 !== undefined ? ` (the median was ${num(p50, 2)}× N = 0's)` : ''}, and the dev server, the worker (${num(r.calls.workerCpuPercent)}% of a core while the stops waited) and the benchmark share the machine's cores`,
+      );
+    }
+    const ratio = r && zero ? healthyRatios(r, zero) : null;
+    line(
+      `**Healthy stops while ${n0(r?.stops ?? 0)} stops are stuck** (p99 ${r?.healthy ? ms(r.healthy.p99) : 'n/a'}, ${ratio ? `${num(ratio.p99, 2)}×` : 'n/a'} the N = 0 row's ${zero?.healthy ? ms(zero.healthy.p99) : 'n/a'}): ${why.join('; and ')}.`,
+    );
+    line();
+  }
+  for (const provider of ['simulated', 'aws'] as const) {
+    if (!missed.includes(`incident-calls-${provider}`)) continue;
+    const rows = inc.rows.filter((r) => r.provider === provider && r.calls && r.stops > 0);
+    line(
+      `**Backend calls, ${provider}** (${rows.map((r) => `${n0(r.stops)}: ${num(r.calls?.perSecond ?? Number.NaN, 2)}/s`).join('; ')}; budget ${num(budgetLimit(inc, provider), 2)}/s over the window): by operation, ${rows
+        .map(
+          (r) =>
+            `${n0(r.stops)}: ${Object.entries(r.calls?.byOperation ?? {})
+              .map(([op, v]) => `${op} ${num(v, 2)}`)
+              .join(', ')}`,
+        )
+        .join(
+          '; ',
+        )}. The budget is per worker process and covers every call of the provider; calls above it mean a path that does not take a token.`,
+    );
+    line();
+  }
+  if (missed.includes('incident-abort')) {
+    const rows = abortRows(inc);
+    const p50 = rows.map((r) => `${rowName(r)}: ${ms(r.abort.stopflow.p50 - r.abort.floor.p50)}`).join('; ');
+    const p99 = rows.map((r) => `${rowName(r)}: ${ms(r.abort.stopflow.p99 - r.abort.floor.p99)}`).join('; ');
+    const medians = rows.map((r) => r.abort.stopflow.p50 - r.abort.floor.p50);
+    const [low, high] = [Math.min(...medians), Math.max(...medians)];
+    const gatherText =
+      low >= 10 && high <= 40
+        ? `the median's excess, ${ms(low)} to ${ms(high)} at every N (N = 0 included), is about that window.`
+        : `the median's excess ranges from ${ms(low)} to ${ms(high)}.`;
+    line(
+      `**Abort → force-detach while stops wait**: over the floor at the median ${p50}; at p99 ${p99}. Force starts with a state read (force is never sent for a volume already detached), and that read goes through the coalesced state checks: the first check of a batch waits 20 ms for others to join (\`GATHER_MS\` in activities/state-checks.ts), then for a budget token; the force call then takes a token of its own. That is read from the code, not measured apart; ${gatherText} At p99, with ${inc.probes} samples per row the p99 is the slowest sample, and both sides are one hand-off of the dev server's task queues (≈ 50 ms each, see "Reaction") from being slower.`,
+    );
+    line();
+  }
+  if (missed.includes('incident-memory')) {
+    const rows = memoryRows(inc);
+    const sim = inc.rows.filter((r) => r.provider === 'simulated' && r.rss.loadedMb !== null && r.stops > 0);
+    const big = sim.at(-1);
+    const small = sim.at(-2);
+    const marginal =
+      big && small && big.rss.loadedMb !== null && small.rss.loadedMb !== null
+        ? ((big.rss.loadedMb - big.rss.idleMb - (small.rss.loadedMb - small.rss.idleMb)) * 2 ** 20) /
+          (big.stops - small.stops)
+        : null;
+    line(
+      `**Memory per waiting stop** (${rows.map((r) => `${kb(r.rss.perWaitingStopBytes ?? Number.NaN)} at ${n0(r.stops)}`).join('; ')}, default settings). With \`maxCachedWorkflows\` ${n0(d.maxCachedWorkflows)}, up to ${n0(d.maxCachedWorkflows)} stops stay cached whatever N is, and the workflow thread's V8 heap grows to hold them and to replay the others when they wake: a fixed cost of the worker under load that the per-stop figure spreads over N, so it falls as N grows.${marginal !== null && big && small ? ` Each stop beyond ${n0(small.stops)} added ≈ ${kb(marginal)} (the growth from ${n0(small.stops)} to ${n0(big.stops)} waiting stops, over the ${n0(big.stops - small.stops)} stops added).` : ''} RSS is sampled without a forced GC, so it includes garbage not yet collected; the memory scenario's forced-GC figures are the finer measurement of the same cost.`,
+    );
+    line();
+  }
+}

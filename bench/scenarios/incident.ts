@@ -1,0 +1,549 @@
+/**
+ * 5. Incident scale: N stops each waiting on a volume stuck forever, and what
+ * that does to everything else on the same worker.
+ *
+ * Each row runs a fresh stopflow worker with its DEFAULT settings (no tuning,
+ * no Node flags) alone in a child process (bench/incident-worker.ts), over a
+ * simulated cloud that declares a call budget (the aws provider's default,
+ * 10 calls/s with a burst of 50), or over the aws provider against the local
+ * EC2 server of the tests, which counts the real DescribeVolumes calls. Then:
+ *
+ * 1. idle: RSS of the worker before any stop (its cloud already seeded);
+ * 2. ramp: N stops with one stuck volume each, until the backend has answered
+ *    every stuck detach request and the worker has no workflow task left;
+ * 3. waiting: RSS, and backend calls per second over a window while the N
+ *    stops wait and nothing else runs;
+ * 4. healthy: stops with 2 volumes that detach at once, started one per
+ *    second; start → result latency of each (ratio to the N = 0 row);
+ * 5. abort: probe stops with one stuck volume, one after another: `abort`
+ *    sent → force-detach reaching the backend, interleaved with Temporal's
+ *    own signal → activity floor (`signalFloor`, as in `reaction`) on a
+ *    baseline worker in this process, so both see the same server load.
+ *
+ * Rows above HEALTHY_MAX_STOPS measure 1-3 only (memory and calls), their
+ * other phases would take longer than the rest of the benchmark together.
+ */
+import { type ChildProcess, fork } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { fileURLToPath } from 'node:url';
+import { WorkflowNotFoundError } from '@temporalio/client';
+import type { CallBudget } from '../../activities/provider';
+import { DEFAULT_AWS_BUDGET, DEFAULT_AWS_MAX_BATCH } from '../../activities/providers/aws';
+import { MemorySimStore, SimulatedProvider } from '../../activities/providers/simulated';
+import { ABORT_SIGNAL } from '../../common/names';
+import { Ec2QueryServer } from '../../test/support/ec2-query-server';
+import { DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from '../../worker/worker';
+import { Marks } from '../baseline-activities';
+import { type BenchContext, mapLimit, percentile, round, sleep, startStop } from '../common';
+import {
+  type FromIncidentWorker,
+  healthyId,
+  healthyVolumes,
+  type IncidentSample,
+  type IncidentWorkerConfig,
+  probeId,
+  stuckId,
+  stuckVolume,
+  type ToIncidentWorker,
+  warmUpId,
+} from '../incident-shared';
+import { baselineWorker, withWorkers } from '../workers';
+import { type LatencySummary, signalFloorOnce, summarize } from './reaction';
+
+const WORKER_PATH = fileURLToPath(new URL('../incident-worker.ts', import.meta.url));
+/** The budget declared on the simulated provider: the aws provider's default. */
+const SIM_BUDGET: CallBudget = DEFAULT_AWS_BUDGET;
+const SIM_MAX_BATCH = new SimulatedProvider(new MemorySimStore()).maxBatch;
+/** Production defaults the worker runs with (worker/config.ts, worker/worker.ts), for the report. */
+const DEFAULTS = {
+  pollIntervalMs: 5_000,
+  holdMs: 60_000,
+  maxPollIntervalMs: 60_000,
+  maxConcurrentActivities: 100,
+  maxConcurrentWaits: DEFAULT_MAX_CONCURRENT_WAITS,
+  maxCachedWorkflows: DEFAULT_MAX_CACHED_WORKFLOWS,
+};
+const HEALTHY_SPACING_MS = 1_000;
+/** Rows with more stuck stops measure memory and calls only. */
+const HEALTHY_MAX_STOPS = 5_000;
+const START_CONCURRENCY = 50;
+const EVENT_TIMEOUT_MS = 120_000;
+
+export interface CallsFigure {
+  windowSeconds: number;
+  /** Every backend call per second (simulated: its `calls` map; aws: every EC2 action the server counted). */
+  perSecond: number;
+  byOperation: Record<string, number>;
+  /** State checks of single volumes per second, whether batched or not: what the calls coalesce. */
+  volumesCheckedPerSecond: number;
+  /** aws: DescribeVolumes per second as the EC2 server counted them. */
+  describeVolumesPerSecond?: number;
+  /** Worker CPU over the window, % of one core. */
+  workerCpuPercent: number;
+}
+
+export interface HealthyFigure {
+  samples: number;
+  /** start → result, ms; a stop not done by the cap counts as the time it had waited (a lower bound). */
+  latenciesMs: number[];
+  unfinished: number;
+  capMs: number;
+  p50: number;
+  p99: number;
+  max: number;
+}
+
+export interface IncidentRow {
+  provider: 'simulated' | 'aws';
+  stops: number;
+  rampSeconds: number | null;
+  /** At the end of the calls window: stuck stops whose detach was answered, stuck volumes checked at least once, busy wait slots. */
+  waiting: { requested: number; checked: number; waitSlotsBusy: number; cachedWorkflows: number } | null;
+  rss: { idleMb: number; loadedMb: number | null; endMb: number | null; perWaitingStopBytes: number | null };
+  calls: CallsFigure | null;
+  healthy: HealthyFigure | null;
+  abort: { stopflow: LatencySummary; floor: LatencySummary } | null;
+  errors: string[];
+}
+
+export interface IncidentResult {
+  simBudget: CallBudget;
+  simMaxBatch: number;
+  awsBudget: CallBudget;
+  awsMaxBatch: number;
+  defaults: typeof DEFAULTS;
+  healthyStops: number;
+  healthySpacingMs: number;
+  healthyMaxStops: number;
+  probes: number;
+  windowMs: number;
+  rows: IncidentRow[];
+  targets: {
+    healthyP99Ratio: number;
+    healthyAtStops: number;
+    abortOverFloorMs: number;
+    maxBytesPerStop: number;
+    memoryAtStops: number[];
+  };
+}
+
+interface RowSpec {
+  provider: 'simulated' | 'aws';
+  stops: number;
+}
+
+/** The worker child: samples on request, and the detach/force moments it reports. */
+class IncidentProcess {
+  private nextId = 0;
+  private readonly pending = new Map<number, (sample: IncidentSample) => void>();
+  private readonly seen = new Map<string, number>();
+  private readonly waiters = new Map<string, Array<(at: number) => void>>();
+  private readonly exited: Promise<number | null>;
+  readonly ready: Promise<void>;
+
+  constructor(private readonly child: ChildProcess) {
+    this.exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+    this.ready = new Promise((resolve, reject) => {
+      child.on('message', (message: FromIncidentWorker) => {
+        if (message.type === 'ready') resolve();
+        else if (message.type === 'sample') this.pending.get(message.id)?.(message.sample);
+        else this.record(`${message.kind}:${message.instanceId}`, message.at);
+      });
+      void this.exited.then((code) => reject(new Error(`incident worker exited (code ${code}) before it was ready`)));
+    });
+    this.ready.catch(() => undefined);
+  }
+
+  private record(key: string, at: number): void {
+    if (this.seen.has(key)) return;
+    this.seen.set(key, at);
+    for (const wake of this.waiters.get(key) ?? []) wake(at);
+    this.waiters.delete(key);
+  }
+
+  /** When the worker first reported `kind` for this instance; rejects after `timeoutMs` or if the worker exits. */
+  when(kind: 'detach' | 'force', instanceId: string, timeoutMs = EVENT_TIMEOUT_MS): Promise<number> {
+    const key = `${kind}:${instanceId}`;
+    const at = this.seen.get(key);
+    if (at !== undefined) return Promise.resolve(at);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`no ${kind} of ${instanceId} within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+      void this.exited.then((code) => reject(new Error(`incident worker exited (code ${code})`)));
+      this.waiters.set(key, [
+        ...(this.waiters.get(key) ?? []),
+        (t) => {
+          clearTimeout(timer);
+          resolve(t);
+        },
+      ]);
+    });
+  }
+
+  sample(): Promise<IncidentSample> {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, (s) => {
+        this.pending.delete(id);
+        resolve(s);
+      });
+      void this.exited.then((code) => reject(new Error(`incident worker exited (code ${code})`)));
+      this.child.send({ type: 'sample', id } satisfies ToIncidentWorker);
+    });
+  }
+
+  /** Asks for a clean shutdown; kills the process (this benchmark's own child) if it does not exit in time. */
+  async stop(): Promise<void> {
+    if (this.child.exitCode !== null || this.child.signalCode !== null) return;
+    if (this.child.connected) this.child.send({ type: 'shutdown' } satisfies ToIncidentWorker);
+    const timeout = sleep(30_000).then(() => 'timeout' as const);
+    if ((await Promise.race([this.exited, timeout])) === 'timeout') {
+      this.child.kill('SIGKILL');
+      await this.exited;
+    }
+  }
+}
+
+const mb = (bytes: number) => round(bytes / 2 ** 20);
+
+export async function incident(ctx: BenchContext): Promise<IncidentResult> {
+  const sizes = ctx.incidentSizes ?? (ctx.quick ? [0, 50, 200] : [0, 100, 1_000, 5_000, 10_000]);
+  const awsSizes = ctx.quick ? [200] : [100, 1_000];
+  const healthyStops = ctx.quick ? 10 : 20;
+  const probes = ctx.quick ? 10 : 60;
+  const windowMs = ctx.quick ? 10_000 : 30_000;
+  const healthyCapMs = ctx.quick ? 180_000 : 900_000;
+  const specs: RowSpec[] = [
+    ...sizes.map((stops) => ({ provider: 'simulated' as const, stops })),
+    ...awsSizes.map((stops) => ({ provider: 'aws' as const, stops })),
+  ];
+  const marks = new Marks();
+  const floorQueue = ctx.queue('incident-floor');
+  const floorWorker = await baselineWorker(ctx, floorQueue, new SimulatedProvider(new MemorySimStore()), marks);
+  return withWorkers([floorWorker], async () => {
+    await signalFloorOnce(ctx, floorQueue, marks); // warm-up, not counted
+    const rows: IncidentRow[] = [];
+    for (const spec of specs) {
+      const row = await measureRow(ctx, spec, {
+        healthyStops: spec.stops <= HEALTHY_MAX_STOPS ? healthyStops : 0,
+        probes: spec.stops <= HEALTHY_MAX_STOPS ? probes : 0,
+        windowMs,
+        healthyCapMs,
+        floor: () => signalFloorOnce(ctx, floorQueue, marks),
+      });
+      rows.push(row);
+      ctx.log(`  ${describeRow(row)}`);
+    }
+    return {
+      simBudget: SIM_BUDGET,
+      simMaxBatch: SIM_MAX_BATCH,
+      awsBudget: DEFAULT_AWS_BUDGET,
+      awsMaxBatch: DEFAULT_AWS_MAX_BATCH,
+      defaults: DEFAULTS,
+      healthyStops,
+      healthySpacingMs: HEALTHY_SPACING_MS,
+      healthyMaxStops: HEALTHY_MAX_STOPS,
+      probes,
+      windowMs,
+      rows,
+      targets: {
+        healthyP99Ratio: 1.5,
+        healthyAtStops: 5_000,
+        abortOverFloorMs: 10,
+        maxBytesPerStop: 50 * 1024,
+        memoryAtStops: [5_000, 10_000],
+      },
+    };
+  });
+}
+
+function describeRow(row: IncidentRow): string {
+  const parts = [`${row.provider} N=${row.stops}:`];
+  if (row.rampSeconds !== null) parts.push(`ramp ${row.rampSeconds} s;`);
+  parts.push(`RSS ${row.rss.idleMb} -> ${row.rss.loadedMb ?? '?'} MB`);
+  if (row.rss.perWaitingStopBytes !== null) parts.push(`(${round(row.rss.perWaitingStopBytes / 1024)} KB/stop);`);
+  if (row.calls) {
+    parts.push(
+      `calls ${row.calls.perSecond}/s (${row.calls.volumesCheckedPerSecond} volume checks/s${row.calls.describeVolumesPerSecond !== undefined ? `, DescribeVolumes ${row.calls.describeVolumesPerSecond}/s` : ''}), CPU ${row.calls.workerCpuPercent}%;`,
+    );
+  }
+  if (row.waiting)
+    parts.push(`waits busy ${row.waiting.waitSlotsBusy}, stuck checked ${row.waiting.checked}/${row.stops};`);
+  if (row.healthy) {
+    parts.push(
+      `healthy p50 ${row.healthy.p50} / p99 ${row.healthy.p99} ms${row.healthy.unfinished ? ` (${row.healthy.unfinished} unfinished)` : ''};`,
+    );
+  }
+  if (row.abort) {
+    parts.push(
+      `abort->force p50 ${row.abort.stopflow.p50} / p99 ${row.abort.stopflow.p99} ms (floor ${row.abort.floor.p50} / ${row.abort.floor.p99})`,
+    );
+  }
+  if (row.errors.length > 0) parts.push(`ERRORS: ${row.errors.join('; ')}`);
+  return parts.join(' ');
+}
+
+interface RowOptions {
+  healthyStops: number;
+  probes: number;
+  windowMs: number;
+  healthyCapMs: number;
+  floor(): Promise<number>;
+}
+
+function seedEc2(ec2: Ec2QueryServer, prefix: string, spec: RowSpec, options: RowOptions): void {
+  const stuck = (id: string) =>
+    ec2.addInstance({ instanceId: id, rootVolumeId: null, volumes: [{ volumeId: stuckVolume(id), stuck: true }] });
+  for (let i = 0; i < spec.stops; i++) stuck(stuckId(prefix, i));
+  for (let i = 0; i < options.probes; i++) stuck(probeId(prefix, i));
+  for (const id of [
+    warmUpId(prefix),
+    ...Array.from({ length: options.healthyStops }, (_, i) => healthyId(prefix, i)),
+  ]) {
+    ec2.addInstance({
+      instanceId: id,
+      rootVolumeId: null,
+      volumes: healthyVolumes(id).map((volumeId) => ({ volumeId })),
+    });
+  }
+}
+
+async function measureRow(ctx: BenchContext, spec: RowSpec, options: RowOptions): Promise<IncidentRow> {
+  const { stops } = spec;
+  const prefix = `inc${spec.provider === 'aws' ? 'a' : 's'}${stops}-${randomUUID().slice(0, 8)}`;
+  const taskQueue = ctx.queue(`incident-${prefix}`);
+  const row: IncidentRow = {
+    provider: spec.provider,
+    stops,
+    rampSeconds: null,
+    waiting: null,
+    rss: { idleMb: Number.NaN, loadedMb: null, endMb: null, perWaitingStopBytes: null },
+    calls: null,
+    healthy: null,
+    abort: null,
+    errors: [],
+  };
+  let ec2: Ec2QueryServer | undefined;
+  if (spec.provider === 'aws') {
+    ec2 = await Ec2QueryServer.start({ recordCalls: false });
+    seedEc2(ec2, prefix, spec, options);
+  }
+  const config: IncidentWorkerConfig = {
+    provider: spec.provider,
+    address: ctx.address,
+    taskQueue,
+    bundlePath: ctx.stopflowBundlePath,
+    prefix,
+    stuck: stops,
+    healthy: options.healthyStops,
+    probes: options.probes,
+    ...(spec.provider === 'simulated' ? { budget: SIM_BUDGET } : {}),
+    ...(ec2 ? { ec2Endpoint: ec2.endpoint } : {}),
+  };
+  const env: NodeJS.ProcessEnv = { ...process.env, STOPFLOW_BENCH_INCIDENT: JSON.stringify(config) };
+  if (ec2) {
+    // The local EC2 server accepts any signature; these name no real account.
+    env.AWS_ACCESS_KEY_ID = 'AKIDSTOPFLOWBENCH';
+    env.AWS_SECRET_ACCESS_KEY = 'stopflow-bench-secret';
+    delete env.AWS_SESSION_TOKEN;
+    delete env.AWS_PROFILE;
+  }
+  const child = new IncidentProcess(
+    fork(WORKER_PATH, [], {
+      // `--import tsx` runs the TypeScript; no other flag (heap size, GC): the worker as it ships.
+      execArgv: ['--import', 'tsx'],
+      env,
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    }),
+  );
+  /** Backend calls so far by operation: the simulated provider's own count, or the EC2 server's. */
+  const callsOf = (s: IncidentSample): Record<string, number> =>
+    ec2 ? Object.fromEntries(ec2.counts) : { ...s.backendCalls };
+  const started: string[] = [];
+  const fail = (phase: string, err: unknown) => {
+    const message = `${phase}: ${err instanceof Error ? err.message : String(err)}`;
+    row.errors.push(message);
+    ctx.log(`  FAILED ${spec.provider} N=${stops} ${message}`);
+  };
+  try {
+    await child.ready;
+    // One healthy stop first, not counted: the workflow code loaded and run once, in every row alike, so
+    // neither the idle sample nor the first healthy stop carries the worker's cold start.
+    const warmUp = warmUpId(prefix);
+    started.push(`stop-${warmUp}`);
+    const warmed = await startStop(ctx.client, taskQueue, {
+      instanceId: warmUp,
+      volumes: healthyVolumes(warmUp).map((volumeId) => ({ volumeId })),
+    });
+    await warmed.result();
+    await sleep(3_000); // its last tasks, and start-up work (first polls), before the idle sample
+    const idle = await child.sample();
+    row.rss.idleMb = mb(idle.rss);
+
+    // Ramp: every stuck stop's detach answered, and no workflow task left to run.
+    const rampStart = Date.now();
+    const ids = Array.from({ length: stops }, (_, i) => stuckId(prefix, i));
+    await mapLimit(ids, START_CONCURRENCY, async (id) => {
+      started.push(`stop-${id}`);
+      await startStop(ctx.client, taskQueue, { instanceId: id, volumes: [{ volumeId: stuckVolume(id) }] });
+    });
+    const rampDeadline = Date.now() + 120_000 + stops * 300;
+    let lastLog = Date.now();
+    for (;;) {
+      const s = await child.sample();
+      if (s.stuckRequested >= stops && s.inFlightActivations === 0) break;
+      if (Date.now() > rampDeadline)
+        throw new Error(`ramp: only ${s.stuckRequested}/${stops} stuck detaches answered in time`);
+      if (Date.now() - lastLog > 60_000) {
+        lastLog = Date.now();
+        ctx.log(`    ramp: ${s.stuckRequested}/${stops} stuck detaches answered, RSS ${mb(s.rss)} MB`);
+      }
+      await sleep(500);
+    }
+    row.rampSeconds = round((Date.now() - rampStart) / 1000);
+    await sleep(5_000); // the last workflow tasks and wait schedules
+
+    // Waiting: memory, and calls per second while nothing but the N waits runs.
+    const loaded = await child.sample();
+    const callsA = callsOf(loaded);
+    row.rss.loadedMb = mb(loaded.rss);
+    if (stops > 0) row.rss.perWaitingStopBytes = Math.round((loaded.rss - idle.rss) / stops);
+    await sleep(options.windowMs);
+    const after = await child.sample();
+    const callsB = callsOf(after);
+    const seconds = (after.at - loaded.at) / 1000;
+    const byOperation: Record<string, number> = {};
+    let total = 0;
+    for (const [op, n] of Object.entries(callsB)) {
+      const delta = n - (callsA[op] ?? 0);
+      if (delta === 0) continue;
+      byOperation[op] = round(delta / seconds, 2);
+      total += delta;
+    }
+    row.calls = {
+      windowSeconds: round(seconds),
+      perSecond: round(total / seconds, 2),
+      byOperation,
+      volumesCheckedPerSecond: round((after.volumesChecked - loaded.volumesChecked) / seconds, 1),
+      workerCpuPercent: round(((after.cpuMicros - loaded.cpuMicros) / 1000 / (after.at - loaded.at)) * 100, 1),
+      ...(ec2
+        ? {
+            describeVolumesPerSecond: round(
+              ((callsB.DescribeVolumes ?? 0) - (callsA.DescribeVolumes ?? 0)) / seconds,
+              2,
+            ),
+          }
+        : {}),
+    };
+    row.waiting = {
+      requested: after.stuckRequested,
+      checked: after.stuckChecked,
+      waitSlotsBusy: after.waitActivities,
+      cachedWorkflows: after.cachedWorkflows,
+    };
+
+    if (options.healthyStops > 0) {
+      try {
+        row.healthy = await healthyPhase(ctx, taskQueue, prefix, options, started);
+      } catch (err) {
+        fail('healthy stops', err);
+      }
+    }
+    if (options.probes > 0) {
+      try {
+        row.abort = await abortPhase(ctx, taskQueue, prefix, options, child, started);
+      } catch (err) {
+        fail('abort', err);
+      }
+    }
+    row.rss.endMb = mb((await child.sample()).rss);
+  } catch (err) {
+    fail(row.rampSeconds === null ? 'ramp' : 'waiting', err);
+  } finally {
+    await child.stop();
+    await ec2?.close();
+    // Leave nothing running on the server for the next row.
+    await mapLimit(started, START_CONCURRENCY, async (workflowId) => {
+      try {
+        await ctx.client.workflow.getHandle(workflowId).terminate('benchmark done');
+      } catch (err) {
+        if (!(err instanceof WorkflowNotFoundError)) throw err;
+      }
+    });
+  }
+  return row;
+}
+
+/** Healthy stops started one per HEALTHY_SPACING_MS (whether or not the previous one ended); start → result each. */
+async function healthyPhase(
+  ctx: BenchContext,
+  taskQueue: string,
+  prefix: string,
+  options: RowOptions,
+  started: string[],
+): Promise<HealthyFigure> {
+  const t0 = Date.now();
+  const capAt = t0 + options.healthyStops * HEALTHY_SPACING_MS + options.healthyCapMs;
+  let unfinished = 0;
+  const latencies = await Promise.all(
+    Array.from({ length: options.healthyStops }, async (_, i) => {
+      await sleep(Math.max(0, t0 + i * HEALTHY_SPACING_MS - Date.now()));
+      const instanceId = healthyId(prefix, i);
+      const volumes = healthyVolumes(instanceId).map((volumeId) => ({ volumeId }));
+      const sentAt = Date.now();
+      started.push(`stop-${instanceId}`);
+      const handle = await startStop(ctx.client, taskQueue, { instanceId, volumes });
+      const result = handle.result().then((status) => {
+        if (status.phase !== 'stopped') throw new Error(`healthy stop ${instanceId} ended ${status.phase}`);
+        return Date.now() - sentAt;
+      });
+      result.catch(() => undefined);
+      const cap = sleep(Math.max(0, capAt - Date.now())).then(() => null);
+      const ms = await Promise.race([result, cap]);
+      if (ms !== null) return ms;
+      unfinished++;
+      return Date.now() - sentAt; // censored: it had waited at least this long
+    }),
+  );
+  return {
+    samples: latencies.length,
+    latenciesMs: latencies,
+    unfinished,
+    capMs: options.healthyCapMs,
+    p50: round(percentile(latencies, 50)),
+    p99: round(percentile(latencies, 99)),
+    max: round(Math.max(...latencies)),
+  };
+}
+
+/**
+ * Probe stops one after another: each one's detach is answered, then `abort` is sent and timed to its
+ * force-detach reaching the backend; a floor sample follows each probe.
+ */
+async function abortPhase(
+  ctx: BenchContext,
+  taskQueue: string,
+  prefix: string,
+  options: RowOptions,
+  child: IncidentProcess,
+  started: string[],
+): Promise<{ stopflow: LatencySummary; floor: LatencySummary }> {
+  const stopflow: number[] = [];
+  const floor: number[] = [];
+  for (let i = 0; i < options.probes; i++) {
+    const instanceId = probeId(prefix, i);
+    started.push(`stop-${instanceId}`);
+    const handle = await startStop(ctx.client, taskQueue, {
+      instanceId,
+      volumes: [{ volumeId: stuckVolume(instanceId) }],
+    });
+    await child.when('detach', instanceId);
+    const sentAt = Date.now();
+    await handle.signal(ABORT_SIGNAL, { reason: 'bench', requestedBy: 'bench' });
+    stopflow.push((await child.when('force', instanceId)) - sentAt);
+    floor.push(await options.floor());
+  }
+  return { stopflow: summarize(stopflow), floor: summarize(floor) };
+}
