@@ -1,6 +1,6 @@
 /**
  * `azure`: managed data disks of Azure virtual machines through
- * `@azure/arm-compute` and `@azure/identity` (docs/providers.md "Azure").
+ * `@azure/arm-compute` and `@azure/identity` (docs/providers.md "The azure provider").
  *
  * - instance: `<resourceGroup>:<vmName>` (a stop request's id cannot hold a
  *   `/`, and neither name can hold a `:`); the subscription is the provider's
