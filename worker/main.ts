@@ -33,7 +33,7 @@ import {
   logProviderEvent,
   PinoSdkLogger,
 } from './logging';
-import { prometheusExporter, providerMetrics } from './metrics';
+import { prometheusExporter, providerMetrics, watchStops } from './metrics';
 import { bundleStopflowWorkflows, createStopflowWorker, type StopflowWorker } from './worker';
 
 export const WORKER_EXIT = { stopped: 0, failed: 1, badConfig: 2, checkFailed: 3 } as const;
@@ -140,6 +140,7 @@ async function serve(config: WorkerConfig, logger: AppLogger, options: RunWorker
     metrics(event);
     logProviderEvent(event);
   };
+  const client = new Client({ connection, namespace: config.temporal.namespace });
   try {
     worker = await createStopflowWorker({
       connection,
@@ -153,7 +154,7 @@ async function serve(config: WorkerConfig, logger: AppLogger, options: RunWorker
       observe,
       // The sweep (docs/sweep.md) runs on the same worker; its activities need a Client for visibility.
       extraActivities: createSweepActivities({
-        client: new Client({ connection, namespace: config.temporal.namespace }),
+        client,
         providers,
         defaultProvider: config.defaultProvider,
         namespace: config.temporal.namespace,
@@ -179,6 +180,16 @@ async function serve(config: WorkerConfig, logger: AppLogger, options: RunWorker
 
   let exitCode: number = WORKER_EXIT.stopped;
   const running = worker.run();
+  // Gauges of the running stops (the stuck-stop alert), from visibility: only worth the queries when scraped.
+  const stopGauges = config.metricsAddress
+    ? watchStops({
+        client,
+        meter: Runtime.instance().metricMeter,
+        namespace: config.temporal.namespace,
+        taskQueue: config.taskQueue,
+        onError: (err) => logger.warn({ err }, `stop gauges not refreshed: ${(err as Error).message}`),
+      })
+    : undefined;
   // A signal that came while the worker was being created: stop right away (it has polled nothing yet).
   if (stopRequested && worker.getState() === 'RUNNING') worker.shutdown();
   else
@@ -205,6 +216,7 @@ async function serve(config: WorkerConfig, logger: AppLogger, options: RunWorker
     }
     exitCode = WORKER_EXIT.failed;
   }
+  await stopGauges?.stop();
   await connection.close();
   removeSignalHandlers();
   return exitCode;
