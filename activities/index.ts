@@ -54,8 +54,45 @@ const HEARTBEAT_EVERY_MS = 1_000;
 /** A wait reports the request lost after reading `attached` this many checks in a row (not one stale read). */
 const LOST_AFTER_CHECKS = 3;
 
+/**
+ * In-process news that a volume was just forced: a wait on it in this worker looks again at
+ * once instead of at its next poll, so a stop's cancelled wait ends with its force.
+ */
+export class ForcedVolumes {
+  private readonly waiting = new Map<string, Set<() => void>>();
+
+  static key(provider: string, target: VolumeTarget): string {
+    return `${provider}\u0000${target.instanceId}\u0000${target.volume.volumeId}`;
+  }
+
+  forced(key: string): void {
+    for (const wake of this.waiting.get(key) ?? []) wake();
+    this.waiting.delete(key);
+  }
+
+  /** Resolves when the volume is forced here, or after `ms`; rejects when the activity is cancelled meanwhile. */
+  async pause(key: string, ms: number, ctx: Context): Promise<void> {
+    let wake: () => void = () => undefined;
+    const news = new Promise<void>((resolve) => {
+      wake = resolve;
+    });
+    const set = this.waiting.get(key) ?? new Set();
+    set.add(wake);
+    this.waiting.set(key, set);
+    const sleeping = ctx.sleep(ms);
+    sleeping.catch(() => undefined); // when the news wins, a later cancel of the sleep is nobody's business
+    try {
+      await Promise.race([sleeping, news]);
+    } finally {
+      set.delete(wake);
+      if (set.size === 0 && this.waiting.get(key) === set) this.waiting.delete(key);
+    }
+  }
+}
+
 /** The providers of one worker, each with its budget and coalesced state checks. */
 export class Backends {
+  readonly forcedVolumes = new ForcedVolumes();
   private readonly byName: Map<string, Backend>;
   constructor(private readonly deps: ActivityDeps) {
     this.byName = new Map([...deps.providers].map(([name, provider]) => [name, new Backend(provider, deps.observe)]));
@@ -136,7 +173,11 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
               nextRetryDelay: Math.min(deps.pollIntervalMs * 2 ** releases, maxPollIntervalMs),
             });
           }
-          await ctx.sleep(deps.pollIntervalMs);
+          await backends.forcedVolumes.pause(
+            ForcedVolumes.key(backend.provider.name, target),
+            deps.pollIntervalMs,
+            ctx,
+          );
         }
       },
     );
@@ -167,7 +208,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         async () => {
           await backend.call('detachVolume', (o) => backend.provider.detachVolume(target.instanceId, target.volume, o));
           // One coalesced check: a detach that is done already skips the wait (and its queue) entirely.
-          return backend.states.check(target, ctx.cancellationSignal);
+          return backend.states.check(target, ctx.cancellationSignal, 'urgent');
         },
       );
       return { requests: ctx.info.attempt, state };
@@ -188,7 +229,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       // Force may lose data: never on a volume the backend already reads detached (the graceful detach won).
       const before = await heartbeating(
         () => undefined,
-        () => backend.states.check(target, Context.current().cancellationSignal),
+        () => backend.states.check(target, Context.current().cancellationSignal, 'urgent'),
       );
       if (before === 'detached') return { forced: false, attempts: Context.current().info.attempt, checks: 1 };
       await heartbeating(
@@ -198,6 +239,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
             backend.provider.forceDetachVolume(target.instanceId, target.volume, o),
           ),
       );
+      backends.forcedVolumes.forced(ForcedVolumes.key(backend.provider.name, target));
       const { checks } = await pollUntilDetached(backend, target, undefined);
       return { forced: true, attempts: Context.current().info.attempt, checks: checks + 1 };
     },
@@ -206,7 +248,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       const backend = backends.resolve(target.provider);
       return heartbeating(
         () => undefined,
-        () => backend.states.check(target, Context.current().cancellationSignal),
+        () => backend.states.check(target, Context.current().cancellationSignal, 'urgent'),
       );
     },
 

@@ -37,8 +37,16 @@ export class StateChecks {
     this.maxBatch = provider.getAttachmentStates ? Math.max(1, provider.maxBatch ?? 1) : 1;
   }
 
-  /** The backend's state of one volume, answered from the next batch. */
-  check(target: VolumeOfInstance, signal?: AbortSignal): Promise<AttachmentState> {
+  /**
+   * The backend's state of one volume, answered from the next batch. An `urgent` check (a stop
+   * blocked on it: right after a request, before a force) goes to the front of the next batch and
+   * does not wait for others to gather; a wait's routine check does.
+   */
+  check(
+    target: VolumeOfInstance,
+    signal?: AbortSignal,
+    priority: 'urgent' | 'routine' = 'routine',
+  ): Promise<AttachmentState> {
     if (this.maxBatch === 1) {
       return this.call('getAttachmentState', (options) =>
         this.provider.getAttachmentState(target.instanceId, target.volume, { ...options, signal }),
@@ -61,16 +69,33 @@ export class StateChecks {
           reject(err);
         },
       };
-      this.pending.push(entry);
+      if (priority === 'urgent') {
+        this.pending.unshift(entry);
+        this.endGathering();
+      } else {
+        this.pending.push(entry);
+      }
       signal?.addEventListener('abort', onAbort, { once: true });
-      if (!this.flushing) void this.flush();
+      if (!this.flushing) void this.flush(priority === 'urgent');
     });
   }
 
-  private async flush(): Promise<void> {
+  /** Ends the current gathering pause early (an urgent check arrived). */
+  private endGathering: () => void = () => undefined;
+
+  private async flush(urgent: boolean): Promise<void> {
     this.flushing = true;
     try {
-      await new Promise((resolve) => setTimeout(resolve, GATHER_MS));
+      if (!urgent) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, GATHER_MS);
+          this.endGathering = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        this.endGathering = () => undefined;
+      }
       while (this.pending.length > 0) {
         const batch = this.pending.splice(0, this.maxBatch);
         const getStates = this.provider.getAttachmentStates?.bind(this.provider);

@@ -163,9 +163,11 @@ describe('through the workflow', () => {
       taskQueue,
       providers: [sim, strict],
       pollIntervalMs: 1_000,
-      // Waits hold their slot for a long time: two wait slots, both taken by stuck volumes.
+      // Waits hold their slot for a long time: two wait slots, both taken by stuck volumes, and fewer
+      // urgent slots than there are stuck volumes (were waits to take urgent slots, none would be left).
       holdMs: 120_000,
       maxConcurrentWaits: 2,
+      tuning: { maxConcurrentActivityTaskExecutions: 4 },
       workflowBundle: { codePath: inject('workflowBundlePath') },
     });
     running = worker.run();

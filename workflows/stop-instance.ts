@@ -59,6 +59,8 @@ import { allVolumesSettled, canMove, interrupted, iso, type StopState, snapshot 
  */
 const RECONCILER = 'reconciler';
 
+/** Longest a stop waits, at its end, for cancelled graceful work to acknowledge (waits heartbeat every 20 s). */
+const CANCELLED_WORK_BOUND = '30s';
 /** Rounds of "the backend still lists something attached" before the stop gives up. */
 const MAX_FINAL_CHECKS = 5;
 const NON_RETRYABLE = ['PermanentProviderError', 'UnknownProvider', 'ForceUnsupported'];
@@ -81,15 +83,10 @@ const urgent: ActivityOptions = {
 const stopping: ActivityOptions = { ...urgent, startToCloseTimeout: '15m' };
 // Where the server has task priority on, a force (what an abort asks for) goes ahead of everything else queued.
 const force: ActivityOptions = { ...urgent, startToCloseTimeout: '5m', retry: BOUNDED, priority: { priorityKey: 1 } };
-// Read-only, so a cancelled wait is not awaited; past its hold window it asks to be retried (StillDetaching).
-// It heartbeats rarely (its worker throttles to 20 s): thousands of stuck volumes must not flood the server.
-// A lost worker's waits move to another within 30 s.
-const wait: ActivityOptions = {
-  ...urgent,
-  startToCloseTimeout: '10m',
-  heartbeatTimeout: '30s',
-  cancellationType: ActivityCancellationType.TRY_CANCEL,
-};
+// Past its hold window a wait asks to be retried later (StillDetaching). It heartbeats rarely (its worker
+// throttles to 20 s): thousands of stuck volumes must not flood the server. A lost worker's waits move to
+// another within 30 s.
+const wait: ActivityOptions = { ...urgent, startToCloseTimeout: '10m', heartbeatTimeout: '30s' };
 
 function activities(summary: string, options: ActivityOptions): StopActivities {
   return proxyActivities<StopActivities>({ ...options, summary });
@@ -109,6 +106,7 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
     volumes: null,
     instanceStopped: false,
     forced: false,
+    cancelledWork: [],
   };
   setHandler(statusQuery, () => snapshot(state));
   setHandler(abortSignal, (payload?: AbortPayload) => escalate(state, 'abort', payload));
@@ -128,7 +126,21 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
     describe(state);
   });
   // The stop's own steps are never cancelled from outside: it decides what a cancel stops.
-  return CancellationScope.nonCancellable(() => run(state));
+  return CancellationScope.nonCancellable(async () => {
+    try {
+      return await run(state);
+    } finally {
+      // Cancelled waits end within a poll once their volume is detached (at once on the worker that forced
+      // it). One a cancel left stuck hears of it at its next heartbeat; past the bound it is left behind.
+      if (state.cancelledWork.length > 0) {
+        let settled = false;
+        void Promise.allSettled(state.cancelledWork).then(() => {
+          settled = true;
+        });
+        await condition(() => settled, CANCELLED_WORK_BOUND);
+      }
+    }
+  });
 }
 
 async function run(state: StopState): Promise<StopStatus> {
@@ -258,13 +270,13 @@ async function detachOne(state: StopState, volume: VolumeStatus, target: VolumeT
   }
   graceful.cancel();
   const escalation = state.escalation;
+  state.cancelledWork.push(detached);
   if (first === 'cancel' || !escalation) {
-    await detached; // a detach request under way is a write: let it finish
     volume.lastError = `stop cancelled at ${state.cancelled?.at} before ${id} was detached`;
     settle(state, volume, 'failed');
     return;
   }
-  await Promise.all([forceDetach(state, volume, target, escalation), detached]);
+  await forceDetach(state, volume, target, escalation);
 }
 
 /** Request, then wait; again whenever the wait finds the request lost (the volume `attached` again). */

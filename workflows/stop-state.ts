@@ -31,6 +31,11 @@ export interface StopState {
   instanceStopped: boolean;
   forced: boolean;
   error?: string;
+  /**
+   * Graceful work cancelled on escalation or cancel, still acknowledging: awaited (bounded) before
+   * the stop ends, so its history closes every activity, but never on the way to force or stop.
+   */
+  cancelledWork: Promise<unknown>[];
 }
 
 /**

@@ -92,7 +92,9 @@ export class WorkflowPage {
       const lines = (cells.at(-1) ?? '')
         .split('\n')
         .map((line) => line.trim())
-        .filter((line) => line !== '');
+        .filter((line) => line !== '')
+        // A pending activity being retried shows a lone "Attempt 4 / ∞" chip before its fields.
+        .filter((line) => !/^Attempt \d+ \/ /.test(line));
       const fields: Record<string, string> = {};
       for (let i = 0; i + 1 < lines.length; i += 2) fields[lines[i] as string] = lines[i + 1] as string;
       rows.push({ kind, fields });
