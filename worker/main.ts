@@ -8,8 +8,8 @@
  * failed or its shutdown overran the grace, 2 invalid configuration, 3 a
  * start-up check failed. docs/worker.md describes everything configurable.
  */
-import { realpathSync, writeFileSync } from 'node:fs';
-import { pathToFileURL } from 'node:url';
+import { existsSync, realpathSync, writeFileSync } from 'node:fs';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Client } from '@temporalio/client';
 import { GracefulShutdownPeriodExpiredError, Runtime } from '@temporalio/worker';
@@ -34,9 +34,16 @@ import {
   PinoSdkLogger,
 } from './logging';
 import { prometheusExporter, providerMetrics, watchStops } from './metrics';
+import { warnIfEndOfLife } from './node-support';
 import { bundleStopflowWorkflows, createStopflowWorker, type StopflowWorker } from './worker';
 
 export const WORKER_EXIT = { stopped: 0, failed: 1, badConfig: 2, checkFailed: 3 } as const;
+
+/**
+ * The workflow bundle `npm run build` writes beside the compiled worker (dist/app/), used when
+ * STOPFLOW_WORKFLOW_BUNDLE is unset. Run from source there is none, and the worker bundles at start.
+ */
+export const PREBUILT_WORKFLOW_BUNDLE = fileURLToPath(new URL('./workflow-bundle.js', import.meta.url));
 
 /** How long past the grace the worker may take to hand its tasks back before it is abandoned. */
 const FORCE_MARGIN_MS = 10_000;
@@ -81,6 +88,11 @@ export async function runWorker(env: NodeJS.ProcessEnv = process.env, options: R
   }
 
   logger.info({ config: describeWorkerConfig(config, env) }, 'stopflow worker starting');
+  warnIfEndOfLife(logger);
+  if (config.workflowBundlePath === undefined && existsSync(PREBUILT_WORKFLOW_BUNDLE)) {
+    config = { ...config, workflowBundlePath: PREBUILT_WORKFLOW_BUNDLE };
+    logger.info({ workflowBundle: PREBUILT_WORKFLOW_BUNDLE }, 'workflows: the bundle prebuilt by npm run build');
+  }
   return serve(config, logger, options);
 }
 
