@@ -200,6 +200,12 @@ describe('production build: dist/app with production dependencies only', () => {
       expect(warnings).toEqual([]);
     }
     expect(ran.stderr).toBe('');
+
+    // --write-bundle from the compiled worker (no workflow sources there) writes the bundle built with the code.
+    const copy = join(dir, 'bundle-copy.js');
+    const written = await node([join(app, 'worker.js'), '--write-bundle', copy]).result();
+    expect(written.code, written.stderr).toBe(0);
+    expect(readFileSync(copy, 'utf8')).toBe(readFileSync(built.workflowBundle, 'utf8'));
   });
 
   it('the stopflow bin, without tsx, runs the compiled CLI: a worker and a stop to its end, then SIGTERM', async () => {

@@ -8,7 +8,7 @@
  * failed or its shutdown overran the grace, 2 invalid configuration, 3 a
  * start-up check failed. docs/worker.md describes everything configurable.
  */
-import { existsSync, realpathSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, realpathSync, writeFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Client } from '@temporalio/client';
@@ -235,8 +235,9 @@ async function serve(config: WorkerConfig, logger: AppLogger, options: RunWorker
 }
 
 async function writeBundle(path: string): Promise<number> {
-  const { code } = await bundleStopflowWorkflows();
-  writeFileSync(path, code);
+  // Compiled (dist/app/) there are no workflow sources to bundle: the bundle built with the code is the one.
+  if (existsSync(PREBUILT_WORKFLOW_BUNDLE)) copyFileSync(PREBUILT_WORKFLOW_BUNDLE, path);
+  else writeFileSync(path, (await bundleStopflowWorkflows()).code);
   process.stdout.write(`stopflow worker: workflow bundle written to ${path} (set STOPFLOW_WORKFLOW_BUNDLE=${path})\n`);
   return WORKER_EXIT.stopped;
 }
