@@ -37,13 +37,15 @@ describe('worker configuration', () => {
       pollIntervalMs: 5_000,
       detachHoldMs: 60_000,
       maxPollIntervalMs: 60_000,
-      metricsAddress: '0.0.0.0:9464',
+      // Metrics on loopback unless configured: they name instances and volumes.
+      metricsAddress: '127.0.0.1:9464',
       shutdownGraceMs: 20_000,
       maxConcurrentActivities: 100,
+      maxConcurrentWaits: 5_000,
+      maxCachedWorkflows: 250,
       maxConcurrentWorkflowTasks: 40,
       logLevel: 'info',
     });
-    expect(config.maxCachedWorkflows).toBeUndefined();
     expect(config.temporal).toMatchObject({ address: 'localhost:7233', namespace: 'default' });
   });
 
@@ -320,12 +322,12 @@ describe('worker configuration', () => {
     [
       'STOPFLOW_METRICS_ADDRESS',
       'localhost:9464',
-      'STOPFLOW_METRICS_ADDRESS: must be "off" or an IP address and port to serve Prometheus metrics on, such as "0.0.0.0:9464"',
+      'STOPFLOW_METRICS_ADDRESS: must be "off" or an IP address and port to serve Prometheus metrics on, such as "127.0.0.1:9464" (or "0.0.0.0:9464" for other hosts)',
     ],
     [
       'STOPFLOW_METRICS_ADDRESS',
       '0.0.0.0:70000',
-      'STOPFLOW_METRICS_ADDRESS: must be "off" or an IP address and port to serve Prometheus metrics on, such as "0.0.0.0:9464"',
+      'STOPFLOW_METRICS_ADDRESS: must be "off" or an IP address and port to serve Prometheus metrics on, such as "127.0.0.1:9464" (or "0.0.0.0:9464" for other hosts)',
     ],
     [
       'STOPFLOW_MAX_CONCURRENT_ACTIVITIES',
@@ -444,7 +446,7 @@ describe('worker configuration', () => {
       },
       taskQueue: 'stopflow',
       pollInterval: '5s',
-      metrics: 'http://0.0.0.0:9464/metrics',
+      metrics: 'http://127.0.0.1:9464/metrics',
       aws: { credentials: 'environment (AWS_ACCESS_KEY_ID, secret hidden)' },
     });
     // Errors print no secret either.

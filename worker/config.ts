@@ -24,6 +24,7 @@ import {
 import { simStatePath } from '../activities/providers/simulated';
 import { formatDuration, parseDuration } from '../common/duration';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
+import { DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
 export type LogLevelName = (typeof LOG_LEVELS)[number];
@@ -68,9 +69,10 @@ export interface WorkerConfig {
   metricsAddress: string | null;
   shutdownGraceMs: number;
   maxConcurrentActivities: number;
+  /** Slots of the waits task queue (`<taskQueue>-waits`). */
+  maxConcurrentWaits: number;
   maxConcurrentWorkflowTasks: number;
-  /** Undefined: the SDK's default, sized from the memory available. */
-  maxCachedWorkflows?: number;
+  maxCachedWorkflows: number;
   logLevel: LogLevelName;
   identity?: string;
   /** A workflow bundle written by `stopflow worker --write-bundle`; otherwise the worker bundles at start. */
@@ -131,7 +133,8 @@ const providerList = z.string().transform((text, ctx) => {
   return names as ProviderName[];
 });
 
-const METRICS_RULE = 'must be "off" or an IP address and port to serve Prometheus metrics on, such as "0.0.0.0:9464"';
+const METRICS_RULE =
+  'must be "off" or an IP address and port to serve Prometheus metrics on, such as "127.0.0.1:9464" (or "0.0.0.0:9464" for other hosts)';
 const metricsAddress = z.string().transform((text, ctx) => {
   const value = text.trim();
   if (value.toLowerCase() === 'off') return null;
@@ -310,14 +313,22 @@ const envSchema = z
       blankToUndefined,
       durationVar('60s', MAX_POLL_INTERVAL_RANGE_MS).default(60_000),
     ),
-    STOPFLOW_METRICS_ADDRESS: z.preprocess(blankToUndefined, metricsAddress.default('0.0.0.0:9464')),
+    // Loopback unless told otherwise: metrics name instances and volumes (a container sets 0.0.0.0 itself).
+    STOPFLOW_METRICS_ADDRESS: z.preprocess(blankToUndefined, metricsAddress.default('127.0.0.1:9464')),
     STOPFLOW_SHUTDOWN_GRACE: z.preprocess(
       blankToUndefined,
       durationVar('20s', SHUTDOWN_GRACE_RANGE_MS).default(20_000),
     ),
     STOPFLOW_MAX_CONCURRENT_ACTIVITIES: z.preprocess(blankToUndefined, countVar(1, 10_000).default(100)),
     STOPFLOW_MAX_CONCURRENT_WORKFLOW_TASKS: z.preprocess(blankToUndefined, countVar(2, 1_000).default(40)),
-    STOPFLOW_MAX_CACHED_WORKFLOWS: z.preprocess(blankToUndefined, countVar(0, 100_000).optional()),
+    STOPFLOW_MAX_CONCURRENT_WAITS: z.preprocess(
+      blankToUndefined,
+      countVar(1, 100_000).default(DEFAULT_MAX_CONCURRENT_WAITS),
+    ),
+    STOPFLOW_MAX_CACHED_WORKFLOWS: z.preprocess(
+      blankToUndefined,
+      countVar(0, 100_000).default(DEFAULT_MAX_CACHED_WORKFLOWS),
+    ),
     STOPFLOW_LOG_LEVEL: z.preprocess(blankToUndefined, logLevel.default('info')),
     STOPFLOW_IDENTITY: z.preprocess(
       blankToUndefined,
@@ -419,6 +430,8 @@ export function loadWorkerConfig(env: Env = process.env): WorkerConfig {
     metricsAddress: e.STOPFLOW_METRICS_ADDRESS,
     shutdownGraceMs: e.STOPFLOW_SHUTDOWN_GRACE,
     maxConcurrentActivities: e.STOPFLOW_MAX_CONCURRENT_ACTIVITIES,
+    maxConcurrentWaits: e.STOPFLOW_MAX_CONCURRENT_WAITS,
+    maxCachedWorkflows: e.STOPFLOW_MAX_CACHED_WORKFLOWS,
     maxConcurrentWorkflowTasks: e.STOPFLOW_MAX_CONCURRENT_WORKFLOW_TASKS,
     logLevel: e.STOPFLOW_LOG_LEVEL,
   };
@@ -429,7 +442,6 @@ export function loadWorkerConfig(env: Env = process.env): WorkerConfig {
     config.linuxInstanceId = linuxInstanceId;
     config.linuxStateDir = e.STOPFLOW_LINUX_STATE_DIR ?? DEFAULT_LINUX_STATE_DIR;
   }
-  if (e.STOPFLOW_MAX_CACHED_WORKFLOWS !== undefined) config.maxCachedWorkflows = e.STOPFLOW_MAX_CACHED_WORKFLOWS;
   if (e.STOPFLOW_IDENTITY !== undefined) config.identity = e.STOPFLOW_IDENTITY;
   if (e.STOPFLOW_WORKFLOW_BUNDLE !== undefined) config.workflowBundlePath = e.STOPFLOW_WORKFLOW_BUNDLE;
   return config;
@@ -568,7 +580,8 @@ export function describeWorkerConfig(config: WorkerConfig, env: Env = process.en
     shutdownGrace: formatDuration(config.shutdownGraceMs),
     maxConcurrentActivities: config.maxConcurrentActivities,
     maxConcurrentWorkflowTasks: config.maxConcurrentWorkflowTasks,
-    maxCachedWorkflows: config.maxCachedWorkflows ?? 'SDK default (from available memory)',
+    maxConcurrentWaits: config.maxConcurrentWaits,
+    maxCachedWorkflows: config.maxCachedWorkflows,
     logLevel: config.logLevel,
     identity: config.identity ?? 'SDK default (pid@hostname)',
     workflowBundle: config.workflowBundlePath ?? 'bundled at start',

@@ -163,6 +163,7 @@ async function serve(config: WorkerConfig, logger: AppLogger, options: RunWorker
       pollIntervalMs: config.pollIntervalMs,
       holdMs: config.detachHoldMs,
       maxPollIntervalMs: config.maxPollIntervalMs,
+      maxConcurrentWaits: config.maxConcurrentWaits,
       observe,
       // The sweep (docs/sweep.md) runs on the same worker; its activities need a Client for visibility.
       extraActivities: createSweepActivities({
@@ -176,7 +177,7 @@ async function serve(config: WorkerConfig, logger: AppLogger, options: RunWorker
       tuning: {
         maxConcurrentActivityTaskExecutions: config.maxConcurrentActivities,
         maxConcurrentWorkflowTaskExecutions: config.maxConcurrentWorkflowTasks,
-        ...(config.maxCachedWorkflows !== undefined ? { maxCachedWorkflows: config.maxCachedWorkflows } : {}),
+        maxCachedWorkflows: config.maxCachedWorkflows,
         ...(config.identity !== undefined ? { identity: config.identity } : {}),
         shutdownGraceTime: config.shutdownGraceMs,
         shutdownForceTime: config.shutdownGraceMs + FORCE_MARGIN_MS,
