@@ -51,8 +51,15 @@ import { baselineWorker, withWorkers } from '../workers';
 import { type LatencySummary, signalFloorOnce, summarize } from './reaction';
 
 const WORKER_PATH = fileURLToPath(new URL('../incident-worker.ts', import.meta.url));
-/** The budget declared on the simulated provider: the aws provider's default. */
-const SIM_BUDGET: CallBudget = DEFAULT_AWS_BUDGET;
+/**
+ * The budget declared on the simulated provider: five times the aws provider's default, so that ramping
+ * 10,000 stuck stops takes minutes, not half an hour. The aws rows keep the aws default; both show
+ * that calls per second follow the budget, not the number of stuck volumes.
+ */
+const SIM_BUDGET: CallBudget = {
+  callsPerSecond: DEFAULT_AWS_BUDGET.callsPerSecond * 5,
+  burst: DEFAULT_AWS_BUDGET.burst * 2,
+};
 const SIM_MAX_BATCH = new SimulatedProvider(new MemorySimStore()).maxBatch;
 /** Production defaults the worker runs with (worker/config.ts, worker/worker.ts), for the report. */
 const DEFAULTS = {
