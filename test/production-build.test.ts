@@ -171,6 +171,7 @@ describe('production build: dist/app with production dependencies only', () => {
       maxConcurrentActivities: 100,
       maxConcurrentWorkflowTasks: 40,
       maxCachedWorkflows: 250,
+      maxConcurrentWaits: 5_000,
       metricsAddress: '0.0.0.0:9464',
       shutdownGraceMs: 20_000,
     });
