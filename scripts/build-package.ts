@@ -238,7 +238,9 @@ export interface BuiltPackage {
 export function buildPackage(): BuiltPackage {
   const root = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as RootPackage;
   const closure = importClosure();
-  rmSync(DIST, { recursive: true, force: true });
+  // Only the package's own folders: dist/app (npm run build:app) lives beside it.
+  rmSync(PACKAGE_DIR, { recursive: true, force: true });
+  rmSync(STAGING, { recursive: true, force: true });
   mkdirSync(STAGING, { recursive: true });
   try {
     const program = compile(closure.files.map(stage));
