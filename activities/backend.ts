@@ -42,13 +42,15 @@ export class Backend {
     operation: string,
     fn: (options: CallOptions) => Promise<T>,
     ctx: Context | null = currentContext(),
+    /** Backend requests the call makes, in budget tokens. */
+    cost = 1,
   ): Promise<T> {
     const signal = ctx?.cancellationSignal;
     const options: CallOptions = {};
     if (signal) options.signal = signal;
     if (ctx) options.idempotencyKey = `${ctx.info.workflowExecution?.runId ?? 'standalone'}/${ctx.info.activityId}`;
     try {
-      await this.budget.take(signal);
+      await this.budget.take(signal, cost);
       this.observe?.({ kind: 'call', provider: this.provider.name, operation });
       const value = await fn(options);
       this.budget.succeeded();

@@ -64,24 +64,38 @@ export class CallBudgetLimiter {
     return { ...this.stats };
   }
 
-  /** Waits for a token (and out any throttling backoff); rejects when `signal` aborts first. */
-  async take(signal?: AbortSignal): Promise<void> {
-    this.stats.calls++;
+  /**
+   * Waits for `cost` tokens (one per backend request the call makes) and out any throttling backoff;
+   * rejects as soon as `signal` aborts, even while others are ahead in the queue.
+   */
+  async take(signal?: AbortSignal, cost = 1): Promise<void> {
+    this.stats.calls += cost;
     if (!this.budget && this.pausedUntil <= this.clock.now()) return;
-    const turn = this.queue.then(() => this.waitForToken(signal));
-    // A caller that gave up must not block the ones behind it.
+    const turn = this.queue.then(() => this.waitForTokens(cost, signal));
+    // A caller that gave up must not block the ones behind it (its turn then takes nothing: it is aborted).
     this.queue = turn.catch(() => undefined);
-    return turn;
+    if (!signal) return turn;
+    return new Promise<void>((resolve, reject) => {
+      const onAbort = () => reject(signal.reason);
+      if (signal.aborted) onAbort();
+      signal.addEventListener('abort', onAbort, { once: true });
+      turn.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+    });
   }
 
   /** The backend throttled a call: everyone pauses, longer each time, with jitter; a Retry-After wins. */
   throttled(retryAfterMs?: number): void {
     this.stats.throttled++;
-    this.backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.backoffMs * 2));
+    const now = this.clock.now();
+    // Calls already in flight when the pause began are answered "throttled" too: one backoff step for all of them.
+    if (now >= this.pausedUntil)
+      this.backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.backoffMs * 2));
     // Full jitter: callers on several workers do not come back in step.
     const pause = retryAfterMs ?? Math.round(this.backoffMs / 2 + Math.random() * (this.backoffMs / 2));
-    this.pausedUntil = Math.max(this.pausedUntil, this.clock.now() + pause);
+    this.pausedUntil = Math.max(this.pausedUntil, now + pause);
+    // No burst when the pause ends: the bucket starts empty then and refills at its rate.
     this.tokens = 0;
+    this.refilledAt = this.pausedUntil;
   }
 
   /** A call went through: the backoff starts small again next time. */
@@ -89,7 +103,7 @@ export class CallBudgetLimiter {
     if (this.pausedUntil <= this.clock.now()) this.backoffMs = 0;
   }
 
-  private async waitForToken(signal?: AbortSignal): Promise<void> {
+  private async waitForTokens(cost: number, signal?: AbortSignal): Promise<void> {
     for (;;) {
       signal?.throwIfAborted();
       const now = this.clock.now();
@@ -99,19 +113,21 @@ export class CallBudgetLimiter {
       }
       if (!this.budget) return;
       this.refill(now);
-      if (this.tokens >= 1) {
-        this.tokens -= 1;
+      // A call costing more than the burst waits for a full bucket and takes it (it cannot be split).
+      const need = Math.min(cost, this.budget.burst);
+      if (this.tokens >= need) {
+        this.tokens -= need;
         return;
       }
-      const waitMs = Math.ceil(((1 - this.tokens) / this.budget.callsPerSecond) * 1000);
+      const waitMs = Math.ceil(((need - this.tokens) / this.budget.callsPerSecond) * 1000);
       await this.clock.sleep(waitMs, signal);
     }
   }
 
   private refill(now: number): void {
     if (!this.budget) return;
-    const elapsed = now - this.refilledAt;
-    this.refilledAt = now;
+    const elapsed = Math.max(0, now - this.refilledAt);
+    this.refilledAt = Math.max(this.refilledAt, now);
     this.tokens = Math.min(this.budget.burst, this.tokens + (elapsed / 1000) * this.budget.callsPerSecond);
   }
 }

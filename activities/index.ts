@@ -26,6 +26,7 @@ import type {
   VolumeTarget,
   WaitHeartbeat,
   WaitResult,
+  WaitTarget,
 } from '../common/stop-activities';
 import { Backend, type ProviderEvent } from './backend';
 import type { Provider } from './provider';
@@ -49,10 +50,19 @@ export interface ActivityDeps {
   observe?: (event: ProviderEvent) => void;
 }
 
-/** How often an attempt heartbeats, whatever it is doing: cancellation arrives within about this long. */
+/** How often an urgent attempt heartbeats, whatever it is doing: a cancel arrives within about this long. */
 const HEARTBEAT_EVERY_MS = 1_000;
-/** A wait reports the request lost after reading `attached` this many checks in a row (not one stale read). */
-const LOST_AFTER_CHECKS = 3;
+/**
+ * How often a wait heartbeats. Its worker sends at most one heartbeat per 20 s anyway (worker/worker.ts),
+ * and thousands of waits encoding details every second would be garbage for nothing.
+ */
+const WAIT_HEARTBEAT_EVERY_MS = 10_000;
+/**
+ * A wait reports the request lost after every check read `attached` for this many polls (not one stale read),
+ * doubled for each time it was already sent again, up to an hour.
+ */
+const LOST_AFTER_POLLS = 3;
+const LOST_AFTER_MAX_MS = 3_600_000;
 
 /**
  * In-process news that a volume was just forced: a wait on it in this worker looks again at
@@ -112,10 +122,10 @@ export class Backends {
 }
 
 /** Runs `fn` with a heartbeat about every second; `details` is what the UI and `stopflow status` show. */
-async function heartbeating<T>(details: () => unknown, fn: () => Promise<T>): Promise<T> {
+async function heartbeating<T>(details: () => unknown, fn: () => Promise<T>, everyMs = HEARTBEAT_EVERY_MS): Promise<T> {
   const ctx = Context.current();
   ctx.heartbeat(details());
-  const timer = setInterval(() => ctx.heartbeat(details()), HEARTBEAT_EVERY_MS);
+  const timer = setInterval(() => ctx.heartbeat(details()), everyMs);
   try {
     return await fn();
   } finally {
@@ -138,7 +148,8 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
   const pollUntilDetached = async (
     backend: Backend,
     target: VolumeTarget,
-    lostAfter: number | undefined,
+    lostAfterMs: number | undefined,
+    heartbeatEveryMs = HEARTBEAT_EVERY_MS,
   ): Promise<{ outcome: 'detached' | 'lost'; checks: number }> => {
     const ctx = Context.current();
     const releaseAt = Date.now() + holdMs;
@@ -148,21 +159,33 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       state: previous?.state ?? 'detaching',
       since: previous?.since ?? new Date().toISOString(),
     };
-    let attachedInARow = 0;
+    if (previous?.attachedSince) beat.attachedSince = previous.attachedSince;
     return heartbeating(
       () => beat,
       async () => {
         for (;;) {
+          let answered = false;
           try {
             beat.state = await backend.states.check(target, ctx.cancellationSignal);
             beat.checks++;
+            answered = true;
           } catch (err) {
             if (!isTransient(err) || Date.now() + deps.pollIntervalMs > releaseAt) throw err;
           }
           if (beat.state === 'detached') return { outcome: 'detached', checks: beat.checks };
-          attachedInARow = beat.state === 'attached' ? attachedInARow + 1 : 0;
-          if (lostAfter !== undefined && attachedInARow >= lostAfter) return { outcome: 'lost', checks: beat.checks };
+          // Only answers count towards "lost": a backend that errors has said nothing about the volume.
+          if (answered) {
+            if (beat.state !== 'attached') delete beat.attachedSince;
+            else beat.attachedSince ??= new Date().toISOString();
+          }
+          const attachedFor = beat.attachedSince ? Date.now() - Date.parse(beat.attachedSince) : 0;
+          if (lostAfterMs !== undefined && beat.attachedSince && attachedFor >= lostAfterMs) {
+            return { outcome: 'lost', checks: beat.checks };
+          }
           if (Date.now() + deps.pollIntervalMs > releaseAt) {
+            // The attempt's last word: a worker that throttles heartbeats still sends the latest details
+            // with the failure, so the next attempt counts on from here.
+            ctx.heartbeat(beat);
             const releases = Math.max(0, ctx.info.attempt - 1);
             throw ApplicationFailure.create({
               type: 'StillDetaching',
@@ -180,6 +203,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
           );
         }
       },
+      heartbeatEveryMs,
     );
   };
 
@@ -214,8 +238,12 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       return { requests: ctx.info.attempt, state };
     },
 
-    async awaitDetached(target: VolumeTarget): Promise<WaitResult> {
-      return pollUntilDetached(backends.resolve(target.provider), target, LOST_AFTER_CHECKS);
+    async awaitDetached(target: WaitTarget): Promise<WaitResult> {
+      const lostAfterMs = Math.min(
+        LOST_AFTER_MAX_MS,
+        LOST_AFTER_POLLS * deps.pollIntervalMs * 2 ** Math.min(20, target.rerequests ?? 0),
+      );
+      return pollUntilDetached(backends.resolve(target.provider), target, lostAfterMs, WAIT_HEARTBEAT_EVERY_MS);
     },
 
     async forceDetachVolume(target: VolumeTarget): Promise<ForceResult> {
@@ -252,6 +280,17 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       );
     },
 
+    async readInstanceStopped(input: InstanceTarget): Promise<'stopped' | 'running' | 'unknown'> {
+      const backend = backends.resolve(input.provider);
+      const read = backend.provider.isInstanceStopped?.bind(backend.provider);
+      if (!read) return 'unknown';
+      const stopped = await heartbeating(
+        () => undefined,
+        () => backend.call('isInstanceStopped', (o) => read(input.instanceId, o)),
+      );
+      return stopped ? 'stopped' : 'running';
+    },
+
     async stopInstanceIfDetached(input: InstanceTarget): Promise<StopInstanceOutcome> {
       const backend = backends.resolve(input.provider);
       return heartbeating(
@@ -274,7 +313,10 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
   const legacy = {
     async detachVolume(target: VolumeTarget): Promise<{ attempts: number; checks: number; rerequests: number }> {
       const backend = backends.resolve(target.provider);
-      await backend.call('detachVolume', (o) => backend.provider.detachVolume(target.instanceId, target.volume, o));
+      await heartbeating(
+        () => undefined,
+        () => backend.call('detachVolume', (o) => backend.provider.detachVolume(target.instanceId, target.volume, o)),
+      );
       const { checks } = await pollUntilDetached(backend, target, undefined);
       return { attempts: Context.current().info.attempt, checks, rerequests: 0 };
     },

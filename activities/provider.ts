@@ -51,6 +51,11 @@ export interface Provider {
   readonly budget?: CallBudget;
   /** Most volumes `getAttachmentStates` takes in one call. Default 1 (no coalescing). */
   readonly maxBatch?: number;
+  /**
+   * How many backend requests one `getAttachmentStates` call makes, for the call budget (one
+   * VM read per instance, say). Omitted: one, whatever the batch (one DescribeVolumes).
+   */
+  batchRequests?(targets: readonly VolumeOfInstance[]): number;
 
   /** The volumes attached to the instance now, boot/root volume excluded. */
   listAttachedVolumes(instanceId: string, options?: CallOptions): Promise<VolumeRef[]>;
@@ -67,6 +72,12 @@ export interface Provider {
   forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void>;
   /** Stops the instance and returns once the backend reports it stopped. Idempotent. */
   stopInstance(instanceId: string, options?: CallOptions): Promise<void>;
+  /**
+   * Whether the backend says the instance is stopped (or gone), read-only. Asked when an
+   * escalated stop's last stop attempts failed, so that a stop whose instance did stop is not
+   * reported failed. Optional: without it the stop says the instance's state is unknown.
+   */
+  isInstanceStopped?(instanceId: string, options?: CallOptions): Promise<boolean>;
   /** Start-up check: throws with a clear message when the backend cannot be used from this worker. */
   checkUsable?(): Promise<void>;
 }

@@ -20,6 +20,8 @@ export type BudgetedCall = <T>(
   fn: (options: CallOptions) => Promise<T>,
   /** The call serves a batch of many activities: it takes no single activity's cancellation. */
   shared?: boolean,
+  /** Backend requests the call makes, in budget tokens. */
+  cost?: number,
 ) => Promise<T>;
 
 /** How long the first check of a batch waits for others to join it. Short: a lone check should not feel it. */
@@ -109,6 +111,7 @@ export class StateChecks {
                 options,
               ),
             true,
+            this.provider.batchRequests?.(batch.map((p) => p.target)) ?? 1,
           );
           batch.forEach((p, i) => {
             const state = states[i];

@@ -28,7 +28,7 @@ import {
   WORKFLOW_TYPE,
   workflowIdFor,
 } from '../common/names';
-import { ID_PATTERN, INSTANCE_ID_RULE, parseStopRequest, type StopRequest } from '../common/request';
+import { INSTANCE_ID_RULE, LEGACY_ID_PATTERN, parseStopRequest, type StopRequest } from '../common/request';
 import type {
   AbortPayload,
   SetMaxStopDurationInput,
@@ -187,8 +187,9 @@ const PENDING_STATES: Record<number, PendingWork['state']> = {
   5: 'pause_requested',
 };
 
+/** An id a stop may have: new stops are checked by the request schema, stops started by older versions may differ. */
 function checkInstanceId(instanceId: unknown): string {
-  if (typeof instanceId !== 'string' || !ID_PATTERN.test(instanceId)) {
+  if (typeof instanceId !== 'string' || !LEGACY_ID_PATTERN.test(instanceId)) {
     throw new InvalidInputError(`instanceId: ${INSTANCE_ID_RULE}`);
   }
   return instanceId;

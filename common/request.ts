@@ -10,8 +10,11 @@ import { type DurationSchema, durationSchema, parseDuration } from './duration';
 export const INSTANCE_ID_RULE = 'must be 1-255 characters of [A-Za-z0-9._:-], starting with a letter or digit';
 /** Starts with a letter or digit: an id must never read as an option (`-rf`) where it reaches a command line. */
 export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$/;
-/** The rules before the `reconciler` patch: only replays of stops started then use them. */
-const LEGACY_ID_PATTERN = /^[A-Za-z0-9._:-]{1,255}$/;
+/**
+ * The rules before the `reconciler` patch: replays of stops started then use them, and a client may
+ * still address (abort, query, wait for) such a stop by its id; new stops need ID_PATTERN.
+ */
+export const LEGACY_ID_PATTERN = /^[A-Za-z0-9._:-]{1,255}$/;
 const EMPTY_VOLUMES_RULE =
   'must list at least one volume (omit volumes to detach whatever the backend says is attached)';
 /** A single stop of more volumes than this is not an instance, it is a mistake (and a huge history). */

@@ -22,6 +22,13 @@ export interface WaitHeartbeat {
   checks: number;
   state: BackendState;
   since: string;
+  /** Since when every check read `attached` (kept across attempts): how long the request has looked lost. */
+  attachedSince?: string;
+}
+
+/** What a wait is asked: the volume, and how many times its request was already found lost and sent again. */
+export interface WaitTarget extends VolumeTarget {
+  rerequests?: number;
 }
 
 export interface RequestResult {
@@ -62,14 +69,20 @@ export interface StopActivities {
   listAttachedVolumes(input: InstanceTarget): Promise<VolumeRef[]>;
   /** Sends the graceful detach (idempotent). Changes the backend. */
   requestDetach(target: VolumeTarget): Promise<RequestResult>;
-  /** Read-only: polls until detached (on the waits task queue, so stuck volumes never take urgent slots). */
-  awaitDetached(target: VolumeTarget): Promise<WaitResult>;
+  /**
+   * Read-only: polls until detached (on the waits task queue, so stuck volumes never take urgent slots).
+   * `lost` only after the volume read `attached` for a while that doubles with each re-request, so a
+   * volume that keeps coming back costs a few events an hour, not a few a minute.
+   */
+  awaitDetached(target: WaitTarget): Promise<WaitResult>;
   /** Forces the detach and confirms it. Changes the backend; may lose unflushed writes. */
   forceDetachVolume(target: VolumeTarget): Promise<ForceResult>;
   /** One state check: did a volume whose force failed detach anyway? */
   readAttachmentState(target: VolumeTarget): Promise<BackendState>;
   /** Lists what is attached right before stopping; stops the instance only when nothing is. */
   stopInstanceIfDetached(input: InstanceTarget): Promise<StopInstanceOutcome>;
+  /** Read-only: is the instance stopped? `unknown` when the provider cannot say. */
+  readInstanceStopped(input: InstanceTarget): Promise<'stopped' | 'running' | 'unknown'>;
 }
 
 /** Activity type names, for clients that read pending activities and history. */

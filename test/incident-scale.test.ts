@@ -71,21 +71,43 @@ describe('call budget', () => {
     expect(budget.counts.throttled).toBe(1);
   });
 
-  test('without a Retry-After the backoff grows with each throttling answer', async () => {
+  test('without a Retry-After the backoff grows with each throttling pause, not with each answer in one', async () => {
     const clock = new ManualClock();
     const budget = new CallBudgetLimiter(undefined, clock);
+    // Three calls in flight answered "throttled" together: one step (1 s, jittered down to at least 0.5 s).
     budget.throttled();
     budget.throttled();
     budget.throttled();
-    let done = false;
+    let first = false;
     void budget.take().then(() => {
-      done = true;
+      first = true;
     });
-    // Third backoff: 4 s, with jitter between half and all of it.
+    await clock.advance(1_000);
+    expect(first).toBe(true);
+    // Throttled again after the pause: 2 s, then 4 s.
+    budget.throttled();
+    await clock.advance(2_100);
+    budget.throttled();
+    let third = false;
+    void budget.take().then(() => {
+      third = true;
+    });
     await clock.advance(1_900);
-    expect(done).toBe(false);
+    expect(third).toBe(false);
     await clock.advance(2_200);
-    expect(done).toBe(true);
+    expect(third).toBe(true);
+  });
+
+  test('when a throttling pause ends, calls resume at the rate, without a burst', async () => {
+    const clock = new ManualClock();
+    const budget = new CallBudgetLimiter({ callsPerSecond: 10, burst: 50 }, clock);
+    budget.throttled(5_000);
+    let done = 0;
+    for (let i = 0; i < 100; i++) void budget.take().then(() => done++);
+    await clock.advance(5_000);
+    expect(done).toBeLessThanOrEqual(1);
+    await clock.advance(1_000);
+    expect(done).toBeLessThanOrEqual(11);
   });
 
   test('a caller that is cancelled while it waits gives up without blocking the others', async () => {

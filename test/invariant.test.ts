@@ -27,9 +27,23 @@ const hangingDetach = new SimulatedProvider(
   'hanging-detach',
 );
 
+const stopAlwaysFails = new SimulatedProvider(
+  new MemorySimStore(),
+  { failCalls: new Set(['stopInstance']) },
+  'stop-fails',
+);
+const stopAnswerLost = new SimulatedProvider(
+  new MemorySimStore(),
+  { loseAnswers: new Set(['stopInstance']) },
+  'stop-lost',
+);
+
 let h: Harness;
 beforeAll(async () => {
-  h = await startHarness({ pollIntervalMs: 200, extraProviders: [brokenListing, hangingDetach] });
+  h = await startHarness({
+    pollIntervalMs: 200,
+    extraProviders: [brokenListing, hangingDetach, stopAlwaysFails, stopAnswerLost],
+  });
 });
 afterAll(async () => {
   await h?.close();
@@ -184,6 +198,49 @@ describe('every stop ends', () => {
     const result = await h.stopflow.result(instanceId);
     expect(result.phase).toBe('stopped');
     expect(result.volumes[0]?.state).toBe('force_detached');
+  });
+});
+
+describe('the last step', () => {
+  test('a cancel while stopping the instance keeps failing ends the stop, failed, the instance not stopped', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-1' }], stopAlwaysFails);
+    await h.stopflow.stop({ instanceId, provider: 'stop-fails' });
+    await eventually(async () => {
+      const progress = await h.stopflow.progress(instanceId);
+      return progress.otherWork.some((w) => w.activityType === 'stopInstanceIfDetached' && w.attempt >= 2);
+    }, 'the instance stop to be retried');
+    await h.client.workflow.getHandle(workflowIdFor(instanceId)).cancel();
+    const status = await failedStatus(instanceId);
+    expect(status.instanceStopped).toBe(false);
+    expect(status.error).toMatch(/stopping .* failed/);
+    expect((await stopAlwaysFails.instance(instanceId))?.state).toBe('running');
+  });
+
+  test('an escalated stop whose instance stopped but whose answer was lost ends stopped, not failed', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-stuck', behavior: { hang: true } }], stopAnswerLost);
+    await h.stopflow.stop({ instanceId, provider: 'stop-lost', volumes: refs('vol-stuck') });
+    await eventually(async () => (await h.stopflow.status(instanceId)).volumes[0]?.state === 'detaching', 'waiting');
+    await h.stopflow.abort(instanceId);
+    const result = await h.stopflow.result(instanceId);
+    expect(result).toMatchObject({ phase: 'stopped', instanceStopped: true });
+    expect((await stopAnswerLost.instance(instanceId))?.leakedAtStop).toEqual([]);
+  });
+
+  test('a volume found attached after a cancel is not forced', async () => {
+    // Aborted (no grace), then cancelled while the backend lists a volume attached again: nothing more is forced.
+    const instanceId = await seeded([{ volumeId: 'vol-stuck', behavior: { hang: true } }], stopAlwaysFails);
+    await h.stopflow.stop({ instanceId, provider: 'stop-fails', volumes: refs('vol-stuck') });
+    await eventually(async () => (await h.stopflow.status(instanceId)).volumes[0]?.state === 'detaching', 'waiting');
+    await h.stopflow.abort(instanceId);
+    await eventually(async () => {
+      const progress = await h.stopflow.progress(instanceId);
+      return progress.otherWork.some((w) => w.activityType === 'stopInstanceIfDetached');
+    }, 'the last step to run');
+    await stopAlwaysFails.attachVolume(instanceId, { volumeId: 'vol-late', behavior: { hang: true } });
+    await h.client.workflow.getHandle(workflowIdFor(instanceId)).cancel();
+    await failedStatus(instanceId);
+    const late = (await stopAlwaysFails.instance(instanceId))?.volumes.find((v) => v.volumeId === 'vol-late');
+    expect(late?.forceCalls).toBe(0);
   });
 });
 

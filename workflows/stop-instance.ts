@@ -46,7 +46,12 @@ import type {
   VolumeState,
   VolumeStatus,
 } from '../common/status';
-import { type StopActivities, type VolumeTarget, waitsTaskQueue } from '../common/stop-activities';
+import {
+  type StopActivities,
+  type StopInstanceOutcome,
+  type VolumeTarget,
+  waitsTaskQueue,
+} from '../common/stop-activities';
 import { Deadline } from './deadline';
 import { abortSignal, setMaxStopDurationUpdate, statusQuery } from './definitions';
 import { legacyStopInstance } from './legacy/stop-instance-v2';
@@ -175,15 +180,10 @@ async function run(state: StopState): Promise<StopStatus> {
       const which = failed.map((v) => `${v.volumeId} (${v.lastError ?? 'failed'})`).join(', ');
       fail(state, `instance ${instanceId} was not stopped: ${which} could not be detached`);
     }
-    const stopOnce = (retry: typeof UNLIMITED) =>
-      activities(say.stop(instanceId), { ...stopping, retry }).stopInstanceIfDetached({ provider, instanceId });
-    // Once started, stopping is not cancelled by a cancel (an instance half-stopped must not be reported
-    // "not stopped"); an escalation bounds its retries.
-    let outcome = state.escalation
-      ? await settled(stopOnce(BOUNDED))
-      : await untilInterrupted(state, () => stopOnce(UNLIMITED), true);
-    if (!outcome.ok && outcome.why === INTERRUPTED) outcome = await settled(stopOnce(BOUNDED));
-    if (!outcome.ok) fail(state, `every volume was detached but stopping ${instanceId} failed: ${outcome.why}`);
+    const outcome = await stopIfNothingAttached(state);
+    if (!outcome.ok) {
+      fail(state, `every volume was detached but stopping ${instanceId} failed: ${outcome.why}`);
+    }
     if (outcome.value.stopped) break;
     if (check === MAX_FINAL_CHECKS) {
       const ids = outcome.value.attached.map((v) => v.volumeId).join(', ');
@@ -199,8 +199,41 @@ async function run(state: StopState): Promise<StopStatus> {
   return snapshot(state);
 }
 
+/**
+ * The last step. Until an escalation or a cancel its retries are unlimited (an instance must not be
+ * reported failed because its backend was briefly away); after one, five more tries. When those fail
+ * too, the backend is asked whether the instance stopped anyway (a stop sent, its answer lost): if it
+ * did, and still lists nothing attached, the stop ends `stopped`, never `StopFailed` with the instance down.
+ */
+async function stopIfNothingAttached(state: StopState): Promise<Settled<StopInstanceOutcome>> {
+  const target = { provider: state.request.provider, instanceId: state.request.instanceId };
+  const stopOnce = (retry: typeof UNLIMITED) =>
+    activities(say.stop(target.instanceId), { ...stopping, retry }).stopInstanceIfDetached(target);
+  let outcome = interrupted(state)
+    ? await settled(stopOnce(BOUNDED))
+    : await untilInterrupted(state, () => stopOnce(UNLIMITED));
+  if (!outcome.ok && outcome.why === INTERRUPTED) outcome = await settled(stopOnce(BOUNDED));
+  if (outcome.ok) return outcome;
+  const bounded = { ...urgent, retry: BOUNDED };
+  const read = await settled(activities(say.readStopped(target.instanceId), bounded).readInstanceStopped(target));
+  if (!read.ok || read.value === 'unknown') {
+    return { ok: false, why: `${outcome.why}; whether the instance stopped anyway is unknown` };
+  }
+  if (read.value === 'running') return outcome;
+  const listed = await settled(activities(say.list(target.instanceId), bounded).listAttachedVolumes(target));
+  if (listed.ok && listed.value.length === 0)
+    return { ok: true, value: { stopped: true, instanceId: target.instanceId } };
+  return {
+    ok: false,
+    why: `${outcome.why}; the instance reads stopped, but its volumes could not be confirmed detached`,
+  };
+}
+
 /** Adds the volumes (found attached again: back to `attached`) and detaches them all in parallel. */
 async function detachAll(state: StopState, refs: VolumeRef[]): Promise<void> {
+  // A cancel forces nothing more, and a volume found attached after it is not detached either.
+  if (state.cancelled)
+    fail(state, `cancelled at ${state.cancelled.at}: instance ${state.request.instanceId} was not stopped`);
   const known = new Map((state.volumes ?? []).map((v) => [v.volumeId, v]));
   const total = new Set([...known.keys(), ...refs.map((v) => v.volumeId)]).size;
   if (total > MAX_VOLUMES) {
@@ -234,7 +267,7 @@ async function detachOne(state: StopState, volume: VolumeStatus, target: VolumeT
   const id = volume.volumeId;
   const graceful = new CancellationScope();
   const detached =
-    state.escalation && state.request.forceGraceMs === null
+    interrupted(state) && state.request.forceGraceMs === null
       ? Promise.resolve('cancelled' as const) // escalated before this volume's detach was sent: force at once
       : graceful
           .run(() => detachGracefully(state, volume, target))
@@ -271,7 +304,7 @@ async function detachOne(state: StopState, volume: VolumeStatus, target: VolumeT
   graceful.cancel();
   const escalation = state.escalation;
   state.cancelledWork.push(detached);
-  if (first === 'cancel' || !escalation) {
+  if (first === 'cancel' || !escalation || state.cancelled) {
     volume.lastError = `stop cancelled at ${state.cancelled?.at} before ${id} was detached`;
     settle(state, volume, 'failed');
     return;
@@ -282,7 +315,7 @@ async function detachOne(state: StopState, volume: VolumeStatus, target: VolumeT
 /** Request, then wait; again whenever the wait finds the request lost (the volume `attached` again). */
 async function detachGracefully(state: StopState, volume: VolumeStatus, target: VolumeTarget): Promise<void> {
   const id = volume.volumeId;
-  for (;;) {
+  for (let rerequests = 0; ; rerequests++) {
     move(state, volume, 'detaching');
     const requested = await activities(say.request(id), urgent).requestDetach(target);
     volume.attempts += requested.requests;
@@ -290,8 +323,10 @@ async function detachGracefully(state: StopState, volume: VolumeStatus, target: 
     const waited = await activities(say.wait(id), {
       ...wait,
       taskQueue: waitsTaskQueue(workflowInfo().taskQueue),
-    }).awaitDetached(target);
+    }).awaitDetached({ ...target, rerequests });
     if (waited.outcome === 'detached') return;
+    // Lost, but the race is decided already (escalation or cancel): the volume is no longer this path's.
+    if (CancellationScope.current().consideredCancelled) return;
     move(state, volume, 'attached');
   }
 }

@@ -18,6 +18,7 @@ export const say = {
     `${escalationReason(state, escalation)}: force-detaching ${volumeId}`,
   confirm: (volumeId: string) => `force failed: is ${volumeId} detached anyway?`,
   stop: (instanceId: string) => `stop instance ${instanceId} once the backend lists nothing attached`,
+  readStopped: (instanceId: string) => `stopping failed: is ${instanceId} stopped anyway?`,
   forceGrace: (ms: number | null, volumeId: string) => `forceGrace ${formatDuration(ms)} for ${volumeId}`,
   deadline: (atMs: number) => `maxStopDuration deadline ${new Date(atMs).toISOString()}`,
 };

@@ -353,6 +353,13 @@ export class AwsProvider implements Provider {
     return targets.map((t) => attachmentState(volumes.get(t.volume.volumeId), t.instanceId));
   }
 
+  /** DescribeInstances: `stopped`, `terminated`, or no such instance any more. */
+  async isInstanceStopped(instanceId: string, options: CallOptions = {}): Promise<boolean> {
+    const instance = await this.describeInstance(instanceId, options.signal);
+    const state = instance?.State?.Name;
+    return instance === undefined || state === 'stopped' || state === 'terminated';
+  }
+
   async stopInstance(instanceId: string, options: CallOptions = {}): Promise<void> {
     const { signal } = options;
     const deadline = Date.now() + this.stopWaitMs;

@@ -333,6 +333,11 @@ export class AzureProvider implements Provider {
   }
 
   /** One VM GET per distinct VM among the targets, answered in the order given. */
+  /** One VM read per instance of the batch: that is what the call budget must count. */
+  batchRequests(targets: readonly VolumeOfInstance[]): number {
+    return new Set(targets.map((t) => t.instanceId)).size;
+  }
+
   async getAttachmentStates(
     targets: readonly VolumeOfInstance[],
     options: CallOptions = {},
@@ -347,6 +352,11 @@ export class AzureProvider implements Provider {
       if (!vm) throw new TransientProviderError(`no VM model read for ${t.instanceId}`);
       return diskState(vm, t.volume.volumeId);
     });
+  }
+
+  /** The instance view's power state: stopped or deallocated. */
+  async isInstanceStopped(instanceId: string, options: CallOptions = {}): Promise<boolean> {
+    return STOP_DONE.has(await this.powerState(instanceId, options.signal));
   }
 
   async stopInstance(instanceId: string, options: CallOptions = {}): Promise<void> {

@@ -513,6 +513,14 @@ export class GcpProvider implements Provider {
    * One `instances.get` per distinct instance (and, for instances that still list an asked disk, one look at
    * their pending detach operations), answered in the order given.
    */
+  /**
+   * For the call budget: an `instances.get` per instance of the batch, and for those with a disk still
+   * attached an operations list (counted for all: the budget must not be exceeded, only under-used).
+   */
+  batchRequests(targets: readonly VolumeOfInstance[]): number {
+    return 2 * new Set(targets.map((t) => t.instanceId)).size;
+  }
+
   async getAttachmentStates(
     targets: readonly VolumeOfInstance[],
     options: CallOptions = {},
@@ -537,6 +545,12 @@ export class GcpProvider implements Provider {
       states.push(entry.detaching ? 'detaching' : 'attached');
     }
     return states;
+  }
+
+  /** `instances.get`: TERMINATED (Compute Engine's stopped), or no such instance any more. */
+  async isInstanceStopped(instanceId: string, options: CallOptions = {}): Promise<boolean> {
+    const instance = await this.getInstance(await this.instanceName(instanceId, options.signal), options.signal);
+    return instance === undefined || instance.status === TERMINATED;
   }
 
   async stopInstance(instanceId: string, options: CallOptions = {}): Promise<void> {

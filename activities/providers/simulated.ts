@@ -134,6 +134,8 @@ export interface SimFaults {
   hangCalls?: ReadonlySet<string>;
   /** Operations that always fail transiently (a backend whose listing is broken, say). */
   failCalls?: ReadonlySet<string>;
+  /** Operations that take effect but whose answer is lost (a transient error after the fact). */
+  loseAnswers?: ReadonlySet<string>;
 }
 
 export interface SimulatedProviderOptions {
@@ -293,6 +295,14 @@ export class SimulatedProvider implements Provider {
       instance.leakedAtStop = instance.volumes.filter((v) => v.state !== 'detached').map((v) => v.volumeId);
       instance.state = 'stopped';
     });
+    if (this.faults.loseAnswers?.has('stopInstance')) {
+      throw new TransientProviderError(`simulated stopInstance of ${instanceId}: stopped, but the answer was lost`);
+    }
+  }
+
+  async isInstanceStopped(instanceId: string, options?: CallOptions): Promise<boolean> {
+    await this.chaos('isInstanceStopped', options);
+    return (await this.store.read()).instances[instanceId]?.state === 'stopped';
   }
 
   async checkUsable(): Promise<void> {

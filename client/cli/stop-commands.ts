@@ -13,8 +13,8 @@ import { createLogUpdate } from 'log-update';
 import { DURATION_RULE, formatDuration, parseDuration } from '../../common/duration';
 import { DEFAULT_TASK_QUEUE } from '../../common/names';
 import {
-  ID_PATTERN,
   INSTANCE_ID_RULE,
+  LEGACY_ID_PATTERN,
   parseStopRequest,
   type StopRequest,
   StopRequestError,
@@ -38,8 +38,9 @@ function badInput(message: string): CliError {
   return new CliError(message, EXIT.badInput);
 }
 
+/** Ids of stops that may exist (older versions allowed more); a new stop's id is checked by the request schema. */
 function checkInstanceId(instanceId: string): void {
-  if (!ID_PATTERN.test(instanceId)) throw badInput(`instanceId: ${INSTANCE_ID_RULE}`);
+  if (!LEGACY_ID_PATTERN.test(instanceId)) throw badInput(`instanceId: ${INSTANCE_ID_RULE}`);
 }
 
 function checkDuration(field: string, value: string): void {
