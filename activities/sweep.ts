@@ -17,7 +17,8 @@ import type {
   LeftoversFound,
   StuckStop,
   StuckStopsFound,
-} from '../workflows/sweep';
+  SweepActivities,
+} from '../common/sweep-activities';
 import type { Provider } from './provider';
 
 export interface SweepActivityDeps {
@@ -35,7 +36,7 @@ export interface SweepActivityDeps {
 
 const STOP_ID_PREFIX = 'stop-';
 
-export function createSweepActivities(deps: SweepActivityDeps) {
+export function createSweepActivities(deps: SweepActivityDeps): SweepActivities {
   const { client } = deps;
   const namespace = client.options.namespace;
   if (deps.namespace !== undefined && deps.namespace !== namespace) {
@@ -263,7 +264,7 @@ export function createSweepActivities(deps: SweepActivityDeps) {
   };
 }
 
-export type SweepActivities = ReturnType<typeof createSweepActivities>;
+export type { SweepActivities } from '../common/sweep-activities';
 
 function instanceIdOf(workflowId: string): string {
   return workflowId.startsWith(STOP_ID_PREFIX) ? workflowId.slice(STOP_ID_PREFIX.length) : workflowId;

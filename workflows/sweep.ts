@@ -31,8 +31,16 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import { z } from 'zod';
-import type { SweepActivities } from '../activities/sweep';
 import { durationSchema, formatDuration, parseDuration } from '../common/duration';
+import type {
+  LeftoverAttachment,
+  LeftoverCheckError,
+  LeftoverStopStart,
+  LeftoversFound,
+  StuckStop,
+  StuckStopsFound,
+  SweepActivities,
+} from '../common/sweep-activities';
 
 /** Type of the ApplicationFailure raised when a sweep's input breaks a rule. */
 export const INVALID_SWEEP_INPUT = 'InvalidSweepInput';
@@ -126,55 +134,15 @@ export class SweepInputError extends Error {
   }
 }
 
-// --- what the activities find (activities/sweep.ts fills these in) ---
-
-export interface StuckStop {
-  instanceId: string;
-  workflowId: string;
-  runId: string;
-  startedAt: string;
-  /** How long it has been stopping, at the sweep's time. */
-  stoppingForMs: number;
-  /** Whether it already escalated to force-detach (StopForced), and why (StopCause), as visibility last saw it. */
-  forced: boolean;
-  cause?: string;
-}
-
-export interface StuckStopsFound {
-  stops: StuckStop[];
-  /** More stuck stops matched than `maxInstances`; the oldest-started are not listed. */
-  truncated: boolean;
-}
-
-export interface LeftoverAttachment {
-  instanceId: string;
-  /** The latest stop of the instance, which ended `stopped`. */
-  workflowId: string;
-  runId: string;
-  stoppedAt: string;
-  /** The provider that was asked, and whether that name came from the sweep, the stop's request, or the default. */
-  provider: string;
-  providerFrom: 'sweep' | 'stop' | 'default';
-  volumes: { volumeId: string; device?: string }[];
-}
-
-export interface LeftoverCheckError {
-  instanceId: string;
-  error: string;
-}
-
-export interface LeftoversFound {
-  /** Instances whose latest stop ended `stopped` and whose backend was asked. */
-  checked: number;
-  leftovers: LeftoverAttachment[];
-  errors: LeftoverCheckError[];
-  /** More stopped instances matched than `maxInstances`; the least recently stopped were not checked. */
-  truncated: boolean;
-}
-
-export type LeftoverStopStart =
-  | { instanceId: string; workflowId: string; runId: string; started: boolean }
-  | { instanceId: string; workflowId: string; error: string };
+// What the activities find: common/sweep-activities.ts (re-exported for the CLI and tests).
+export type {
+  LeftoverAttachment,
+  LeftoverCheckError,
+  LeftoverStopStart,
+  LeftoversFound,
+  StuckStop,
+  StuckStopsFound,
+} from '../common/sweep-activities';
 
 export interface SweepResult {
   sweptAt: string;
