@@ -1,42 +1,33 @@
 /**
- * stopInstance: the contract's state machine (docs/contract.md). The instance is
- * stopped only by the activity that first asks the backend what is attached and
- * finds nothing; until then the stop stays `stopping`.
+ * stopInstance: the contract's state machine (docs/contract.md, docs/architecture.md).
+ * The instance is stopped only by the activity that first asks the backend what is
+ * attached and finds nothing; until then the stop stays `stopping`.
  *
- *   stopping ─ every volume detached, backend lists nothing ─► stopInstance ─► stopped
- *      │  (found attached: that volume goes through the same path again)
- *      ├─ deadline or `abort` ─► force-detach what is left (after forceGrace)
+ *   stopping ─ every volume detached ─► stopInstanceIfDetached ─┬─ nothing listed ─► stopped
+ *      │                                                        └─ found attached: that volume, same path
+ *      ├─ deadline or `abort` ─► force what is left (after forceGrace)
  *      ├─ workflow cancel ─────► force nothing, stop nothing ─► failed (StopFailed)
  *      └─ a volume failed, even by force ─────────────────────► failed (StopFailed)
  *
- * Writes to the backend (request, force, stop) are never abandoned: a cancelled
- * one is awaited. The read-only wait for `detached` may be: it ends itself at its
- * next heartbeat. Waiting on a stuck volume happens inside that wait activity, on
+ * Writes to the backend (request, force, stop) are never abandoned. Cancelled
+ * graceful work never delays a force or the stop; it is awaited, bounded, only
+ * before the stop ends. Waiting on a stuck volume happens inside one activity on
  * its own task queue, so history does not grow while it waits.
  */
 import {
-  ActivityCancellationType,
   ActivityFailure,
-  type ActivityOptions,
   ApplicationFailure,
   CancellationScope,
   condition,
   isCancellation,
   patched,
-  proxyActivities,
   setHandler,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
 import { DURATION_RULE, parseDuration } from '../common/duration';
-import { INVALID_STOP_REQUEST, STOP_FAILED, StopCauseKey, StopForcedKey, StopPhaseKey } from '../common/names';
-import {
-  MAX_VOLUMES,
-  parseStopRequestTolerant,
-  type StopRequest,
-  StopRequestError,
-  type VolumeRef,
-} from '../common/request';
+import { STOP_FAILED, StopCauseKey, StopForcedKey, StopPhaseKey } from '../common/names';
+import { MAX_VOLUMES, type StopRequest, type VolumeRef } from '../common/request';
 import type {
   AbortPayload,
   Escalation,
@@ -46,17 +37,15 @@ import type {
   VolumeState,
   VolumeStatus,
 } from '../common/status';
-import {
-  type StopActivities,
-  type StopInstanceOutcome,
-  type VolumeTarget,
-  waitsTaskQueue,
-} from '../common/stop-activities';
+import { type StopInstanceOutcome, type VolumeTarget, waitsTaskQueue } from '../common/stop-activities';
+import { activities, BOUNDED, force, stopping, UNLIMITED, urgent, wait } from './activity-options';
 import { Deadline } from './deadline';
 import { abortSignal, setMaxStopDurationUpdate, statusQuery } from './definitions';
 import { legacyStopInstance } from './legacy/stop-instance-v2';
+import { failureMessage, INTERRUPTED, type Settled, settled, untilInterrupted } from './settled';
 import { countForce, describe, reportEnd, reportEscalation, say } from './stop-report';
 import { allVolumesSettled, canMove, interrupted, iso, type StopState, snapshot } from './stop-state';
+import { invalidUpdate, validate } from './validate';
 
 /**
  * Patches (test/replay.test.ts replays the histories of every version):
@@ -68,35 +57,6 @@ const RECONCILER = 'reconciler';
 const CANCELLED_WORK_BOUND = '30s';
 /** Rounds of "the backend still lists something attached" before the stop gives up. */
 const MAX_FINAL_CHECKS = 5;
-const NON_RETRYABLE = ['PermanentProviderError', 'UnknownProvider', 'ForceUnsupported'];
-// Until escalation, transient errors are retried without limit: an instance must never be reported
-// stopped, or failed, because its backend was briefly unreachable. After it, a bounded number.
-const UNLIMITED = {
-  initialInterval: '1s',
-  backoffCoefficient: 2,
-  maximumInterval: '1m',
-  nonRetryableErrorTypes: NON_RETRYABLE,
-};
-const BOUNDED = { ...UNLIMITED, maximumInterval: '30s', maximumAttempts: 5 };
-// Heartbeats come every second, so a lost worker is noticed in 10 s.
-const urgent: ActivityOptions = {
-  startToCloseTimeout: '2m',
-  heartbeatTimeout: '10s',
-  retry: UNLIMITED,
-  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-};
-const stopping: ActivityOptions = { ...urgent, startToCloseTimeout: '15m' };
-// Where the server has task priority on, a force (what an abort asks for) goes ahead of everything else queued.
-const force: ActivityOptions = { ...urgent, startToCloseTimeout: '5m', retry: BOUNDED, priority: { priorityKey: 1 } };
-// Past its hold window a wait asks to be retried later (StillDetaching). It heartbeats rarely (its worker
-// throttles to 20 s): thousands of stuck volumes must not flood the server. A lost worker's waits move to
-// another within 30 s.
-const wait: ActivityOptions = { ...urgent, startToCloseTimeout: '10m', heartbeatTimeout: '30s' };
-
-function activities(summary: string, options: ActivityOptions): StopActivities {
-  return proxyActivities<StopActivities>({ ...options, summary });
-}
-
 export async function stopInstance(input: StopRequest): Promise<StopStatus> {
   if (!patched(RECONCILER)) return legacyStopInstance(input);
   const request = validate(input);
@@ -165,8 +125,9 @@ async function run(state: StopState): Promise<StopStatus> {
 
   let volumes = state.request.volumes;
   if (!volumes) {
-    const listed = await untilInterrupted(state, () =>
-      activities(say.list(instanceId), urgent).listAttachedVolumes({ provider, instanceId }),
+    const listed = await untilInterrupted(
+      () => interrupted(state),
+      () => activities(say.list(instanceId), urgent).listAttachedVolumes({ provider, instanceId }),
     );
     if (!listed.ok) fail(state, `could not list the volumes attached to ${instanceId}: ${listed.why}`);
     volumes = listed.value;
@@ -211,7 +172,10 @@ async function stopIfNothingAttached(state: StopState): Promise<Settled<StopInst
     activities(say.stop(target.instanceId), { ...stopping, retry }).stopInstanceIfDetached(target);
   let outcome = interrupted(state)
     ? await settled(stopOnce(BOUNDED))
-    : await untilInterrupted(state, () => stopOnce(UNLIMITED));
+    : await untilInterrupted(
+        () => interrupted(state),
+        () => stopOnce(UNLIMITED),
+      );
   if (!outcome.ok && outcome.why === INTERRUPTED) outcome = await settled(stopOnce(BOUNDED));
   if (outcome.ok) return outcome;
   const bounded = { ...urgent, retry: BOUNDED };
@@ -387,46 +351,6 @@ function refuseDeadlineChange(state: StopState, maxStopDuration: unknown): void 
   }
 }
 
-const INTERRUPTED = 'interrupted by escalation or cancel';
-type Settled<T> = { ok: true; value: T } | { ok: false; why: string };
-
-/** An activity's outcome as a value: its value, or the innermost message of its failure. */
-async function settled<T>(call: Promise<T>): Promise<Settled<T>> {
-  try {
-    return { ok: true, value: await call };
-  } catch (err) {
-    if (!(err instanceof ActivityFailure)) throw err;
-    return { ok: false, why: failureMessage(err) };
-  }
-}
-
-/**
- * Runs `call` until it ends or the stop is interrupted (escalated, or with `escalationOnly`
- * only escalated); then cancels it and waits for the cancel to land (writes are never abandoned).
- */
-async function untilInterrupted<T>(
-  state: StopState,
-  call: () => Promise<T>,
-  escalationOnly = false,
-): Promise<Settled<T>> {
-  const scope = new CancellationScope();
-  const outcome = scope
-    .run(() => settled(call()))
-    .catch((err: unknown) => {
-      if (isCancellation(err)) return { ok: false as const, why: INTERRUPTED };
-      throw err;
-    });
-  const stopWaiting = () => (escalationOnly ? state.escalation !== null : interrupted(state));
-  const watcher = new CancellationScope();
-  const stop = watcher.run(() => condition(stopWaiting)).catch(() => undefined);
-  const first = await Promise.race([outcome, stop.then(() => undefined)]);
-  watcher.cancel();
-  if (first) return first;
-  scope.cancel();
-  const last = await outcome;
-  return last.ok ? last : { ok: false, why: INTERRUPTED };
-}
-
 function move(state: StopState, volume: VolumeStatus, next: VolumeState): void {
   if (!canMove(volume.state, next))
     throw new Error(`bug: volume ${volume.volumeId} cannot go from ${volume.state} to ${next}`);
@@ -458,30 +382,4 @@ function fail(state: StopState, message: string): never {
   state.error = message;
   end(state, 'failed');
   throw ApplicationFailure.create({ message, type: STOP_FAILED, nonRetryable: true, details: [snapshot(state)] });
-}
-
-/** A rejected update: final, typed, and never written to history. */
-function invalidUpdate(message: string): ApplicationFailure {
-  return ApplicationFailure.create({ message, type: 'InvalidUpdate', nonRetryable: true });
-}
-
-function validate(input: unknown) {
-  try {
-    return parseStopRequestTolerant(input);
-  } catch (err) {
-    if (!(err instanceof StopRequestError)) throw err;
-    throw ApplicationFailure.create({
-      message: err.message,
-      type: INVALID_STOP_REQUEST,
-      nonRetryable: true,
-      details: [err.issues],
-    });
-  }
-}
-
-/** The innermost message of an activity failure, e.g. "simulated volume vol-1 does not support force-detach". */
-function failureMessage(err: unknown): string {
-  let current: unknown = err;
-  while (current instanceof ActivityFailure && current.cause) current = current.cause;
-  return current instanceof Error ? current.message : String(current);
 }

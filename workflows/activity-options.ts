@@ -1,0 +1,41 @@
+/**
+ * How the stop's activities are called: timeouts, retries, cancellation, priority, queue. Each
+ * choice is a promise of the contract (docs/contract.md), so each says why.
+ */
+import { ActivityCancellationType, type ActivityOptions, proxyActivities } from '@temporalio/workflow';
+import type { StopActivities } from '../common/stop-activities';
+
+const NON_RETRYABLE = ['PermanentProviderError', 'UnknownProvider', 'ForceUnsupported'];
+// Until escalation, transient errors are retried without limit: an instance must never be reported
+// stopped, or failed, because its backend was briefly unreachable. After it, a bounded number.
+export const UNLIMITED = {
+  initialInterval: '1s',
+  backoffCoefficient: 2,
+  maximumInterval: '1m',
+  nonRetryableErrorTypes: NON_RETRYABLE,
+};
+export const BOUNDED = { ...UNLIMITED, maximumInterval: '30s', maximumAttempts: 5 };
+// Heartbeats come every second, so a lost worker is noticed in 10 s.
+export const urgent: ActivityOptions = {
+  startToCloseTimeout: '2m',
+  heartbeatTimeout: '10s',
+  retry: UNLIMITED,
+  cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+};
+export const stopping: ActivityOptions = { ...urgent, startToCloseTimeout: '15m' };
+// Where the server has task priority on, a force (what an abort asks for) goes ahead of everything else queued.
+export const force: ActivityOptions = {
+  ...urgent,
+  startToCloseTimeout: '5m',
+  retry: BOUNDED,
+  priority: { priorityKey: 1 },
+};
+// Past its hold window a wait asks to be retried later (StillDetaching). It heartbeats rarely (its worker
+// throttles to 20 s): thousands of stuck volumes must not flood the server. A lost worker's waits move to
+// another within 30 s.
+export const wait: ActivityOptions = { ...urgent, startToCloseTimeout: '10m', heartbeatTimeout: '30s' };
+
+/** Activities carry a per-call summary, so the Temporal UI reads as an audit log. */
+export function activities(summary: string, options: ActivityOptions): StopActivities {
+  return proxyActivities<StopActivities>({ ...options, summary });
+}
