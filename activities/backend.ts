@@ -5,7 +5,7 @@
  * workflow's retry policies understand (docs/contract.md "Failure types").
  */
 import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
-import { CallBudgetLimiter } from './call-budget';
+import { type BudgetLane, CallBudgetLimiter } from './call-budget';
 import {
   type CallOptions,
   ForceUnsupportedError,
@@ -44,13 +44,15 @@ export class Backend {
     ctx: Context | null = currentContext(),
     /** Backend requests the call makes, in budget tokens. */
     cost = 1,
+    /** Calls made for an activity are urgent; a batch of waits' checks is routine unless an urgent check rides in it. */
+    lane: BudgetLane = ctx ? 'urgent' : 'routine',
   ): Promise<T> {
     const signal = ctx?.cancellationSignal;
     const options: CallOptions = {};
     if (signal) options.signal = signal;
     if (ctx) options.idempotencyKey = `${ctx.info.workflowExecution?.runId ?? 'standalone'}/${ctx.info.activityId}`;
     try {
-      await this.budget.take(signal, cost);
+      await this.budget.take(signal, cost, lane);
       this.observe?.({ kind: 'call', provider: this.provider.name, operation });
       const value = await fn(options);
       this.budget.succeeded();

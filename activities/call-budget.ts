@@ -41,14 +41,19 @@ const realClock: BudgetClock = {
 const BACKOFF_MIN_MS = 1_000;
 const BACKOFF_MAX_MS = 60_000;
 
+/** `urgent`: a stop is blocked on the call (request, force, stop, a state read before force); `routine`: a wait's check. */
+export type BudgetLane = 'urgent' | 'routine';
+
 export class CallBudgetLimiter {
   private tokens: number;
   private refilledAt: number;
   /** Calls wait until this time after a throttling answer. */
   private pausedUntil = 0;
   private backoffMs = 0;
-  /** Callers queue in order, so a burst of waits cannot starve one urgent call forever. */
+  /** Routine callers queue in order; urgent ones in a lane of their own that routine ones give way to. */
   private queue: Promise<void> = Promise.resolve();
+  private urgentQueue: Promise<void> = Promise.resolve();
+  private urgentWaiting = 0;
   private readonly stats = { calls: 0, throttled: 0 };
 
   constructor(
@@ -68,12 +73,19 @@ export class CallBudgetLimiter {
    * Waits for `cost` tokens (one per backend request the call makes) and out any throttling backoff;
    * rejects as soon as `signal` aborts, even while others are ahead in the queue.
    */
-  async take(signal?: AbortSignal, cost = 1): Promise<void> {
+  async take(signal?: AbortSignal, cost = 1, lane: BudgetLane = 'routine'): Promise<void> {
     this.stats.calls += cost;
     if (!this.budget && this.pausedUntil <= this.clock.now()) return;
-    const turn = this.queue.then(() => this.waitForTokens(cost, signal));
+    const queue = lane === 'urgent' ? this.urgentQueue : this.queue;
+    if (lane === 'urgent') this.urgentWaiting++;
+    const turn = queue
+      .then(() => this.waitForTokens(cost, lane, signal))
+      .finally(() => {
+        if (lane === 'urgent') this.urgentWaiting--;
+      });
     // A caller that gave up must not block the ones behind it (its turn then takes nothing: it is aborted).
-    this.queue = turn.catch(() => undefined);
+    if (lane === 'urgent') this.urgentQueue = turn.catch(() => undefined);
+    else this.queue = turn.catch(() => undefined);
     if (!signal) return turn;
     return new Promise<void>((resolve, reject) => {
       const onAbort = () => reject(signal.reason);
@@ -103,7 +115,7 @@ export class CallBudgetLimiter {
     if (this.pausedUntil <= this.clock.now()) this.backoffMs = 0;
   }
 
-  private async waitForTokens(cost: number, signal?: AbortSignal): Promise<void> {
+  private async waitForTokens(cost: number, lane: BudgetLane, signal?: AbortSignal): Promise<void> {
     for (;;) {
       signal?.throwIfAborted();
       const now = this.clock.now();
@@ -113,6 +125,12 @@ export class CallBudgetLimiter {
       }
       if (!this.budget) return;
       this.refill(now);
+      // Routine calls (the waits' batched checks) leave tokens to urgent ones (a force, a detach request)
+      // while any wait: with the budget mostly spent on waits, an abort's force would otherwise queue behind them.
+      if (lane === 'routine' && this.urgentWaiting > 0) {
+        await this.clock.sleep(Math.ceil(1000 / this.budget.callsPerSecond), signal);
+        continue;
+      }
       // A call costing more than the burst waits for a full bucket and takes it (it cannot be split).
       const need = Math.min(cost, this.budget.burst);
       if (this.tokens >= need) {

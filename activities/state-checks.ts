@@ -10,6 +10,7 @@ import type { AttachmentState, CallOptions, Provider, VolumeOfInstance } from '.
 
 interface PendingCheck {
   target: VolumeOfInstance;
+  urgent: boolean;
   resolve(state: AttachmentState): void;
   reject(err: unknown): void;
 }
@@ -22,6 +23,8 @@ export type BudgetedCall = <T>(
   shared?: boolean,
   /** Backend requests the call makes, in budget tokens. */
   cost?: number,
+  /** Whether a stop is blocked on the call (an urgent check rides in the batch). */
+  lane?: 'urgent' | 'routine',
 ) => Promise<T>;
 
 /** How long the first check of a batch waits for others to join it. Short: a lone check should not feel it. */
@@ -62,6 +65,7 @@ export class StateChecks {
       };
       const entry: PendingCheck = {
         target,
+        urgent: priority === 'urgent',
         resolve: (state) => {
           signal?.removeEventListener('abort', onAbort);
           resolve(state);
@@ -112,6 +116,7 @@ export class StateChecks {
               ),
             true,
             this.provider.batchRequests?.(batch.map((p) => p.target)) ?? 1,
+            batch.some((p) => p.urgent) ? 'urgent' : 'routine',
           );
           batch.forEach((p, i) => {
             const state = states[i];

@@ -110,6 +110,20 @@ describe('call budget', () => {
     expect(done).toBeLessThanOrEqual(11);
   });
 
+  test('an urgent call (a force, a request) goes ahead of every routine check already waiting', async () => {
+    const clock = new ManualClock();
+    const budget = new CallBudgetLimiter({ callsPerSecond: 10, burst: 1 }, clock);
+    await budget.take();
+    const order: string[] = [];
+    for (let i = 0; i < 20; i++) void budget.take(undefined, 1, 'routine').then(() => order.push(`routine-${i}`));
+    await clock.advance(250);
+    void budget.take(undefined, 1, 'urgent').then(() => order.push('urgent'));
+    await clock.advance(1_000);
+    // Two routine checks got their tokens before the urgent call came; the urgent one takes the next.
+    expect(order.indexOf('urgent')).toBeLessThanOrEqual(3);
+    expect(order.length).toBeGreaterThan(5);
+  });
+
   test('a caller that is cancelled while it waits gives up without blocking the others', async () => {
     const clock = new ManualClock();
     const budget = new CallBudgetLimiter({ callsPerSecond: 1, burst: 1 }, clock);
