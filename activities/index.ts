@@ -135,6 +135,26 @@ async function heartbeating<T>(details: () => unknown, fn: () => Promise<T>, eve
 
 const isTransient = (err: unknown) => err instanceof ApplicationFailure && !err.nonRetryable;
 
+/** Tries of one urgent step within its attempt, and the first pause between them (doubling). */
+const BRIEF_TRIES = 4;
+const BRIEF_PAUSE_MS = 200;
+
+/**
+ * One urgent step (a call, a check), tried again in place on a transient error a few times: one flaky
+ * answer then costs a fraction of a second, not a workflow-level retry whose backoff grows to a minute.
+ * A throttled backend is waited out by the call budget on each try.
+ */
+async function briefly<T>(step: () => Promise<T>): Promise<T> {
+  for (let tries = 1; ; tries++) {
+    try {
+      return await step();
+    } catch (err) {
+      if (!isTransient(err) || tries >= BRIEF_TRIES) throw err;
+      await Context.current().sleep(BRIEF_PAUSE_MS * 2 ** (tries - 1));
+    }
+  }
+}
+
 export function createActivities(deps: ActivityDeps, backends = new Backends(deps)) {
   const holdMs = deps.holdMs ?? 60_000;
   const maxPollIntervalMs = Math.max(deps.maxPollIntervalMs ?? 60_000, deps.pollIntervalMs);
@@ -208,8 +228,8 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
   };
 
   const listAttached = async (backend: Backend, instanceId: string): Promise<VolumeRef[]> => {
-    const listed = await backend.call('listAttachedVolumes', (o) =>
-      backend.provider.listAttachedVolumes(instanceId, o),
+    const listed = await briefly(() =>
+      backend.call('listAttachedVolumes', (o) => backend.provider.listAttachedVolumes(instanceId, o)),
     );
     // A backend may report a volume twice (several attachments, several mounts): detach each once.
     return [...new Map(listed.map((v) => [v.volumeId, v])).values()];
@@ -227,15 +247,22 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
     async requestDetach(target: VolumeTarget): Promise<RequestResult> {
       const backend = backends.resolve(target.provider);
       const ctx = Context.current();
+      let sent = 0;
       const state = await heartbeating(
         () => undefined,
         async () => {
-          await backend.call('detachVolume', (o) => backend.provider.detachVolume(target.instanceId, target.volume, o));
+          await briefly(() => {
+            sent++;
+            return backend.call('detachVolume', (o) =>
+              backend.provider.detachVolume(target.instanceId, target.volume, o),
+            );
+          });
           // One coalesced check: a detach that is done already skips the wait (and its queue) entirely.
-          return backend.states.check(target, ctx.cancellationSignal, 'urgent');
+          return briefly(() => backend.states.check(target, ctx.cancellationSignal, 'urgent'));
         },
       );
-      return { requests: ctx.info.attempt, state };
+      // Earlier attempts counted as one request each (their tries in place are not known here).
+      return { requests: ctx.info.attempt - 1 + sent, state };
     },
 
     async awaitDetached(target: WaitTarget): Promise<WaitResult> {
@@ -257,11 +284,12 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       // Force may lose data: never on a volume the backend already reads detached (the graceful detach won).
       const before = await heartbeating(
         () => undefined,
-        () => backend.states.check(target, Context.current().cancellationSignal, 'urgent'),
+        () => briefly(() => backend.states.check(target, Context.current().cancellationSignal, 'urgent')),
       );
       if (before === 'detached') return { forced: false, attempts: Context.current().info.attempt, checks: 1 };
       await heartbeating(
         () => undefined,
+        // One force per attempt, never repeated in place: force may lose data, and its tries are counted (5).
         () =>
           backend.call('forceDetachVolume', (o) =>
             backend.provider.forceDetachVolume(target.instanceId, target.volume, o),
@@ -276,7 +304,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       const backend = backends.resolve(target.provider);
       return heartbeating(
         () => undefined,
-        () => backend.states.check(target, Context.current().cancellationSignal, 'urgent'),
+        () => briefly(() => backend.states.check(target, Context.current().cancellationSignal, 'urgent')),
       );
     },
 
@@ -286,7 +314,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       if (!read) return 'unknown';
       const stopped = await heartbeating(
         () => undefined,
-        () => backend.call('isInstanceStopped', (o) => read(input.instanceId, o)),
+        () => briefly(() => backend.call('isInstanceStopped', (o) => read(input.instanceId, o))),
       );
       return stopped ? 'stopped' : 'running';
     },
@@ -299,7 +327,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
           // The last word before stopping: whatever the request named, the backend is asked what is attached.
           const attached = await listAttached(backend, input.instanceId);
           if (attached.length > 0) return { stopped: false, instanceId: input.instanceId, attached };
-          await backend.call('stopInstance', (o) => backend.provider.stopInstance(input.instanceId, o));
+          await briefly(() => backend.call('stopInstance', (o) => backend.provider.stopInstance(input.instanceId, o)));
           return { stopped: true, instanceId: input.instanceId };
         },
       );
