@@ -16,6 +16,7 @@ import type { Provider } from '../activities/provider';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
 import { waitsTaskQueue } from '../common/stop-activities';
 import { DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
+import { stopflowNexusHandler } from './nexus-handlers';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 
@@ -34,6 +35,8 @@ export interface StopflowWorkerOptions {
   observe?: ActivityDeps['observe'];
   /** More activities to register beside stopflow's own (e.g. the sweep's). */
   extraActivities?: Record<string, (...args: never[]) => Promise<unknown>>;
+  /** Serve the `stopflow` Nexus service on the task queue (worker/nexus-handlers.ts). Default true. */
+  nexus?: boolean;
   /** A pre-built bundle (tests build one per run); otherwise the workflows are bundled at start. */
   workflowBundle?: WorkerOptions['workflowBundle'];
   /** Passed through to the main worker: concurrency, cache size, shutdown grace, interceptors. */
@@ -133,6 +136,8 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     ...shared,
     taskQueue,
     activities: { ...urgent, ...options.extraActivities },
+    // The `stopflow` Nexus service (docs/contract.md): idle unless a Nexus endpoint targets this task queue.
+    ...(options.nexus === false ? {} : { nexusServices: [stopflowNexusHandler()] }),
     ...(options.workflowBundle ? { workflowBundle: options.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
     maxCachedWorkflows: DEFAULT_MAX_CACHED_WORKFLOWS,
     ...tuning,
