@@ -19,6 +19,7 @@ import { workflowIdFor } from '../common/names';
 import type { decommissionHost } from '../examples/platform/child-workflows';
 import type { escalateStop, retireInstance } from '../examples/platform/nexus-workflows';
 import { eventually, type Harness, startHarness, workflowExists } from './helpers';
+import type { callStopflow, StopflowOperation } from './support/nexus-caller';
 import { readmeBlock, runShell, shellCommands } from './support/readme-examples';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
@@ -28,6 +29,7 @@ const suffix = randomUUID().slice(0, 8);
 const callerNamespace = `platform-${suffix}`;
 const endpoint = `stopflow-${suffix}`;
 const callerTaskQueue = `platform-${suffix}`;
+const rawTaskQueue = `raw-${suffix}`;
 // Written beside the repository's code (.stopflow/ is git-ignored), so `stopflow/nexus` resolves as in the repository.
 const copies = join(ROOT, '.stopflow', `nexus-examples-${suffix}`);
 
@@ -83,6 +85,7 @@ beforeAll(async () => {
   caller = new Client({ connection: h.client.connection, namespace: callerNamespace });
   await runWorker(callerNamespace, callerTaskQueue, exampleCopy('nexus-workflows.ts'));
   await runWorker('default', callerTaskQueue, exampleCopy('child-workflows.ts'));
+  await runWorker(callerNamespace, rawTaskQueue, join(ROOT, 'test/support/nexus-caller.ts'));
 });
 
 afterAll(async () => {
@@ -110,6 +113,26 @@ const escalate = (instanceId: string, reason: string) =>
     workflowId: `escalate-${instanceId}-${randomUUID().slice(0, 4)}`,
     args: [instanceId, reason],
   });
+
+/** Any input to any operation; resolves with the output, or with the handler's error the caller got. */
+async function raw(
+  operation: StopflowOperation,
+  input: unknown,
+): Promise<{ output?: unknown; error?: nexus.HandlerError }> {
+  try {
+    const output = await caller.workflow.execute<typeof callStopflow>('callStopflow', {
+      taskQueue: rawTaskQueue,
+      workflowId: `raw-${operation}-${randomUUID().slice(0, 8)}`,
+      args: [endpoint, operation, input],
+    });
+    return { output };
+  } catch (err) {
+    const cause =
+      err instanceof WorkflowFailedError && err.cause instanceof NexusOperationFailure ? err.cause.cause : err;
+    if (cause instanceof nexus.HandlerError) return { error: cause };
+    throw err;
+  }
+}
 
 /** Waits until the stop of this instance runs and its first volume is detaching. */
 async function untilDetaching(instanceId: string): Promise<void> {
@@ -225,6 +248,42 @@ describe('Nexus: the stopflow service from another namespace', () => {
     const notFound = ((missing as WorkflowFailedError).cause as NexusOperationFailure | undefined)?.cause;
     expect(notFound).toMatchObject({ type: 'NOT_FOUND' });
     expect((notFound as Error).message).toMatch(/no stop of nx-none-.* was found/);
+  });
+});
+
+describe('Nexus: what the handlers refuse, and status of a running stop', () => {
+  test('status answers live while the stop runs', async () => {
+    const instanceId = h.instanceId('nx-status');
+    await h.sim.addInstance(instanceId, [{ volumeId: 'vol-1', behavior: { hang: true } }]);
+    await h.stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-1' }] });
+    await untilDetaching(instanceId);
+    const { output } = await raw('status', { instanceId });
+    expect(output).toMatchObject({
+      instanceId,
+      phase: 'stopping',
+      volumes: [{ volumeId: 'vol-1', state: 'detaching' }],
+    });
+    await h.stopflow.abort(instanceId);
+    expect((await h.stopflow.result(instanceId)).phase).toBe('stopped');
+  });
+
+  test('each broken rule is BAD_REQUEST naming the field and the rule, never retried, and changes nothing', async () => {
+    const instanceId = h.instanceId('nx-bad');
+    const cases: [StopflowOperation, unknown, string][] = [
+      ['stop', { instanceId, volumes: [] }, 'invalid StopRequest: volumes: must list at least one volume'],
+      ['stop', { instanceId, maxStopDurration: '5m' }, 'maxStopDurration: unknown field (allowed: instanceId,'],
+      ['stop', { instanceId, maxStopDuration: 'soon' }, 'invalid StopRequest: maxStopDuration: '],
+      ['stop', 'i-1', 'invalid StopRequest: request: must be a StopRequest object'],
+      ['abort', null, 'input: must be an object { instanceId, reason?, requestedBy? }'],
+      ['abort', { instanceId, reason: 42 }, 'reason: must be a string of at most 1024 characters'],
+      ['status', {}, 'instanceId: must be 1-255 characters'],
+    ];
+    for (const [operation, input, message] of cases) {
+      const { error } = await raw(operation, input);
+      expect(error, `${operation} ${JSON.stringify(input)}`).toMatchObject({ type: 'BAD_REQUEST', retryable: false });
+      expect(error?.message).toContain(message);
+    }
+    expect(await workflowExists(h.client, instanceId)).toBe(false);
   });
 });
 
