@@ -3,6 +3,7 @@
  * call budget, carries the activity's cancellation, is reported to metrics,
  * and has its error translated once into an ApplicationFailure type the
  * workflow's retry policies understand (docs/contract.md "Failure types").
+ * Each call is a `provider.<operation>` span when tracing is on (./tracing.ts).
  */
 import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
 import { type BudgetLane, CallBudgetLimiter } from './call-budget';
@@ -14,6 +15,7 @@ import {
   ThrottledProviderError,
 } from './provider';
 import { StateChecks } from './state-checks';
+import { traceProviderCall } from './tracing';
 
 export type ProviderEvent =
   | { kind: 'call'; provider: string; operation: string }
@@ -51,15 +53,18 @@ export class Backend {
     const options: CallOptions = {};
     if (signal) options.signal = signal;
     if (ctx) options.idempotencyKey = `${ctx.info.workflowExecution?.runId ?? 'standalone'}/${ctx.info.activityId}`;
-    try {
-      await this.budget.take(signal, cost, lane);
-      this.observe?.({ kind: 'call', provider: this.provider.name, operation });
-      const value = await fn(options);
-      this.budget.succeeded();
-      return value;
-    } catch (err) {
-      throw this.translate(operation, err, signal);
-    }
+    // The span covers the wait for a budget token too: a throttled backend shows as long provider spans.
+    return traceProviderCall(this.provider.name, operation, ctx === null, async () => {
+      try {
+        await this.budget.take(signal, cost, lane);
+        this.observe?.({ kind: 'call', provider: this.provider.name, operation });
+        const value = await fn(options);
+        this.budget.succeeded();
+        return value;
+      } catch (err) {
+        throw this.translate(operation, err, signal);
+      }
+    });
   }
 
   private translate(operation: string, err: unknown, signal: AbortSignal | undefined): Error {

@@ -10,6 +10,7 @@
  */
 import { Client, Connection } from '@temporalio/client';
 import { loadClientConnectConfig } from '@temporalio/envconfig';
+import { clientTracing } from './tracing';
 
 export interface TemporalTarget {
   address: string;
@@ -31,15 +32,39 @@ export class ConnectionFailedError extends Error {
   override name = 'ConnectionFailedError';
 }
 
-/** A Client for services and the CLI. Fails with ConnectionFailedError naming the address. */
-export async function connectTemporalClient(target: TemporalTarget = loadTemporalTarget()): Promise<Client> {
+/**
+ * A Client for services and the CLI. Fails with ConnectionFailedError naming the address.
+ *
+ * When the OTEL_* variables ask for traces (./tracing.ts), its workflow calls are traced, so a stop's
+ * trace starts at `StopflowClient.stop`; closing the connection first sends the spans still buffered
+ * (the CLI exits right after). Otherwise nothing of OpenTelemetry is loaded.
+ */
+export async function connectTemporalClient(
+  target: TemporalTarget = loadTemporalTarget(),
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<Client> {
+  const tracing = await clientTracing(env);
   try {
     const connection = await Connection.connect({
       ...target.connectConfig.connectionOptions,
       address: target.address,
       connectTimeout: '5s',
     });
-    return new Client({ connection, namespace: target.namespace });
+    if (tracing) {
+      const close = connection.close.bind(connection);
+      connection.close = async () => {
+        try {
+          await tracing.flush();
+        } finally {
+          await close();
+        }
+      };
+    }
+    return new Client({
+      connection,
+      namespace: target.namespace,
+      ...(tracing ? { interceptors: { workflow: tracing.interceptors } } : {}),
+    });
   } catch (err) {
     throw new ConnectionFailedError(
       `cannot reach Temporal at ${target.address} (namespace ${target.namespace}): ${(err as Error).message}. Set TEMPORAL_ADDRESS or TEMPORAL_PROFILE, or start one with \`npm run dev-server\`.`,

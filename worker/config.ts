@@ -22,6 +22,7 @@ import {
   parseDevicePatterns,
 } from '../activities/providers/linux';
 import { simStatePath } from '../activities/providers/simulated';
+import { describeTracing, tracingProblems } from '../client/tracing';
 import { formatDuration, parseDuration } from '../common/duration';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
 import { DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
@@ -409,6 +410,8 @@ export function loadWorkerConfig(env: Env = process.env): WorkerConfig {
       issues.push(...err.issues);
     }
   }
+  // Traces are configured by the standard OTEL_* variables (client/tracing.ts); checked only when on.
+  issues.push(...tracingProblems(env).map((p) => `${p.variable}: ${p.message}`));
   if (!parsed.success || !temporal || issues.length > 0) throw new ConfigError([...new Set(issues)]);
 
   const e = parsed.data;
@@ -585,6 +588,8 @@ export function describeWorkerConfig(config: WorkerConfig, env: Env = process.en
     logLevel: config.logLevel,
     identity: config.identity ?? 'SDK default (pid@hostname)',
     workflowBundle: config.workflowBundlePath ?? 'bundled at start',
+    // Endpoint and header names only: OTEL_EXPORTER_OTLP_HEADERS often carries an API key.
+    tracing: describeTracing(env),
   });
   return summary;
 }

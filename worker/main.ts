@@ -35,6 +35,7 @@ import {
 } from './logging';
 import { prometheusExporter, providerMetrics, watchStops } from './metrics';
 import { warnIfEndOfLife } from './node-support';
+import { startWorkerTracing, type WorkerTracing } from './tracing';
 import { bundleStopflowWorkflows, createStopflowWorker, type StopflowWorker } from './worker';
 
 export const WORKER_EXIT = { stopped: 0, failed: 1, badConfig: 2, checkFailed: 3 } as const;
@@ -93,10 +94,24 @@ export async function runWorker(env: NodeJS.ProcessEnv = process.env, options: R
     config = { ...config, workflowBundlePath: PREBUILT_WORKFLOW_BUNDLE };
     logger.info({ workflowBundle: PREBUILT_WORKFLOW_BUNDLE }, 'workflows: the bundle prebuilt by npm run build');
   }
-  return serve(config, logger, options);
+  // Traces (docs/worker.md "Traces"), off unless OTEL_* ask for them: only for a worker that polls, and the
+  // spans still buffered are sent once it has stopped.
+  const tracing = options.checkOnly ? undefined : startWorkerTracing(env, { warn: (message) => logger.warn(message) });
+  try {
+    return await serve(config, logger, options, tracing);
+  } finally {
+    await tracing
+      ?.shutdown()
+      .catch((err: unknown) => logger.warn({ err }, `traces: the last spans were not sent: ${(err as Error).message}`));
+  }
 }
 
-async function serve(config: WorkerConfig, logger: AppLogger, options: RunWorkerOptions): Promise<number> {
+async function serve(
+  config: WorkerConfig,
+  logger: AppLogger,
+  options: RunWorkerOptions,
+  tracing: WorkerTracing | undefined,
+): Promise<number> {
   // A signal during start-up ends it quietly; once polling, it starts the graceful shutdown.
   let worker: StopflowWorker | undefined;
   let stopRequested = false;
@@ -183,6 +198,7 @@ async function serve(config: WorkerConfig, logger: AppLogger, options: RunWorker
         shutdownForceTime: config.shutdownGraceMs + FORCE_MARGIN_MS,
         interceptors: { activity: [activityLogContext] },
       },
+      ...(tracing ? { tracing } : {}),
     });
   } catch (err) {
     logger.error({ err }, `cannot create the worker: ${(err as Error).message}`);

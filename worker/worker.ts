@@ -17,6 +17,7 @@ import { DEFAULT_TASK_QUEUE } from '../common/names';
 import { waitsTaskQueue } from '../common/stop-activities';
 import { DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
 import { stopflowNexusHandler } from './nexus-handlers';
+import { NO_TRACING_SINKS, TRACING_WORKFLOW_MODULES, type WorkerTracing } from './tracing';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 
@@ -39,6 +40,8 @@ export interface StopflowWorkerOptions {
   nexus?: boolean;
   /** A pre-built bundle (tests build one per run); otherwise the workflows are bundled at start. */
   workflowBundle?: WorkerOptions['workflowBundle'];
+  /** Traces (worker/tracing.ts startWorkerTracing); none when absent. */
+  tracing?: WorkerTracing;
   /** Passed through to the main worker: concurrency, cache size, shutdown grace, interceptors. */
   tuning?: Partial<
     Pick<
@@ -121,6 +124,11 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
   const namespace = options.namespace ?? 'default';
   const taskQueue = options.taskQueue ?? DEFAULT_TASK_QUEUE;
   const { tuning = {} } = options;
+  // Tracing's activity interceptors go first (outermost), so the others run inside the activity's span.
+  const activityInterceptors = [
+    ...(options.tracing?.activityInterceptors(defaultProvider) ?? []),
+    ...(tuning.interceptors?.activity ?? []),
+  ];
   const shared = {
     connection: options.connection,
     namespace,
@@ -129,7 +137,7 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     maxHeartbeatThrottleInterval: '1s',
     ...(tuning.shutdownGraceTime !== undefined ? { shutdownGraceTime: tuning.shutdownGraceTime } : {}),
     ...(tuning.shutdownForceTime !== undefined ? { shutdownForceTime: tuning.shutdownForceTime } : {}),
-    ...(tuning.interceptors ? { interceptors: { activity: tuning.interceptors.activity ?? [] } } : {}),
+    interceptors: { activity: activityInterceptors },
     ...(tuning.identity !== undefined ? { identity: tuning.identity } : {}),
   } satisfies Partial<WorkerOptions>;
   const main = await Worker.create({
@@ -141,6 +149,13 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     ...(options.workflowBundle ? { workflowBundle: options.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
     maxCachedWorkflows: DEFAULT_MAX_CACHED_WORKFLOWS,
     ...tuning,
+    interceptors: {
+      ...tuning.interceptors,
+      activity: activityInterceptors,
+      // A prebuilt bundle has them already (bundleStopflowWorkflows); the SDK warns when both are given.
+      ...(options.workflowBundle ? {} : { workflowModules: TRACING_WORKFLOW_MODULES }),
+    },
+    sinks: options.tracing?.sinks ?? NO_TRACING_SINKS,
   });
   const waits = await Worker.create({
     ...shared,
@@ -156,7 +171,12 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
 
 /** Bundles the workflow code once (webpack), so many workers can share it. */
 export async function bundleStopflowWorkflows(): Promise<{ code: string }> {
-  return bundleWorkflowCode({ workflowsPath: WORKFLOWS_PATH, logger: quietLogger });
+  return bundleWorkflowCode({
+    workflowsPath: WORKFLOWS_PATH,
+    // Always in: a bundle is built before anyone knows whether its worker will trace (worker/tracing.ts).
+    workflowInterceptorModules: TRACING_WORKFLOW_MODULES,
+    logger: quietLogger,
+  });
 }
 
 const noop = () => undefined;
