@@ -10,7 +10,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -26,6 +26,7 @@ import { clientTracing, describeTracing, tracesUrl, tracingProblems, tracingRequ
 import { ConfigError, loadWorkerConfig } from '../worker/config';
 import { startWorkerTracing } from '../worker/tracing';
 import { eventually } from './helpers';
+import { readmeBlock, runShell } from './support/readme-examples';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'stopflow-tracing-'));
@@ -313,6 +314,60 @@ describe('one trace per stop, from the client to each provider call', () => {
     });
     started.push(traced, untraced);
     await Promise.all([traced.waitUntilPolling(), untraced.waitUntilPolling()]);
+  });
+
+  it("the README's client with a service's own OpenTelemetry setup runs as written and roots the stop's trace", async () => {
+    const instanceId = `tr-readme-${randomUUID().slice(0, 8)}`;
+    await sim.addInstance(instanceId, [{ volumeId: 'vol-1' }]);
+    // Written beside the repository's code so `stopflow` resolves to it (.stopflow/ is git-ignored).
+    const exampleDir = join(ROOT, '.stopflow', `readme-${instanceId}`);
+    mkdirSync(exampleDir, { recursive: true });
+    // The service's own setup, as NodeSDK would register it: a global provider, W3C propagation, a context manager.
+    writeFileSync(
+      join(exampleDir, 'otel-setup.ts'),
+      [
+        "import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';",
+        "import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';",
+        "import { Resource } from '@opentelemetry/resources';",
+        "import { BasicTracerProvider, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-base';",
+        'const provider = new BasicTracerProvider({',
+        "  resource: new Resource({ 'service.name': 'readme-service' }),",
+        '  spanProcessors: [new SimpleSpanProcessor(new OTLPTraceExporter({ url: process.env.TRACES_URL }))],',
+        '});',
+        'provider.register({ contextManager: new AsyncLocalStorageContextManager().enable() });',
+        'export const flush = () => provider.forceFlush();',
+      ].join('\n'),
+    );
+    const run = [
+      `await stopflow.stop({ instanceId: '${instanceId}', requestedBy: 'readme' });`,
+      `console.log('phase', (await stopflow.result('${instanceId}')).phase);`,
+      'await client.connection.close();',
+      "await (await import('./otel-setup.ts')).flush();",
+    ];
+    const file = join(exampleDir, 'example.ts');
+    writeFileSync(file, ["import './otel-setup.ts';", readmeBlock('typescript-tracing'), ...run].join('\n'));
+    try {
+      const ran = await runShell(`node_modules/.bin/tsx ${file}`, {
+        ...process.env,
+        TEMPORAL_ADDRESS: inject('temporalAddress'),
+        STOPFLOW_TASK_QUEUE: taskQueue,
+        TRACES_URL: `${endpoint}/v1/traces`,
+      });
+      expect(ran.stderr).toBe('');
+      expect(ran.stdout).toContain('phase stopped');
+    } finally {
+      rmSync(exampleDir, { recursive: true, force: true });
+    }
+    const root = receiver.spans.find(
+      (s) => s.name === 'StartWorkflow:stopInstance' && s.attributes.temporalWorkflowId === `stop-${instanceId}`,
+    );
+    expect(root?.service).toBe('readme-service');
+    expect(root?.parentSpanId).toBeUndefined();
+    // The worker's spans of that stop join the service's trace (sent at the latest when the worker stops, below).
+    await eventually(
+      async () => receiver.spans.some((s) => s.traceId === root?.traceId && s.name === 'RunWorkflow:stopInstance'),
+      "the worker's workflow span in the service's trace",
+    );
   });
 
   it('client span → workflow span → activity spans → provider spans, with the stop, the volume, the provider and the outcome', async () => {
