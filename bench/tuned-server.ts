@@ -7,7 +7,7 @@
  * dynamic config differs.
  */
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { StopCauseKey, StopForcedKey, StopPhaseKey } from '../common/names';
+import { StopCauseKey, StopForcedKey, StopPhaseKey, StopVolumesKey } from '../common/names';
 import { resolveTemporalCli } from '../devserver/temporal-cli';
 
 export const TUNED_DYNAMIC_CONFIG = {
@@ -26,7 +26,7 @@ export async function startTunedDevServer(): Promise<{ address: string; stop(): 
       executable: cli.kind === 'path' ? { type: 'existing-path', path: cli.path } : { type: 'cached-download' },
       ip: '127.0.0.1',
       log: { format: 'pretty', level: 'error' },
-      searchAttributes: [StopPhaseKey, StopCauseKey, StopForcedKey],
+      searchAttributes: [StopPhaseKey, StopCauseKey, StopForcedKey, StopVolumesKey],
       extraArgs,
     },
   });

@@ -13,6 +13,10 @@ export const STATUS_QUERY = 'status';
 export const STOP_FAILED = 'StopFailed';
 /** Type of the ApplicationFailure raised when a request reaches the workflow invalid. */
 export const INVALID_STOP_REQUEST = 'InvalidStopRequest';
+/** Type of the ApplicationFailure a stop ends with when another instance's running stop holds one of its volumes. */
+export const VOLUME_HELD = 'VolumeHeld';
+/** The child workflow that delivers a stop's completion event, when the worker has an events endpoint. */
+export const DELIVER_STOP_EVENT_WORKFLOW_TYPE = 'deliverStopEvent';
 
 export function workflowIdFor(instanceId: string): string {
   return `stop-${instanceId}`;
@@ -21,10 +25,13 @@ export function workflowIdFor(instanceId: string): string {
 export const StopPhaseKey = defineSearchAttributeKey('StopPhase', SearchAttributeType.KEYWORD);
 export const StopCauseKey = defineSearchAttributeKey('StopCause', SearchAttributeType.KEYWORD);
 export const StopForcedKey = defineSearchAttributeKey('StopForced', SearchAttributeType.BOOL);
+/** The volume ids a stop holds (requested, listed, or found attached by the final check). */
+export const StopVolumesKey = defineSearchAttributeKey('StopVolumes', SearchAttributeType.KEYWORD_LIST);
 
 /** What `temporal operator search-attribute create` needs, for the dev server and start-up checks. */
 export const SEARCH_ATTRIBUTES = [
   { name: 'StopPhase', type: 'Keyword' },
   { name: 'StopCause', type: 'Keyword' },
   { name: 'StopForced', type: 'Bool' },
+  { name: 'StopVolumes', type: 'KeywordList' },
 ] as const;

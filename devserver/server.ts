@@ -1,6 +1,6 @@
 /** Starts a real Temporal dev server (never a fake) with stopflow's search attributes registered. */
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { StopCauseKey, StopForcedKey, StopPhaseKey } from '../common/names';
+import { StopCauseKey, StopForcedKey, StopPhaseKey, StopVolumesKey } from '../common/names';
 import { type ResolveOptions, resolveTemporalCli } from './temporal-cli';
 
 export interface DevServerOptions extends ResolveOptions {
@@ -40,7 +40,7 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<De
       ...(options.uiPort ? { ui: true, uiPort: options.uiPort } : {}),
       ...(options.dbFilename ? { dbFilename: options.dbFilename } : {}),
       log: { format: 'pretty', level: options.logLevel ?? 'warn' },
-      searchAttributes: [StopPhaseKey, StopCauseKey, StopForcedKey],
+      searchAttributes: [StopPhaseKey, StopCauseKey, StopForcedKey, StopVolumesKey],
       extraArgs,
     },
   });

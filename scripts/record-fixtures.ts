@@ -8,11 +8,12 @@
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { Client } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
 import { MemorySimStore, type SeedVolume, SimulatedProvider } from '../activities/providers/simulated';
 import { StopflowClient } from '../client/stopflow-client';
-import { workflowIdFor } from '../common/names';
+import { WORKFLOW_TYPE, workflowIdFor } from '../common/names';
 import type { StopRequest } from '../common/request';
 import { startDevServer } from '../devserver/server';
 import { createStopflowWorker } from '../worker/worker';
@@ -28,8 +29,14 @@ interface Scenario {
   name: string;
   volumes: SeedVolume[];
   request: Omit<StopRequest, 'instanceId'>;
+  /** What happens before the stop starts. */
+  before?: (stopflow: StopflowClient, instanceId: string) => Promise<void>;
+  /** Start it with a plain Temporal client (no search attributes at start), as other SDKs do. */
+  plainStart?: boolean;
   /** What happens while the stop runs. */
   drive?: (stopflow: StopflowClient, instanceId: string) => Promise<void>;
+  /** What happens after it ended. */
+  after?: (stopflow: StopflowClient, instanceId: string) => Promise<void>;
 }
 
 const stuck = { hang: true };
@@ -99,20 +106,55 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    // A running stop of another instance holds vol-shared: this one is refused (VolumeHeld), nothing detached.
+    name: 'volume-held',
+    volumes: [{ volumeId: 'vol-shared' }],
+    request: { volumes: [{ volumeId: 'vol-shared' }] },
+    plainStart: true,
+    before: async (stopflow) => {
+      await sim.addInstance(HOLDER, [{ volumeId: 'vol-shared', behavior: stuck }]);
+      await stopflow.stop({ instanceId: HOLDER, volumes: [{ volumeId: 'vol-shared' }] });
+      const query = `WorkflowType = '${WORKFLOW_TYPE}' AND StopVolumes = 'vol-shared' AND ExecutionStatus = 'Running'`;
+      for (;;) {
+        const seen = await stopflow.client.workflow.count(query);
+        if (seen.count > 0) return;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    },
+    after: async (stopflow) => {
+      await stopflow.abort(HOLDER);
+      await stopflow.result(HOLDER);
+    },
+  },
+  {
     name: 'force-unsupported',
     volumes: [{ volumeId: 'vol-pinned', behavior: { hang: true, force: 'unsupported' } }],
     request: { volumes: [{ volumeId: 'vol-pinned' }], maxStopDuration: '1s' },
   },
 ];
 
+const HOLDER = 'i-volume-held-holder';
+
 Runtime.install({ logger: new DefaultLogger('ERROR') });
+// Completion events on: every stop's history shows its end handed to a deliverStopEvent child.
+const receiver = createServer((_req, res) => res.writeHead(204).end());
+await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
+const receiverAddress = receiver.address();
+const eventsUrl = `http://127.0.0.1:${typeof receiverAddress === 'object' && receiverAddress ? receiverAddress.port : 0}/`;
 const sim = new SimulatedProvider(new MemorySimStore());
 const server = await startDevServer();
 const cliPath = server.cliPath ?? 'temporal';
 try {
   const taskQueue = `fixtures-${randomUUID()}`;
   const connection = await NativeConnection.connect({ address: server.address });
-  const worker = await createStopflowWorker({ connection, taskQueue, providers: [sim], pollIntervalMs: 200 });
+  const worker = await createStopflowWorker({
+    connection,
+    taskQueue,
+    providers: [sim],
+    pollIntervalMs: 200,
+    refuseHeldVolumes: true,
+    completionEvents: { url: eventsUrl, secret: 'record-fixtures-secret' },
+  });
   const client = new Client({ connection: server.env.connection });
   const stopflow = new StopflowClient({ client, taskQueue });
   await worker.runUntil(async () => {
@@ -120,12 +162,22 @@ try {
     for (const scenario of scenarios) {
       const instanceId = `i-${scenario.name}`;
       await sim.addInstance(instanceId, scenario.volumes);
-      await stopflow.stop({ instanceId, ...scenario.request });
+      await scenario.before?.(stopflow, instanceId);
+      if (scenario.plainStart) {
+        await client.workflow.start(WORKFLOW_TYPE, {
+          taskQueue,
+          workflowId: workflowIdFor(instanceId),
+          args: [{ instanceId, ...scenario.request }],
+        });
+      } else {
+        await stopflow.stop({ instanceId, ...scenario.request });
+      }
       await scenario.drive?.(stopflow, instanceId);
       const outcome = await stopflow.result(instanceId).then(
         (s) => s.phase,
         (err: Error) => `failed (${err.message})`,
       );
+      await scenario.after?.(stopflow, instanceId);
       // The same JSON a user gets from `temporal workflow show --output json`.
       const json = execFileSync(
         cliPath,
@@ -148,4 +200,5 @@ try {
   });
 } finally {
   await server.stop();
+  receiver.close();
 }

@@ -4,7 +4,7 @@
  * one restart fixes them all. `describeWorkerConfig` is what the worker prints
  * at start: it shows where secrets come from, never their values.
  */
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { isAbsolute } from 'node:path';
 import {
@@ -78,6 +78,10 @@ export interface WorkerConfig {
   identity?: string;
   /** A workflow bundle written by `stopflow worker --write-bundle`; otherwise the worker bundles at start. */
   workflowBundlePath?: string;
+  /** Refuse a volume another instance's running stop on this task queue holds (STOPFLOW_REFUSE_HELD_VOLUMES). */
+  refuseHeldVolumes: boolean;
+  /** Completion events (STOPFLOW_EVENTS_URL and its secret); absent when off. The secret is never printed. */
+  events?: { url: string; secret: string; secretFrom: string };
 }
 
 /** Invalid configuration: one `VARIABLE: rule` line per problem. */
@@ -246,6 +250,23 @@ const existingFile = (rule: string) =>
     { error: rule },
   );
 
+const EVENTS_URL_RULE =
+  'must be the http or https URL completion events are POSTed to, without user or password (the secret signs them)';
+const eventsUrl = z.string().refine(
+  (text) => {
+    try {
+      const url = new URL(text.trim());
+      return (url.protocol === 'https:' || url.protocol === 'http:') && !url.username && !url.password;
+    } catch {
+      return false;
+    }
+  },
+  { error: EVENTS_URL_RULE },
+);
+/** Worded without the value: a secret must not reach the error output either. */
+const EVENTS_SECRET_RULE = 'must be at least 16 characters (it keys the HMAC-SHA256 signature of completion events)';
+const eventsSecret = z.string().refine((text) => text.trim().length >= 16, { error: EVENTS_SECRET_RULE });
+
 const envSchema = z
   .object({
     // No default here: a worker with the linux provider defaults to a queue of its own host.
@@ -339,6 +360,10 @@ const envSchema = z
       blankToUndefined,
       existingFile(`${FILE_RULE} (a bundle written by \`stopflow worker --write-bundle <path>\`)`).optional(),
     ),
+    STOPFLOW_REFUSE_HELD_VOLUMES: z.preprocess(blankToUndefined, boolText.default('true')),
+    STOPFLOW_EVENTS_URL: z.preprocess(blankToUndefined, eventsUrl.optional()),
+    STOPFLOW_EVENTS_SECRET: z.preprocess(blankToUndefined, eventsSecret.optional()),
+    STOPFLOW_EVENTS_SECRET_FILE: z.preprocess(blankToUndefined, existingFile(FILE_RULE).optional()),
     TEMPORAL_ADDRESS: z.preprocess(blankToUndefined, temporalAddress.optional()),
     TEMPORAL_NAMESPACE: z.preprocess(
       blankToUndefined,
@@ -382,6 +407,25 @@ const envSchema = z
           message: `${LINUX_INSTANCE_ID_RULE}; the host name ${JSON.stringify(hostname())} is not, so set it`,
         });
       }
+    }
+    const secretGiven = env.STOPFLOW_EVENTS_SECRET !== undefined || env.STOPFLOW_EVENTS_SECRET_FILE !== undefined;
+    if (env.STOPFLOW_EVENTS_SECRET !== undefined && env.STOPFLOW_EVENTS_SECRET_FILE !== undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['STOPFLOW_EVENTS_SECRET_FILE'],
+        message: 'must not be set together with STOPFLOW_EVENTS_SECRET: give the secret one way',
+      });
+    }
+    if (env.STOPFLOW_EVENTS_URL !== undefined && !secretGiven) {
+      // Unsigned events would let anyone who can reach the receiver forge a "stopped".
+      ctx.addIssue({
+        code: 'custom',
+        path: ['STOPFLOW_EVENTS_SECRET'],
+        message: `${EVENTS_SECRET_RULE}; set it (or STOPFLOW_EVENTS_SECRET_FILE) when STOPFLOW_EVENTS_URL is set`,
+      });
+    }
+    if (env.STOPFLOW_EVENTS_URL === undefined && secretGiven) {
+      ctx.addIssue({ code: 'custom', path: ['STOPFLOW_EVENTS_URL'], message: `${EVENTS_URL_RULE}; a secret is set` });
     }
     if (env.STOPFLOW_MAX_POLL_INTERVAL < env.STOPFLOW_POLL_INTERVAL) {
       ctx.addIssue({
@@ -437,6 +481,7 @@ export function loadWorkerConfig(env: Env = process.env): WorkerConfig {
     maxCachedWorkflows: e.STOPFLOW_MAX_CACHED_WORKFLOWS,
     maxConcurrentWorkflowTasks: e.STOPFLOW_MAX_CONCURRENT_WORKFLOW_TASKS,
     logLevel: e.STOPFLOW_LOG_LEVEL,
+    refuseHeldVolumes: ['true', '1'].includes(e.STOPFLOW_REFUSE_HELD_VOLUMES.trim().toLowerCase()),
   };
   if (e.STOPFLOW_LINUX_STOP_COMMAND !== undefined) config.linuxStopCommand = e.STOPFLOW_LINUX_STOP_COMMAND;
   if (e.STOPFLOW_LINUX_VOLUME_DIR !== undefined) config.linuxVolumeDir = e.STOPFLOW_LINUX_VOLUME_DIR;
@@ -447,6 +492,16 @@ export function loadWorkerConfig(env: Env = process.env): WorkerConfig {
   }
   if (e.STOPFLOW_IDENTITY !== undefined) config.identity = e.STOPFLOW_IDENTITY;
   if (e.STOPFLOW_WORKFLOW_BUNDLE !== undefined) config.workflowBundlePath = e.STOPFLOW_WORKFLOW_BUNDLE;
+  if (e.STOPFLOW_EVENTS_URL !== undefined) {
+    const file = e.STOPFLOW_EVENTS_SECRET_FILE;
+    const secret = (file !== undefined ? readFileSync(file, 'utf8') : (e.STOPFLOW_EVENTS_SECRET ?? '')).trim();
+    if (secret.length < 16) throw new ConfigError([`STOPFLOW_EVENTS_SECRET_FILE: ${EVENTS_SECRET_RULE}`]);
+    config.events = {
+      url: e.STOPFLOW_EVENTS_URL.trim(),
+      secret,
+      secretFrom: file !== undefined ? `file ${file}` : 'STOPFLOW_EVENTS_SECRET',
+    };
+  }
   return config;
 }
 
@@ -588,6 +643,11 @@ export function describeWorkerConfig(config: WorkerConfig, env: Env = process.en
     logLevel: config.logLevel,
     identity: config.identity ?? 'SDK default (pid@hostname)',
     workflowBundle: config.workflowBundlePath ?? 'bundled at start',
+    refuseHeldVolumes: config.refuseHeldVolumes,
+    // The endpoint's origin only (a path or query may carry a token), and where the secret comes from.
+    completionEvents: config.events
+      ? { endpoint: new URL(config.events.url).origin, secret: `${config.events.secretFrom} (hidden)` }
+      : 'off',
     // Endpoint and header names only: OTEL_EXPORTER_OTLP_HEADERS often carries an API key.
     tracing: describeTracing(env),
   });

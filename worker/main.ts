@@ -68,6 +68,9 @@ export async function runWorker(env: NodeJS.ProcessEnv = process.env, options: R
     process.stderr.write(`stopflow worker: ${err.message}\n(docs/worker.md lists every variable)\n`);
     return WORKER_EXIT.badConfig;
   }
+  // Read once: the events secret must not reach a child process (a linux stop command) through the environment.
+  delete env.STOPFLOW_EVENTS_SECRET;
+  if (env !== process.env) delete process.env.STOPFLOW_EVENTS_SECRET;
 
   const logger = createLogger({ level: config.logLevel });
   try {
@@ -179,6 +182,8 @@ async function serve(
       holdMs: config.detachHoldMs,
       maxPollIntervalMs: config.maxPollIntervalMs,
       maxConcurrentWaits: config.maxConcurrentWaits,
+      refuseHeldVolumes: config.refuseHeldVolumes,
+      ...(config.events ? { completionEvents: { url: config.events.url, secret: config.events.secret } } : {}),
       observe,
       // The sweep (docs/sweep.md) runs on the same worker; its activities need a Client for visibility.
       extraActivities: createSweepActivities({

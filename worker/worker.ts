@@ -10,9 +10,12 @@
  *   or the force an abort asks for (docs/worker.md "Isolation").
  */
 import { fileURLToPath } from 'node:url';
+import { Client } from '@temporalio/client';
 import { bundleWorkflowCode, type NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
 import { type ActivityDeps, Backends, createActivities } from '../activities';
+import { type CompletionEventsOptions, createCompletionEventActivities } from '../activities/completion-event';
 import type { Provider } from '../activities/provider';
+import { createVolumeHolderActivities } from '../activities/volume-holders';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
 import { waitsTaskQueue } from '../common/stop-activities';
 import { DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
@@ -34,6 +37,10 @@ export interface StopflowWorkerOptions {
   /** Slots of the waits task queue. Default DEFAULT_MAX_CONCURRENT_WAITS. */
   maxConcurrentWaits?: number;
   observe?: ActivityDeps['observe'];
+  /** Refuse a volume another instance's running stop holds (VolumeHeld). Default false: activities/volume-holders.ts. */
+  refuseHeldVolumes?: boolean;
+  /** Where completion events go (STOPFLOW_EVENTS_URL, STOPFLOW_EVENTS_SECRET); none when unset. */
+  completionEvents?: CompletionEventsOptions;
   /** More activities to register beside stopflow's own (e.g. the sweep's). */
   extraActivities?: Record<string, (...args: never[]) => Promise<unknown>>;
   /** Serve the `stopflow` Nexus service on the task queue (worker/nexus-handlers.ts). Default true. */
@@ -143,7 +150,15 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
   const main = await Worker.create({
     ...shared,
     taskQueue,
-    activities: { ...urgent, ...options.extraActivities },
+    activities: {
+      ...urgent,
+      // Volume ownership asks visibility; completion events need the worker's endpoint (docs/contract.md).
+      ...createVolumeHolderActivities(new Client({ connection: options.connection, namespace }), {
+        refuse: options.refuseHeldVolumes ?? false,
+      }),
+      ...createCompletionEventActivities(options.completionEvents),
+      ...options.extraActivities,
+    },
     // The `stopflow` Nexus service (docs/contract.md): idle unless a Nexus endpoint targets this task queue.
     ...(options.nexus === false ? {} : { nexusServices: [stopflowNexusHandler()] }),
     ...(options.workflowBundle ? { workflowBundle: options.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),

@@ -26,7 +26,8 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import { DURATION_RULE, parseDuration } from '../common/duration';
-import { STOP_FAILED, StopCauseKey, StopForcedKey, StopPhaseKey } from '../common/names';
+import { STOP_FAILED, StopCauseKey, StopForcedKey, StopPhaseKey, VOLUME_HELD } from '../common/names';
+import type { VolumeHolder } from '../common/ownership-events';
 import { MAX_VOLUMES, type StopRequest, type VolumeRef } from '../common/request';
 import type {
   AbortPayload,
@@ -39,6 +40,7 @@ import type {
 } from '../common/status';
 import { type StopInstanceOutcome, type VolumeTarget, waitsTaskQueue } from '../common/stop-activities';
 import { activities, BOUNDED, force, stopping, UNLIMITED, urgent, wait } from './activity-options';
+import { announceEnd } from './completion-event';
 import { Deadline } from './deadline';
 import { abortSignal, setMaxStopDurationUpdate, statusQuery } from './definitions';
 import { legacyStopInstance } from './legacy/stop-instance-v2';
@@ -46,12 +48,17 @@ import { failureMessage, INTERRUPTED, type Settled, settled, untilInterrupted } 
 import { countForce, describe, reportEnd, reportEscalation, say } from './stop-report';
 import { allVolumesSettled, canMove, interrupted, iso, type StopState, snapshot } from './stop-state';
 import { invalidUpdate, validate } from './validate';
+import { heldMessage, otherHolders, publishVolumes, releaseVolumes, volumeHeld } from './volume-ownership';
 
 /**
  * Patches (test/replay.test.ts replays the histories of every version):
  * RECONCILER — this file. Stops started before it run workflows/legacy/stop-instance-v2.ts.
  */
 const RECONCILER = 'reconciler';
+/** StopVolumes kept current, and a volume another instance's running stop holds refused (VolumeHeld). */
+const VOLUME_OWNERSHIP = 'volume-ownership';
+/** A completion event handed to a deliverStopEvent child when the stop ends, if the worker has an endpoint. */
+const COMPLETION_EVENTS = 'completion-events';
 
 /** Longest a stop waits, at its end, for cancelled graceful work to acknowledge (waits heartbeat every 20 s). */
 const CANCELLED_WORK_BOUND = '30s';
@@ -72,6 +79,8 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
     instanceStopped: false,
     forced: false,
     cancelledWork: [],
+    // Decided once, at the start: a stop started before a patch keeps its rules to the end.
+    features: { volumeOwnership: patched(VOLUME_OWNERSHIP), completionEvents: patched(COMPLETION_EVENTS) },
   };
   setHandler(statusQuery, () => snapshot(state));
   setHandler(abortSignal, (payload?: AbortPayload) => escalate(state, 'abort', payload));
@@ -92,20 +101,33 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
   });
   // The stop's own steps are never cancelled from outside: it decides what a cancel stops.
   return CancellationScope.nonCancellable(async () => {
+    let status: StopStatus;
     try {
-      return await run(state);
-    } finally {
-      // Cancelled waits end within a poll once their volume is detached (at once on the worker that forced
-      // it). One a cancel left stuck hears of it at its next heartbeat; past the bound it is left behind.
-      if (state.cancelledWork.length > 0) {
-        let settled = false;
-        void Promise.allSettled(state.cancelledWork).then(() => {
-          settled = true;
-        });
-        await condition(() => settled, CANCELLED_WORK_BOUND);
-      }
+      status = await runToEnd(state);
+    } catch (err) {
+      const ended = err instanceof ApplicationFailure && (err.type === STOP_FAILED || err.type === VOLUME_HELD);
+      if (ended && state.features.completionEvents) await announceEnd(snapshot(state), err.type ?? undefined);
+      throw err;
     }
+    if (state.features.completionEvents) await announceEnd(status);
+    return status;
   });
+}
+
+async function runToEnd(state: StopState): Promise<StopStatus> {
+  try {
+    return await run(state);
+  } finally {
+    // Cancelled waits end within a poll once their volume is detached (at once on the worker that forced
+    // it). One a cancel left stuck hears of it at its next heartbeat; past the bound it is left behind.
+    if (state.cancelledWork.length > 0) {
+      let settled = false;
+      void Promise.allSettled(state.cancelledWork).then(() => {
+        settled = true;
+      });
+      await condition(() => settled, CANCELLED_WORK_BOUND);
+    }
+  }
 }
 
 async function run(state: StopState): Promise<StopStatus> {
@@ -132,6 +154,7 @@ async function run(state: StopState): Promise<StopStatus> {
     if (!listed.ok) fail(state, `could not list the volumes attached to ${instanceId}: ${listed.why}`);
     volumes = listed.value;
   }
+  if (state.features.volumeOwnership) await claimVolumes(state, volumes);
   await detachAll(state, volumes);
 
   for (let check = 1; ; check++) {
@@ -153,6 +176,7 @@ async function run(state: StopState): Promise<StopStatus> {
         `instance ${instanceId} was not stopped: the backend still lists ${ids} attached after ${check} rounds`,
       );
     }
+    if (state.features.volumeOwnership) publishVolumes(outcome.value.attached.map((v) => v.volumeId));
     await detachAll(state, outcome.value.attached);
   }
   state.instanceStopped = true;
@@ -191,6 +215,25 @@ async function stopIfNothingAttached(state: StopState): Promise<Settled<StopInst
     ok: false,
     why: `${outcome.why}; the instance reads stopped, but its volumes could not be confirmed detached`,
   };
+}
+
+/**
+ * Publishes the stop's volumes (StopVolumes), then asks once, before any detach, whether a running stop
+ * of another instance holds one: if so the stop is refused with VolumeHeld, having detached nothing.
+ */
+async function claimVolumes(state: StopState, refs: VolumeRef[]): Promise<void> {
+  const ids = refs.map((v) => v.volumeId);
+  publishVolumes(ids);
+  const holders = await otherHolders(ids, state.startedAtMs);
+  if (holders.length > 0) refuse(state, refs, holders);
+}
+
+function refuse(state: StopState, refs: VolumeRef[], holders: VolumeHolder[]): never {
+  state.volumes = refs.map((ref) => ({ volumeId: ref.volumeId, state: 'attached', attempts: 0 }));
+  state.error = heldMessage(state.request.instanceId, holders);
+  releaseVolumes();
+  end(state, 'failed');
+  throw volumeHeld(state.error, snapshot(state), holders);
 }
 
 /** Adds the volumes (found attached again: back to `attached`) and detaches them all in parallel. */

@@ -1,0 +1,75 @@
+/**
+ * Volume ownership (patch `volume-ownership`): every stop is findable by the volumes it holds, through
+ * the `StopVolumes` search attribute, and a stop refuses (VolumeHeld) a volume that a running stop of
+ * another instance holds, before it detaches anything. The question goes to visibility through a
+ * local activity: one marker event, no extra workflow task. Visibility is eventually consistent, so
+ * this catches a second stop of a held volume, not two started in the same second.
+ */
+import {
+  ActivityFailure,
+  ApplicationFailure,
+  log,
+  proxyLocalActivities,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import { StopVolumesKey, VOLUME_HELD } from '../common/names';
+import { type OwnershipEventActivities, REFUSED_NOTHING_DETACHED, type VolumeHolder } from '../common/ownership-events';
+import type { StopStatus } from '../common/status';
+
+const local = proxyLocalActivities<OwnershipEventActivities>({
+  startToCloseTimeout: '30s',
+  // A few tries, then the stop goes on unchecked: visibility being away must not keep a stop from stopping.
+  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumAttempts: 3 },
+});
+
+/** Adds these volume ids to StopVolumes: one upsert when the set grows, none when it already holds them. */
+export function publishVolumes(volumeIds: readonly string[]): void {
+  const current = workflowInfo().typedSearchAttributes.get(StopVolumesKey) ?? [];
+  const next = [...new Set([...current, ...volumeIds])];
+  if (next.length === current.length) return;
+  upsertSearchAttributes([{ key: StopVolumesKey, value: next }]);
+}
+
+/**
+ * Running stops of other instances, started before this one, that hold any of these volumes; none when
+ * visibility cannot say. Only earlier stops count, so two stops that see each other never refuse each other.
+ */
+export async function otherHolders(volumeIds: readonly string[], startedAtMs: number): Promise<VolumeHolder[]> {
+  if (volumeIds.length === 0) return [];
+  try {
+    return await local.findVolumeHolders({
+      workflowId: workflowInfo().workflowId,
+      startedAt: new Date(startedAtMs).toISOString(),
+      volumeIds: [...volumeIds],
+    });
+  } catch (err) {
+    if (!(err instanceof ActivityFailure)) throw err;
+    log.warn('could not ask who else holds these volumes; going on unchecked', { volumeIds, error: err.message });
+    return [];
+  }
+}
+
+/** "vol-1 is held by the running stop stop-i-2 (instance i-2, run …)" for each held volume. */
+export function heldMessage(instanceId: string, holders: readonly VolumeHolder[]): string {
+  const which = holders
+    .map((h) => `${h.volumeId} is held by the running stop ${h.workflowId} (instance ${h.instanceId}, run ${h.runId})`)
+    .join('; ');
+  return `the stop of ${instanceId} ${REFUSED_NOTHING_DETACHED}: ${which}`;
+}
+
+/** The VolumeHeld failure: final; details are the final StopStatus and the holders. */
+export function volumeHeld(message: string, status: StopStatus, holders: readonly VolumeHolder[]): ApplicationFailure {
+  return ApplicationFailure.create({
+    message,
+    type: VOLUME_HELD,
+    nonRetryable: true,
+    details: [status, holders],
+  });
+}
+
+/** A refused stop never held its volumes: it leaves StopVolumes empty, so it is not found as their holder. */
+export function releaseVolumes(): void {
+  if ((workflowInfo().typedSearchAttributes.get(StopVolumesKey) ?? []).length === 0) return;
+  upsertSearchAttributes([{ key: StopVolumesKey, value: [] }]);
+}
