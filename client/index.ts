@@ -18,8 +18,18 @@ export {
   parseDuration,
 } from '../common/duration';
 export {
+  IDEMPOTENCY_HEADER,
+  SIGNATURE_HEADER,
+  SIGNATURE_TOLERANCE_SECONDS,
+  type StopEventSignatureInput,
+  signStopEvent,
+  TIMESTAMP_HEADER,
+  verifyStopEventSignature,
+} from '../common/event-signature';
+export {
   ABORT_SIGNAL,
   DEFAULT_TASK_QUEUE,
+  DELIVER_STOP_EVENT_WORKFLOW_TYPE,
   INVALID_STOP_REQUEST,
   SEARCH_ATTRIBUTES,
   SET_MAX_STOP_DURATION_UPDATE,
@@ -28,9 +38,12 @@ export {
   StopCauseKey,
   StopForcedKey,
   StopPhaseKey,
+  StopVolumesKey,
+  VOLUME_HELD,
   WORKFLOW_TYPE,
   workflowIdFor,
 } from '../common/names';
+export type { StopEventData, VolumeHolder } from '../common/ownership-events';
 export {
   ID_PATTERN,
   INSTANCE_ID_RULE,
@@ -76,5 +89,9 @@ export {
   type StopListing,
   StopNotFoundError,
   type StopProgress,
+  VolumeHeldError,
+  VolumeNotReleasedError,
+  type VolumeOwnership,
   type VolumeProgress,
+  type WaitUntilReleasedOptions,
 } from './stopflow-client';

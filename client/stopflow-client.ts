@@ -25,9 +25,12 @@ import {
   StopCauseKey,
   StopForcedKey,
   StopPhaseKey,
+  StopVolumesKey,
+  VOLUME_HELD,
   WORKFLOW_TYPE,
   workflowIdFor,
 } from '../common/names';
+import { REFUSED_NOTHING_DETACHED, type VolumeHolder, volumeHoldersQuery } from '../common/ownership-events';
 import { INSTANCE_ID_RULE, LEGACY_ID_PATTERN, parseStopRequest, type StopRequest } from '../common/request';
 import type {
   AbortPayload,
@@ -35,6 +38,7 @@ import type {
   SetMaxStopDurationResult,
   StopPhase,
   StopStatus,
+  VolumeState,
   VolumeStatus,
 } from '../common/status';
 import { VOLUME_ACTIVITY_TYPES, type WaitHeartbeat } from '../common/stop-activities';
@@ -52,6 +56,12 @@ export type StopInstanceWorkflow = (request: StopRequest) => Promise<StopStatus>
 export interface StopflowClientOptions {
   client: Client;
   taskQueue?: string;
+  /**
+   * Refuse (VolumeHeldError) a stop naming a volume that a running stop of another instance on this task
+   * queue holds. Off by default: it is right where a volume id names one volume on the backend (aws, gcp,
+   * azure), not where instances reuse names (a simulated cloud). The `stopflow` CLI turns it on.
+   */
+  refuseHeldVolumes?: boolean;
 }
 
 /** Input that breaks a rule: the message names the field and the rule. Nothing was sent. */
@@ -95,6 +105,73 @@ export class StopFailedError extends Error {
     super(message);
   }
 }
+
+/**
+ * The stop was refused before anything started: a running stop of another instance holds one of its
+ * volumes. `holders` names each held volume's stop.
+ */
+export class VolumeHeldError extends Error {
+  override name = 'VolumeHeldError';
+  constructor(
+    message: string,
+    readonly holders: VolumeHolder[],
+  ) {
+    super(message);
+  }
+
+  /** The first held volume (the message names them all). */
+  get volumeId(): string | undefined {
+    return this.holders[0]?.volumeId;
+  }
+
+  /** The workflow id of the stop that holds it, e.g. `stop-i-2`. */
+  get holderWorkflowId(): string | undefined {
+    return this.holders[0]?.workflowId;
+  }
+
+  get holderInstanceId(): string | undefined {
+    return this.holders[0]?.instanceId;
+  }
+}
+
+/** waitUntilReleased: the stop that held the volume ended (or is ending) without detaching it. */
+export class VolumeNotReleasedError extends Error {
+  override name = 'VolumeNotReleasedError';
+  constructor(
+    message: string,
+    readonly ownership: VolumeOwnership,
+  ) {
+    super(message);
+  }
+}
+
+/** Which stop holds a volume, and the volume's state in it (StopflowClient.volume). */
+export interface VolumeOwnership {
+  volumeId: string;
+  instanceId: string;
+  workflowId: string;
+  runId: string;
+  /** The stop's workflow status: RUNNING, COMPLETED, FAILED, TERMINATED, … */
+  executionStatus: string;
+  running: boolean;
+  /** The stop's phase (from its status; `stopping` while it runs). */
+  phase: StopPhase;
+  /** The volume's state in that stop; undefined when the stop does not know it yet (still listing). */
+  state: VolumeState | undefined;
+  /** True once the volume is `detached` or `force_detached`. */
+  released: boolean;
+  volume?: VolumeStatus;
+  status: StopStatus;
+}
+
+export interface WaitUntilReleasedOptions {
+  /** Give up after this long (VolumeNotReleasedError is not thrown then: a plain Error saying so). Default: no limit. */
+  timeoutMs?: number;
+  /** How often to look. Default 1 s. */
+  intervalMs?: number;
+}
+
+const RELEASED_STATES: readonly VolumeState[] = ['detached', 'force_detached'];
 
 export interface StopHandle {
   instanceId: string;
@@ -187,6 +264,11 @@ const PENDING_STATES: Record<number, PendingWork['state']> = {
   5: 'pause_requested',
 };
 
+/** `stop-i-1` → `i-1`. */
+function instanceIdOf(workflowId: string): string {
+  return workflowId.startsWith(STOP_ID_PREFIX) ? workflowId.slice(STOP_ID_PREFIX.length) : workflowId;
+}
+
 /** An id a stop may have: new stops are checked by the request schema, stops started by older versions may differ. */
 function checkInstanceId(instanceId: unknown): string {
   if (typeof instanceId !== 'string' || !LEGACY_ID_PATTERN.test(instanceId)) {
@@ -203,12 +285,14 @@ function isoOf(ts: Parameters<typeof optionalTsToMs>[0]): string | undefined {
 export class StopflowClient {
   readonly client: Client;
   readonly taskQueue: string;
+  readonly refuseHeldVolumes: boolean;
   /** runId -> (activityId -> volumeId), learned from the history once per new activity. */
   private readonly volumeOfActivity = new Map<string, Map<string, string>>();
 
   constructor(options: StopflowClientOptions) {
     this.client = options.client;
     this.taskQueue = options.taskQueue ?? DEFAULT_TASK_QUEUE;
+    this.refuseHeldVolumes = options.refuseHeldVolumes ?? false;
   }
 
   /** Starts a stop, or joins the one already running for this instance. */
@@ -220,6 +304,12 @@ export class StopflowClient {
       throw new InvalidInputError((err as Error).message);
     }
     const workflowId = workflowIdFor(parsed.instanceId);
+    if (parsed.volumes && this.refuseHeldVolumes) {
+      await this.refuseIfHeld(
+        workflowId,
+        parsed.volumes.map((v) => v.volumeId),
+      );
+    }
     const volumes = parsed.volumes ? `${parsed.volumes.length} volume(s)` : 'volumes from the provider';
     const summary = `stop ${parsed.instanceId}: ${volumes}, maxStopDuration ${formatDuration(parsed.maxStopDurationMs)}`;
     const details = [
@@ -245,6 +335,8 @@ export class StopflowClient {
         typedSearchAttributes: [
           { key: StopPhaseKey, value: 'stopping' },
           { key: StopForcedKey, value: false },
+          // Findable by its volumes from the start (the workflow adds the ones it lists or finds).
+          ...(parsed.volumes ? [{ key: StopVolumesKey, value: parsed.volumes.map((v) => v.volumeId) }] : []),
         ],
       });
       const runId = handle.firstExecutionRunId;
@@ -256,6 +348,113 @@ export class StopflowClient {
         throw new InvalidInputError(`a stop of ${parsed.instanceId} could not be started: ${err.message}`);
       }
       throw err;
+    }
+  }
+
+  /**
+   * Refuses, before anything starts, volumes that a running stop of another instance holds. Visibility
+   * is eventually consistent: a stop started within about a second may not be seen yet (the workflow
+   * asks again before it detaches anything). The same instance is never refused: its stop is joined.
+   */
+  private async refuseIfHeld(workflowId: string, volumeIds: string[]): Promise<void> {
+    const holders: VolumeHolder[] = [];
+    const query = volumeHoldersQuery(volumeIds, { taskQueue: this.taskQueue });
+    for await (const execution of this.client.workflow.list({ query })) {
+      if (execution.type !== WORKFLOW_TYPE || execution.workflowId === workflowId) continue;
+      const held = new Set(execution.typedSearchAttributes.get(StopVolumesKey) ?? []);
+      for (const volumeId of volumeIds) {
+        if (!held.has(volumeId)) continue;
+        holders.push({
+          volumeId,
+          workflowId: execution.workflowId,
+          runId: execution.runId,
+          instanceId: instanceIdOf(execution.workflowId),
+        });
+      }
+    }
+    if (holders.length === 0) return;
+    const which = holders
+      .map((h) => `${h.volumeId} is held by the running stop ${h.workflowId} (instance ${h.instanceId})`)
+      .join('; ');
+    throw new VolumeHeldError(
+      `the stop of ${instanceIdOf(workflowId)} was refused, nothing was started: ${which}. Wait for that stop (stopflow volume ${holders[0]?.volumeId} --wait) or abort it.`,
+      holders,
+    );
+  }
+
+  /**
+   * Which stop holds this volume (the newest whose StopVolumes contains it) and the volume's state in it:
+   * live while the stop runs, from its result or failure once it ended. Throws StopNotFoundError when no
+   * stop holds it.
+   */
+  async volume(volumeId: string): Promise<VolumeOwnership> {
+    if (typeof volumeId !== 'string' || !LEGACY_ID_PATTERN.test(volumeId)) {
+      throw new InvalidInputError(`volumeId: ${INSTANCE_ID_RULE}`);
+    }
+    const candidates: { workflowId: string; runId: string; startTime: Date }[] = [];
+    for await (const execution of this.client.workflow.list({
+      query: volumeHoldersQuery([volumeId], { taskQueue: this.taskQueue, running: false }),
+      pageSize: 20,
+    })) {
+      if (execution.type !== WORKFLOW_TYPE) continue;
+      candidates.push({ workflowId: execution.workflowId, runId: execution.runId, startTime: execution.startTime });
+      if (candidates.length >= 20) break;
+    }
+    candidates.sort((a, b) => b.startTime.getTime() - a.startTime.getTime());
+    for (const candidate of candidates) {
+      const instanceId = instanceIdOf(candidate.workflowId);
+      const description = await this.handle(instanceId, candidate.runId).describe();
+      let status: StopStatus;
+      try {
+        status = await this.statusOf(instanceId, description);
+      } catch {
+        continue; // e.g. terminated with no worker to answer: it tells nothing about the volume
+      }
+      // A stop refused with VolumeHeld never held it (its StopVolumes is cleared, visibility may lag).
+      if (status.error?.includes(REFUSED_NOTHING_DETACHED)) continue;
+      const volume = status.volumes.find((v) => v.volumeId === volumeId);
+      const ownership: VolumeOwnership = {
+        volumeId,
+        instanceId,
+        workflowId: candidate.workflowId,
+        runId: candidate.runId,
+        executionStatus: description.status.name,
+        running: description.status.name === 'RUNNING',
+        phase: status.phase,
+        state: volume?.state,
+        released: volume !== undefined && RELEASED_STATES.includes(volume.state),
+        status,
+      };
+      if (volume) ownership.volume = volume;
+      return ownership;
+    }
+    throw new StopNotFoundError(`no stop holds volume ${volumeId}`);
+  }
+
+  /**
+   * Waits until the stop holding this volume has it `detached` or `force_detached`, polling its status
+   * (from here: the workflow's history does not grow). Throws VolumeNotReleasedError when that stop
+   * failed with the volume attached (or it failed to detach), StopNotFoundError when no stop holds it.
+   */
+  async waitUntilReleased(volumeId: string, options: WaitUntilReleasedOptions = {}): Promise<VolumeOwnership> {
+    const deadline = options.timeoutMs === undefined ? undefined : Date.now() + options.timeoutMs;
+    const intervalMs = options.intervalMs ?? 1_000;
+    for (;;) {
+      const ownership = await this.volume(volumeId);
+      if (ownership.released) return ownership;
+      if (ownership.state === 'failed' || !ownership.running) {
+        const why = ownership.volume?.lastError ?? ownership.status.error ?? `the stop ended ${ownership.phase}`;
+        throw new VolumeNotReleasedError(
+          `${volumeId} was not released: the stop ${ownership.workflowId} ${ownership.running ? 'is failing' : `ended ${ownership.phase}`} with it ${ownership.state ?? 'attached'} (${why})`,
+          ownership,
+        );
+      }
+      if (deadline !== undefined && Date.now() + intervalMs > deadline) {
+        throw new Error(
+          `${volumeId} was not released within ${formatDuration(options.timeoutMs ?? 0)}: it is ${ownership.state ?? 'attached'} in the running stop ${ownership.workflowId}`,
+        );
+      }
+      await new Promise((resolve) => setTimeout(resolve, intervalMs));
     }
   }
 
@@ -329,7 +528,7 @@ export class StopflowClient {
       if (
         err instanceof WorkflowFailedError &&
         err.cause instanceof ApplicationFailure &&
-        err.cause.type === STOP_FAILED
+        (err.cause.type === STOP_FAILED || err.cause.type === VOLUME_HELD)
       ) {
         throw new StopFailedError(err.cause.message, err.cause.details?.[0] as StopStatus | undefined);
       }
@@ -483,7 +682,8 @@ export class StopflowClient {
       } catch (err) {
         if (err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure) {
           const details = err.cause.details?.[0];
-          if (err.cause.type === STOP_FAILED && details && typeof details === 'object') return details as StopStatus;
+          const ownOutcome = err.cause.type === STOP_FAILED || err.cause.type === VOLUME_HELD;
+          if (ownOutcome && details && typeof details === 'object') return details as StopStatus;
         }
         // Not a stop's own outcome (e.g. an invalid request): ask the workflow below.
       }

@@ -7,12 +7,16 @@
  */
 import { Command, CommanderError } from 'commander';
 import { CliError, EXIT } from './errors';
+import { registerVolumeCommands } from './volume-commands';
 
 export function createProgram(): Command {
-  return new Command('stopflow')
+  const program = new Command('stopflow')
     .description('Stop cloud instances without leaving volumes stuck (a Temporal workflow per stop).')
     .showHelpAfterError()
     .exitOverride();
+  // Both entries (the repository's and the package's) have it: it needs only the client.
+  registerVolumeCommands(program);
+  return program;
 }
 
 /** Parses the command line and runs the command; every outcome ends the process with its exit code. */

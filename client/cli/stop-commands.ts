@@ -30,6 +30,7 @@ import {
   type StopListing,
   StopNotFoundError,
   type StopProgress,
+  VolumeHeldError,
   type VolumeProgress,
 } from '../stopflow-client';
 import { CliError, EXIT, withTemporalClient } from './errors';
@@ -65,9 +66,10 @@ function taskQueueOf(option: string | undefined): string {
 /** Connects, runs `fn`, and turns the client's errors into exit codes. */
 async function withStopflow<T>(taskQueue: string, fn: (stopflow: StopflowClient) => Promise<T>): Promise<T> {
   return withTemporalClient(
-    (client) => fn(new StopflowClient({ client, taskQueue })),
+    // A person at a terminal names real volumes: refuse one another instance's running stop holds.
+    (client) => fn(new StopflowClient({ client, taskQueue, refuseHeldVolumes: true })),
     (err) => {
-      if (err instanceof InvalidInputError) return badInput(err.message);
+      if (err instanceof InvalidInputError || err instanceof VolumeHeldError) return badInput(err.message);
       if (err instanceof StopNotFoundError) return new CliError(err.message, EXIT.notFoundOrNoConnection);
       if (err instanceof StopFailedError) return new CliError(`the stop failed: ${err.message}`, EXIT.stopFailed);
       if (err instanceof StopAlreadyEndedError) {
