@@ -501,6 +501,14 @@ describe('one trace per stop, from the client to each provider call', () => {
       const stopflow = new StopflowClient({ client, taskQueue: offQueue });
       await stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-a' }, { volumeId: 'vol-b' }] });
       expect((await stopflow.result(instanceId)).phase).toBe('stopped');
+      // The bundle's workflow interceptors run traced or not: each scheduled activity carries their header
+      // (docs/worker.md), and that is all they add to the history.
+      const history = await client.workflow.getHandle(`stop-${instanceId}`).fetchHistory();
+      const scheduled = (history.events ?? []).filter((e) => e.activityTaskScheduledEventAttributes);
+      expect(scheduled.length).toBeGreaterThan(0);
+      for (const event of scheduled) {
+        expect(Object.keys(event.activityTaskScheduledEventAttributes?.header?.fields ?? {})).toContain('_tracer-data');
+      }
     } finally {
       await client.connection.close();
     }
