@@ -1,0 +1,263 @@
+/**
+ * Completion events (issue #17, item 3) on the real dev server: when a stop ends, a deliverStopEvent
+ * child delivers one CloudEvents 1.0 event to the worker's endpoint, signed (HMAC-SHA256 over
+ * `${timestamp}.${body}`), retried with backoff while the receiver fails or is down, with the same id
+ * (the idempotency key) on every try, and without delaying the stop's result. The receiver here is a
+ * local HTTP server whose answers the test scripts; short retry delays come from the worker's option.
+ */
+import { spawn } from 'node:child_process';
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import { join } from 'node:path';
+import { WorkflowFailedError } from '@temporalio/client';
+import { ApplicationFailure } from '@temporalio/common';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { type CompletionEventsOptions, createCompletionEventActivities } from '../activities/completion-event';
+import { verifyStopEventSignature } from '../client';
+import { DELIVER_STOP_EVENT_WORKFLOW_TYPE, workflowIdFor } from '../common/names';
+import { EVENT_REJECTED, type StopEventData, stopEventWorkflowId } from '../common/ownership-events';
+import { freePort, portInUse } from '../devserver/ports';
+import { eventually, type Harness, startHarness } from './helpers';
+import { readmeBlock } from './support/readme-examples';
+
+const SECRET = 'test-secret-0123456789abcdef';
+
+interface Received {
+  headers: IncomingHttpHeaders;
+  body: string;
+  answered: number;
+}
+
+/** A receiver whose answer the test decides: a status code, or down (connection refused). */
+class Receiver {
+  readonly requests: Received[] = [];
+  answer: number | 'down' = 500;
+  private server: Server | undefined;
+
+  constructor(readonly port: number) {}
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}/stopflow-events`;
+  }
+
+  accepted(): Received[] {
+    return this.requests.filter((r) => r.answered >= 200 && r.answered < 300);
+  }
+
+  async up(): Promise<void> {
+    const server = createServer((req, res) => {
+      let body = '';
+      req.setEncoding('utf8');
+      req.on('data', (chunk: string) => {
+        body += chunk;
+      });
+      req.on('end', () => {
+        const answered = this.answer === 'down' ? 503 : this.answer;
+        this.requests.push({ headers: req.headers, body, answered });
+        res.writeHead(answered).end();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', resolve));
+    this.server = server;
+  }
+
+  /** Stops listening: deliveries now fail with "connection refused". */
+  async down(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (!server) return;
+    server.closeAllConnections();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+}
+
+let receiver: Receiver;
+let h: Harness;
+const retry = { initialMs: 200, maxMs: 1_000 };
+
+beforeAll(async () => {
+  receiver = new Receiver(await freePort());
+  await receiver.up();
+  const events: CompletionEventsOptions = { url: receiver.url, secret: SECRET, retry };
+  h = await startHarness({ extraActivities: createCompletionEventActivities(events) });
+});
+afterAll(async () => {
+  await h?.close();
+  await receiver?.down();
+});
+
+function eventsFor(workflowId: string): Received[] {
+  return receiver.requests.filter((r) => r.headers['idempotency-key']?.toString().startsWith(`${workflowId}/`));
+}
+
+describe('with an events endpoint on the worker', () => {
+  test('a stopped stop: delivered once the receiver recovers, signed, same id every try, result not delayed', async () => {
+    const instanceId = h.instanceId('ev');
+    await h.sim.addInstance(instanceId, [{ volumeId: 'vol-a' }, { volumeId: 'vol-b', behavior: { failFirst: 1 } }]);
+    receiver.answer = 500;
+    const started = await h.stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-a' }, { volumeId: 'vol-b' }] });
+    // The result comes while the receiver refuses every delivery: the stop does not wait for it.
+    const final = await h.stopflow.result(instanceId);
+    expect(final.phase).toBe('stopped');
+    expect(eventsFor(started.workflowId).filter((r) => r.answered === 200)).toEqual([]);
+    await eventually(async () => eventsFor(started.workflowId).length >= 2, 'two refused deliveries');
+
+    // Then the receiver is down for a while (connection refused), and then it accepts.
+    await receiver.down();
+    const child = h.client.workflow.getHandle(stopEventWorkflowId(started.workflowId, started.runId));
+    await eventually(async () => {
+      const pending = (await child.describe()).raw.pendingActivities?.[0];
+      return (pending?.attempt ?? 0) >= eventsFor(started.workflowId).length + 2 ? pending : undefined;
+    }, 'deliveries refused while the receiver is down');
+    receiver.answer = 200;
+    await receiver.up();
+    const delivered = await eventually(
+      async () => eventsFor(started.workflowId).find((r) => r.answered === 200),
+      'the event accepted',
+    );
+
+    const tries = eventsFor(started.workflowId);
+    expect(tries.filter((r) => r.answered === 200)).toHaveLength(1);
+    const id = `${started.workflowId}/${started.runId}`;
+    // Every try carries the same event: same id, same body; a receiver that sees it twice can tell.
+    expect(new Set(tries.map((r) => r.headers['idempotency-key']))).toEqual(new Set([id]));
+    expect(new Set(tries.map((r) => r.body)).size).toBe(1);
+
+    expect(delivered.headers['content-type']).toMatch(/^application\/cloudevents\+json/);
+    const event = JSON.parse(delivered.body) as Record<string, unknown> & { data: StopEventData };
+    expect(event).toMatchObject({
+      specversion: '1.0',
+      id,
+      type: 'dev.stopflow.stop.stopped',
+      source: `stopflow/default/${h.taskQueue}`,
+      subject: instanceId,
+      datacontenttype: 'application/json',
+      data: { workflowId: started.workflowId, runId: started.runId, instanceId, outcome: 'stopped', status: final },
+    });
+    expect(event.time).toBe(event.data.endedAt);
+    // Nothing of the worker's configuration travels with it.
+    expect(delivered.body).not.toContain(SECRET);
+    expect(delivered.body).not.toContain(String(receiver.port));
+
+    const signed = {
+      secret: SECRET,
+      body: delivered.body,
+      timestamp: String(delivered.headers['stopflow-timestamp']),
+      signature: String(delivered.headers['stopflow-signature']),
+    };
+    expect(signed.signature).toMatch(/^v1=[0-9a-f]{64}$/);
+    expect(verifyStopEventSignature(signed)).toBe(true);
+    expect(verifyStopEventSignature({ ...signed, body: delivered.body.replace('"stopped"', '"failed"') })).toBe(false);
+    expect(verifyStopEventSignature({ ...signed, secret: 'another-secret-0123456789' })).toBe(false);
+    expect(verifyStopEventSignature({ ...signed, now: Date.now() + 10 * 60_000 })).toBe(false);
+
+    const outcome = await child.result();
+    expect(outcome).toMatchObject({ delivered: true, httpStatus: 200 });
+    expect(outcome.attempt).toBeGreaterThan(tries.length); // the refused connections were tries too
+    // The stop's own history shows the child it handed the event to.
+    const history = await h.client.workflow.getHandle(workflowIdFor(instanceId)).fetchHistory();
+    const initiated = (history.events ?? []).find((e) => e.startChildWorkflowExecutionInitiatedEventAttributes);
+    expect(initiated?.startChildWorkflowExecutionInitiatedEventAttributes?.workflowType?.name).toBe(
+      DELIVER_STOP_EVENT_WORKFLOW_TYPE,
+    );
+  });
+
+  test('a failed stop produces a failed event', async () => {
+    receiver.answer = 200;
+    const instanceId = h.instanceId('ev');
+    await h.sim.addInstance(instanceId, [{ volumeId: 'vol-x', behavior: { hang: true, force: 'unsupported' } }]);
+    const started = await h.stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-x' }], maxStopDuration: '1s' });
+    await expect(h.stopflow.result(instanceId)).rejects.toThrow(/not stopped/);
+    const delivered = await eventually(async () => eventsFor(started.workflowId)[0], 'the failed event');
+    expect(JSON.parse(delivered.body)).toMatchObject({
+      type: 'dev.stopflow.stop.failed',
+      subject: instanceId,
+      data: { outcome: 'failed', failureType: 'StopFailed', status: { phase: 'failed', instanceStopped: false } },
+    });
+  });
+
+  test("a receiver's 400 is final: the delivery fails EventRejected after one try", async () => {
+    receiver.answer = 400;
+    const instanceId = h.instanceId('ev');
+    await h.sim.addInstance(instanceId, [{ volumeId: 'vol-a' }]);
+    const started = await h.stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-a' }] });
+    await h.stopflow.result(instanceId);
+    const child = h.client.workflow.getHandle(stopEventWorkflowId(started.workflowId, started.runId));
+    const err = await eventually(() => child.result().catch((e: unknown) => e), 'the delivery to end');
+    expect(err).toBeInstanceOf(WorkflowFailedError);
+    let cause: unknown = (err as WorkflowFailedError).cause;
+    while (cause instanceof Error && !(cause instanceof ApplicationFailure) && cause.cause) cause = cause.cause;
+    expect(cause).toBeInstanceOf(ApplicationFailure);
+    expect((cause as ApplicationFailure).type).toBe(EVENT_REJECTED);
+    expect(eventsFor(started.workflowId)).toHaveLength(1);
+  });
+});
+
+describe('without an events endpoint', () => {
+  test('no child workflow is started', async () => {
+    const plain = await startHarness();
+    try {
+      const instanceId = plain.instanceId('ev-off');
+      await plain.sim.addInstance(instanceId, [{ volumeId: 'vol-a' }]);
+      const started = await plain.stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-a' }] });
+      expect((await plain.stopflow.result(instanceId)).phase).toBe('stopped');
+      const history = await plain.client.workflow.getHandle(started.workflowId).fetchHistory();
+      const events = history.events ?? [];
+      expect(events.some((e) => e.startChildWorkflowExecutionInitiatedEventAttributes)).toBe(false);
+      // The answer was asked and recorded (a local activity's marker), so a replay on any replica agrees.
+      expect(events.some((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity')).toBe(true);
+      await expect(
+        plain.client.workflow.getHandle(stopEventWorkflowId(started.workflowId, started.runId)).describe(),
+      ).rejects.toThrow();
+    } finally {
+      await plain.close();
+    }
+  });
+});
+
+test('the README receiver example runs as written: it logs each event once and refuses a forged one', async () => {
+  const port = await freePort();
+  const dir = join(process.cwd(), '.stopflow', `readme-events-${port}`);
+  mkdirSync(dir, { recursive: true });
+  const file = join(dir, 'receiver.ts');
+  writeFileSync(file, readmeBlock('events-receiver'));
+  const child = spawn('node_modules/.bin/tsx', [file], {
+    env: { ...process.env, PORT: String(port), STOPFLOW_EVENTS_SECRET: SECRET },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk: Buffer) => {
+    stdout += chunk.toString();
+  });
+  child.stderr.on('data', (chunk: Buffer) => {
+    stderr += chunk.toString();
+  });
+  const worker = await startHarness({
+    extraActivities: createCompletionEventActivities({ url: `http://127.0.0.1:${port}/`, secret: SECRET, retry }),
+  });
+  try {
+    await eventually(() => portInUse(port), 'the receiver listening');
+    const instanceId = worker.instanceId('ev-readme');
+    await worker.sim.addInstance(instanceId, [{ volumeId: 'vol-a' }]);
+    await worker.stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-a' }] });
+    await worker.stopflow.result(instanceId);
+    await eventually(
+      async () => stdout.includes(`dev.stopflow.stop.stopped ${instanceId} stopped`),
+      'the event logged',
+    );
+
+    const forged = await fetch(`http://127.0.0.1:${port}/`, {
+      method: 'POST',
+      body: '{"id":"x","type":"dev.stopflow.stop.stopped"}',
+      headers: { 'stopflow-timestamp': String(Math.floor(Date.now() / 1000)), 'stopflow-signature': 'v1=00' },
+    });
+    expect(forged.status).toBe(401);
+    expect(stdout.trim().split('\n')).toEqual([`dev.stopflow.stop.stopped ${instanceId} stopped`]);
+    expect(stderr).toBe('');
+  } finally {
+    await worker.close();
+    child.kill();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
