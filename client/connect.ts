@@ -43,7 +43,12 @@ export async function connectTemporalClient(
   target: TemporalTarget = loadTemporalTarget(),
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<Client> {
-  const tracing = await clientTracing(env);
+  // Tracing that cannot start (a bad OTEL_* value, the optional packages not installed) must not keep a stop from
+  // being sent: it is reported as a process warning, and the client works untraced.
+  const tracing = await clientTracing(env).catch((err: unknown) => {
+    process.emitWarning(`traces off: ${(err as Error).message}`, 'StopflowTracingWarning');
+    return undefined;
+  });
   try {
     const connection = await Connection.connect({
       ...target.connectConfig.connectionOptions,

@@ -243,6 +243,22 @@ describe('the OTEL_* rules', () => {
     }
   });
 
+  it('tracing that cannot start leaves the client working untraced, with a warning', async () => {
+    const warned = new Promise<Error>((resolve) => process.once('warning', resolve));
+    const client = await connectTemporalClient(target(), {
+      OTEL_EXPORTER_OTLP_ENDPOINT: 'http://127.0.0.1:4318',
+      OTEL_EXPORTER_OTLP_PROTOCOL: 'grpc',
+    });
+    try {
+      expect(client.options.interceptors.workflow ?? []).toEqual([]);
+      const warning = await warned;
+      expect(warning.name).toBe('StopflowTracingWarning');
+      expect(warning.message).toContain('OTEL_EXPORTER_OTLP_PROTOCOL: must be "http/json" or unset');
+    } finally {
+      await client.connection.close();
+    }
+  });
+
   it('a bad endpoint or protocol is a configuration error, and the summary never shows header values', () => {
     const bad = {
       OTEL_EXPORTER_OTLP_ENDPOINT: 'collector:4318',
