@@ -41,7 +41,8 @@ export interface ActivityDeps {
   pollIntervalMs: number;
   /**
    * How long one attempt of a wait keeps polling before it gives its slot back and
-   * asks to be retried later (StillDetaching): the server waits, not the worker. Default 60s.
+   * asks to be retried later (StillDetaching): the server waits, not the worker. The
+   * worker's default is DEFAULT_DETACH_HOLD_MS (worker/defaults.ts); 60s when unset here.
    */
   holdMs?: number;
   /** Longest pause between checks of a volume stuck past the hold window. Default 60s. */

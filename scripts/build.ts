@@ -133,9 +133,10 @@ export async function buildApp(outDir: string = APP_DIR): Promise<BuiltApp> {
     throw new Error(`the compiled worker and CLI import packages production lacks:\n  ${problems.join('\n  ')}`);
   }
 
-  const { code } = await bundleStopflowWorkflows();
+  // Two bundles: a worker that traces takes the one with the OpenTelemetry workflow interceptors (worker/main.ts).
   const workflowBundle = join(outDir, 'workflow-bundle.js');
-  writeFileSync(workflowBundle, code);
+  writeFileSync(workflowBundle, (await bundleStopflowWorkflows()).code);
+  writeFileSync(join(outDir, 'workflow-bundle-traced.js'), (await bundleStopflowWorkflows({ traced: true })).code);
   // The compiled files are ESM even when dist/app/ is copied away from the repository's package.json.
   writeFileSync(join(outDir, 'package.json'), '{ "type": "module" }\n');
   const entries = {

@@ -35,14 +35,14 @@ describe('worker configuration', () => {
       defaultProvider: 'simulated',
       simStatePath: '.stopflow/sim-cloud.json',
       pollIntervalMs: 5_000,
-      detachHoldMs: 60_000,
+      detachHoldMs: 15_000,
       maxPollIntervalMs: 60_000,
       // Metrics on loopback unless configured: they name instances and volumes.
       metricsAddress: '127.0.0.1:9464',
       shutdownGraceMs: 20_000,
       maxConcurrentActivities: 100,
       maxConcurrentWaits: 5_000,
-      maxCachedWorkflows: 250,
+      maxCachedWorkflows: 100,
       maxConcurrentWorkflowTasks: 40,
       logLevel: 'info',
     });
@@ -302,7 +302,7 @@ describe('worker configuration', () => {
     ['STOPFLOW_POLL_INTERVAL', '45s', 'STOPFLOW_POLL_INTERVAL: must be a duration such as "5s" (1s-20s)'],
     ['STOPFLOW_POLL_INTERVAL', '500ms', 'STOPFLOW_POLL_INTERVAL: must be a duration such as "5s" (1s-20s)'],
     ['STOPFLOW_POLL_INTERVAL', 'fast', 'STOPFLOW_POLL_INTERVAL: must be a duration such as "5s" (1s-20s)'],
-    ['STOPFLOW_DETACH_HOLD', '1h', 'STOPFLOW_DETACH_HOLD: must be a duration such as "60s" (1s-5m)'],
+    ['STOPFLOW_DETACH_HOLD', '1h', 'STOPFLOW_DETACH_HOLD: must be a duration such as "15s" (1s-5m)'],
     ['STOPFLOW_SHUTDOWN_GRACE', '0s', 'STOPFLOW_SHUTDOWN_GRACE: must be a duration such as "20s" (1s-10m)'],
     [
       'STOPFLOW_PROVIDERS',

@@ -25,7 +25,7 @@ import { simStatePath } from '../activities/providers/simulated';
 import { describeTracing, tracingProblems } from '../client/tracing';
 import { formatDuration, parseDuration } from '../common/duration';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
-import { DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
+import { DEFAULT_DETACH_HOLD_MS, DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
 export type LogLevelName = (typeof LOG_LEVELS)[number];
@@ -330,7 +330,10 @@ const envSchema = z
       z.string().trim().refine(isGcpEndpoint, { error: GCP_ENDPOINT_RULE }).optional(),
     ),
     STOPFLOW_POLL_INTERVAL: z.preprocess(blankToUndefined, durationVar('5s', POLL_INTERVAL_RANGE_MS).default(5_000)),
-    STOPFLOW_DETACH_HOLD: z.preprocess(blankToUndefined, durationVar('60s', DETACH_HOLD_RANGE_MS).default(60_000)),
+    STOPFLOW_DETACH_HOLD: z.preprocess(
+      blankToUndefined,
+      durationVar('15s', DETACH_HOLD_RANGE_MS).default(DEFAULT_DETACH_HOLD_MS),
+    ),
     STOPFLOW_MAX_POLL_INTERVAL: z.preprocess(
       blankToUndefined,
       durationVar('60s', MAX_POLL_INTERVAL_RANGE_MS).default(60_000),

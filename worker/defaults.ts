@@ -7,8 +7,17 @@
 export const DEFAULT_MAX_CONCURRENT_WAITS = 5_000;
 
 /**
- * Workflows kept in memory between tasks. A waiting stop wakes rarely (a timer, a wait's result),
- * so replaying it then is cheaper than keeping every one cached: 10,000 waiting stops fit a small
- * worker (BENCHMARKS.md, incident scale).
+ * Workflows kept in memory between tasks. A waiting stop runs no workflow task while it waits (its
+ * wait is an activity), so the cache only needs to hold the stops that are moving; replaying one
+ * that was evicted costs a few milliseconds. Each cached stop costs the workflow thread about a
+ * megabyte, and its heap is sized from this number (worker/workflow-heap.ts): 10,000 waiting stops
+ * fit a small worker (BENCHMARKS.md, incident scale).
  */
-export const DEFAULT_MAX_CACHED_WORKFLOWS = 250;
+export const DEFAULT_MAX_CACHED_WORKFLOWS = 100;
+
+/**
+ * How long one attempt of a wait keeps polling a volume before it gives its slot back and asks
+ * the server to retry it later. Three polls: most detaches that finish at all finish within one
+ * or two; a stuck volume then costs the worker a slot a fifth of the time, not half.
+ */
+export const DEFAULT_DETACH_HOLD_MS = 15_000;

@@ -16,6 +16,7 @@ import { GracefulShutdownPeriodExpiredError, Runtime } from '@temporalio/worker'
 import type { ProviderEvent } from '../activities';
 import { buildProviders } from '../activities/providers';
 import { createSweepActivities } from '../activities/sweep';
+import { tracingRequested } from '../client/tracing';
 import { formatDuration } from '../common/duration';
 import { runStartupChecks } from './checks';
 import {
@@ -41,10 +42,12 @@ import { bundleStopflowWorkflows, createStopflowWorker, type StopflowWorker } fr
 export const WORKER_EXIT = { stopped: 0, failed: 1, badConfig: 2, checkFailed: 3 } as const;
 
 /**
- * The workflow bundle `npm run build` writes beside the compiled worker (dist/app/), used when
- * STOPFLOW_WORKFLOW_BUNDLE is unset. Run from source there is none, and the worker bundles at start.
+ * The workflow bundles `npm run build` writes beside the compiled worker (dist/app/), used when
+ * STOPFLOW_WORKFLOW_BUNDLE is unset: the plain one, and the one with the tracing interceptors for a
+ * worker that traces. Run from source there are none, and the worker bundles at start.
  */
 export const PREBUILT_WORKFLOW_BUNDLE = fileURLToPath(new URL('./workflow-bundle.js', import.meta.url));
+export const PREBUILT_TRACED_WORKFLOW_BUNDLE = fileURLToPath(new URL('./workflow-bundle-traced.js', import.meta.url));
 
 /** How long past the grace the worker may take to hand its tasks back before it is abandoned. */
 const FORCE_MARGIN_MS = 10_000;
@@ -58,7 +61,7 @@ export interface RunWorkerOptions {
 
 /** Runs a worker until SIGTERM or SIGINT; resolves with the process exit code. */
 export async function runWorker(env: NodeJS.ProcessEnv = process.env, options: RunWorkerOptions = {}): Promise<number> {
-  if (options.writeBundle) return writeBundle(options.writeBundle);
+  if (options.writeBundle) return writeBundle(options.writeBundle, env);
 
   let config: WorkerConfig;
   try {
@@ -93,13 +96,14 @@ export async function runWorker(env: NodeJS.ProcessEnv = process.env, options: R
 
   logger.info({ config: describeWorkerConfig(config, env) }, 'stopflow worker starting');
   warnIfEndOfLife(logger);
-  if (config.workflowBundlePath === undefined && existsSync(PREBUILT_WORKFLOW_BUNDLE)) {
-    config = { ...config, workflowBundlePath: PREBUILT_WORKFLOW_BUNDLE };
-    logger.info({ workflowBundle: PREBUILT_WORKFLOW_BUNDLE }, 'workflows: the bundle prebuilt by npm run build');
-  }
   // Traces (docs/worker.md "Traces"), off unless OTEL_* ask for them: only for a worker that polls, and the
   // spans still buffered are sent once it has stopped.
   const tracing = options.checkOnly ? undefined : startWorkerTracing(env, { warn: (message) => logger.warn(message) });
+  const prebuilt = tracing ? PREBUILT_TRACED_WORKFLOW_BUNDLE : PREBUILT_WORKFLOW_BUNDLE;
+  if (config.workflowBundlePath === undefined && existsSync(prebuilt)) {
+    config = { ...config, workflowBundlePath: prebuilt };
+    logger.info({ workflowBundle: prebuilt }, 'workflows: the bundle prebuilt by npm run build');
+  }
   try {
     return await serve(config, logger, options, tracing);
   } finally {
@@ -256,10 +260,13 @@ async function serve(
   return exitCode;
 }
 
-async function writeBundle(path: string): Promise<number> {
+async function writeBundle(path: string, env: NodeJS.ProcessEnv): Promise<number> {
+  // The bundle for this environment: with the tracing interceptors when OTEL_* turn traces on.
+  const traced = tracingRequested(env);
+  const prebuilt = traced ? PREBUILT_TRACED_WORKFLOW_BUNDLE : PREBUILT_WORKFLOW_BUNDLE;
   // Compiled (dist/app/) there are no workflow sources to bundle: the bundle built with the code is the one.
-  if (existsSync(PREBUILT_WORKFLOW_BUNDLE)) copyFileSync(PREBUILT_WORKFLOW_BUNDLE, path);
-  else writeFileSync(path, (await bundleStopflowWorkflows()).code);
+  if (existsSync(prebuilt)) copyFileSync(prebuilt, path);
+  else writeFileSync(path, (await bundleStopflowWorkflows({ traced })).code);
   process.stdout.write(`stopflow worker: workflow bundle written to ${path} (set STOPFLOW_WORKFLOW_BUNDLE=${path})\n`);
   return WORKER_EXIT.stopped;
 }

@@ -18,9 +18,10 @@ import type { Provider } from '../activities/provider';
 import { createVolumeHolderActivities } from '../activities/volume-holders';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
 import { waitsTaskQueue } from '../common/stop-activities';
-import { DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
+import { DEFAULT_DETACH_HOLD_MS, DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
 import { stopflowNexusHandler } from './nexus-handlers';
 import { NO_TRACING_SINKS, TRACING_WORKFLOW_MODULES, type WorkerTracing } from './tracing';
+import { limitNextWorkflowThreadHeap } from './workflow-heap';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 
@@ -71,6 +72,8 @@ export class StopflowWorker {
     readonly main: Worker,
     /** Waits for `detached`, on the waits task queue. */
     readonly waits: Worker,
+    /** The workflow thread's heap limit this worker set (worker/workflow-heap.ts); undefined: the operator's. */
+    readonly workflowHeapLimitMb?: number,
   ) {}
 
   get options(): Worker['options'] {
@@ -124,7 +127,7 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     pollIntervalMs: options.pollIntervalMs ?? 5_000,
   };
   if (options.observe) activityDeps.observe = options.observe;
-  if (options.holdMs !== undefined) activityDeps.holdMs = options.holdMs;
+  activityDeps.holdMs = options.holdMs ?? DEFAULT_DETACH_HOLD_MS;
   if (options.maxPollIntervalMs !== undefined) activityDeps.maxPollIntervalMs = options.maxPollIntervalMs;
   // One Backends for both Workers: a provider's call budget and its batched checks are per process.
   const { awaitDetached, ...urgent } = createActivities(activityDeps, new Backends(activityDeps));
@@ -147,6 +150,8 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     interceptors: { activity: activityInterceptors },
     ...(tuning.identity !== undefined ? { identity: tuning.identity } : {}),
   } satisfies Partial<WorkerOptions>;
+  // Set just before the SDK starts the workflow thread: its heap follows the cache (worker/workflow-heap.ts).
+  const workflowHeapLimitMb = limitNextWorkflowThreadHeap(tuning.maxCachedWorkflows ?? DEFAULT_MAX_CACHED_WORKFLOWS);
   const main = await Worker.create({
     ...shared,
     taskQueue,
@@ -167,8 +172,9 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     interceptors: {
       ...tuning.interceptors,
       activity: activityInterceptors,
-      // A prebuilt bundle has them already (bundleStopflowWorkflows); the SDK warns when both are given.
-      ...(options.workflowBundle ? {} : { workflowModules: TRACING_WORKFLOW_MODULES }),
+      // Only a traced worker's bundle has them: they cost every workflow their modules and every activity a
+      // header. A prebuilt bundle has them when it was built traced (bundleStopflowWorkflows).
+      ...(options.workflowBundle || !options.tracing ? {} : { workflowModules: TRACING_WORKFLOW_MODULES }),
     },
     sinks: options.tracing?.sinks ?? NO_TRACING_SINKS,
   });
@@ -181,15 +187,20 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     // heartbeating every second would be five thousand calls a second to Temporal.
     maxHeartbeatThrottleInterval: '20s',
   });
-  return new StopflowWorker(main, waits);
+  return new StopflowWorker(main, waits, workflowHeapLimitMb);
 }
 
-/** Bundles the workflow code once (webpack), so many workers can share it. */
-export async function bundleStopflowWorkflows(): Promise<{ code: string }> {
+/**
+ * Bundles the workflow code once (webpack), so many workers can share it. `traced` adds the OpenTelemetry
+ * workflow interceptors (worker/tracing.ts). Without them a stop evaluates half the code: every workflow
+ * the worker creates or replays evaluates its bundle's modules afresh, so they would cost every stop
+ * memory and CPU whether or not anyone traces (BENCHMARKS.md, "Incident scale"). The two bundles replay
+ * each other's histories: the interceptors add a header to scheduled activities and no command.
+ */
+export async function bundleStopflowWorkflows(options: { traced?: boolean } = {}): Promise<{ code: string }> {
   return bundleWorkflowCode({
     workflowsPath: WORKFLOWS_PATH,
-    // Always in: a bundle is built before anyone knows whether its worker will trace (worker/tracing.ts).
-    workflowInterceptorModules: TRACING_WORKFLOW_MODULES,
+    ...(options.traced ? { workflowInterceptorModules: TRACING_WORKFLOW_MODULES } : {}),
     logger: quietLogger,
   });
 }
