@@ -32,7 +32,7 @@ import { CHANGELOG_PATH, changelogProblem, contractOf, exportedNames, fingerprin
 export const DIST = join(ROOT, 'dist');
 export const PACKAGE_DIR = join(DIST, 'stopflow');
 const STAGING = join(DIST, '.staging');
-const ENTRIES = ['client/index.ts', 'client/cli/package-main.ts'];
+const ENTRIES = ['client/index.ts', 'client/cli/package-main.ts', 'common/nexus-service.ts'];
 /** Code a caller must never get: the worker side of the repository. */
 const FORBIDDEN_DIRS = ['workflows/', 'activities/', 'worker/', 'devserver/', 'bench/', 'scripts/', 'test/'];
 /** Shared with the caller's own Temporal code, so the caller chooses the version (within this range). */
@@ -41,7 +41,8 @@ const PEERS = ['@temporalio/client'];
  * The only packages the package may import: what a caller needs. The client
  * (peer), @temporalio/common (failures, search attribute keys, payloads),
  * @temporalio/envconfig (Temporal from TEMPORAL_* or a profile; pure JS), zod
- * (validation), and the CLI's commander, cli-table3 and log-update (pure JS).
+ * (validation), nexus-rpc (the Nexus service definition, `stopflow/nexus`, which
+ * a caller's workflow bundles), and the CLI's commander, cli-table3 and log-update (pure JS).
  * Anything else, above all the worker runtime (@temporalio/worker and its
  * native core bridge, @temporalio/workflow) and the providers' SDKs, fails the
  * build: adding one here is a decision, not an accident of an import.
@@ -51,6 +52,7 @@ const ALLOWED = new Set([
   '@temporalio/common',
   '@temporalio/envconfig',
   'zod',
+  'nexus-rpc',
   'commander',
   'cli-table3',
   'log-update',
@@ -275,6 +277,7 @@ export function buildPackage(): BuiltPackage {
       engines: root.engines,
       exports: {
         '.': { types: './client/index.d.ts', default: './client/index.js' },
+        './nexus': { types: './common/nexus-service.d.ts', default: './common/nexus-service.js' },
         './stop-request.schema.json': './schema/stop-request.schema.json',
         './package.json': './package.json',
       },

@@ -147,13 +147,15 @@ test('npm pack, install alone, type-check and run the README example, npx stopfl
       [
         "import { parseStopRequest, type StopStatus, type StopflowClient, WORKFLOW_TYPE } from 'stopflow';",
         "import schema from 'stopflow/stop-request.schema.json' with { type: 'json' };",
+        "import { NEXUS_SERVICE, stopflowService } from 'stopflow/nexus';",
         'export function neverCalled(stopflow: StopflowClient): void {',
         '  // @ts-expect-error an instanceId is a string: fails to compile if the declarations were missing or any',
         '  void stopflow.stop({ instanceId: 1 });',
         '}',
         "const phase: StopStatus['phase'] = 'stopped';",
         "const type: 'stopInstance' = WORKFLOW_TYPE;",
-        "console.log(JSON.stringify({ type, phase, title: schema.title, id: parseStopRequest({ instanceId: 'i-9' }).instanceId }));",
+        "const nexusService = [NEXUS_SERVICE, Object.keys(stopflowService.operations).sort().join(',')].join(':');",
+        "console.log(JSON.stringify({ type, phase, title: schema.title, id: parseStopRequest({ instanceId: 'i-9' }).instanceId, nexusService }));",
         '',
       ].join('\n'),
     );
@@ -201,6 +203,7 @@ test('npm pack, install alone, type-check and run the README example, npx stopfl
       phase: 'stopped',
       title: 'StopRequest',
       id: 'i-9',
+      nexusService: 'stopflow:abort,status,stop',
     });
 
     const env = cleanEnv({ TEMPORAL_ADDRESS: inject('temporalAddress'), STOPFLOW_TASK_QUEUE: h.taskQueue });
