@@ -55,10 +55,12 @@ import { heldMessage, otherHolders, publishVolumes, releaseVolumes, volumeHeld }
  * RECONCILER — this file. Stops started before it run workflows/legacy/stop-instance-v2.ts.
  */
 const RECONCILER = 'reconciler';
-/** StopVolumes kept current, and a volume another instance's running stop holds refused (VolumeHeld). */
-const VOLUME_OWNERSHIP = 'volume-ownership';
-/** A completion event handed to a deliverStopEvent child when the stop ends, if the worker has an endpoint. */
-const COMPLETION_EVENTS = 'completion-events';
+/**
+ * OWNERSHIP_EVENTS — StopVolumes kept current, a volume another instance's running stop holds refused
+ * (VolumeHeld), and a completion event handed to a deliverStopEvent child when the stop ends (if the worker
+ * has an endpoint). One patch for both: every patch costs a marker and a search-attribute upsert in history.
+ */
+const OWNERSHIP_EVENTS = 'ownership-events';
 
 /** Longest a stop waits, at its end, for cancelled graceful work to acknowledge (waits heartbeat every 20 s). */
 const CANCELLED_WORK_BOUND = '30s';
@@ -80,7 +82,7 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
     forced: false,
     cancelledWork: [],
     // Decided once, at the start: a stop started before a patch keeps its rules to the end.
-    features: { volumeOwnership: patched(VOLUME_OWNERSHIP), completionEvents: patched(COMPLETION_EVENTS) },
+    features: ownershipEvents(patched(OWNERSHIP_EVENTS)),
   };
   setHandler(statusQuery, () => snapshot(state));
   setHandler(abortSignal, (payload?: AbortPayload) => escalate(state, 'abort', payload));
@@ -112,6 +114,10 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
     if (state.features.completionEvents) await announceEnd(status);
     return status;
   });
+}
+
+function ownershipEvents(on: boolean): StopState['features'] {
+  return { volumeOwnership: on, completionEvents: on };
 }
 
 async function runToEnd(state: StopState): Promise<StopStatus> {
