@@ -1,0 +1,54 @@
+/**
+ * The workflow thread's heap limit (worker/workflow-heap.ts): sized from the cache, set only for
+ * threads started after it, never over an operator's own choice.
+ */
+import { getHeapStatistics } from 'node:v8';
+import { Worker as Thread } from 'node:worker_threads';
+import { describe, expect, it } from 'vitest';
+import { DEFAULT_MAX_CACHED_WORKFLOWS } from '../worker/defaults';
+import { heapSizeChosenByOperator, limitNextWorkflowThreadHeap, workflowHeapLimitMb } from '../worker/workflow-heap';
+
+const MB = 2 ** 20;
+
+/** The heap limit a thread started now gets, in MB. */
+function nextThreadHeapLimitMb(): Promise<number> {
+  const thread = new Thread(
+    "require('node:worker_threads').parentPort.postMessage(require('node:v8').getHeapStatistics().heap_size_limit)",
+    { eval: true },
+  );
+  return new Promise((resolve, reject) => {
+    thread.once('message', (bytes: number) => resolve(bytes / MB));
+    thread.once('error', reject);
+  });
+}
+
+describe('the workflow thread heap limit', () => {
+  it('grows with the cache: room for the SDK and for each cached stop', () => {
+    expect(workflowHeapLimitMb(DEFAULT_MAX_CACHED_WORKFLOWS)).toBe(310);
+    expect(workflowHeapLimitMb(0)).toBe(160);
+    expect(workflowHeapLimitMb(5_000)).toBe(7_660);
+    expect(workflowHeapLimitMb(1_000)).toBeGreaterThan(workflowHeapLimitMb(100));
+  });
+
+  it("an operator's --max-old-space-size, on the command line or in NODE_OPTIONS, is theirs", () => {
+    expect(heapSizeChosenByOperator(['--max-old-space-size=2048'], '')).toBe(true);
+    expect(heapSizeChosenByOperator([], '--enable-source-maps --max_old_space_size=1024')).toBe(true);
+    expect(heapSizeChosenByOperator(['--import', 'tsx'], '--enable-source-maps')).toBe(false);
+    expect(heapSizeChosenByOperator([], '')).toBe(false);
+  });
+
+  it('limits threads started after it, and leaves the running main thread as it was', async () => {
+    // This test's process was started without a heap size (vitest's forks), so the worker sets one.
+    expect(heapSizeChosenByOperator()).toBe(false);
+    const mainBefore = getHeapStatistics().heap_size_limit;
+    const before = await nextThreadHeapLimitMb();
+    const limit = limitNextWorkflowThreadHeap(50);
+    expect(limit).toBe(235);
+    const after = await nextThreadHeapLimitMb();
+    // The limit V8 reports adds the young generation to the old space: a few tens of MB.
+    expect(after).toBeGreaterThanOrEqual(235);
+    expect(after).toBeLessThan(235 + 100);
+    expect(after).toBeLessThan(before);
+    expect(getHeapStatistics().heap_size_limit).toBe(mainBefore);
+  });
+});
