@@ -6,8 +6,9 @@
  * local HTTP server whose answers the test scripts; short retry delays come from the worker's option.
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
@@ -17,6 +18,7 @@ import { verifyStopEventSignature } from '../client';
 import { DELIVER_STOP_EVENT_WORKFLOW_TYPE, workflowIdFor } from '../common/names';
 import { EVENT_REJECTED, type StopEventData, stopEventWorkflowId } from '../common/ownership-events';
 import { freePort, portInUse } from '../devserver/ports';
+import { ConfigError, describeWorkerConfig, loadWorkerConfig } from '../worker/config';
 import { eventually, type Harness, startHarness } from './helpers';
 import { readmeBlock } from './support/readme-examples';
 
@@ -260,4 +262,68 @@ test('the README receiver example runs as written: it logs each event once and r
     child.kill();
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+describe('worker configuration', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'stopflow-events-config-'));
+  // No developer's Temporal profile may leak in.
+  const configFile = join(dir, 'temporal.toml');
+  writeFileSync(configFile, '');
+  const base = { TEMPORAL_CONFIG_FILE: configFile };
+  const issuesOf = (env: Record<string, string>): string[] => {
+    try {
+      loadWorkerConfig({ ...base, ...env });
+      return [];
+    } catch (err) {
+      if (err instanceof ConfigError) return err.issues;
+      throw err;
+    }
+  };
+
+  test('off unless configured; the URL is an http(s) URL without credentials; a secret goes with it', () => {
+    expect(loadWorkerConfig(base).events).toBeUndefined();
+    expect(issuesOf({ STOPFLOW_EVENTS_URL: 'https://hooks.example.com/e' })).toEqual([
+      expect.stringMatching(
+        /^STOPFLOW_EVENTS_SECRET: must be at least 16 characters .*when STOPFLOW_EVENTS_URL is set/,
+      ),
+    ]);
+    for (const url of ['ftp://hooks.example.com/', 'https://user:pw@hooks.example.com/', 'not a url']) {
+      expect(issuesOf({ STOPFLOW_EVENTS_URL: url, STOPFLOW_EVENTS_SECRET: SECRET })).toEqual([
+        expect.stringMatching(/^STOPFLOW_EVENTS_URL: must be the http or https URL/),
+      ]);
+    }
+    expect(issuesOf({ STOPFLOW_EVENTS_SECRET: SECRET })).toEqual([expect.stringMatching(/^STOPFLOW_EVENTS_URL: /)]);
+    const short = issuesOf({ STOPFLOW_EVENTS_URL: 'https://hooks.example.com/', STOPFLOW_EVENTS_SECRET: 'short-one' });
+    expect(short).toEqual([expect.stringMatching(/^STOPFLOW_EVENTS_SECRET: must be at least 16 characters/)]);
+    expect(short.join('\n')).not.toContain('short-one');
+  });
+
+  test('the secret, from the variable or a file, is used but never printed; only the origin of the URL is', () => {
+    const url = 'https://hooks.example.com/stopflow?token=abc123';
+    const config = loadWorkerConfig({ ...base, STOPFLOW_EVENTS_URL: url, STOPFLOW_EVENTS_SECRET: SECRET });
+    expect(config.events).toMatchObject({ url, secret: SECRET });
+    const printed = JSON.stringify(describeWorkerConfig(config, {}));
+    expect(printed).not.toContain(SECRET);
+    expect(printed).not.toContain('abc123');
+    expect(describeWorkerConfig(config, {})).toMatchObject({
+      completionEvents: { endpoint: 'https://hooks.example.com', secret: 'STOPFLOW_EVENTS_SECRET (hidden)' },
+    });
+
+    const file = join(dir, 'events-secret');
+    writeFileSync(file, `${SECRET}\n`);
+    const fromFile = loadWorkerConfig({ ...base, STOPFLOW_EVENTS_URL: url, STOPFLOW_EVENTS_SECRET_FILE: file });
+    expect(fromFile.events?.secret).toBe(SECRET);
+    expect(JSON.stringify(describeWorkerConfig(fromFile, {}))).not.toContain(SECRET);
+    expect(
+      issuesOf({ STOPFLOW_EVENTS_URL: url, STOPFLOW_EVENTS_SECRET: SECRET, STOPFLOW_EVENTS_SECRET_FILE: file }),
+    ).toEqual([expect.stringMatching(/^STOPFLOW_EVENTS_SECRET_FILE: must not be set together/)]);
+  });
+
+  test('a worker refuses held volumes unless told not to', () => {
+    expect(loadWorkerConfig(base).refuseHeldVolumes).toBe(true);
+    expect(loadWorkerConfig({ ...base, STOPFLOW_REFUSE_HELD_VOLUMES: 'false' }).refuseHeldVolumes).toBe(false);
+    expect(issuesOf({ STOPFLOW_REFUSE_HELD_VOLUMES: 'maybe' })).toEqual([
+      expect.stringMatching(/^STOPFLOW_REFUSE_HELD_VOLUMES: must be "true" or "false"/),
+    ]);
+  });
 });
