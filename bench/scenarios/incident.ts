@@ -32,7 +32,7 @@ import { DEFAULT_AWS_BUDGET, DEFAULT_AWS_MAX_BATCH } from '../../activities/prov
 import { MemorySimStore, SimulatedProvider } from '../../activities/providers/simulated';
 import { ABORT_SIGNAL } from '../../common/names';
 import { Ec2QueryServer } from '../../test/support/ec2-query-server';
-import { DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from '../../worker/defaults';
+import { DEFAULT_DETACH_HOLD_MS, DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from '../../worker/defaults';
 import { Marks } from '../baseline-activities';
 import { type BenchContext, mapLimit, percentile, round, sleep, startStop } from '../common';
 import {
@@ -64,7 +64,7 @@ const SIM_MAX_BATCH = new SimulatedProvider(new MemorySimStore()).maxBatch;
 /** Production defaults the worker runs with (worker/config.ts, worker/worker.ts), for the report. */
 const DEFAULTS = {
   pollIntervalMs: 5_000,
-  holdMs: 60_000,
+  holdMs: DEFAULT_DETACH_HOLD_MS,
   maxPollIntervalMs: 60_000,
   maxConcurrentActivities: 100,
   maxConcurrentWaits: DEFAULT_MAX_CONCURRENT_WAITS,
