@@ -28,10 +28,14 @@ export const StopForcedKey = defineSearchAttributeKey('StopForced', SearchAttrib
 /** The volume ids a stop holds (requested, listed, or found attached by the final check). */
 export const StopVolumesKey = defineSearchAttributeKey('StopVolumes', SearchAttributeType.KEYWORD_LIST);
 
-/** What `temporal operator search-attribute create` needs, for the dev server and start-up checks. */
+/**
+ * What `temporal operator search-attribute create` needs, for the dev server and start-up checks. StopVolumes
+ * (workflow version 4) comes first: a namespace set up before it lacks only that one, and messages that list
+ * the rest keep their wording.
+ */
 export const SEARCH_ATTRIBUTES = [
+  { name: 'StopVolumes', type: 'KeywordList' },
   { name: 'StopPhase', type: 'Keyword' },
   { name: 'StopCause', type: 'Keyword' },
   { name: 'StopForced', type: 'Bool' },
-  { name: 'StopVolumes', type: 'KeywordList' },
 ] as const;

@@ -19,7 +19,7 @@ console.log(`Temporal dev server for stopflow (${server.cliPath ?? 'SDK download
   Web UI    ${server.uiUrl}
   HTTP API  ${server.httpUrl}
   history   ${DB}
-  search attributes StopPhase (Keyword), StopCause (Keyword), StopForced (Bool) registered
+  search attributes StopPhase (Keyword), StopCause (Keyword), StopForced (Bool), StopVolumes (KeywordList) registered
 Press Ctrl-C to stop.`);
 
 let stopping = false;

@@ -4,7 +4,7 @@
  * reports every problem:
  *   1. the Temporal server answers at the configured address;
  *   2. the namespace exists;
- *   3. the search attributes StopPhase, StopCause, StopForced exist with the
+ *   3. the search attributes StopPhase, StopCause, StopForced, StopVolumes exist with the
  *      right types (if not, the exact command that creates them);
  *   4. every configured provider is usable (`Provider.checkUsable`).
  */
@@ -183,7 +183,7 @@ export async function checkSearchAttributes(
       return {
         check,
         ok: true,
-        message: `could not list search attributes (${messageOf(err)}); make sure StopPhase, StopCause and StopForced exist`,
+        message: `could not list search attributes (${messageOf(err)}); make sure ${SEARCH_ATTRIBUTES.map((a) => a.name).join(', ')} exist`,
       };
     }
     return {
