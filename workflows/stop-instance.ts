@@ -7,7 +7,9 @@
  *      │                                                        └─ found attached: that volume, same path
  *      ├─ deadline or `abort` ─► force what is left (after forceGrace)
  *      ├─ workflow cancel ─────► force nothing, stop nothing ─► failed (StopFailed)
- *      └─ a volume failed, even by force ─────────────────────► failed (StopFailed)
+ *      ├─ a volume failed, even by force ─────────────────────► failed (StopFailed)
+ *      └─ a volume another instance's running stop holds ─────► failed (VolumeHeld), nothing detached
+ *   and at the end, either way: the completion event handed to a deliverStopEvent child (if configured).
  *
  * Writes to the backend (request, force, stop) are never abandoned. Cancelled
  * graceful work never delays a force or the stop; it is awaited, bounded, only
