@@ -134,12 +134,16 @@ export class VolumeHeldError extends Error {
   }
 }
 
-/** waitUntilReleased: the stop that held the volume ended (or is ending) without detaching it. */
+/**
+ * waitUntilReleased: the stop that held the volume ended (or is ending) without detaching it, or, with
+ * `timedOut`, the wait's timeout passed while the volume was still held.
+ */
 export class VolumeNotReleasedError extends Error {
   override name = 'VolumeNotReleasedError';
   constructor(
     message: string,
     readonly ownership: VolumeOwnership,
+    readonly timedOut = false,
   ) {
     super(message);
   }
@@ -165,7 +169,7 @@ export interface VolumeOwnership {
 }
 
 export interface WaitUntilReleasedOptions {
-  /** Give up after this long (VolumeNotReleasedError is not thrown then: a plain Error saying so). Default: no limit. */
+  /** Give up after this long (VolumeNotReleasedError with `timedOut`). Default: no limit. */
   timeoutMs?: number;
   /** How often to look. Default 1 s. */
   intervalMs?: number;
@@ -450,8 +454,10 @@ export class StopflowClient {
         );
       }
       if (deadline !== undefined && Date.now() + intervalMs > deadline) {
-        throw new Error(
+        throw new VolumeNotReleasedError(
           `${volumeId} was not released within ${formatDuration(options.timeoutMs ?? 0)}: it is ${ownership.state ?? 'attached'} in the running stop ${ownership.workflowId}`,
+          ownership,
+          true,
         );
       }
       await new Promise((resolve) => setTimeout(resolve, intervalMs));

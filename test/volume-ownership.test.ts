@@ -87,6 +87,12 @@ describe('findable by its volumes', () => {
     }, `${ok} released`);
     expect(released).toMatchObject({ state: 'detached', running: true });
 
+    // A timeout while it is still held says so.
+    const timedOut = await h.stopflow
+      .waitUntilReleased(stuck, { timeoutMs: 300, intervalMs: 100 })
+      .catch((e: unknown) => e);
+    expect(timedOut).toBeInstanceOf(VolumeNotReleasedError);
+    expect(timedOut).toMatchObject({ timedOut: true, ownership: { state: 'detaching', running: true } });
     // Resolves when the abort's force lands, not before.
     let settled = false;
     const waiting = h.stopflow.waitUntilReleased(stuck, { intervalMs: 200 }).finally(() => {

@@ -78,10 +78,6 @@ export function registerVolumeCommands(program: Command): void {
               }
               return new CliError(err.message, EXIT.stopFailed);
             }
-            // The only other error waitUntilReleased throws is its own timeout: the volume is still held.
-            if (opts.wait && err instanceof Error && / was not released within /.test(err.message)) {
-              return new CliError(err.message, EXIT.stopFailed);
-            }
             return undefined;
           },
         );
