@@ -30,7 +30,12 @@ import {
   WORKFLOW_TYPE,
   workflowIdFor,
 } from '../common/names';
-import { REFUSED_NOTHING_DETACHED, type VolumeHolder, volumeHoldersQuery } from '../common/ownership-events';
+import {
+  REFUSED_NOTHING_DETACHED,
+  stopVolumesValue,
+  type VolumeHolder,
+  volumeHoldersQuery,
+} from '../common/ownership-events';
 import { INSTANCE_ID_RULE, LEGACY_ID_PATTERN, parseStopRequest, type StopRequest } from '../common/request';
 import type {
   AbortPayload,
@@ -327,6 +332,8 @@ export class StopflowClient {
     ].join('\n');
     // A token in the memo tells whether this call started the run or joined a running one.
     const startToken = randomUUID();
+    // Findable by its volumes from the start, while the list fits one search attribute (Temporal refuses more).
+    const stopVolumes = parsed.volumes ? stopVolumesValue(parsed.volumes.map((v) => v.volumeId)) : undefined;
     try {
       const handle = await this.client.workflow.start<StopInstanceWorkflow>(WORKFLOW_TYPE, {
         taskQueue: this.taskQueue,
@@ -340,7 +347,7 @@ export class StopflowClient {
           { key: StopPhaseKey, value: 'stopping' },
           { key: StopForcedKey, value: false },
           // Findable by its volumes from the start (the workflow adds the ones it lists or finds).
-          ...(parsed.volumes ? [{ key: StopVolumesKey, value: parsed.volumes.map((v) => v.volumeId) }] : []),
+          ...(stopVolumes ? [{ key: StopVolumesKey, value: stopVolumes }] : []),
         ],
       });
       const runId = handle.firstExecutionRunId;
@@ -363,6 +370,33 @@ export class StopflowClient {
   private async refuseIfHeld(workflowId: string, volumeIds: string[]): Promise<void> {
     const holders: VolumeHolder[] = [];
     const query = volumeHoldersQuery(volumeIds, { taskQueue: this.taskQueue });
+    try {
+      await this.collectHolders(query, workflowId, volumeIds, holders);
+    } catch (err) {
+      // Visibility away or throttled (an incident starts many stops at once) must not keep a stop from
+      // starting: the workflow asks again before it detaches anything.
+      process.emitWarning(
+        `could not ask who else holds ${volumeIds.join(', ')}: ${(err as Error).message}; starting the stop unchecked`,
+        'StopflowVisibilityWarning',
+      );
+      return;
+    }
+    if (holders.length === 0) return;
+    const which = holders
+      .map((h) => `${h.volumeId} is held by the running stop ${h.workflowId} (instance ${h.instanceId})`)
+      .join('; ');
+    throw new VolumeHeldError(
+      `the stop of ${instanceIdOf(workflowId)} was refused, nothing was started: ${which}. Wait for that stop (stopflow volume ${holders[0]?.volumeId} --wait) or abort it.`,
+      holders,
+    );
+  }
+
+  private async collectHolders(
+    query: string,
+    workflowId: string,
+    volumeIds: string[],
+    holders: VolumeHolder[],
+  ): Promise<void> {
     for await (const execution of this.client.workflow.list({ query })) {
       if (execution.type !== WORKFLOW_TYPE || execution.workflowId === workflowId) continue;
       const held = new Set(execution.typedSearchAttributes.get(StopVolumesKey) ?? []);
@@ -376,14 +410,6 @@ export class StopflowClient {
         });
       }
     }
-    if (holders.length === 0) return;
-    const which = holders
-      .map((h) => `${h.volumeId} is held by the running stop ${h.workflowId} (instance ${h.instanceId})`)
-      .join('; ');
-    throw new VolumeHeldError(
-      `the stop of ${instanceIdOf(workflowId)} was refused, nothing was started: ${which}. Wait for that stop (stopflow volume ${holders[0]?.volumeId} --wait) or abort it.`,
-      holders,
-    );
   }
 
   /**

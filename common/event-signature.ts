@@ -13,6 +13,8 @@ export const TIMESTAMP_HEADER = 'stopflow-timestamp';
 export const IDEMPOTENCY_HEADER = 'idempotency-key';
 /** Requests older (or further ahead) than this are refused by `verifyStopEventSignature`. */
 export const SIGNATURE_TOLERANCE_SECONDS = 300;
+/** The shortest secret the worker accepts (STOPFLOW_EVENTS_SECRET); a receiver with a shorter one verifies nothing. */
+export const MIN_EVENTS_SECRET_LENGTH = 16;
 
 /** `v1=<hex HMAC-SHA256 of "${timestamp}.${body}">`. */
 export function signStopEvent(secret: string, timestamp: number, body: string): string {
@@ -34,10 +36,12 @@ export interface StopEventSignatureInput {
 
 /**
  * True when the body was signed with `secret` at a time within the tolerance (5 minutes by default).
- * Anything missing, malformed, stale or different is false.
+ * Anything missing, malformed, stale or different is false, and so is every request when the secret is
+ * shorter than the worker's minimum: a receiver whose secret is unset must not accept what anyone signed with ''.
  */
 export function verifyStopEventSignature(input: StopEventSignatureInput): boolean {
   const { secret, body, timestamp, signature } = input;
+  if (typeof secret !== 'string' || secret.length < MIN_EVENTS_SECRET_LENGTH) return false;
   if (!timestamp || !signature || !/^\d{1,12}$/.test(timestamp)) return false;
   const seconds = Number(timestamp);
   const nowSeconds = Math.floor((input.now ?? Date.now()) / 1000);

@@ -54,9 +54,26 @@ export interface OwnershipEventActivities {
   deliverCompletionEvent(event: StopEventData): Promise<DeliveryResult>;
 }
 
-/** The child workflow's id: one per stop run, so a stop's event is delivered by exactly one workflow. */
+/**
+ * The child workflow's id: one per stop run, so a stop's event is delivered by exactly one workflow. The
+ * `/` is a character no instance id has (common/request.ts), so it is never the id of a stop.
+ */
 export function stopEventWorkflowId(workflowId: string, runId: string): string {
-  return `${workflowId}-event-${runId}`;
+  return `${workflowId}/event/${runId}`;
+}
+
+/**
+ * Temporal refuses a search attribute value over 2 KB by default (`limit.searchAttributesSizeOfValue`), and
+ * fails the workflow that upserts one: StopVolumes stays well below that.
+ */
+export const MAX_STOP_VOLUMES_BYTES = 1_536;
+
+/**
+ * StopVolumes for these volume ids: all of them while they fit, otherwise undefined. A stop whose volumes do
+ * not fit (dozens of long ids) is not findable by them, and says so in its log; it still checks others.
+ */
+export function stopVolumesValue(volumeIds: readonly string[]): string[] | undefined {
+  return JSON.stringify(volumeIds).length <= MAX_STOP_VOLUMES_BYTES ? [...volumeIds] : undefined;
 }
 
 /**

@@ -15,6 +15,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { type CompletionEventsOptions, createCompletionEventActivities } from '../activities/completion-event';
 import { verifyStopEventSignature } from '../client';
+import { signStopEvent } from '../common/event-signature';
 import { DELIVER_STOP_EVENT_WORKFLOW_TYPE, workflowIdFor } from '../common/names';
 import { EVENT_REJECTED, type StopEventData, stopEventWorkflowId } from '../common/ownership-events';
 import { freePort, portInUse } from '../devserver/ports';
@@ -152,6 +153,11 @@ describe('with an events endpoint on the worker', () => {
     expect(verifyStopEventSignature({ ...signed, body: delivered.body.replace('"stopped"', '"failed"') })).toBe(false);
     expect(verifyStopEventSignature({ ...signed, secret: 'another-secret-0123456789' })).toBe(false);
     expect(verifyStopEventSignature({ ...signed, now: Date.now() + 10 * 60_000 })).toBe(false);
+    // A receiver whose secret is unset or short verifies nothing, even a request signed with that same secret.
+    for (const weak of ['', 'short-secret']) {
+      const forged = signStopEvent(weak, Number(signed.timestamp), delivered.body);
+      expect(verifyStopEventSignature({ ...signed, secret: weak, signature: forged })).toBe(false);
+    }
 
     const outcome = await child.result();
     expect(outcome).toMatchObject({ delivered: true, httpStatus: 200 });

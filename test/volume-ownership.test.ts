@@ -325,3 +325,53 @@ test('stopflow volume: exit 1 when the stop failed with it, 3 when nobody holds 
   const bad = await stopflowCli(['volume', '-x'], env());
   expect(bad.code).toBe(2);
 });
+
+test('volumes whose ids outgrow one search attribute: the stop is not findable by them, and still stops', async () => {
+  // 60 ids of 45 characters: about 2.9 KB as a list, over the 2 KB Temporal takes for one search attribute value
+  // (the server would refuse the start, or fail the stop on its upsert).
+  const instanceId = h.instanceId('own-many');
+  const volumes = Array.from({ length: 60 }, (_, i) => ({
+    volumeId: `${vol('vol-with-a-long-descriptive-name')}-${i}`,
+  }));
+  expect(JSON.stringify(volumes.map((v) => v.volumeId)).length).toBeGreaterThan(2_048);
+  await h.sim.addInstance(instanceId, volumes);
+  const started = await strict.stop({ instanceId, volumes });
+  expect(started.started).toBe(true);
+  expect((await h.stopflow.result(instanceId)).phase).toBe('stopped');
+  expect(await stopVolumesOf(instanceId)).toBeUndefined();
+  // Under the limit, the same stop is findable by every volume.
+  const fewer = h.instanceId('own-few');
+  const few = volumes.slice(0, 10).map((v) => ({ volumeId: `${v.volumeId}-f` }));
+  await h.sim.addInstance(fewer, few);
+  await strict.stop({ instanceId: fewer, volumes: few });
+  expect((await h.stopflow.result(fewer)).phase).toBe('stopped');
+  expect(await stopVolumesOf(fewer)).toEqual(few.map((v) => v.volumeId));
+});
+
+test('visibility that cannot answer does not keep a stop from starting: the client warns and starts it', async () => {
+  const instanceId = h.instanceId('own-blind');
+  const volumeId = vol('vol-blind');
+  await h.sim.addInstance(instanceId, [{ volumeId }]);
+  // A client whose list calls fail, as when visibility is throttled in an incident.
+  const blind: Client = Object.create(h.client, {
+    workflow: {
+      value: Object.create(h.client.workflow, {
+        list: {
+          value: () => {
+            throw new Error('visibility throttled (test)');
+          },
+        },
+      }),
+    },
+  });
+  const warned = new Promise<Error>((resolve) => process.once('warning', resolve));
+  const started = await new StopflowClient({ client: blind, taskQueue: h.taskQueue, refuseHeldVolumes: true }).stop({
+    instanceId,
+    volumes: [{ volumeId }],
+  });
+  expect(started.started).toBe(true);
+  const warning = await warned;
+  expect(warning.name).toBe('StopflowVisibilityWarning');
+  expect(warning.message).toContain(`could not ask who else holds ${volumeId}: visibility throttled (test)`);
+  expect((await h.stopflow.result(instanceId)).phase).toBe('stopped');
+});

@@ -1,5 +1,5 @@
 /**
- * Completion events (patch `completion-events`): when a stop ends, and the worker has an events
+ * Completion events (patch `ownership-events`): when a stop ends, and the worker has an events
  * endpoint, one `deliverStopEvent` child workflow takes the event and delivers it, retried for days.
  * The stop waits only for the child to start (ParentClosePolicy ABANDON: it outlives the stop), so a
  * receiver that is down never delays the stop's result. Whether the worker is configured is asked

@@ -1,5 +1,5 @@
 /**
- * Volume ownership (patch `volume-ownership`): every stop is findable by the volumes it holds, through
+ * Volume ownership (patch `ownership-events`): every stop is findable by the volumes it holds, through
  * the `StopVolumes` search attribute, and a stop refuses (VolumeHeld) a volume that a running stop of
  * another instance holds, before it detaches anything. The question goes to visibility through a
  * local activity: one marker event, no extra workflow task. Visibility is eventually consistent, so
@@ -14,21 +14,40 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import { StopVolumesKey, VOLUME_HELD } from '../common/names';
-import { type OwnershipEventActivities, REFUSED_NOTHING_DETACHED, type VolumeHolder } from '../common/ownership-events';
+import {
+  MAX_STOP_VOLUMES_BYTES,
+  type OwnershipEventActivities,
+  REFUSED_NOTHING_DETACHED,
+  stopVolumesValue,
+  type VolumeHolder,
+} from '../common/ownership-events';
 import type { StopStatus } from '../common/status';
 
 const local = proxyLocalActivities<OwnershipEventActivities>({
-  startToCloseTimeout: '30s',
-  // A few tries, then the stop goes on unchecked: visibility being away must not keep a stop from stopping.
-  retry: { initialInterval: '1s', backoffCoefficient: 2, maximumAttempts: 3 },
+  // One short try, then the stop goes on unchecked: visibility that is away or throttled (its default is 10
+  // requests a second per namespace, and an incident starts thousands of stops) must not hold stops back.
+  startToCloseTimeout: '5s',
+  retry: { maximumAttempts: 1 },
 });
 
-/** Adds these volume ids to StopVolumes: one upsert when the set grows, none when it already holds them. */
+/**
+ * Adds these volume ids to StopVolumes: one upsert when the set grows, none when it already holds them,
+ * and none when the list would outgrow what Temporal takes in one search attribute (the server would fail
+ * the stop): such a stop is not findable by its volumes, and logs it.
+ */
 export function publishVolumes(volumeIds: readonly string[]): void {
   const current = workflowInfo().typedSearchAttributes.get(StopVolumesKey) ?? [];
   const next = [...new Set([...current, ...volumeIds])];
   if (next.length === current.length) return;
-  upsertSearchAttributes([{ key: StopVolumesKey, value: next }]);
+  const value = stopVolumesValue(next);
+  if (!value) {
+    log.warn('StopVolumes would exceed the size Temporal allows; this stop is not findable by its volumes', {
+      volumes: next.length,
+      maxBytes: MAX_STOP_VOLUMES_BYTES,
+    });
+    return;
+  }
+  upsertSearchAttributes([{ key: StopVolumesKey, value }]);
 }
 
 /**
