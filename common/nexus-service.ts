@@ -32,8 +32,13 @@ export interface StopStatusInput {
 export const stopflowService = nexus.service(NEXUS_SERVICE, {
   /**
    * Asynchronous: starts the stop of `request.instanceId` (workflow `stop-<instanceId>`), or joins the one
-   * already running, and completes with its final StopStatus; a stop that ends with the instance not stopped
-   * fails the operation with the workflow's `StopFailed` failure (details: the final StopStatus).
+   * already running, and completes with its final StopStatus. A stop that ends with the instance not stopped
+   * fails the operation (a NexusOperationFailure caused by the workflow's non-retryable ApplicationFailure),
+   * of one of two types, both with the final StopStatus in `details[0]`:
+   * - `StopFailed`: volumes could not be detached (or the stop was cancelled);
+   * - `VolumeHeld`: refused because a running stop of another instance on the same task queue holds one of
+   *   its volumes; nothing was detached (its volumes `attached`), and `details[1]` lists the holders
+   *   `[{ volumeId, workflowId, runId, instanceId }]` (docs/contract.md "Volume ownership").
    */
   stop: nexus.operation<StopRequest, StopStatus>(),
   /** Synchronous: escalates the running stop of the instance to force-detach (the `abort` signal). */

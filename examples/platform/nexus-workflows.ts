@@ -17,9 +17,12 @@ export async function retireInstance(instanceId: string): Promise<{ stopped: boo
     );
     return { stopped: true, status }; // every volume confirmed detached: release the host, end billing
   } catch (err) {
-    // The stop ended and the instance is NOT stopped: the StopFailed failure holds the final StopStatus.
+    // The stop ended and the instance is NOT stopped: StopFailed (a volume could not be detached) or VolumeHeld
+    // (refused, nothing detached: another instance's running stop holds one of its volumes). Both hold the
+    // final StopStatus.
     if (err instanceof NexusOperationFailure && err.cause instanceof ApplicationFailure) {
-      if (err.cause.type === 'StopFailed') return { stopped: false, status: err.cause.details?.[0] as StopStatus };
+      const { type, details } = err.cause;
+      if (type === 'StopFailed' || type === 'VolumeHeld') return { stopped: false, status: details?.[0] as StopStatus };
     }
     throw err; // e.g. a refused request: a HandlerError (BAD_REQUEST) naming the field and the rule
   }
