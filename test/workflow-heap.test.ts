@@ -24,9 +24,9 @@ function nextThreadHeapLimitMb(): Promise<number> {
 
 describe('the workflow thread heap limit', () => {
   it('grows with the cache: room for the SDK and for each cached stop', () => {
-    expect(workflowHeapLimitMb(DEFAULT_MAX_CACHED_WORKFLOWS)).toBe(310);
-    expect(workflowHeapLimitMb(0)).toBe(160);
-    expect(workflowHeapLimitMb(5_000)).toBe(7_660);
+    expect(workflowHeapLimitMb(DEFAULT_MAX_CACHED_WORKFLOWS)).toBe(400);
+    expect(workflowHeapLimitMb(0)).toBe(200);
+    expect(workflowHeapLimitMb(5_000)).toBe(10_200);
     expect(workflowHeapLimitMb(1_000)).toBeGreaterThan(workflowHeapLimitMb(100));
   });
 
@@ -42,12 +42,12 @@ describe('the workflow thread heap limit', () => {
     expect(heapSizeChosenByOperator()).toBe(false);
     const mainBefore = getHeapStatistics().heap_size_limit;
     const before = await nextThreadHeapLimitMb();
-    const limit = limitNextWorkflowThreadHeap(50);
-    expect(limit).toBe(235);
+    const limit = limitNextWorkflowThreadHeap(25);
+    expect(limit).toBe(250);
     const after = await nextThreadHeapLimitMb();
     // The limit V8 reports adds the young generation to the old space: a few tens of MB.
-    expect(after).toBeGreaterThanOrEqual(235);
-    expect(after).toBeLessThan(235 + 100);
+    expect(after).toBeGreaterThanOrEqual(250);
+    expect(after).toBeLessThan(250 + 100);
     expect(after).toBeLessThan(before);
     expect(getHeapStatistics().heap_size_limit).toBe(mainBefore);
   });

@@ -3,9 +3,11 @@
  * whose V8 heap, left to Node's defaults, may grow to several gigabytes: every
  * workflow task of a stop that is not cached replays it in a fresh sandbox
  * (its modules evaluated again), and while thousands of stops start at once
- * that garbage comes faster than V8 sees a reason to collect it. Measured on
- * 3,000 stuck stops (BENCHMARKS.md, "Incident scale"): 1.2 GB more RSS and
- * still growing with Node's default, a plateau at 260 MB with this limit.
+ * that garbage comes faster than V8 sees a reason to collect it. Measured while
+ * 3,000 stuck stops started on one worker: 1.2 GB more RSS and still growing
+ * with Node's default (and a cache of 250), a plateau 260 MB above idle with a
+ * cache of 100 and a 384 MB limit (BENCHMARKS.md, "Incident scale", has the
+ * figures of the limit as shipped).
  *
  * What the thread must keep alive is bounded by the workflow cache, so the
  * limit follows from it: a base for the SDK and the bundle, plus room per
@@ -18,9 +20,14 @@
 import { setFlagsFromString } from 'node:v8';
 
 /** The SDK, the bundle's code and the thread's own structures, with room to collect. */
-const BASE_MB = 160;
-/** A cached stop keeps about 0.7 MB alive (BENCHMARKS.md, "Worker memory"); twice that leaves room for garbage. */
-const PER_CACHED_WORKFLOW_MB = 1.5;
+const BASE_MB = 200;
+/**
+ * A cached stop of a few volumes keeps about 0.7 MB alive (BENCHMARKS.md, "Worker memory"); this leaves room
+ * for garbage and for stops of dozens of volumes. A stop of hundreds keeps several MB alive (every pending
+ * promise of workflow code holds a stack trace for the SDK's stack-trace query): a worker that stops such
+ * instances by the hundred at once needs a smaller cache or its own --max-old-space-size (docs/worker.md).
+ */
+const PER_CACHED_WORKFLOW_MB = 2;
 
 export function workflowHeapLimitMb(maxCachedWorkflows: number): number {
   return Math.ceil(BASE_MB + PER_CACHED_WORKFLOW_MB * Math.max(0, maxCachedWorkflows));

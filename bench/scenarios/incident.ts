@@ -32,7 +32,11 @@ import { DEFAULT_AWS_BUDGET, DEFAULT_AWS_MAX_BATCH } from '../../activities/prov
 import { MemorySimStore, SimulatedProvider } from '../../activities/providers/simulated';
 import { ABORT_SIGNAL } from '../../common/names';
 import { Ec2QueryServer } from '../../test/support/ec2-query-server';
-import { DEFAULT_DETACH_HOLD_MS, DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from '../../worker/defaults';
+import {
+  DEFAULT_DETACH_HOLD_MS,
+  DEFAULT_MAX_CACHED_WORKFLOWS,
+  DEFAULT_MAX_CONCURRENT_WAITS,
+} from '../../worker/defaults';
 import { Marks } from '../baseline-activities';
 import { type BenchContext, mapLimit, percentile, round, sleep, startStop } from '../common';
 import {
