@@ -36,7 +36,7 @@ import {
   type VolumeHolder,
   volumeHoldersQuery,
 } from '../common/ownership-events';
-import { INSTANCE_ID_RULE, LEGACY_ID_PATTERN, parseStopRequest, type StopRequest } from '../common/request';
+import { ID_PATTERN, INSTANCE_ID_RULE, LEGACY_ID_PATTERN, parseStopRequest, type StopRequest } from '../common/request';
 import type {
   AbortPayload,
   SetMaxStopDurationInput,
@@ -174,11 +174,17 @@ export interface VolumeOwnership {
 }
 
 export interface WaitUntilReleasedOptions {
-  /** Give up after this long (VolumeNotReleasedError with `timedOut`). Default: no limit. */
+  /** Give up after this long, in ms, a finite number > 0 (VolumeNotReleasedError with `timedOut`). Default: no limit. */
   timeoutMs?: number;
-  /** How often to look. Default 1 s. */
+  /** How often to look, in ms, a finite number from 100 to 2147483647 (about 24.8 days). Default 1 s. */
   intervalMs?: number;
 }
+
+const MIN_RELEASE_INTERVAL_MS = 100;
+/** setTimeout's limit: a longer delay fires at once (a busy loop). */
+const MAX_RELEASE_INTERVAL_MS = 2 ** 31 - 1;
+/** volume(): how many stops holding the volume it reads, at most, to pick the newest from. */
+const MAX_VOLUME_CANDIDATES = 100;
 
 const RELEASED_STATES: readonly VolumeState[] = ['detached', 'force_detached'];
 
@@ -276,6 +282,37 @@ const PENDING_STATES: Record<number, PendingWork['state']> = {
 /** `stop-i-1` → `i-1`. */
 function instanceIdOf(workflowId: string): string {
   return workflowId.startsWith(STOP_ID_PREFIX) ? workflowId.slice(STOP_ID_PREFIX.length) : workflowId;
+}
+
+/** A volume id as a request's volumes need it (ID_PATTERN): only such volumes make a stop findable by them. */
+function checkVolumeId(volumeId: unknown): string {
+  if (typeof volumeId !== 'string' || !ID_PATTERN.test(volumeId)) {
+    throw new InvalidInputError(`volumeId: ${INSTANCE_ID_RULE}`);
+  }
+  return volumeId;
+}
+
+/** waitUntilReleased's options, checked before anything is asked. */
+function checkReleaseOptions(options: unknown): { timeoutMs: number | undefined; intervalMs: number } {
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new InvalidInputError('options: must be an object { timeoutMs?, intervalMs? }');
+  }
+  const { timeoutMs, intervalMs } = options as Record<string, unknown>;
+  if (timeoutMs !== undefined && (typeof timeoutMs !== 'number' || !Number.isFinite(timeoutMs) || timeoutMs <= 0)) {
+    throw new InvalidInputError('timeoutMs: must be a finite number of milliseconds > 0');
+  }
+  if (
+    intervalMs !== undefined &&
+    (typeof intervalMs !== 'number' ||
+      !Number.isFinite(intervalMs) ||
+      intervalMs < MIN_RELEASE_INTERVAL_MS ||
+      intervalMs > MAX_RELEASE_INTERVAL_MS)
+  ) {
+    throw new InvalidInputError(
+      `intervalMs: must be a finite number of milliseconds from ${MIN_RELEASE_INTERVAL_MS} to ${MAX_RELEASE_INTERVAL_MS}`,
+    );
+  }
+  return { timeoutMs, intervalMs: intervalMs ?? 1_000 };
 }
 
 /** An id a stop may have: new stops are checked by the request schema, stops started by older versions may differ. */
@@ -413,32 +450,46 @@ export class StopflowClient {
   }
 
   /**
-   * Which stop holds this volume (the newest whose StopVolumes contains it) and the volume's state in it:
-   * live while the stop runs, from its result or failure once it ended. Throws StopNotFoundError when no
-   * stop holds it.
+   * Which stop holds this volume (the newest by start time whose StopVolumes contains it, among the first
+   * MAX_VOLUME_CANDIDATES visibility returns) and the volume's state in it: live while the stop runs, from
+   * its result or failure once it ended. Throws StopNotFoundError when no stop holds it.
    */
   async volume(volumeId: string): Promise<VolumeOwnership> {
-    if (typeof volumeId !== 'string' || !LEGACY_ID_PATTERN.test(volumeId)) {
-      throw new InvalidInputError(`volumeId: ${INSTANCE_ID_RULE}`);
-    }
+    checkVolumeId(volumeId);
+    return this.volumeOwnership(volumeId);
+  }
+
+  private async volumeOwnership(volumeId: string): Promise<VolumeOwnership> {
     const candidates: { workflowId: string; runId: string; startTime: Date }[] = [];
+    let read = 0;
+    // Only Elasticsearch visibility takes ORDER BY: read a bounded number and sort here, newest start first.
     for await (const execution of this.client.workflow.list({
       query: volumeHoldersQuery([volumeId], { taskQueue: this.taskQueue, running: false }),
-      pageSize: 20,
+      pageSize: MAX_VOLUME_CANDIDATES,
     })) {
-      if (execution.type !== WORKFLOW_TYPE) continue;
-      candidates.push({ workflowId: execution.workflowId, runId: execution.runId, startTime: execution.startTime });
-      if (candidates.length >= 20) break;
+      read += 1;
+      if (execution.type === WORKFLOW_TYPE) {
+        candidates.push({ workflowId: execution.workflowId, runId: execution.runId, startTime: execution.startTime });
+      }
+      if (read >= MAX_VOLUME_CANDIDATES) break;
     }
     candidates.sort((a, b) => b.startTime.getTime() - a.startTime.getTime());
     for (const candidate of candidates) {
       const instanceId = instanceIdOf(candidate.workflowId);
-      const description = await this.handle(instanceId, candidate.runId).describe();
+      let description: WorkflowExecutionDescription;
+      try {
+        description = await this.handle(instanceId, candidate.runId).describe();
+      } catch (err) {
+        // Deleted (retention) since visibility listed it: look at the next one. Anything else (no
+        // connection) is not an answer about the volume.
+        if (err instanceof WorkflowNotFoundError) continue;
+        throw err;
+      }
       let status: StopStatus;
       try {
         status = await this.statusOf(instanceId, description);
       } catch {
-        continue; // e.g. terminated with no worker to answer: it tells nothing about the volume
+        continue; // e.g. terminated with no worker to answer, or deleted meanwhile: it tells nothing about the volume
       }
       // A stop refused with VolumeHeld never held it (its StopVolumes is cleared, visibility may lag).
       if (status.error?.includes(REFUSED_NOTHING_DETACHED)) continue;
@@ -467,10 +518,11 @@ export class StopflowClient {
    * failed with the volume attached (or it failed to detach), StopNotFoundError when no stop holds it.
    */
   async waitUntilReleased(volumeId: string, options: WaitUntilReleasedOptions = {}): Promise<VolumeOwnership> {
-    const deadline = options.timeoutMs === undefined ? undefined : Date.now() + options.timeoutMs;
-    const intervalMs = options.intervalMs ?? 1_000;
+    checkVolumeId(volumeId);
+    const { timeoutMs, intervalMs } = checkReleaseOptions(options);
+    const deadline = timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
     for (;;) {
-      const ownership = await this.volume(volumeId);
+      const ownership = await this.volumeOwnership(volumeId);
       if (ownership.released) return ownership;
       if (ownership.state === 'failed' || !ownership.running) {
         const why = ownership.volume?.lastError ?? ownership.status.error ?? `the stop ended ${ownership.phase}`;
@@ -481,7 +533,7 @@ export class StopflowClient {
       }
       if (deadline !== undefined && Date.now() + intervalMs > deadline) {
         throw new VolumeNotReleasedError(
-          `${volumeId} was not released within ${formatDuration(options.timeoutMs ?? 0)}: it is ${ownership.state ?? 'attached'} in the running stop ${ownership.workflowId}`,
+          `${volumeId} was not released within ${formatDuration(timeoutMs ?? 0)}: it is ${ownership.state ?? 'attached'} in the running stop ${ownership.workflowId}`,
           ownership,
           true,
         );

@@ -15,7 +15,13 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
 import { createVolumeHolderActivities } from '../activities/volume-holders';
-import { StopflowClient, StopNotFoundError, VolumeHeldError, VolumeNotReleasedError } from '../client/stopflow-client';
+import {
+  InvalidInputError,
+  StopflowClient,
+  StopNotFoundError,
+  VolumeHeldError,
+  VolumeNotReleasedError,
+} from '../client/stopflow-client';
 import { StopVolumesKey, VOLUME_HELD, WORKFLOW_TYPE, workflowIdFor } from '../common/names';
 import type { StopStatus } from '../common/status';
 import { connectClient, eventually, type Harness, startHarness, workflowExists } from './helpers';
@@ -374,4 +380,99 @@ test('visibility that cannot answer does not keep a stop from starting: the clie
   expect(warning.name).toBe('StopflowVisibilityWarning');
   expect(warning.message).toContain(`could not ask who else holds ${volumeId}: visibility throttled (test)`);
   expect((await h.stopflow.result(instanceId)).phase).toBe('stopped');
+});
+
+/** h.client, with its workflow calls replaced: `list` and `getHandle` as given (the rest as the real client's). */
+function clientWith(workflow: { list?: Client['workflow']['list']; getHandle?: Client['workflow']['getHandle'] }) {
+  const overrides: PropertyDescriptorMap = {};
+  if (workflow.list) overrides.list = { value: workflow.list };
+  if (workflow.getHandle) overrides.getHandle = { value: workflow.getHandle };
+  const client: Client = Object.create(h.client, { workflow: { value: Object.create(h.client.workflow, overrides) } });
+  return client;
+}
+
+/** The InvalidInputError the call was refused with: its message. */
+async function refusal(call: Promise<unknown>): Promise<string> {
+  const err = await call.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(InvalidInputError);
+  return (err as Error).message;
+}
+
+test('volume() and waitUntilReleased() refuse a bad volume id and bad options, naming the field, before asking anything', async () => {
+  const asked: string[] = [];
+  const watched = new StopflowClient({
+    client: clientWith({
+      list: () => {
+        asked.push('list');
+        throw new Error('asked visibility');
+      },
+      getHandle: () => {
+        asked.push('getHandle');
+        throw new Error('asked for a handle');
+      },
+    }),
+    taskQueue: h.taskQueue,
+  });
+  const volumeId = vol('vol-opts');
+  const idRule = 'volumeId: must be 1-255 characters of [A-Za-z0-9._:-], starting with a letter or digit';
+  for (const bad of ['-x', '', 'vol 1', 'v'.repeat(256), 'vol/1']) {
+    expect(await refusal(watched.volume(bad))).toBe(idRule);
+    expect(await refusal(watched.waitUntilReleased(bad, { intervalMs: 200 }))).toBe(idRule);
+  }
+  for (const intervalMs of [0, Number.NaN, 99, -1_000, Number.POSITIVE_INFINITY, 2 ** 31, '1s' as unknown as number]) {
+    expect(await refusal(watched.waitUntilReleased(volumeId, { intervalMs }))).toBe(
+      'intervalMs: must be a finite number of milliseconds from 100 to 2147483647',
+    );
+  }
+  for (const timeoutMs of [0, Number.NaN, -1, Number.POSITIVE_INFINITY, '5s' as unknown as number]) {
+    expect(await refusal(watched.waitUntilReleased(volumeId, { timeoutMs }))).toBe(
+      'timeoutMs: must be a finite number of milliseconds > 0',
+    );
+  }
+  const notAnObject = null as unknown as { timeoutMs?: number };
+  expect(await refusal(watched.waitUntilReleased(volumeId, notAnObject))).toBe(
+    'options: must be an object { timeoutMs?, intervalMs? }',
+  );
+  expect(asked).toEqual([]);
+
+  // The watch sees a call that passes the checks: the edge values are accepted and visibility is asked.
+  await expect(watched.waitUntilReleased(volumeId, { intervalMs: 100, timeoutMs: 1 })).rejects.toThrow(
+    'asked visibility',
+  );
+  expect(asked).toEqual(['list']);
+});
+
+test('volume(): a listed stop that no longer exists (deleted by retention) is skipped for the next newest', async () => {
+  const instanceId = h.instanceId('own-gone');
+  const volumeId = vol('vol-gone');
+  await h.sim.addInstance(instanceId, [{ volumeId }]);
+  await h.stopflow.stop({ instanceId, volumes: [{ volumeId }] });
+  expect((await h.stopflow.result(instanceId)).phase).toBe('stopped');
+  await eventually(async () => (await findByVolume(volumeId, 'Completed')).length > 0, 'the stop listed');
+  // Visibility still lists a newer stop holding it whose run is gone, as it may for a while after retention.
+  const gone = `stop-${h.instanceId('own-deleted')}`;
+  const listing: Client['workflow']['list'] = (options) => {
+    const real = h.client.workflow.list(options);
+    return Object.assign(Object.create(real), {
+      async *[Symbol.asyncIterator]() {
+        for await (const execution of real) {
+          yield { ...execution, workflowId: gone, startTime: new Date(execution.startTime.getTime() + 60_000) };
+          yield execution;
+        }
+      },
+    });
+  };
+  const ownership = await new StopflowClient({ client: clientWith({ list: listing }), taskQueue: h.taskQueue }).volume(
+    volumeId,
+  );
+  expect(ownership).toMatchObject({
+    volumeId,
+    instanceId,
+    workflowId: workflowIdFor(instanceId),
+    state: 'detached',
+    released: true,
+  });
 });
