@@ -276,7 +276,9 @@ describe('Nexus: what the handlers refuse, and status of a running stop', () => 
       ['stop', 'i-1', 'invalid StopRequest: request: must be a StopRequest object'],
       ['abort', null, 'input: must be an object { instanceId, reason?, requestedBy? }'],
       ['abort', { instanceId, reason: 42 }, 'reason: must be a string of at most 1024 characters'],
+      ['abort', { instanceId, force: true }, 'force: unknown field (allowed: instanceId, reason, requestedBy)'],
       ['status', {}, 'instanceId: must be 1-255 characters'],
+      ['status', { instanceId, runId: 'r-1', verbose: true }, 'runId, verbose: unknown fields (allowed: instanceId)'],
     ];
     for (const [operation, input, message] of cases) {
       const { error } = await raw(operation, input);

@@ -37,10 +37,20 @@ function handlerErrorOf(err: unknown): unknown {
   return err;
 }
 
-/** The input must be an object before any field is read: a TypeError would be retried as a handler failure. */
-function objectInput(input: unknown, shape: string): Record<string, unknown> {
+/**
+ * The input must be an object before any field is read: a TypeError would be retried as a handler failure.
+ * Strict, as `stop` is: a field this worker does not know would otherwise be ignored while the caller relies on it.
+ */
+function objectInput(input: unknown, fields: readonly string[], optional: readonly string[]): Record<string, unknown> {
+  const allowed = [...fields, ...optional];
   if (typeof input !== 'object' || input === null || Array.isArray(input)) {
-    throw badRequest(`input: must be an object ${shape}`);
+    throw badRequest(`input: must be an object { ${[...fields, ...optional.map((f) => `${f}?`)].join(', ')} }`);
+  }
+  const unknown = Object.keys(input).filter((key) => !allowed.includes(key));
+  if (unknown.length > 0) {
+    throw badRequest(
+      `${unknown.join(', ')}: unknown field${unknown.length > 1 ? 's' : ''} (allowed: ${allowed.join(', ')})`,
+    );
   }
   return input as Record<string, unknown>;
 }
@@ -78,7 +88,7 @@ const stop = new WorkflowRunOperationHandler<StopRequest, StopStatus>(async (ctx
 });
 
 async function abort(_ctx: nexus.StartOperationContext, input: StopAbortInput): Promise<StopAbortResult> {
-  const { instanceId, reason, requestedBy } = objectInput(input, '{ instanceId, reason?, requestedBy? }');
+  const { instanceId, reason, requestedBy } = objectInput(input, ['instanceId'], ['reason', 'requestedBy']);
   // Typed as the signal's payload for the call; StopflowClient checks the values before it sends anything.
   const payload = {} as AbortPayload;
   if (reason !== undefined) payload.reason = reason as string;
@@ -95,7 +105,7 @@ async function abort(_ctx: nexus.StartOperationContext, input: StopAbortInput): 
 }
 
 async function status(_ctx: nexus.StartOperationContext, input: StopStatusInput): Promise<StopStatus> {
-  const { instanceId } = objectInput(input, '{ instanceId }');
+  const { instanceId } = objectInput(input, ['instanceId'], []);
   try {
     return await new StopflowClient({ client: getClient() }).status(instanceId as string);
   } catch (err) {
