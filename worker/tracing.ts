@@ -12,11 +12,16 @@
  * - the `exporter` sink through which the workflow's spans (made inside the
  *   sandbox by the interceptor module below) reach the same processor.
  *
- * The workflow interceptor module is in every workflow bundle, traced or not
- * (bundles are prebuilt by `npm run build` and tests, before anyone knows
- * whether the worker will trace): its spans go to a sink that drops them
- * when tracing is off. It adds no command to a workflow's history, so stops
- * replay the same with it and without it (test/replay.test.ts).
+ * Only a traced worker's workflow bundle has the workflow interceptor module
+ * (TRACING_WORKFLOW_MODULES): a traced worker bundles its workflows with it at
+ * start (bundleStopflowWorkflows({ traced: true }) in worker/worker.ts) or
+ * takes the prebuilt `workflow-bundle-traced.js`; an untraced worker's bundle
+ * leaves it out, since every workflow evaluates its bundle's modules afresh
+ * (docs/worker.md "Traces"). An untraced worker still registers the sink
+ * (NO_TRACING_SINKS), which drops whatever a traced bundle sends it. The
+ * module adds no command to a workflow's history (only a trace-context header
+ * on scheduled activities), so stops replay the same on either bundle
+ * (test/replay.test.ts).
  */
 import { createRequire } from 'node:module';
 import { context, DiagLogLevel, diag, trace } from '@opentelemetry/api';
