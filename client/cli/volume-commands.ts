@@ -7,7 +7,7 @@
 import type { Command } from 'commander';
 import { DURATION_RULE, parseDuration } from '../../common/duration';
 import { DEFAULT_TASK_QUEUE } from '../../common/names';
-import { INSTANCE_ID_RULE, LEGACY_ID_PATTERN } from '../../common/request';
+import { ID_PATTERN, INSTANCE_ID_RULE } from '../../common/request';
 import {
   InvalidInputError,
   StopflowClient,
@@ -47,7 +47,7 @@ export function registerVolumeCommands(program: Command): void {
         volumeId: string,
         opts: { wait?: boolean; timeout?: string; interval: string; taskQueue?: string; json?: boolean },
       ) => {
-        if (!LEGACY_ID_PATTERN.test(volumeId)) throw new CliError(`volumeId: ${INSTANCE_ID_RULE}`, EXIT.badInput);
+        if (!ID_PATTERN.test(volumeId)) throw new CliError(`volumeId: ${INSTANCE_ID_RULE}`, EXIT.badInput);
         const intervalMs = durationOf('interval', opts.interval, 100);
         const timeoutMs = opts.timeout === undefined ? undefined : durationOf('timeout', opts.timeout, 1);
         const taskQueue = opts.taskQueue ?? (process.env.STOPFLOW_TASK_QUEUE || DEFAULT_TASK_QUEUE);
