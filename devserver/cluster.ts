@@ -6,13 +6,32 @@
  * Temporal UI pointed at it. Everything binds to 127.0.0.1 on free ports and
  * lives in one temporary folder that `stop()` removes.
  *
+ * PostgreSQL asks for a password made at random for each cluster; it reaches
+ * the SQL tool and the server in their environment (SQL_PASSWORD), never on a
+ * command line, and the server's config file (mode 0600) only names the
+ * variable. The processes get a minimal environment (PATH, HOME, …: see
+ * minimalEnv), not this one, so no secret of the harness reaches them. A start
+ * that fails or is aborted (`signal`) stops and removes what it had started;
+ * should this process exit without `stop()`, the processes are killed and the
+ * folders removed as it exits.
+ *
  * The dev server (devserver/server.ts) is the same server code in one process
  * on SQLite; this profile adds what it cannot show: a separate database that
  * can go away, a server process that can be restarted under load, and the
  * persistence and visibility stores a production cluster uses.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,7 +41,12 @@ import { StopForcedKey, StopPhaseKey } from '../common/names';
 import { freePort, portInUse } from './ports';
 import { type Postgres, startPostgres } from './postgres';
 import { resolveTemporalCli } from './temporal-cli';
-import { resolveTemporalServer, resolveTemporalUiServer, type TemporalServerBinaries } from './temporal-server';
+import {
+  minimalEnv,
+  resolveTemporalServer,
+  resolveTemporalUiServer,
+  type TemporalServerBinaries,
+} from './temporal-server';
 
 export const CLUSTER_NAMESPACE = 'default';
 /** The CLI's name of each search attribute type. */
@@ -55,9 +79,15 @@ export interface ClusterOptions {
   namespaces?: string[];
   /** Server log level (its log goes to `<root>/temporal-server.log`). Default warn. */
   logLevel?: 'debug' | 'info' | 'warn' | 'error';
+  /** Where binaries are looked for (PATH, caches); the processes get only a minimal part of it. */
   env?: NodeJS.ProcessEnv;
   /** Progress lines (builds, start-up steps). */
   log?: (line: string) => void;
+  /**
+   * Aborts the start: whatever was started so far is stopped and removed, and the promise rejects. (After the
+   * start, `stop()` is the way.)
+   */
+  signal?: AbortSignal;
 }
 
 export interface Cluster {
@@ -72,6 +102,8 @@ export interface Cluster {
   namespace: string;
   postgres: Postgres;
   root: string;
+  /** The server's config file (mode 0600; it names the password's variable, not the password). */
+  configFile: string;
   serverLog: string;
   binaries: TemporalServerBinaries;
   temporalCli: string;
@@ -128,7 +160,17 @@ async function allocatePorts(frontend: number | undefined): Promise<Ports> {
   };
 }
 
-/** The server's configuration (JSON is YAML, which the server reads). */
+/** The server reads the database password from this variable of its environment (the config file names it). */
+const PASSWORD_VARIABLE = 'SQL_PASSWORD';
+
+/**
+ * The server's configuration file: JSON (which is YAML, which the server reads), rendered by the server as a Go
+ * template (the `enable-template` comment) so that the password comes from its environment.
+ */
+function serverConfigFile(ports: Ports, postgres: Postgres, dynamicConfigPath: string, logLevel: string): string {
+  return `# enable-template\n${JSON.stringify(serverConfig(ports, postgres, dynamicConfigPath, logLevel), null, 2)}\n`;
+}
+
 function serverConfig(ports: Ports, postgres: Postgres, dynamicConfigPath: string, logLevel: string): unknown {
   const sql = (databaseName: string, maxConns: number) => ({
     sql: {
@@ -137,7 +179,7 @@ function serverConfig(ports: Ports, postgres: Postgres, dynamicConfigPath: strin
       connectAddr: `${postgres.host}:${postgres.port}`,
       connectProtocol: 'tcp',
       user: postgres.user,
-      password: 'temporal',
+      password: `{{ env \`${PASSWORD_VARIABLE}\` }}`,
       maxConns,
       maxIdleConns: maxConns,
       maxConnLifetime: '1h',
@@ -205,10 +247,12 @@ function dynamicConfig(): string {
 function run(
   command: string,
   args: string[],
-  options: { env?: NodeJS.ProcessEnv; cwd?: string } = {},
+  options: { env: NodeJS.ProcessEnv; cwd?: string; signal?: AbortSignal | undefined },
 ): Promise<{ code: number; output: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { ...options, stdio: ['ignore', 'pipe', 'pipe'] });
+    const { signal, ...rest } = options;
+    // An abort kills the command, and the promise rejects.
+    const child = spawn(command, args, { ...rest, ...(signal ? { signal } : {}), stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     child.stdout.on('data', (chunk: Buffer) => {
       output += chunk.toString();
@@ -221,8 +265,14 @@ function run(
   });
 }
 
-async function mustRun(command: string, args: string[], what: string, env?: NodeJS.ProcessEnv): Promise<string> {
-  const { code, output } = await run(command, args, env ? { env } : {});
+async function mustRun(
+  command: string,
+  args: string[],
+  what: string,
+  env: NodeJS.ProcessEnv,
+  signal: AbortSignal | undefined,
+): Promise<string> {
+  const { code, output } = await run(command, args, { env, signal });
   if (code !== 0) throw new Error(`${what} failed (exit ${code}): ${output.slice(-3_000)}`);
   return output;
 }
@@ -230,11 +280,28 @@ async function mustRun(command: string, args: string[], what: string, env?: Node
 /** An error `until` does not retry: a process it waits on has died. */
 class FatalError extends Error {}
 
-/** Retries `fn` until it returns true, every 250ms, for at most `timeoutMs`. */
-async function until(fn: () => Promise<boolean>, what: string, timeoutMs: number): Promise<void> {
+/** The start was aborted (ClusterOptions.signal). */
+class StartAbortedError extends FatalError {
+  override name = 'AbortError';
+  constructor() {
+    super('stopflow: the cluster start was aborted');
+  }
+}
+
+/**
+ * Retries `fn` until it returns true, every 250ms, for at most `timeoutMs`; `aborted` is asked before each try and
+ * throws to give up at once.
+ */
+async function until(
+  fn: () => Promise<boolean>,
+  what: string,
+  timeoutMs: number,
+  aborted: () => void = () => undefined,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
+    aborted();
     try {
       if (await fn()) return;
     } catch (err) {
@@ -267,39 +334,28 @@ function logTail(file: string, from = 0): string {
   }
 }
 
-/** Children still running when this process exits are killed with it (tests that crash, Ctrl-C twice). */
-const liveChildren = new Set<ChildProcess>();
-let exitHookInstalled = false;
-function track(child: ChildProcess): void {
-  liveChildren.add(child);
-  child.once('exit', () => liveChildren.delete(child));
-  if (exitHookInstalled) return;
-  exitHookInstalled = true;
-  process.once('exit', () => {
-    for (const c of liveChildren) c.kill('SIGKILL');
-  });
-}
-
-async function setUpSchemas(binaries: TemporalServerBinaries, postgres: Postgres): Promise<void> {
-  const common = [
-    '--plugin',
-    'postgres12',
-    '--ep',
-    postgres.host,
-    '-p',
-    String(postgres.port),
-    '-u',
-    postgres.user,
-    '--pw',
-    'temporal',
-  ];
+async function setUpSchemas(
+  binaries: TemporalServerBinaries,
+  postgres: Postgres,
+  env: NodeJS.ProcessEnv,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  // The password in the tool's environment (it reads SQL_PASSWORD), not on its command line.
+  const toolEnv = minimalEnv(env, { [PASSWORD_VARIABLE]: postgres.password });
+  const common = ['--plugin', 'postgres12', '--ep', postgres.host, '-p', String(postgres.port), '-u', postgres.user];
   await Promise.all(
     [
       ['temporal', binaries.schemaDir],
       ['temporal_visibility', binaries.visibilitySchemaDir],
     ].map(async ([db, dir]) => {
       const tool = (args: string[], what: string) =>
-        mustRun(binaries.sqlTool, [...common, '--db', db as string, ...args], `temporal-sql-tool ${what} (${db})`);
+        mustRun(
+          binaries.sqlTool,
+          [...common, '--db', db as string, ...args],
+          `temporal-sql-tool ${what} (${db})`,
+          toolEnv,
+          signal,
+        );
       await tool(['create-database', '--defaultdb', 'postgres'], 'create-database');
       await tool(['setup-schema', '-v', '0.0'], 'setup-schema');
       await tool(['update-schema', '-d', dir as string], 'update-schema');
@@ -317,14 +373,23 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
     timings[step] = now - mark;
     mark = now;
   };
+  const signal = options.signal;
+  let starting = true;
+  /** Throws once the start is aborted; the signal counts only while starting (afterwards `stop()` is the way). */
+  const aborted = () => {
+    if (starting && signal?.aborted) throw new StartAbortedError();
+  };
+  const startSignal = () => (starting ? signal : undefined);
 
+  aborted();
   const [binaries, cli, uiBinary] = await Promise.all([
-    resolveTemporalServer({ env, log }),
+    resolveTemporalServer({ env, log, ...(signal ? { signal } : {}) }),
     resolveTemporalCli({ env, log, allowSdkDownload: false }),
-    options.ui ? resolveTemporalUiServer({ env, log }) : Promise.resolve(undefined),
+    options.ui ? resolveTemporalUiServer({ env, log, ...(signal ? { signal } : {}) }) : Promise.resolve(undefined),
   ]);
   if (cli.kind !== 'path') throw new Error('stopflow: the cluster profile needs the Temporal CLI binary');
   const temporalCli = cli.path;
+  aborted();
   lap('binaries');
 
   const root = mkdtempSync(join(tmpdir(), 'stopflow-cluster-'));
@@ -334,6 +399,16 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
   };
   let postgres: Postgres | undefined;
   let stopped = false;
+
+  // Should this process exit without `stop()` (a crash, a second Ctrl-C, a test run cut short): the server and the
+  // UI are killed and the folder removed (PostgreSQL has its own hook). Synchronous, as an exit hook must be.
+  const onExit = () => {
+    for (const child of [children.ui, children.server]) {
+      if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    }
+    rmSync(root, { recursive: true, force: true, maxRetries: 3 });
+  };
+  process.once('exit', onExit);
 
   const stopServer = async (signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM') => {
     const child = children.server;
@@ -357,32 +432,45 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       ui.kill('SIGKILL');
       await exited;
     }
-    await stopServer('SIGTERM');
-    await postgres?.destroy();
-    rmSync(root, { recursive: true, force: true });
+    try {
+      await stopServer('SIGTERM');
+      await postgres?.destroy();
+    } finally {
+      process.removeListener('exit', onExit);
+      rmSync(root, { recursive: true, force: true, maxRetries: 3 });
+    }
   };
 
   try {
-    postgres = await startPostgres({ env, log });
+    const pg = await startPostgres({ env, log, ...(signal ? { signal } : {}) });
+    postgres = pg;
+    aborted();
     lap('postgres');
-    await setUpSchemas(binaries, postgres);
+    await setUpSchemas(binaries, pg, env, signal);
+    aborted();
     lap('schemas');
 
     const ports = await allocatePorts(options.port);
     const configDir = join(root, 'config');
-    mkdirSync(configDir, { recursive: true });
+    mkdirSync(configDir, { recursive: true, mode: 0o700 });
     const dynamicConfigPath = join(configDir, 'dynamicconfig.yaml');
-    writeFileSync(dynamicConfigPath, dynamicConfig());
-    writeFileSync(
-      join(configDir, 'cluster.yaml'),
-      `${JSON.stringify(serverConfig(ports, postgres, dynamicConfigPath, options.logLevel ?? 'warn'), null, 2)}\n`,
-    );
+    writeFileSync(dynamicConfigPath, dynamicConfig(), { mode: 0o600 });
+    const configFile = join(configDir, 'cluster.yaml');
+    writeFileSync(configFile, serverConfigFile(ports, pg, dynamicConfigPath, options.logLevel ?? 'warn'), {
+      mode: 0o600,
+    });
+    chmodSync(configFile, 0o600);
     const address = `${HOST}:${ports.frontend}`;
     const serverLog = join(root, 'temporal-server.log');
-    const cliEnv = Object.fromEntries(Object.entries(env).filter(([key]) => !key.startsWith('TEMPORAL_')));
+    // The server, the UI and the CLI get a minimal environment: none of this process's secrets, and no TEMPORAL_*
+    // variable of ours (an address or namespace meant for another server). The server alone gets the password.
+    const serverEnv = minimalEnv(env, { [PASSWORD_VARIABLE]: pg.password });
+    const uiEnv = minimalEnv(env);
+    const cliEnv = minimalEnv(env, { TEMPORAL_CLI_SHOW_STACKS: '' });
     const temporal = (args: string[]) =>
       run(temporalCli, [...args, '--address', address, '--command-timeout', '15s'], {
-        env: { ...cliEnv, TEMPORAL_CLI_SHOW_STACKS: '' },
+        env: cliEnv,
+        signal: startSignal(),
       });
 
     /** Spawns the server; resolves once the frontend answers for the namespace (existing, or any on first start). */
@@ -393,10 +481,9 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       const child = spawn(
         binaries.server,
         ['--root', root, '--config', 'config', '--env', 'cluster', '--allow-no-auth', 'start'],
-        { cwd: root, env: cliEnv, stdio: ['ignore', out, out] },
+        { cwd: root, env: serverEnv, stdio: ['ignore', out, out] },
       );
       closeSync(out);
-      track(child);
       children.server = child;
       const died = () => child.exitCode !== null || child.signalCode !== null;
       await until(
@@ -412,7 +499,9 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         },
         'the Temporal server to serve',
         120_000,
+        aborted,
       ).catch((err: Error) => {
+        if (err instanceof StartAbortedError) throw err;
         if (died()) throw new Error(`temporal-server exited (${child.exitCode}): ${logTail(serverLog, from)}`);
         throw new Error(`${err.message}\nserver log: ${logTail(serverLog, from)}`);
       });
@@ -429,6 +518,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         },
         `namespace ${namespace} to be created`,
         60_000,
+        aborted,
       );
       // One call per attribute: on SQL visibility, v1.29.1 registers only one of several new names given together.
       await until(
@@ -452,6 +542,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         },
         `search attributes in ${namespace}`,
         60_000,
+        aborted,
       );
     }
     // Usable through the frontend: the namespace resolves and a visibility query with the attributes works.
@@ -469,6 +560,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
           },
           `namespace ${namespace} to answer visibility queries on the search attributes`,
           60_000,
+          aborted,
         );
       }
     } finally {
@@ -505,11 +597,10 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
         const out = openSync(uiLog, 'a');
         const ui = spawn(uiBinary, ['--root', uiRoot, '--config', 'config', '--env', 'cluster', 'start'], {
           cwd: uiRoot,
-          env: cliEnv,
+          env: uiEnv,
           stdio: ['ignore', out, out],
         });
         closeSync(out);
-        track(ui);
         children.ui = ui;
         try {
           await until(
@@ -520,16 +611,19 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
             },
             'the Temporal UI',
             30_000,
+            aborted,
           );
           uiUrl = `http://${HOST}:${uiPort}`;
         } catch (err) {
+          if (err instanceof StartAbortedError) throw err;
           uiError = (err as Error).message;
         }
       }
       lap('ui');
     }
 
-    const pg = postgres;
+    aborted();
+    starting = false;
     return {
       address,
       httpUrl: `http://${HOST}:${ports.frontendHttp}`,
@@ -538,6 +632,7 @@ export async function startCluster(options: ClusterOptions = {}): Promise<Cluste
       namespace: CLUSTER_NAMESPACE,
       postgres: pg,
       root,
+      configFile,
       serverLog,
       binaries,
       temporalCli,

@@ -1,8 +1,9 @@
 /**
  * A throwaway PostgreSQL for the cluster profile (devserver/cluster.ts): a new
- * data directory in a temporary folder, a free port on 127.0.0.1, trust
- * authentication for the `temporal` user, and durability settings traded for
- * speed (it is thrown away at the end). It can be stopped and started again on
+ * data directory in a temporary folder, a free port on 127.0.0.1, password
+ * (SCRAM) authentication for the `temporal` user with a random password made
+ * for it, and durability settings traded for speed (it is thrown away at the
+ * end). It can be stopped and started again on
  * the same directory and port (the fault suite takes the database away for a
  * while), and is stopped by `destroy()`, which removes the directory.
  *
@@ -12,6 +13,7 @@
  * that package creates.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import {
   chownSync,
   closeSync,
@@ -21,14 +23,16 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  realpathSync,
   rmSync,
   statSync,
+  writeFileSync,
 } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { freePort } from './ports';
-import { onPath } from './temporal-server';
+import { minimalEnv, onPath } from './temporal-server';
 
 export const POSTGRES_USER = 'temporal';
 
@@ -45,7 +49,8 @@ export class PostgresNotFoundError extends Error {
 export function findPostgres(env: NodeJS.ProcessEnv = process.env): PostgresBinaries {
   const initdb = onPath('initdb', env);
   const postgres = onPath('postgres', env);
-  if (initdb && postgres) return { initdb, postgres, binDir: join(postgres, '..') };
+  // The folder the binary really is in (PATH often holds links to it), where psql and the other tools are too.
+  if (initdb && postgres) return { initdb, postgres, binDir: dirname(realpathSync(postgres)) };
   const debian = '/usr/lib/postgresql';
   const versions = existsSync(debian)
     ? readdirSync(debian)
@@ -81,12 +86,20 @@ export interface PostgresOptions {
   port?: number;
   env?: NodeJS.ProcessEnv;
   log?: (line: string) => void;
+  /** Aborts the start: what was started is stopped and removed, and the promise rejects. */
+  signal?: AbortSignal;
 }
 
 export interface Postgres {
   host: string;
   port: number;
   user: string;
+  /** The `temporal` user's password: random, made for this database. */
+  password: string;
+  /** The same password in a file only its owner reads (mode 0600), as initdb was given it. */
+  passwordFile: string;
+  /** Where initdb and postgres (and psql, where installed) are. */
+  binDir: string;
   dataDir: string;
   logFile: string;
   /** pid of the running postmaster, undefined while stopped. */
@@ -99,34 +112,67 @@ export interface Postgres {
   destroy(): Promise<void>;
 }
 
+/**
+ * The environment PostgreSQL gets: PATH and the C locale, nothing else of ours (no tokens, keys or secrets the
+ * harness's environment may hold).
+ */
+function postgresEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  return minimalEnv(env, { LC_ALL: 'C', LANG: 'C' }, ['PATH', 'TMPDIR', 'TZ']);
+}
+
 export async function startPostgres(options: PostgresOptions = {}): Promise<Postgres> {
   const env = options.env ?? process.env;
+  const signal = options.signal;
+  signal?.throwIfAborted();
   const bin = findPostgres(env);
   const owner = runAs();
   const root = mkdtempSync(join(tmpdir(), 'stopflow-pg-'));
   const dataDir = join(root, 'data');
   const socketDir = join(root, 'socket');
-  mkdirSync(dataDir, { mode: 0o700 });
-  mkdirSync(socketDir, { mode: 0o700 });
-  if (owner) for (const dir of [root, dataDir, socketDir]) chownSync(dir, owner.uid, owner.gid);
   const logFile = join(root, 'postgres.log');
-  const port = options.port ?? (await freePort());
-  const spawnOptions = { env: { ...env, LC_ALL: 'C', LANG: 'C' }, ...(owner ?? {}) };
-
-  const init = spawnSync(
-    bin.initdb,
-    ['-D', dataDir, '-U', POSTGRES_USER, '--auth=trust', '--encoding=UTF8', '--no-sync', '--no-instructions'],
-    { ...spawnOptions, encoding: 'utf8' },
-  );
-  if (init.status !== 0) {
-    rmSync(root, { recursive: true, force: true });
-    throw new PostgresNotFoundError(`stopflow: initdb failed (exit ${init.status}): ${init.stderr || init.stdout}`);
-  }
-
+  const passwordFile = join(root, 'password');
+  const password = randomBytes(24).toString('hex');
+  const spawnOptions = { env: postgresEnv(env), ...(owner ?? {}) };
+  let port = 0;
   let child: ChildProcess | undefined;
   let exited: Promise<void> = Promise.resolve();
 
-  const launch = async () => {
+  // Should this process exit without destroying it (a crash, a second Ctrl-C): immediate shutdown, then the
+  // folder goes. Synchronous, as an exit hook must be.
+  const onExit = () => {
+    const proc = child;
+    if (proc?.pid !== undefined && proc.exitCode === null && proc.signalCode === null) {
+      proc.kill('SIGQUIT');
+      waitForExitSync(proc.pid, 5_000);
+    }
+    rmSync(root, { recursive: true, force: true, maxRetries: 3 });
+  };
+  process.once('exit', onExit);
+
+  const stop = async () => {
+    const proc = child;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) {
+      child = undefined;
+      return;
+    }
+    proc.kill('SIGINT');
+    const timer = setTimeout(() => proc.kill('SIGKILL'), 30_000);
+    await exited;
+    clearTimeout(timer);
+    child = undefined;
+  };
+
+  const destroy = async () => {
+    try {
+      await stop();
+    } finally {
+      process.removeListener('exit', onExit);
+      rmSync(root, { recursive: true, force: true, maxRetries: 3 });
+    }
+  };
+
+  /** Starts the postmaster; `abort` counts only for the first start (startPostgres's signal). */
+  const launch = async (abort?: AbortSignal) => {
     const out = openSync(logFile, 'a');
     if (owner) chownSync(logFile, owner.uid, owner.gid);
     const from = statSync(logFile).size; // this run's part of the log
@@ -158,37 +204,67 @@ export async function startPostgres(options: PostgresOptions = {}): Promise<Post
     );
     closeSync(out);
     child = proc;
-    // Should this process exit without stopping it (a crash, a second Ctrl-C): immediate shutdown.
-    const onExit = () => proc.kill('SIGQUIT');
-    process.once('exit', onExit);
-    proc.once('exit', () => process.removeListener('exit', onExit));
     exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-    // Ready when it accepts connections (and says so in its log); a failed start says why.
-    for (;;) {
-      if (proc.exitCode !== null || proc.signalCode !== null) {
-        throw new Error(`postgres exited (code ${proc.exitCode}) while starting: ${since(logFile, from)}`);
+    // Ready when it accepts connections (and says so in its log); a failed start says why. One that does not come
+    // up (or an abort) is stopped before the error is thrown: no postmaster is left behind.
+    try {
+      for (;;) {
+        if (proc.exitCode !== null || proc.signalCode !== null) {
+          throw new Error(`postgres exited (code ${proc.exitCode}) while starting: ${since(logFile, from)}`);
+        }
+        abort?.throwIfAborted();
+        if (since(logFile, from).includes('ready to accept connections') && (await accepts(port))) break;
+        if (Date.now() - started > 60_000) {
+          throw new Error(`postgres did not start within 60s: ${since(logFile, from)}`);
+        }
+        await new Promise((r) => setTimeout(r, 100));
       }
-      if (since(logFile, from).includes('ready to accept connections') && (await accepts(port))) break;
-      if (Date.now() - started > 60_000) throw new Error(`postgres did not start within 60s: ${since(logFile, from)}`);
-      await new Promise((r) => setTimeout(r, 100));
+    } catch (err) {
+      await stop().catch(() => undefined);
+      throw err;
     }
   };
 
-  const stop = async () => {
-    const proc = child;
-    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-    proc.kill('SIGINT');
-    const timer = setTimeout(() => proc.kill('SIGKILL'), 30_000);
-    await exited;
-    clearTimeout(timer);
-    child = undefined;
-  };
-
-  await launch();
+  try {
+    mkdirSync(dataDir, { mode: 0o700 });
+    mkdirSync(socketDir, { mode: 0o700 });
+    writeFileSync(passwordFile, `${password}\n`, { mode: 0o600 });
+    if (owner) for (const path of [root, dataDir, socketDir, passwordFile]) chownSync(path, owner.uid, owner.gid);
+    port = options.port ?? (await freePort());
+    // A password (SCRAM) on TCP and on the socket alike: no `trust`, so no other local user gets in as the
+    // superuser. The password reaches initdb in a file, never on a command line.
+    const init = spawnSync(
+      bin.initdb,
+      [
+        '-D',
+        dataDir,
+        '-U',
+        POSTGRES_USER,
+        '--auth-host=scram-sha-256',
+        '--auth-local=scram-sha-256',
+        `--pwfile=${passwordFile}`,
+        '--encoding=UTF8',
+        '--no-sync',
+        '--no-instructions',
+      ],
+      { ...spawnOptions, encoding: 'utf8' },
+    );
+    if (init.status !== 0) {
+      throw new PostgresNotFoundError(`stopflow: initdb failed (exit ${init.status}): ${init.stderr || init.stdout}`);
+    }
+    signal?.throwIfAborted();
+    await launch(signal);
+  } catch (err) {
+    await destroy().catch(() => undefined);
+    throw err;
+  }
   return {
     host: '127.0.0.1',
     port,
     user: POSTGRES_USER,
+    password,
+    passwordFile,
+    binDir: bin.binDir,
     dataDir,
     logFile,
     pid: () => (child && child.exitCode === null && child.signalCode === null ? child.pid : undefined),
@@ -197,11 +273,27 @@ export async function startPostgres(options: PostgresOptions = {}): Promise<Post
       if (child) return;
       await launch();
     },
-    async destroy() {
-      await stop();
-      rmSync(root, { recursive: true, force: true });
-    },
+    destroy,
   };
+}
+
+/**
+ * Waits, without the event loop (in an exit hook), until process `pid`, our child, has exited: its
+ * /proc/<pid>/stat shows it a zombie (nothing reaps it meanwhile) or it is gone. At most `ms`.
+ */
+function waitForExitSync(pid: number, ms: number): void {
+  const deadline = Date.now() + ms;
+  const sleeper = new Int32Array(new SharedArrayBuffer(4));
+  while (Date.now() < deadline) {
+    let state: string | undefined;
+    try {
+      state = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ').at(-1)?.[0];
+    } catch {
+      return;
+    }
+    if (state === undefined || state === 'Z' || state === 'X') return;
+    Atomics.wait(sleeper, 0, 0, 20);
+  }
 }
 
 /** The log from byte `from` on (its last 4,000 characters). */

@@ -55,6 +55,29 @@ export interface ServerResolveOptions {
   env?: NodeJS.ProcessEnv;
   /** Where progress messages go (the first build takes minutes). */
   log?: (line: string) => void;
+  /** Stops a build under way (`go install` is killed and its temporary folder removed). */
+  signal?: AbortSignal;
+}
+
+/** What a process the cluster starts inherits from ours, unless it needs more: nothing secret. */
+export const MINIMAL_ENV_KEYS = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'TZ'];
+
+/**
+ * The environment for a process the cluster profile starts (PostgreSQL, the server, the UI, the SQL tool, the CLI):
+ * only `keys` of `env` (PATH, HOME, TMPDIR, LANG, TZ by default) and `extra`, so that the harness's secrets
+ * (STOPFLOW_EVENTS_SECRET, OTEL_EXPORTER_OTLP_HEADERS, cloud credentials, …) never reach them.
+ */
+export function minimalEnv(
+  env: NodeJS.ProcessEnv,
+  extra: Record<string, string> = {},
+  keys: string[] = MINIMAL_ENV_KEYS,
+): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = {};
+  for (const key of keys) {
+    const value = env[key];
+    if (value !== undefined) out[key] = value;
+  }
+  return { ...out, ...extra };
 }
 
 function cacheBase(env: NodeJS.ProcessEnv): string {
@@ -120,10 +143,16 @@ export async function resolveTemporalServer(options: ServerResolveOptions = {}):
     () => complete(dir),
     async (tmp) => {
       const gobin = join(tmp, '.gobin');
-      await goInstallAsync(go, env, gobin, [
-        `${TEMPORAL_SERVER_MODULE}/cmd/server@${TEMPORAL_SERVER_VERSION}`,
-        `${TEMPORAL_SERVER_MODULE}/cmd/tools/sql@${TEMPORAL_SERVER_VERSION}`,
-      ]);
+      await goInstallAsync(
+        go,
+        env,
+        gobin,
+        [
+          `${TEMPORAL_SERVER_MODULE}/cmd/server@${TEMPORAL_SERVER_VERSION}`,
+          `${TEMPORAL_SERVER_MODULE}/cmd/tools/sql@${TEMPORAL_SERVER_VERSION}`,
+        ],
+        options.signal,
+      );
       renameSync(join(gobin, 'server'), join(tmp, 'temporal-server'));
       renameSync(join(gobin, 'sql'), join(tmp, 'temporal-sql-tool'));
       rmSync(gobin, { recursive: true, force: true });
@@ -171,7 +200,13 @@ export async function resolveTemporalUiServer(options: ServerResolveOptions = {}
       () => isExecutable(target),
       async (tmp) => {
         const gobin = join(tmp, '.gobin');
-        await goInstallAsync(go, env, gobin, [`${TEMPORAL_UI_SERVER_MODULE}/cmd/server@${TEMPORAL_UI_SERVER_VERSION}`]);
+        await goInstallAsync(
+          go,
+          env,
+          gobin,
+          [`${TEMPORAL_UI_SERVER_MODULE}/cmd/server@${TEMPORAL_UI_SERVER_VERSION}`],
+          options.signal,
+        );
         renameSync(join(gobin, 'server'), join(tmp, 'temporal-ui-server'));
         rmSync(gobin, { recursive: true, force: true });
       },
@@ -183,12 +218,21 @@ export async function resolveTemporalUiServer(options: ServerResolveOptions = {}
   return isExecutable(target) ? target : undefined;
 }
 
-function goInstallAsync(go: string, env: NodeJS.ProcessEnv, gobin: string, packages: string[]): Promise<void> {
+function goInstallAsync(
+  go: string,
+  env: NodeJS.ProcessEnv,
+  gobin: string,
+  packages: string[],
+  signal: AbortSignal | undefined,
+): Promise<void> {
   mkdirSync(gobin, { recursive: true });
   return new Promise<void>((resolve, reject) => {
+    // The build gets the whole environment (module proxy, Go caches, credentials for private proxies); what it
+    // builds runs later with minimalEnv.
     const child = spawn(go, ['install', ...packages], {
       env: { ...env, GOBIN: gobin, CGO_ENABLED: env.CGO_ENABLED ?? '0' },
       stdio: ['ignore', 'inherit', 'inherit'],
+      ...(signal ? { signal } : {}),
     });
     child.on('error', reject);
     child.on('exit', (code) =>
