@@ -2,8 +2,11 @@
  * The production shape, as tested: a real Temporal Server v1.29.1 process on
  * PostgreSQL 15 (devserver/cluster.ts: 4 history shards, SQL visibility,
  * the search attributes registered), started for this file and always torn
- * down after it.
+ * down after it, even when its start fails or times out.
  *
+ * 0. Its database to itself: PostgreSQL refuses a wrong password, the
+ *    password is on no command line, and the processes get a minimal
+ *    environment (no secret of the test's).
  * 1. The contract end to end on it: start, join, query, update, abort,
  *    timeout, listing by search attributes, and the history.
  * 2. Several workers and faults: 3 worker processes share one task queue
@@ -15,7 +18,8 @@
  *    with a volume attached, and exactly the volumes that needed force were
  *    forced, each once.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
@@ -24,6 +28,7 @@ import { StopFailedError } from '../../client/stopflow-client';
 import { StopCauseKey, StopForcedKey, StopPhaseKey, workflowIdFor } from '../../common/names';
 import type { StopStatus } from '../../common/status';
 import { type Cluster, startCluster } from '../../devserver/cluster';
+import { MINIMAL_ENV_KEYS, onPath } from '../../devserver/temporal-server';
 import { eventually } from '../helpers';
 import {
   type Clients,
@@ -45,11 +50,15 @@ import {
 } from '../support/robustness-helpers';
 
 let cluster: Cluster | undefined;
+/** The start itself, kept apart from `cluster`: a start that fails or times out must still be stopped. */
+let starting: Promise<Cluster> | undefined;
+const startAbort = new AbortController();
 
 beforeAll(async () => {
   installQuietRuntime();
   const t0 = Date.now();
-  cluster = await startCluster({ log: (line) => console.log(line) });
+  starting = startCluster({ log: (line) => console.log(line), signal: startAbort.signal });
+  cluster = await starting;
   const steps = Object.entries(cluster.timings)
     .map(([step, ms]) => `${step} ${(ms / 1000).toFixed(1)}s`)
     .join(', ');
@@ -60,13 +69,84 @@ beforeAll(async () => {
 }, 900_000);
 
 afterAll(async () => {
-  await cluster?.stop();
+  // Should beforeAll have timed out, the start may still be under way: aborting it stops and removes whatever it
+  // started (and rejects); a start that completed meanwhile is stopped here.
+  startAbort.abort();
+  const started = await starting?.catch(() => undefined);
+  await started?.stop();
 }, 120_000);
 
 function requireCluster(): Cluster {
   if (!cluster) throw new Error('the cluster did not start');
   return cluster;
 }
+
+describe('the cluster keeps its database to itself', () => {
+  test('PostgreSQL refuses a wrong password, and neither command lines nor environments hold secrets', () => {
+    const c = requireCluster();
+    const { postgres, configFile } = c;
+    const serverPid = c.serverPid();
+    const postmasterPid = postgres.pid();
+    expect(serverPid).toBeDefined();
+    expect(postmasterPid).toBeDefined();
+
+    // No `trust`: over TCP (and the socket) the `temporal` superuser needs its password.
+    const hba = readFileSync(join(postgres.dataDir, 'pg_hba.conf'), 'utf8')
+      .split('\n')
+      .map((line) => line.trim())
+      .filter((line) => line !== '' && !line.startsWith('#'));
+    expect(hba.length).toBeGreaterThan(0);
+    expect(hba.filter((line) => /\btrust\b/.test(line))).toEqual([]);
+    const psql = [join(postgres.binDir, 'psql'), onPath('psql')].find(
+      (path): path is string => path !== undefined && existsSync(path),
+    );
+    const connects = (password: string | undefined) => {
+      const result = spawnSync(
+        psql as string,
+        ['-h', postgres.host, '-p', String(postgres.port), '-U', postgres.user, '-d', 'temporal', '-w'],
+        {
+          input: 'select 1',
+          encoding: 'utf8',
+          timeout: 30_000,
+          env: { PATH: process.env.PATH ?? '', PGCONNECT_TIMEOUT: '10', ...(password ? { PGPASSWORD: password } : {}) },
+        },
+      );
+      return { ok: result.status === 0, output: `${result.stdout ?? ''}${result.stderr ?? ''}` };
+    };
+    if (psql) {
+      const wrong = connects('wrong');
+      expect(wrong.ok).toBe(false);
+      expect(wrong.output).toMatch(/password authentication failed/);
+      const none = connects(undefined);
+      expect(none.ok).toBe(false);
+      const right = connects(postgres.password);
+      expect(right, right.output).toMatchObject({ ok: true });
+    }
+
+    // The password: on no command line, only in the server's environment and the 0600 password file.
+    const cmdline = (pid: number | undefined) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
+    expect(cmdline(serverPid)).toContain('temporal-server');
+    expect(cmdline(serverPid)).not.toContain(postgres.password);
+    expect(cmdline(postmasterPid)).not.toContain(postgres.password);
+    expect(readFileSync(configFile, 'utf8')).not.toContain(postgres.password);
+    expect(statSync(configFile).mode & 0o777).toBe(0o600);
+    expect(statSync(postgres.passwordFile).mode & 0o777).toBe(0o600);
+
+    // A minimal environment: none of this process's variables (secrets among them) beyond the few each needs.
+    const environ = (pid: number | undefined) =>
+      readFileSync(`/proc/${pid}/environ`, 'utf8')
+        .split('\0')
+        .filter((entry) => entry !== '')
+        .map((entry) => entry.slice(0, entry.indexOf('=')));
+    const allowed = [...MINIMAL_ENV_KEYS, 'LC_ALL', 'SQL_PASSWORD'];
+    expect(environ(serverPid).filter((key) => !allowed.includes(key))).toEqual([]);
+    expect(environ(postmasterPid).filter((key) => !allowed.includes(key) || key === 'SQL_PASSWORD')).toEqual([]);
+    report(
+      'cluster',
+      `PostgreSQL refused a wrong password${psql ? '' : ' (no psql here: pg_hba.conf checked only)'}; the server's environment holds ${environ(serverPid).join(', ')}`,
+    );
+  });
+});
 
 describe('the contract end to end on the cluster', () => {
   let worker: InProcessWorker | undefined;
