@@ -5,6 +5,7 @@
  * State lives in memory, or in a JSON file shared by the worker and the
  * `stopflow sim` CLI so a person can seed a scenario and stop it from any client.
  */
+import { randomUUID } from 'node:crypto';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import lockfile from 'proper-lockfile';
@@ -98,7 +99,9 @@ export class FileSimStore implements SimStore {
     await writeFile(marker, '', { flag: 'a' });
     const release = await lockfile.lock(marker, {
       retries: { retries: 200, minTimeout: 5, maxTimeout: 100, factor: 1.5 },
-      stale: 10_000,
+      // A holder refreshes the lock every stale/2; on a loaded machine its event loop can stall for seconds, and
+      // a lock taken over as stale means two writers. A minute keeps a slow holder's lock its own.
+      stale: 60_000,
     });
     try {
       const cloud = await this.read();
@@ -109,7 +112,9 @@ export class FileSimStore implements SimStore {
       } catch (error) {
         outcome = { ok: false, error };
       }
-      const tmp = `${this.path}.${process.pid}.tmp`;
+      // A file of its own for every write, renamed into place: even two writers (a lock taken over) never
+      // interleave their bytes in one file, and a reader sees one whole version or the other.
+      const tmp = `${this.path}.${process.pid}.${randomUUID()}.tmp`;
       await writeFile(tmp, `${JSON.stringify(cloud, null, 2)}\n`);
       await rename(tmp, this.path);
       if (!outcome.ok) throw outcome.error;
