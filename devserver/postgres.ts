@@ -32,7 +32,8 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { freePort } from './ports';
-import { minimalEnv, onPath } from './temporal-server';
+import { onPath } from './temporal-cli';
+import { minimalEnv } from './temporal-server';
 
 export const POSTGRES_USER = 'temporal';
 

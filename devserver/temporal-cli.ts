@@ -30,7 +30,8 @@ export function cacheDir(env: NodeJS.ProcessEnv = process.env): string {
   return join(base, 'stopflow', `temporal-${TEMPORAL_CLI_VERSION}`);
 }
 
-function isExecutable(path: string): boolean {
+/** An executable regular file (shared with devserver/temporal-server.ts). */
+export function isExecutable(path: string): boolean {
   try {
     accessSync(path, constants.X_OK);
     return statSync(path).isFile();
@@ -39,7 +40,7 @@ function isExecutable(path: string): boolean {
   }
 }
 
-function onPath(name: string, env: NodeJS.ProcessEnv): string | undefined {
+export function onPath(name: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
   for (const dir of (env.PATH ?? '').split(delimiter)) {
     if (dir && isExecutable(join(dir, name))) return join(dir, name);
   }

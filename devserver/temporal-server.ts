@@ -15,9 +15,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import {
-  accessSync,
   chmodSync,
-  constants,
   cpSync,
   existsSync,
   mkdirSync,
@@ -28,8 +26,9 @@ import {
   statSync,
 } from 'node:fs';
 import { homedir } from 'node:os';
-import { delimiter, dirname, join } from 'node:path';
+import { dirname, join } from 'node:path';
 import lockfile from 'proper-lockfile';
+import { isExecutable, onPath } from './temporal-cli';
 
 export const TEMPORAL_SERVER_VERSION = 'v1.29.1';
 export const TEMPORAL_SERVER_MODULE = 'go.temporal.io/server';
@@ -90,22 +89,6 @@ export function serverCacheDir(env: NodeJS.ProcessEnv = process.env): string {
 
 export function uiServerCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   return join(cacheBase(env), `temporal-ui-server-${TEMPORAL_UI_SERVER_VERSION}`);
-}
-
-function isExecutable(path: string): boolean {
-  try {
-    accessSync(path, constants.X_OK);
-    return statSync(path).isFile();
-  } catch {
-    return false;
-  }
-}
-
-export function onPath(name: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
-  for (const dir of (env.PATH ?? '').split(delimiter)) {
-    if (dir && isExecutable(join(dir, name))) return join(dir, name);
-  }
-  return undefined;
 }
 
 function layout(dir: string): Omit<TemporalServerBinaries, 'source'> {

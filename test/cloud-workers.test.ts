@@ -8,89 +8,21 @@
  * endpoint (IDENTITY_ENDPOINT, IDENTITY_HEADER) served by this file, and trusts the test server's self-signed
  * certificate through NODE_EXTRA_CA_CERTS.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import type { Client } from '@temporalio/client';
-import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StopFailedError, StopflowClient } from '../client/stopflow-client';
 import { connectClient, eventually } from './helpers';
 import { AzureArmServer } from './support/azure-arm-server';
 import { GcpComputeServer } from './support/gcp-compute-server';
+import { WorkerProcess, workerEnv } from './support/worker-process';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'stopflow-cloud-workers-'));
-const emptyTemporalConfig = join(dir, 'temporal.toml');
-writeFileSync(emptyTemporalConfig, '');
-
-type LogLine = Record<string, unknown> & { msg?: string };
-
-/** One `worker/main.ts` process; its stdout is parsed as JSON log lines. */
-class WorkerProcess {
-  readonly child: ChildProcess;
-  readonly lines: LogLine[] = [];
-  stderr = '';
-  exitCode: number | string | null | undefined;
-  readonly exited: Promise<number | string | null>;
-
-  constructor(env: NodeJS.ProcessEnv) {
-    this.child = spawn(process.execPath, ['--import', 'tsx', 'worker/main.ts'], {
-      cwd: ROOT,
-      env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    createInterface({ input: this.child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
-      try {
-        this.lines.push(JSON.parse(line) as LogLine);
-      } catch {
-        this.lines.push({ raw: line });
-      }
-    });
-    this.child.stderr?.on('data', (chunk: Buffer) => {
-      this.stderr += chunk.toString();
-    });
-    this.exited = new Promise((resolve) =>
-      this.child.on('exit', (code, signal) => {
-        this.exitCode = code ?? signal;
-        resolve(this.exitCode);
-      }),
-    );
-  }
-
-  get output(): string {
-    return `${this.lines.map((l) => JSON.stringify(l)).join('\n')}\n${this.stderr}`;
-  }
-
-  waitUntilPolling(): Promise<LogLine> {
-    return eventually(
-      async () => {
-        const found = this.lines.find((l) => String(l.msg).startsWith('worker polling task queue'));
-        if (!found && this.exitCode !== undefined) {
-          throw new Error(`worker exited (${this.exitCode}) before polling:\n${this.output}`);
-        }
-        return found;
-      },
-      'the worker to poll',
-      120_000,
-    );
-  }
-
-  async stop(): Promise<number | string | null> {
-    if (this.exitCode === undefined) this.child.kill('SIGTERM');
-    return this.exited;
-  }
-
-  /** Ends the process if a test left it running (only processes this file started). */
-  kill(): void {
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
-  }
-}
 
 const started: WorkerProcess[] = [];
 
@@ -99,20 +31,8 @@ const started: WorkerProcess[] = [];
  * Azure-related is inherited from the test run's environment.
  */
 function startWorker(env: Record<string, string>): WorkerProcess {
-  const foreign = /^(STOPFLOW_|TEMPORAL_|AZURE_|GOOGLE_|GCLOUD_|CLOUDSDK_|IDENTITY_|MSI_|NODE_EXTRA_CA_CERTS$)/;
-  const inherited = Object.fromEntries(Object.entries(process.env).filter(([key]) => !foreign.test(key)));
-  const worker = new WorkerProcess({
-    ...inherited,
-    TEMPORAL_ADDRESS: inject('temporalAddress'),
-    TEMPORAL_NAMESPACE: 'default',
-    TEMPORAL_CONFIG_FILE: emptyTemporalConfig,
-    STOPFLOW_WORKFLOW_BUNDLE: inject('workflowBundlePath'),
-    STOPFLOW_POLL_INTERVAL: '1s',
-    STOPFLOW_SHUTDOWN_GRACE: '2s',
-    STOPFLOW_LOG_LEVEL: 'info',
-    STOPFLOW_METRICS_ADDRESS: 'off',
-    ...env,
-  });
+  const clouds = /^(AZURE_|GOOGLE_|GCLOUD_|CLOUDSDK_|IDENTITY_|MSI_|NODE_EXTRA_CA_CERTS$)/;
+  const worker = new WorkerProcess(workerEnv({ STOPFLOW_LOG_LEVEL: 'info', ...env }, clouds));
   started.push(worker);
   return worker;
 }

@@ -7,7 +7,6 @@
  * provider call, with the stop's attributes; with the variables unset (or
  * OTEL_SDK_DISABLED=true) nothing is traced or sent.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -15,8 +14,6 @@ import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import type { Client } from '@temporalio/client';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { FileSimStore, SimulatedProvider } from '../activities/providers/simulated';
@@ -27,8 +24,8 @@ import { ConfigError, loadWorkerConfig } from '../worker/config';
 import { startWorkerTracing } from '../worker/tracing';
 import { eventually } from './helpers';
 import { readmeBlock, runShell } from './support/readme-examples';
+import { ROOT, WorkerProcess, workerEnv } from './support/worker-process';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'stopflow-tracing-'));
 const emptyTemporalConfig = join(dir, 'temporal.toml');
 writeFileSync(emptyTemporalConfig, '');
@@ -129,75 +126,7 @@ class OtlpReceiver {
   }
 }
 
-// --- the worker process ---
-
-type LogLine = Record<string, unknown> & { msg?: string };
-
-class WorkerProcess {
-  readonly child: ChildProcess;
-  readonly lines: LogLine[] = [];
-  output = '';
-  readonly exited: Promise<number | string | null>;
-
-  constructor(env: Record<string, string>) {
-    const inherited = Object.fromEntries(
-      Object.entries(process.env).filter(
-        ([key]) => !key.startsWith('STOPFLOW_') && !key.startsWith('TEMPORAL_') && !key.startsWith('OTEL_'),
-      ),
-    );
-    this.child = spawn(process.execPath, ['--import', 'tsx', 'worker/main.ts'], {
-      cwd: ROOT,
-      env: {
-        ...inherited,
-        TEMPORAL_ADDRESS: inject('temporalAddress'),
-        TEMPORAL_NAMESPACE: 'default',
-        TEMPORAL_CONFIG_FILE: emptyTemporalConfig,
-        STOPFLOW_WORKFLOW_BUNDLE: inject('workflowBundlePath'),
-        STOPFLOW_POLL_INTERVAL: '1s',
-        STOPFLOW_SHUTDOWN_GRACE: '2s',
-        STOPFLOW_METRICS_ADDRESS: 'off',
-        ...env,
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    createInterface({ input: this.child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
-      this.output += `${line}\n`;
-      try {
-        this.lines.push(JSON.parse(line) as LogLine);
-      } catch {
-        this.lines.push({ raw: line });
-      }
-    });
-    this.child.stderr?.on('data', (chunk: Buffer) => {
-      this.output += chunk.toString();
-    });
-    this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => resolve(code ?? signal)));
-  }
-
-  async waitUntilPolling(): Promise<void> {
-    let exited = false;
-    void this.exited.then(() => {
-      exited = true;
-    });
-    await eventually(
-      async () => {
-        if (exited) throw new Error(`worker exited before polling:\n${this.output}`);
-        return this.lines.some((l) => String(l.msg).startsWith('worker polling task queue'));
-      },
-      'the worker to poll',
-      120_000,
-    );
-  }
-
-  async stop(): Promise<number | string | null> {
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGTERM');
-    return this.exited;
-  }
-
-  kill(): void {
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
-  }
-}
+// --- the worker process (test/support/worker-process.ts) ---
 
 function target(): TemporalTarget {
   const address = inject('temporalAddress');
@@ -314,22 +243,26 @@ describe('one trace per stop, from the client to each provider call', () => {
   beforeAll(async () => {
     endpoint = await receiver.listen();
     const offEndpoint = await offReceiver.listen();
-    traced = new WorkerProcess({
-      STOPFLOW_TASK_QUEUE: taskQueue,
-      STOPFLOW_SIM_STATE: simState,
-      OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
-      OTEL_EXPORTER_OTLP_HEADERS: `authorization=Bearer%20${SECRET}`,
-      OTEL_SERVICE_NAME: 'stopflow-worker-test',
-      // The shared test bundle is the plain one: a traced worker bundles its own, with the tracing interceptors.
-      STOPFLOW_WORKFLOW_BUNDLE: '',
-    });
+    traced = new WorkerProcess(
+      workerEnv({
+        STOPFLOW_TASK_QUEUE: taskQueue,
+        STOPFLOW_SIM_STATE: simState,
+        OTEL_EXPORTER_OTLP_ENDPOINT: endpoint,
+        OTEL_EXPORTER_OTLP_HEADERS: `authorization=Bearer%20${SECRET}`,
+        OTEL_SERVICE_NAME: 'stopflow-worker-test',
+        // The shared test bundle is the plain one: a traced worker bundles its own, with the tracing interceptors.
+        STOPFLOW_WORKFLOW_BUNDLE: '',
+      }),
+    );
     // Configured, but disabled: it must send nothing.
-    untraced = new WorkerProcess({
-      STOPFLOW_TASK_QUEUE: offQueue,
-      STOPFLOW_SIM_STATE: simState,
-      OTEL_EXPORTER_OTLP_ENDPOINT: offEndpoint,
-      OTEL_SDK_DISABLED: 'true',
-    });
+    untraced = new WorkerProcess(
+      workerEnv({
+        STOPFLOW_TASK_QUEUE: offQueue,
+        STOPFLOW_SIM_STATE: simState,
+        OTEL_EXPORTER_OTLP_ENDPOINT: offEndpoint,
+        OTEL_SDK_DISABLED: 'true',
+      }),
+    );
     started.push(traced, untraced);
     await Promise.all([traced.waitUntilPolling(), untraced.waitUntilPolling()]);
   });

@@ -4,15 +4,12 @@
  * endpoint after real stops, SIGTERM in the middle of a stop and a second
  * worker finishing it, and start-up checks that fail with clear messages.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync } from 'node:fs';
 import { type AddressInfo, createServer } from 'node:net';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import type { Client } from '@temporalio/client';
 import { msToTs } from '@temporalio/common/lib/time';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
@@ -21,91 +18,21 @@ import { StopFailedError, StopflowClient } from '../client/stopflow-client';
 import { workflowIdFor } from '../common/names';
 import { freePort } from '../devserver/ports';
 import { connectClient, eventually } from './helpers';
+import { WorkerProcess, workerEnv } from './support/worker-process';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const ENTRY = {
   main: ['--import', 'tsx', 'worker/main.ts'],
   cli: ['bin/stopflow.mjs', 'worker'],
 } as const;
 
-type LogLine = Record<string, unknown> & { msg?: string };
-
-/** One worker process; its stdout is parsed as JSON log lines. */
-class WorkerProcess {
-  readonly child: ChildProcess;
-  readonly lines: LogLine[] = [];
-  stderr = '';
-  readonly exited: Promise<number | string | null>;
-
-  constructor(entry: keyof typeof ENTRY, env: NodeJS.ProcessEnv) {
-    this.child = spawn(process.execPath, [...ENTRY[entry]], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    createInterface({ input: this.child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
-      try {
-        this.lines.push(JSON.parse(line) as LogLine);
-      } catch {
-        this.lines.push({ raw: line });
-      }
-    });
-    this.child.stderr?.on('data', (chunk: Buffer) => {
-      this.stderr += chunk.toString();
-    });
-    this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => resolve(code ?? signal)));
-  }
-
-  get output(): string {
-    return `${this.lines.map((l) => JSON.stringify(l)).join('\n')}\n${this.stderr}`;
-  }
-
-  async waitForLine(predicate: (line: LogLine) => boolean, what: string, timeoutMs = 120_000): Promise<LogLine> {
-    let exited = false;
-    void this.exited.then(() => {
-      exited = true;
-    });
-    return eventually(
-      async () => {
-        const found = this.lines.find(predicate);
-        if (!found && exited) throw new Error(`worker exited before ${what}:\n${this.output}`);
-        return found;
-      },
-      what,
-      timeoutMs,
-    );
-  }
-
-  waitUntilPolling(): Promise<LogLine> {
-    return this.waitForLine((l) => String(l.msg).startsWith('worker polling task queue'), 'the worker to poll');
-  }
-
-  /** Ends the process if a test left it running (only processes this file started). */
-  kill(): void {
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
-  }
-}
-
 const started: WorkerProcess[] = [];
 function startWorker(entry: keyof typeof ENTRY, env: Record<string, string>): WorkerProcess {
-  const inherited = Object.fromEntries(
-    Object.entries(process.env).filter(([key]) => !key.startsWith('STOPFLOW_') && !key.startsWith('TEMPORAL_')),
-  );
-  const worker = new WorkerProcess(entry, {
-    ...inherited,
-    TEMPORAL_ADDRESS: inject('temporalAddress'),
-    TEMPORAL_NAMESPACE: 'default',
-    TEMPORAL_CONFIG_FILE: emptyTemporalConfig,
-    STOPFLOW_WORKFLOW_BUNDLE: inject('workflowBundlePath'),
-    STOPFLOW_POLL_INTERVAL: '1s',
-    STOPFLOW_SHUTDOWN_GRACE: '2s',
-    STOPFLOW_LOG_LEVEL: 'info',
-    STOPFLOW_METRICS_ADDRESS: 'off',
-    ...env,
-  });
+  const worker = new WorkerProcess(workerEnv({ STOPFLOW_LOG_LEVEL: 'info', ...env }), ENTRY[entry]);
   started.push(worker);
   return worker;
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'stopflow-worker-process-'));
-const emptyTemporalConfig = join(dir, 'temporal.toml');
-writeFileSync(emptyTemporalConfig, '');
 
 type Sample = { name: string; labels: Record<string, string>; value: number };
 

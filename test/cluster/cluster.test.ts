@@ -28,7 +28,8 @@ import { StopFailedError } from '../../client/stopflow-client';
 import { StopCauseKey, StopForcedKey, StopPhaseKey, workflowIdFor } from '../../common/names';
 import type { StopStatus } from '../../common/status';
 import { type Cluster, startCluster } from '../../devserver/cluster';
-import { MINIMAL_ENV_KEYS, onPath } from '../../devserver/temporal-server';
+import { onPath } from '../../devserver/temporal-cli';
+import { MINIMAL_ENV_KEYS } from '../../devserver/temporal-server';
 import { eventually } from '../helpers';
 import {
   type Clients,
