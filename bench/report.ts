@@ -5,12 +5,22 @@
  * every figure that misses its target.
  */
 
+import { DEFAULT_MAX_CACHED_WORKFLOWS } from '../worker/defaults';
 import { renderIncident, renderIncidentBounds, renderIncidentSummary } from './report-incident';
 import type { BenchResults, RunInfo, ScenarioName } from './run';
 import type { HistoryResult } from './scenarios/history';
 import type { MemoryFigures, MemoryResult, MemoryRow } from './scenarios/memory';
 import type { LatencyFigure, ReactionResult } from './scenarios/reaction';
 import type { ThroughputResult } from './scenarios/throughput';
+
+/**
+ * Why the default workflow cache weighs on throughput: a round's stops all move at once, more of them than the
+ * cache holds, so most of a stop's workflow tasks replay it from its first event, and every replay instantiates
+ * stopflow's modules again; the minimal workflow's replays are cheap, its bundle small.
+ */
+function cacheNote(t: ThroughputResult): string {
+  return `With ${num(t.stopsPerRound, 0)} stops moving at once and the worker's default cache of ${num(DEFAULT_MAX_CACHED_WORKFLOWS, 0)} workflows (set for waiting stops' memory: "Incident scale"), most of a stop's workflow tasks miss the cache and replay it from its first event, instantiating its modules again each time; the minimal workflow runs under the same cache, but its replays are cheap. A worker that runs many stops at once and few waiting ones does better with a larger \`STOPFLOW_MAX_CACHED_WORKFLOWS\` (its workflow thread's heap limit grows with it).`;
+}
 
 const kb = (bytes: number) => `${Math.round(bytes / 1024).toLocaleString('en-US')} KB`;
 const ms = (value: number) => `${Math.round(value)} ms`;
@@ -481,7 +491,7 @@ function renderBounds(line: Line, missed: string[], r: BenchResults): void {
         : " The validation is the smaller part; the rest is stopflow's own work per stop that the minimal workflow does not do: a workflow task per detach result, the per-volume details in the Temporal UI and the search-attribute upsert that makes stops findable. Those are what stopflow is for, so most of this overhead buys its audit trail.";
     const spread = `${num(Math.min(...throughput.ratios), 2)} to ${num(Math.max(...throughput.ratios), 2)}`;
     line(
-      `**Throughput** (ratio ${num(throughput.ratio, 2)} against ${throughput.target}; per round ${spread}). On ${r.machine.cpus} cores shared with the dev server, the worker's CPU per stop decides. A stop costs more worker CPU than six no-op activities: its first workflow task instantiates stopflow's workflow modules for that workflow alone (under the SDK's reused V8 context, module scope is per workflow; only the SDK's own modules are shared), zod among them, and builds the request's zod schemas to validate it; then more workflow tasks (each detach result, the end), \`setCurrentDetails\` on every volume state change, the end-of-stop search-attribute upsert, and ${throughput.eventsPerStop.stopflow} history events against ${throughput.eventsPerStop.baseline}.${ramp}${lever} Sharing the schemas through the bundler's \`preloadModules\` is no way out: the SDK deep-freezes shared modules and zod then fails with "Cannot assign to read only property 'lastIndex'"; sharing zod alone worked but did not move these figures (both tried while writing this benchmark).`,
+      `**Throughput** (ratio ${num(throughput.ratio, 2)} against ${throughput.target}; per round ${spread}). On ${r.machine.cpus} cores shared with the dev server, the worker's CPU per stop decides. A stop costs more worker CPU than six no-op activities: its first workflow task instantiates stopflow's workflow modules for that workflow alone (under the SDK's reused V8 context, module scope is per workflow; only the SDK's own modules are shared), zod among them, and builds the request's zod schemas to validate it; then more workflow tasks (each detach result, the end), \`setCurrentDetails\` on every volume state change, the end-of-stop search-attribute upsert, and ${throughput.eventsPerStop.stopflow} history events against ${throughput.eventsPerStop.baseline}. ${cacheNote(throughput)}${ramp}${lever} Sharing the schemas through the bundler's \`preloadModules\` is no way out: the SDK deep-freezes shared modules and zod then fails with "Cannot assign to read only property 'lastIndex'"; sharing zod alone worked but did not move these figures (both tried while writing this benchmark).`,
     );
     line();
   }
