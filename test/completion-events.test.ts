@@ -325,9 +325,13 @@ describe('worker configuration', () => {
     ).toEqual([expect.stringMatching(/^STOPFLOW_EVENTS_SECRET_FILE: must not be set together/)]);
   });
 
-  test('a worker refuses held volumes unless told not to', () => {
-    expect(loadWorkerConfig(base).refuseHeldVolumes).toBe(true);
-    expect(loadWorkerConfig({ ...base, STOPFLOW_REFUSE_HELD_VOLUMES: 'false' }).refuseHeldVolumes).toBe(false);
+  test('a cloud worker refuses held volumes unless told not to; a simulated one only when told to', () => {
+    const aws = { ...base, STOPFLOW_PROVIDERS: 'aws' };
+    expect(loadWorkerConfig(aws).refuseHeldVolumes).toBe(true);
+    expect(loadWorkerConfig({ ...aws, STOPFLOW_REFUSE_HELD_VOLUMES: 'false' }).refuseHeldVolumes).toBe(false);
+    // The simulated cloud reuses volume names across instances: refusing there would refuse unrelated stops.
+    expect(loadWorkerConfig(base).refuseHeldVolumes).toBe(false);
+    expect(loadWorkerConfig({ ...base, STOPFLOW_REFUSE_HELD_VOLUMES: 'true' }).refuseHeldVolumes).toBe(true);
     expect(issuesOf({ STOPFLOW_REFUSE_HELD_VOLUMES: 'maybe' })).toEqual([
       expect.stringMatching(/^STOPFLOW_REFUSE_HELD_VOLUMES: must be "true" or "false"/),
     ]);

@@ -45,9 +45,10 @@ describe('the workflow thread heap limit', () => {
     const limit = limitNextWorkflowThreadHeap(25);
     expect(limit).toBe(250);
     const after = await nextThreadHeapLimitMb();
-    // The limit V8 reports adds the young generation to the old space: a few tens of MB.
+    // The limit V8 reports adds the young generation to the old space (tens of MB on Node 20, more on Node 24);
+    // Node's own default is gigabytes.
     expect(after).toBeGreaterThanOrEqual(250);
-    expect(after).toBeLessThan(250 + 100);
+    expect(after).toBeLessThan(1_024);
     expect(after).toBeLessThan(before);
     expect(getHeapStatistics().heap_size_limit).toBe(mainBefore);
   });

@@ -28,6 +28,8 @@ import { DEFAULT_TASK_QUEUE } from '../common/names';
 import { DEFAULT_DETACH_HOLD_MS, DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
+/** Backends whose volume ids are unique across instances: held volumes are refused by default there. */
+const GLOBAL_VOLUME_IDS: ReadonlySet<string> = new Set(['aws', 'gcp', 'azure']);
 export type LogLevelName = (typeof LOG_LEVELS)[number];
 
 /** The detach wait heartbeats on every poll, and its heartbeat timeout is 30s (workflows/stop-instance.ts). */
@@ -363,7 +365,7 @@ const envSchema = z
       blankToUndefined,
       existingFile(`${FILE_RULE} (a bundle written by \`stopflow worker --write-bundle <path>\`)`).optional(),
     ),
-    STOPFLOW_REFUSE_HELD_VOLUMES: z.preprocess(blankToUndefined, boolText.default('true')),
+    STOPFLOW_REFUSE_HELD_VOLUMES: z.preprocess(blankToUndefined, boolText.optional()),
     STOPFLOW_EVENTS_URL: z.preprocess(blankToUndefined, eventsUrl.optional()),
     STOPFLOW_EVENTS_SECRET: z.preprocess(blankToUndefined, eventsSecret.optional()),
     STOPFLOW_EVENTS_SECRET_FILE: z.preprocess(blankToUndefined, existingFile(FILE_RULE).optional()),
@@ -484,7 +486,12 @@ export function loadWorkerConfig(env: Env = process.env): WorkerConfig {
     maxCachedWorkflows: e.STOPFLOW_MAX_CACHED_WORKFLOWS,
     maxConcurrentWorkflowTasks: e.STOPFLOW_MAX_CONCURRENT_WORKFLOW_TASKS,
     logLevel: e.STOPFLOW_LOG_LEVEL,
-    refuseHeldVolumes: ['true', '1'].includes(e.STOPFLOW_REFUSE_HELD_VOLUMES.trim().toLowerCase()),
+    // Unset: refuse where a volume id names one volume of the backend (the clouds' ids); the simulated cloud
+    // reuses names across instances and a linux worker serves one host, so there it is off unless asked.
+    refuseHeldVolumes:
+      e.STOPFLOW_REFUSE_HELD_VOLUMES === undefined
+        ? e.STOPFLOW_PROVIDERS.every((p) => GLOBAL_VOLUME_IDS.has(p))
+        : ['true', '1'].includes(e.STOPFLOW_REFUSE_HELD_VOLUMES.trim().toLowerCase()),
   };
   if (e.STOPFLOW_LINUX_STOP_COMMAND !== undefined) config.linuxStopCommand = e.STOPFLOW_LINUX_STOP_COMMAND;
   if (e.STOPFLOW_LINUX_VOLUME_DIR !== undefined) config.linuxVolumeDir = e.STOPFLOW_LINUX_VOLUME_DIR;

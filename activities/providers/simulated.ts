@@ -99,9 +99,8 @@ export class FileSimStore implements SimStore {
     await writeFile(marker, '', { flag: 'a' });
     const release = await lockfile.lock(marker, {
       retries: { retries: 200, minTimeout: 5, maxTimeout: 100, factor: 1.5 },
-      // A holder refreshes the lock every stale/2; on a loaded machine its event loop can stall for seconds, and
-      // a lock taken over as stale means two writers. A minute keeps a slow holder's lock its own.
-      stale: 60_000,
+      // A lock whose holder died (a killed worker) is taken over after this; the retries above outlast it.
+      stale: 10_000,
     });
     try {
       const cloud = await this.read();

@@ -83,6 +83,13 @@ export function parseHistoryJson(json: string): RecordedEvent[] {
       recorded.signalInput = decodePayload(payloads[0]);
     }
     if (typeof attrs.markerName === 'string') recorded.markerName = attrs.markerName;
+    if (attrs.markerName === 'core_local_activity') {
+      // A local activity's marker: its type is in the marker's data, as the UI reads it.
+      const data = isObject(attrs.details) && isObject(attrs.details.data) ? attrs.details.data : undefined;
+      const payloads = data && Array.isArray(data.payloads) ? data.payloads : [];
+      const marker = decodePayload(payloads[0]);
+      if (isObject(marker) && typeof marker.activity_type === 'string') recorded.activityType = marker.activity_type;
+    }
     const update = isObject(attrs.acceptedRequest) ? attrs.acceptedRequest.input : undefined;
     if (isObject(update) && typeof update.name === 'string') {
       recorded.updateName = update.name;
