@@ -41,6 +41,20 @@ const realClock: BudgetClock = {
 const BACKOFF_MIN_MS = 1_000;
 const BACKOFF_MAX_MS = 60_000;
 
+/**
+ * Tokens routine calls leave in the bucket for urgent ones: a tenth of the burst, at least one, and
+ * never the whole burst (a bucket of one keeps none back). With the waits' checks spending the whole
+ * budget, the bucket otherwise sits near empty and each urgent call (the read before a force, then the
+ * force) waits a refill interval (100 ms at 10/s) for its token. The reserve is taken from the same
+ * bucket, so calls per second still keep to the budget: it only decides who may spend the last tokens.
+ * After a throttling pause (the bucket starts empty) routine calls therefore resume reserve/rate later
+ * than urgent ones (0.5 s at the aws default of 10/s, burst 50); the pause itself is unchanged.
+ */
+export function urgentReserve(budget: CallBudget): number {
+  if (budget.burst < 2) return 0;
+  return Math.min(budget.burst - 1, Math.max(1, Math.ceil(budget.burst / 10)));
+}
+
 /** `urgent`: a stop is blocked on the call (request, force, stop, a state read before force); `routine`: a wait's check. */
 export type BudgetLane = 'urgent' | 'routine';
 
@@ -55,12 +69,15 @@ export class CallBudgetLimiter {
   private urgentQueue: Promise<void> = Promise.resolve();
   private urgentWaiting = 0;
   private readonly stats = { calls: 0, throttled: 0 };
+  /** Tokens routine calls never take (urgentReserve). */
+  readonly reserve: number;
 
   constructor(
     readonly budget: CallBudget | undefined,
     private readonly clock: BudgetClock = realClock,
   ) {
     this.tokens = budget?.burst ?? 0;
+    this.reserve = budget ? urgentReserve(budget) : 0;
     this.refilledAt = clock.now();
   }
 
@@ -133,11 +150,13 @@ export class CallBudgetLimiter {
       }
       // A call costing more than the burst waits for a full bucket and takes it (it cannot be split).
       const need = Math.min(cost, this.budget.burst);
-      if (this.tokens >= need) {
+      // Routine calls also leave the reserve in the bucket for urgent ones (a call too big for that takes a full bucket).
+      const atLeast = lane === 'routine' ? Math.min(this.budget.burst, need + this.reserve) : need;
+      if (this.tokens >= atLeast) {
         this.tokens -= need;
         return;
       }
-      const waitMs = Math.ceil(((need - this.tokens) / this.budget.callsPerSecond) * 1000);
+      const waitMs = Math.ceil(((atLeast - this.tokens) / this.budget.callsPerSecond) * 1000);
       await this.clock.sleep(waitMs, signal);
     }
   }

@@ -4,6 +4,11 @@
  * mountinfo read for many devices). Checks that arrive while a batch waits for
  * its budget token join the next batch, so under load batches grow and calls
  * per second stay at the budget.
+ *
+ * Urgent checks (a stop blocked on the answer: right after a request, before a
+ * force) have batches of their own, flushed at once and alongside the waits'
+ * routine batches: an urgent check never waits for a routine batch's budget
+ * token or its backend call. At most one batch of each kind is in flight.
  */
 import { ApplicationFailure } from '@temporalio/common';
 import type { AttachmentState, CallOptions, Provider, VolumeOfInstance } from './provider';
@@ -31,8 +36,12 @@ export type BudgetedCall = <T>(
 const GATHER_MS = 20;
 
 export class StateChecks {
+  /** Routine checks (the waits' polls) not yet in a batch. */
   private pending: PendingCheck[] = [];
+  /** Urgent checks not yet in a batch. */
+  private urgentPending: PendingCheck[] = [];
   private flushing = false;
+  private urgentFlushing = false;
   readonly maxBatch: number;
 
   constructor(
@@ -44,8 +53,9 @@ export class StateChecks {
 
   /**
    * The backend's state of one volume, answered from the next batch. An `urgent` check (a stop
-   * blocked on it: right after a request, before a force) goes to the front of the next batch and
-   * does not wait for others to gather; a wait's routine check does.
+   * blocked on it: right after a request, before a force) goes into the next urgent batch, which
+   * starts at once, without a gathering pause and without waiting for a routine batch in flight;
+   * a wait's routine check waits for others to gather.
    */
   check(
     target: VolumeOfInstance,
@@ -57,15 +67,17 @@ export class StateChecks {
         this.provider.getAttachmentState(target.instanceId, target.volume, { ...options, signal }),
       );
     }
+    const urgent = priority === 'urgent';
     return new Promise<AttachmentState>((resolve, reject) => {
       // A cancelled wait leaves the batch at once; the batch itself goes on for the others.
       const onAbort = () => {
         this.pending = this.pending.filter((p) => p !== entry);
+        this.urgentPending = this.urgentPending.filter((p) => p !== entry);
         reject(signal?.reason);
       };
       const entry: PendingCheck = {
         target,
-        urgent: priority === 'urgent',
+        urgent,
         resolve: (state) => {
           signal?.removeEventListener('abort', onAbort);
           resolve(state);
@@ -75,73 +87,96 @@ export class StateChecks {
           reject(err);
         },
       };
-      if (priority === 'urgent') {
-        this.pending.unshift(entry);
-        this.endGathering();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (urgent) {
+        this.urgentPending.push(entry);
+        if (!this.urgentFlushing) void this.flushUrgent();
       } else {
         this.pending.push(entry);
+        if (!this.flushing) void this.flushRoutine();
       }
-      signal?.addEventListener('abort', onAbort, { once: true });
-      if (!this.flushing) void this.flush(priority === 'urgent');
     });
   }
 
-  /** Ends the current gathering pause early (an urgent check arrived). */
-  private endGathering: () => void = () => undefined;
-
-  private async flush(urgent: boolean): Promise<void> {
+  /** The waits' checks: a short pause for others to gather, then batches until none is left. */
+  private async flushRoutine(): Promise<void> {
     this.flushing = true;
     try {
-      if (!urgent) {
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, GATHER_MS);
-          this.endGathering = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-        });
-        this.endGathering = () => undefined;
-      }
+      await new Promise<void>((resolve) => setTimeout(resolve, GATHER_MS));
       while (this.pending.length > 0) {
-        const batch = this.pending.splice(0, this.maxBatch);
-        const getStates = this.provider.getAttachmentStates?.bind(this.provider);
-        if (!getStates) throw new Error('unreachable: batching without getAttachmentStates');
-        try {
-          const states = await this.call(
-            'getAttachmentStates',
-            (options) =>
-              getStates(
-                batch.map((p) => p.target),
-                options,
-              ),
-            true,
-            this.provider.batchRequests?.(batch.map((p) => p.target)) ?? 1,
-            batch.some((p) => p.urgent) ? 'urgent' : 'routine',
-          );
-          batch.forEach((p, i) => {
-            const state = states[i];
-            if (state === undefined) p.reject(new Error(`provider ${this.provider.name} answered too few states`));
-            else p.resolve(state);
-          });
-        } catch (err) {
-          // A final answer about the batch may be about one volume of it (a refused device): ask each
-          // on its own so one request's problem never fails another's wait. Transient ones (throttling)
-          // fail the batch: one call per volume is the opposite of what a throttled backend needs.
-          if (!(err instanceof ApplicationFailure && err.nonRetryable)) {
-            for (const p of batch) p.reject(err);
-            continue;
-          }
-          for (const p of batch) {
-            this.call(
-              'getAttachmentState',
-              (options) => this.provider.getAttachmentState(p.target.instanceId, p.target.volume, options),
-              true,
-            ).then(p.resolve, p.reject);
-          }
-        }
+        await this.runBatch(this.pending.splice(0, this.maxBatch), 'routine');
       }
     } finally {
       this.flushing = false;
+    }
+  }
+
+  /**
+   * Urgent checks, at once. Routine checks not yet in a batch fill the room left when that costs no
+   * more backend requests (one DescribeVolumes answers 1 volume or 200 for the same token).
+   */
+  private async flushUrgent(): Promise<void> {
+    this.urgentFlushing = true;
+    try {
+      while (this.urgentPending.length > 0) {
+        const batch = this.urgentPending.splice(0, this.maxBatch);
+        const room = this.maxBatch - batch.length;
+        if (room > 0 && this.pending.length > 0) {
+          const riders = this.pending.slice(0, room);
+          if (this.cost([...batch, ...riders]) <= this.cost(batch)) {
+            this.pending.splice(0, riders.length);
+            batch.push(...riders);
+          }
+        }
+        await this.runBatch(batch, 'urgent');
+      }
+    } finally {
+      this.urgentFlushing = false;
+    }
+  }
+
+  private cost(batch: readonly PendingCheck[]): number {
+    return this.provider.batchRequests?.(batch.map((p) => p.target)) ?? 1;
+  }
+
+  /** One batch call, its answers handed out; never throws (every check of the batch is settled). */
+  private async runBatch(batch: PendingCheck[], lane: 'urgent' | 'routine'): Promise<void> {
+    const getStates = this.provider.getAttachmentStates?.bind(this.provider);
+    if (!getStates) throw new Error('unreachable: batching without getAttachmentStates');
+    try {
+      const states = await this.call(
+        'getAttachmentStates',
+        (options) =>
+          getStates(
+            batch.map((p) => p.target),
+            options,
+          ),
+        true,
+        this.cost(batch),
+        lane,
+      );
+      batch.forEach((p, i) => {
+        const state = states[i];
+        if (state === undefined) p.reject(new Error(`provider ${this.provider.name} answered too few states`));
+        else p.resolve(state);
+      });
+    } catch (err) {
+      // A final answer about the batch may be about one volume of it (a refused device): ask each
+      // on its own so one request's problem never fails another's wait. Transient ones (throttling)
+      // fail the batch: one call per volume is the opposite of what a throttled backend needs.
+      if (!(err instanceof ApplicationFailure && err.nonRetryable)) {
+        for (const p of batch) p.reject(err);
+        return;
+      }
+      for (const p of batch) {
+        this.call(
+          'getAttachmentState',
+          (options) => this.provider.getAttachmentState(p.target.instanceId, p.target.volume, options),
+          true,
+          1,
+          p.urgent ? 'urgent' : 'routine',
+        ).then(p.resolve, p.reject);
+      }
     }
   }
 }
