@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod/mini';
 
 /**
  * docs/contract.md `Duration`: "off", a positive number of seconds, or a string of
@@ -49,7 +49,7 @@ export function parseDuration(input: unknown): number | null | undefined {
 export function durationSchema() {
   return z
     .union([z.literal('off'), z.number(), z.string()], { error: DURATION_RULE })
-    .refine((value) => parseDuration(value) !== undefined, { error: DURATION_RULE });
+    .check(z.refine((value) => parseDuration(value) !== undefined, { error: DURATION_RULE }));
 }
 export type DurationSchema = ReturnType<typeof durationSchema>;
 

@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import * as z from 'zod/mini';
 import { type DurationSchema, durationSchema, parseDuration } from './duration';
 
 /**
@@ -6,6 +6,10 @@ import { type DurationSchema, durationSchema, parseDuration } from './duration';
  * variants share one set of field rules: the strict one rejects unknown fields
  * (client, CLI), the tolerant one ignores them (workflow), so that an older
  * worker survives a newer client.
+ *
+ * Written with `zod/mini`, zod's functional build: the workflow bundle is
+ * tree-shaken (worker/worker.ts), so every stop the worker creates or replays
+ * evaluates only the parts of zod these rules use, not all of it.
  */
 export const INSTANCE_ID_RULE = 'must be 1-255 characters of [A-Za-z0-9._:-], starting with a letter or digit';
 /** Starts with a letter or digit: an id must never read as an option (`-rf`) where it reaches a command line. */
@@ -21,35 +25,50 @@ const EMPTY_VOLUMES_RULE =
 export const MAX_VOLUMES = 256;
 
 const idSchema = (rule: string, pattern = ID_PATTERN) =>
-  z.string({ error: `is required and ${rule}` }).regex(pattern, { error: rule });
+  z.string({ error: `is required and ${rule}` }).check(z.regex(pattern, { error: rule }));
 
-const volumeFields = (volumeId: z.ZodString) => ({
+/** A string of at most `max` characters, optional. */
+const optionalText = (max: number, min = 0) =>
+  z.optional(
+    z
+      .string({ error: 'must be a string' })
+      .check(
+        ...(min > 0 ? [z.minLength(min, { error: 'must not be empty' })] : []),
+        z.maxLength(max, { error: `must be at most ${max} characters` }),
+      ),
+  );
+
+const volumeFields = (volumeId: z.ZodMiniString<string>) => ({
   volumeId,
-  device: z
-    .string()
-    .min(1, { error: 'must not be empty' })
-    .max(255, { error: 'must be at most 255 characters' })
-    .optional(),
+  device: optionalText(255, 1),
 });
 
-const requestFields = (volume: z.ZodType<VolumeRef>, duration: DurationSchema, legacy = false) => ({
+/** A provider's name as workers configure it; the sweep's input shares the rule. */
+export const providerNameSchema = () =>
+  z.optional(
+    z
+      .string({ error: 'must be a string' })
+      .check(
+        z.regex(/^[a-z][a-z0-9-]{0,62}$/, { error: 'must be a provider name such as "simulated", "linux" or "aws"' }),
+      ),
+  );
+
+const requestFields = <V extends z.ZodMiniType<VolumeRef>>(volume: V, duration: DurationSchema, legacy = false) => ({
   instanceId: idSchema(INSTANCE_ID_RULE, legacy ? LEGACY_ID_PATTERN : ID_PATTERN),
-  volumes: z
-    .array(volume, { error: 'must be an array of { volumeId, device? }' })
-    .min(legacy ? 0 : 1, { error: EMPTY_VOLUMES_RULE })
-    .max(MAX_VOLUMES, { error: `must list at most ${MAX_VOLUMES} volumes` })
-    .refine((volumes) => new Set(volumes.map((v) => v.volumeId)).size === volumes.length, {
-      error: 'must not repeat a volumeId',
-    })
-    .optional(),
-  maxStopDuration: duration.optional(),
-  reason: z.string({ error: 'must be a string' }).max(1024, { error: 'must be at most 1024 characters' }).optional(),
-  requestedBy: z.string({ error: 'must be a string' }).max(255, { error: 'must be at most 255 characters' }).optional(),
-  provider: z
-    .string({ error: 'must be a string' })
-    .regex(/^[a-z][a-z0-9-]{0,62}$/, { error: 'must be a provider name such as "simulated", "linux" or "aws"' })
-    .optional(),
-  forceGrace: duration.optional(),
+  volumes: z.optional(
+    z.array(volume, { error: 'must be an array of { volumeId, device? }' }).check(
+      z.minLength(legacy ? 0 : 1, { error: EMPTY_VOLUMES_RULE }),
+      z.maxLength(MAX_VOLUMES, { error: `must list at most ${MAX_VOLUMES} volumes` }),
+      z.refine((volumes) => new Set(volumes.map((v) => v.volumeId)).size === volumes.length, {
+        error: 'must not repeat a volumeId',
+      }),
+    ),
+  ),
+  maxStopDuration: z.optional(duration),
+  reason: optionalText(1024),
+  requestedBy: optionalText(255),
+  provider: providerNameSchema(),
+  forceGrace: z.optional(duration),
 });
 
 export interface VolumeRef {
@@ -121,7 +140,7 @@ export class StopRequestError extends Error {
 }
 
 /** "volumes[1].volumeId: must be ..." — the field and the rule, one line per problem. */
-export function describeIssues(error: z.ZodError): string[] {
+export function describeIssues(error: z.core.$ZodError): string[] {
   return error.issues.map((issue) => {
     const path = issue.path.reduce<string>(
       (acc, key) => (typeof key === 'number' ? `${acc}[${key}]` : acc ? `${acc}.${String(key)}` : String(key)),
@@ -154,7 +173,7 @@ function normalize(parsed: ParsedStopRequest): NormalizedStopRequest {
   return out;
 }
 
-function parseWith(schema: z.ZodType<ParsedStopRequest>, input: unknown): NormalizedStopRequest {
+function parseWith(schema: z.ZodMiniType<ParsedStopRequest>, input: unknown): NormalizedStopRequest {
   const result = schema.safeParse(input);
   if (!result.success) {
     const issues = describeIssues(result.error);

@@ -13,7 +13,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { z } from 'zod';
+import * as z from 'zod/mini';
 import { MAX_DURATION_MS } from '../common/duration';
 import { INSTANCE_ID_RULE, MAX_VOLUMES, strictStopRequestSchemas } from '../common/request';
 
@@ -40,8 +40,8 @@ export function buildStopRequestJsonSchema(): Record<string, unknown> {
     volumeId: volumeIdSchema,
   } = strictStopRequestSchemas();
   const shape = strictStopRequestSchema.shape;
-  const element = shape.volumes.unwrap().element;
-  if (!(element instanceof z.ZodObject)) throw new Error('volumes: expected an array of objects');
+  const element = shape.volumes.def.innerType.def.element;
+  if (!(element instanceof z.ZodMiniObject)) throw new Error('volumes: expected an array of objects');
   const device = element.shape.device;
   if (!device) throw new Error('volumes: expected a device field');
   const registry = z.registry<{ id?: string; title?: string; description?: string }>();
@@ -52,7 +52,7 @@ export function buildStopRequestJsonSchema(): Record<string, unknown> {
   });
   registry.add(durationSchema, { id: 'Duration', title: 'Duration' });
   registry.add(shape.instanceId, { description: `The instance to stop; ${INSTANCE_ID_RULE}.` });
-  registry.add(shape.volumes.unwrap(), {
+  registry.add(shape.volumes.def.innerType, {
     description: `The volumes to detach, at most ${MAX_VOLUMES}, each volumeId at most once. When omitted, the worker asks the provider which volumes are attached.`,
   });
   registry.add(volumeIdSchema, { description: `The backend's volume id; ${INSTANCE_ID_RULE}.` });
@@ -64,9 +64,9 @@ export function buildStopRequestJsonSchema(): Record<string, unknown> {
     description:
       'Force-detach never starts earlier than this after the volume\'s first detach request, even on abort. Default "off" (no wait).',
   });
-  registry.add(shape.reason.unwrap(), { description: 'Why, for the audit log.' });
-  registry.add(shape.requestedBy.unwrap(), { description: 'Who asks, for the audit log.' });
-  registry.add(shape.provider.unwrap(), {
+  registry.add(shape.reason.def.innerType, { description: 'Why, for the audit log.' });
+  registry.add(shape.requestedBy.def.innerType, { description: 'Who asks, for the audit log.' });
+  registry.add(shape.provider.def.innerType, {
     description: "A provider configured on the worker (simulated, linux, aws, …). Default: the worker's default.",
   });
 

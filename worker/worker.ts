@@ -166,7 +166,9 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     },
     // The `stopflow` Nexus service (docs/contract.md): idle unless a Nexus endpoint targets this task queue.
     ...(options.nexus === false ? {} : { nexusServices: [stopflowNexusHandler()] }),
-    ...(options.workflowBundle ? { workflowBundle: options.workflowBundle } : { workflowsPath: WORKFLOWS_PATH }),
+    ...(options.workflowBundle
+      ? { workflowBundle: options.workflowBundle }
+      : { workflowsPath: WORKFLOWS_PATH, bundlerOptions: { webpackConfigHook: treeShaken } }),
     maxCachedWorkflows: DEFAULT_MAX_CACHED_WORKFLOWS,
     ...tuning,
     interceptors: {
@@ -201,8 +203,29 @@ export async function bundleStopflowWorkflows(options: { traced?: boolean } = {}
   return bundleWorkflowCode({
     workflowsPath: WORKFLOWS_PATH,
     ...(options.traced ? { workflowInterceptorModules: TRACING_WORKFLOW_MODULES } : {}),
+    webpackConfigHook: treeShaken,
     logger: quietLogger,
   });
+}
+
+/**
+ * The SDK bundles in webpack's development mode, which keeps every export of every module. A workflow's
+ * modules are evaluated afresh for each stop the worker creates or replays (only the SDK's own are shared),
+ * so this turns on what production mode would: unused exports dropped (zod/mini is built for it) and modules
+ * concatenated. Nothing is minified: stack traces in the Temporal UI stay readable.
+ */
+type WebpackConfig = Parameters<NonNullable<NonNullable<WorkerOptions['bundlerOptions']>['webpackConfigHook']>>[0];
+function treeShaken(config: WebpackConfig): WebpackConfig {
+  return {
+    ...config,
+    optimization: {
+      ...config.optimization,
+      providedExports: true,
+      usedExports: true,
+      sideEffects: true,
+      concatenateModules: true,
+    },
+  };
 }
 
 const noop = () => undefined;

@@ -30,8 +30,9 @@ import {
   setCurrentDetails,
   workflowInfo,
 } from '@temporalio/workflow';
-import { z } from 'zod';
+import * as z from 'zod/mini';
 import { durationSchema, formatDuration, parseDuration } from '../common/duration';
+import { providerNameSchema } from '../common/request';
 import type {
   LeftoverAttachment,
   LeftoverCheckError,
@@ -59,29 +60,32 @@ export const MAX_SWEEP_INSTANCES = 1_000;
 // this module too (see common/request.ts).
 const sweepFields = () => ({
   /** A stop still `stopping` this long after it started is reported stuck; "off" skips this check. */
-  stuckAfter: durationSchema().optional(),
+  stuckAfter: z.optional(durationSchema()),
   /** Instances whose latest stop ended `stopped` within this window are checked for leftovers; "off" skips it. */
-  lookback: durationSchema().optional(),
+  lookback: z.optional(durationSchema()),
   /** Ask this provider about every instance; default: the provider each stop used (its request's, else the worker's default). */
-  provider: z
-    .string({ error: 'must be a string' })
-    .regex(/^[a-z][a-z0-9-]{0,62}$/, { error: 'must be a provider name such as "simulated", "linux" or "aws"' })
-    .optional(),
+  provider: providerNameSchema(),
   /** Start a stop for every instance with leftover volumes. Default false: report only. */
-  startStopsForLeftovers: z.boolean({ error: 'must be true or false' }).optional(),
+  startStopsForLeftovers: z.optional(z.boolean({ error: 'must be true or false' })),
   /** The task queue whose stops are swept and on which leftover stops are started; default: the sweep's own. */
-  taskQueue: z
-    .string({ error: 'must be a string' })
-    .min(1, { error: 'must not be empty' })
-    .max(255, { error: 'must be at most 255 characters' })
-    .optional(),
+  taskQueue: z.optional(
+    z
+      .string({ error: 'must be a string' })
+      .check(
+        z.minLength(1, { error: 'must not be empty' }),
+        z.maxLength(255, { error: 'must be at most 255 characters' }),
+      ),
+  ),
   /** At most this many stuck stops, and this many stopped instances, are looked at per sweep. */
-  maxInstances: z
-    .number({ error: 'must be a whole number' })
-    .int({ error: 'must be a whole number' })
-    .min(1, { error: 'must be at least 1' })
-    .max(MAX_SWEEP_INSTANCES, { error: `must be at most ${MAX_SWEEP_INSTANCES}` })
-    .optional(),
+  maxInstances: z.optional(
+    z
+      .number({ error: 'must be a whole number' })
+      .check(
+        z.int({ error: 'must be a whole number' }),
+        z.minimum(1, { error: 'must be at least 1' }),
+        z.maximum(MAX_SWEEP_INSTANCES, { error: `must be at most ${MAX_SWEEP_INSTANCES}` }),
+      ),
+  ),
 });
 const SWEEP_FIELD_NAMES = 'stuckAfter, lookback, provider, startStopsForLeftovers, taskQueue, maxInstances';
 
