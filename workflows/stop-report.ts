@@ -53,12 +53,30 @@ export function reportEnd(state: StopState, phase: StopPhase): void {
   describe(state);
 }
 
+/** Stops whose details are due to be rendered (module scope is per workflow: each stop has its own). */
+const renderDue = new WeakSet<StopState>();
+
+/**
+ * Asks for the workflow's "current details" to be rendered again. They are rendered once, in a microtask,
+ * after the activation's synchronous changes: a stop of 256 volumes moves hundreds of them in one
+ * activation, and rendering every volume on every move would cost the worker n² lines. The details are
+ * read through a query, never inside the activation, so nobody sees the difference.
+ */
+export function describe(state: StopState): void {
+  if (renderDue.has(state)) return;
+  renderDue.add(state);
+  void Promise.resolve().then(() => {
+    renderDue.delete(state);
+    render(state);
+  });
+}
+
 /**
  * The workflow's "current details" in the UI: the live per-volume picture, in
  * words. The UI renders Markdown in a short frame, so the tally comes first and
  * blocks are separated by blank lines.
  */
-export function describe(state: StopState): void {
+function render(state: StopState): void {
   const { request } = state;
   const volumes = state.volumes ?? [];
   const tally = new Map<string, number>();
