@@ -30,8 +30,9 @@ export class Backend {
     private readonly observe?: (event: ProviderEvent) => void,
   ) {
     this.budget = new CallBudgetLimiter(provider.budget);
-    this.states = new StateChecks(provider, (operation, fn, shared) =>
-      this.call(operation, fn, shared ? null : undefined),
+    // A batch's cost and lane reach the budget: a check before a force goes ahead of the waits' checks.
+    this.states = new StateChecks(provider, (operation, fn, shared, cost, lane) =>
+      this.call(operation, fn, shared ? null : undefined, cost, lane),
     );
   }
 

@@ -63,8 +63,12 @@ export class StateChecks {
     priority: 'urgent' | 'routine' = 'routine',
   ): Promise<AttachmentState> {
     if (this.maxBatch === 1) {
-      return this.call('getAttachmentState', (options) =>
-        this.provider.getAttachmentState(target.instanceId, target.volume, { ...options, signal }),
+      return this.call(
+        'getAttachmentState',
+        (options) => this.provider.getAttachmentState(target.instanceId, target.volume, { ...options, signal }),
+        false,
+        1,
+        priority,
       );
     }
     const urgent = priority === 'urgent';

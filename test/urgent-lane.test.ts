@@ -5,6 +5,7 @@
  * check order and token counts, on a hand-moved clock where the budget is involved, not timings.
  */
 import { describe, expect, test, vi } from 'vitest';
+import { Backend } from '../activities/backend';
 import { type BudgetClock, CallBudgetLimiter, urgentReserve } from '../activities/call-budget';
 import type { AttachmentState, CallOptions, Provider, VolumeOfInstance } from '../activities/provider';
 import { type BudgetedCall, StateChecks } from '../activities/state-checks';
@@ -173,5 +174,19 @@ describe('coalesced state checks: the urgent batch', () => {
     await expect(Promise.all([urgent, routine])).resolves.toEqual(['attached', 'attached']);
     await new Promise((resolve) => setTimeout(resolve, 50)); // past the routine batch's gathering pause
     expect(provider.batches.map((b) => b.targets)).toEqual([['i-urgent', 'i-routine']]);
+  });
+});
+
+describe('Backend: the state checks reach the budget with their lane and cost', () => {
+  test('an urgent check takes its token in the urgent lane; a routine batch pays what its requests cost', async () => {
+    const provider = new FakeBatchProvider(true);
+    // Two requests per batch of three volumes (a provider that splits a batch by region, say).
+    const batched: Provider = Object.assign(provider, { batchRequests: () => 2 });
+    const backend = new Backend(batched);
+    const take = vi.spyOn(backend.budget, 'take');
+    await backend.states.check(target('i-urgent'), undefined, 'urgent');
+    expect(take.mock.calls.at(-1)?.slice(1)).toEqual([expect.any(Number), 'urgent']);
+    await Promise.all(['i-1', 'i-2', 'i-3'].map((id) => backend.states.check(target(id))));
+    expect(take.mock.calls.at(-1)?.slice(1)).toEqual([2, 'routine']);
   });
 });
