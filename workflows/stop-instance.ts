@@ -83,6 +83,7 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
     instanceStopped: false,
     forced: false,
     cancelledWork: [],
+    interruption: null,
     // Decided once, at the start: a stop started before a patch keeps its rules to the end.
     features: ownershipEvents(patched(OWNERSHIP_EVENTS)),
   };
@@ -295,36 +296,42 @@ async function detachOne(state: StopState, volume: VolumeStatus, target: VolumeT
               return 'error' as const;
             },
           );
-  const timer = new CancellationScope();
-  const due = timer
-    .run(async () => {
-      await condition(() => interrupted(state));
-      const graceLeft =
-        state.request.forceGraceMs === null ? 0 : firstRequestMs + state.request.forceGraceMs - Date.now();
-      if (state.escalation && graceLeft > 0) {
-        await condition(() => state.cancelled !== null, graceLeft, {
+  // Every volume of the stop waits on the one interruption promise: a promise per volume per wait would
+  // cost a 256-volume stop thousands of them on every replay (the SDK records a stack for each).
+  let first = await Promise.race([detached, whenInterrupted(state)]);
+  const graceLeft = state.request.forceGraceMs === null ? 0 : firstRequestMs + state.request.forceGraceMs - Date.now();
+  if (first === 'interrupted' && state.escalation && !state.cancelled && graceLeft > 0) {
+    // forceGrace: the graceful detach goes on until it passes; a cancel ends it at once.
+    const grace = new CancellationScope();
+    const over = grace
+      .run(() =>
+        condition(() => state.cancelled !== null, graceLeft, {
           summary: say.forceGrace(state.request.forceGraceMs, id),
-        });
-      }
-      return state.cancelled ? ('cancel' as const) : ('force' as const);
-    })
-    .catch(() => 'settled' as const);
-
-  const first = await Promise.race([detached, due]);
+        }),
+      )
+      .then(() => 'interrupted' as const);
+    first = await Promise.race([detached, over]);
+    if (first !== 'interrupted') grace.cancel();
+  }
   if (first === 'detached' || first === 'error') {
-    timer.cancel();
     settle(state, volume, first === 'detached' ? 'detached' : 'failed');
     return;
   }
   graceful.cancel();
   const escalation = state.escalation;
   state.cancelledWork.push(detached);
-  if (first === 'cancel' || !escalation || state.cancelled) {
+  if (!escalation || state.cancelled) {
     volume.lastError = `stop cancelled at ${state.cancelled?.at} before ${id} was detached`;
     settle(state, volume, 'failed');
     return;
   }
   await forceDetach(state, volume, target, escalation);
+}
+
+/** Resolves once the stop is escalated or cancelled: one promise for all its volumes. */
+function whenInterrupted(state: StopState): Promise<'interrupted'> {
+  state.interruption ??= condition(() => interrupted(state)).then(() => 'interrupted' as const);
+  return state.interruption;
 }
 
 /** Request, then wait; again whenever the wait finds the request lost (the volume `attached` again). */

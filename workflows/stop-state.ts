@@ -36,6 +36,8 @@ export interface StopState {
    * the stop ends, so its history closes every activity, but never on the way to force or stop.
    */
   cancelledWork: Promise<unknown>[];
+  /** Resolves when the stop is escalated or cancelled; made by the first volume that waits on it. */
+  interruption: Promise<'interrupted'> | null;
   /** Which later patches this run follows, decided once at its start (stop-instance.ts). */
   features: { volumeOwnership: boolean; completionEvents: boolean };
 }
