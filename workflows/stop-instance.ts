@@ -15,13 +15,14 @@
  * graceful work never delays a force or the stop; it is awaited, bounded, only
  * before the stop ends. Waiting on a stuck volume happens inside one activity on
  * its own task queue, so history does not grow while it waits.
+ *
+ * Beside it: one volume's path (volume-path.ts), the last step (stop-if-detached.ts), how a stop
+ * ends (stop-end.ts), its words and metrics (stop-report.ts), its state (stop-state.ts).
  */
 import {
-  ActivityFailure,
   ApplicationFailure,
   CancellationScope,
   condition,
-  isCancellation,
   patched,
   setHandler,
   upsertSearchAttributes,
@@ -30,27 +31,21 @@ import {
 import { DURATION_RULE, parseDuration } from '../common/duration';
 import { STOP_FAILED, StopCauseKey, StopForcedKey, StopPhaseKey, VOLUME_HELD } from '../common/names';
 import type { VolumeHolder } from '../common/ownership-events';
-import { MAX_VOLUMES, type StopRequest, type VolumeRef } from '../common/request';
-import type {
-  AbortPayload,
-  Escalation,
-  EscalationCause,
-  StopPhase,
-  StopStatus,
-  VolumeState,
-  VolumeStatus,
-} from '../common/status';
-import { type StopInstanceOutcome, type VolumeTarget, waitsTaskQueue } from '../common/stop-activities';
-import { activities, BOUNDED, force, stopping, UNLIMITED, urgent, wait } from './activity-options';
+import type { StopRequest, VolumeRef } from '../common/request';
+import type { AbortPayload, Escalation, EscalationCause, StopStatus } from '../common/status';
+import { activities, urgent } from './activity-options';
 import { announceEnd } from './completion-event';
 import { Deadline } from './deadline';
 import { abortSignal, setMaxStopDurationUpdate, statusQuery } from './definitions';
 import { legacyStopInstance } from './legacy/stop-instance-v2';
-import { failureMessage, INTERRUPTED, type Settled, settled, untilInterrupted } from './settled';
-import { countForce, describe, reportEnd, reportEscalation, say } from './stop-report';
-import { allVolumesSettled, canMove, interrupted, iso, type StopState, snapshot } from './stop-state';
+import { untilInterrupted } from './settled';
+import { end, fail } from './stop-end';
+import { stopIfNothingAttached } from './stop-if-detached';
+import { describe, reportEscalation, say } from './stop-report';
+import { allVolumesSettled, interrupted, iso, type StopState, snapshot } from './stop-state';
 import { invalidUpdate, validate } from './validate';
 import { heldMessage, otherHolders, publishVolumes, releaseVolumes, volumeHeld } from './volume-ownership';
+import { detachAll } from './volume-path';
 
 /**
  * Patches (test/replay.test.ts replays the histories of every version):
@@ -194,39 +189,6 @@ async function run(state: StopState): Promise<StopStatus> {
 }
 
 /**
- * The last step. Until an escalation or a cancel its retries are unlimited (an instance must not be
- * reported failed because its backend was briefly away); after one, five more tries. When those fail
- * too, the backend is asked whether the instance stopped anyway (a stop sent, its answer lost): if it
- * did, and still lists nothing attached, the stop ends `stopped`, never `StopFailed` with the instance down.
- */
-async function stopIfNothingAttached(state: StopState): Promise<Settled<StopInstanceOutcome>> {
-  const target = { provider: state.request.provider, instanceId: state.request.instanceId };
-  const stopOnce = (retry: typeof UNLIMITED) =>
-    activities(say.stop(target.instanceId), { ...stopping, retry }).stopInstanceIfDetached(target);
-  let outcome = interrupted(state)
-    ? await settled(stopOnce(BOUNDED))
-    : await untilInterrupted(
-        () => interrupted(state),
-        () => stopOnce(UNLIMITED),
-      );
-  if (!outcome.ok && outcome.why === INTERRUPTED) outcome = await settled(stopOnce(BOUNDED));
-  if (outcome.ok) return outcome;
-  const bounded = { ...urgent, retry: BOUNDED };
-  const read = await settled(activities(say.readStopped(target.instanceId), bounded).readInstanceStopped(target));
-  if (!read.ok || read.value === 'unknown') {
-    return { ok: false, why: `${outcome.why}; whether the instance stopped anyway is unknown` };
-  }
-  if (read.value === 'running') return outcome;
-  const listed = await settled(activities(say.list(target.instanceId), bounded).listAttachedVolumes(target));
-  if (listed.ok && listed.value.length === 0)
-    return { ok: true, value: { stopped: true, instanceId: target.instanceId } };
-  return {
-    ok: false,
-    why: `${outcome.why}; the instance reads stopped, but its volumes could not be confirmed detached`,
-  };
-}
-
-/**
  * Publishes the stop's volumes (StopVolumes), then asks once, before any detach, whether a running stop
  * of another instance holds one: if so the stop is refused with VolumeHeld, having detached nothing.
  */
@@ -243,146 +205,6 @@ function refuse(state: StopState, refs: VolumeRef[], holders: VolumeHolder[]): n
   releaseVolumes();
   end(state, 'failed');
   throw volumeHeld(state.error, snapshot(state), holders);
-}
-
-/** Adds the volumes (found attached again: back to `attached`) and detaches them all in parallel. */
-async function detachAll(state: StopState, refs: VolumeRef[]): Promise<void> {
-  // A cancel forces nothing more, and a volume found attached after it is not detached either.
-  if (state.cancelled)
-    fail(state, `cancelled at ${state.cancelled.at}: instance ${state.request.instanceId} was not stopped`);
-  const known = new Map((state.volumes ?? []).map((v) => [v.volumeId, v]));
-  const total = new Set([...known.keys(), ...refs.map((v) => v.volumeId)]).size;
-  if (total > MAX_VOLUMES) {
-    fail(
-      state,
-      `instance ${state.request.instanceId} has ${total} volumes to detach; one stop handles at most ${MAX_VOLUMES}`,
-    );
-  }
-  const work = refs.map((ref) => {
-    let volume = known.get(ref.volumeId);
-    if (!volume) {
-      volume = { volumeId: ref.volumeId, state: 'attached', attempts: 0 };
-      state.volumes = [...(state.volumes ?? []), volume];
-    } else {
-      move(state, volume, 'attached');
-      delete volume.detachedAt;
-    }
-    return detachOne(state, volume, {
-      provider: state.request.provider,
-      instanceId: state.request.instanceId,
-      volume: ref,
-    });
-  });
-  describe(state);
-  await Promise.all(work);
-}
-
-/** One volume: graceful until interrupted (and its forceGrace passed), then force; a cancel forces nothing. */
-async function detachOne(state: StopState, volume: VolumeStatus, target: VolumeTarget): Promise<void> {
-  const firstRequestMs = Date.now();
-  const id = volume.volumeId;
-  const graceful = new CancellationScope();
-  const detached =
-    interrupted(state) && state.request.forceGraceMs === null
-      ? Promise.resolve('cancelled' as const) // escalated before this volume's detach was sent: force at once
-      : graceful
-          .run(() => detachGracefully(state, volume, target))
-          .then(
-            () => 'detached' as const,
-            (err: unknown) => {
-              if (isCancellation(err) || graceful.consideredCancelled) return 'cancelled' as const;
-              if (!(err instanceof ActivityFailure)) throw err; // a bug, not a backend answer: fail the task
-              volume.lastError = failureMessage(err); // final (unknown instance, refused device): force would not help
-              return 'error' as const;
-            },
-          );
-  // Every volume of the stop waits on the one interruption promise: a promise per volume per wait would
-  // cost a 256-volume stop thousands of them on every replay (the SDK records a stack for each).
-  let first = await Promise.race([detached, whenInterrupted(state)]);
-  const graceLeft = state.request.forceGraceMs === null ? 0 : firstRequestMs + state.request.forceGraceMs - Date.now();
-  if (first === 'interrupted' && state.escalation && !state.cancelled && graceLeft > 0) {
-    // forceGrace: the graceful detach goes on until it passes; a cancel ends it at once.
-    const grace = new CancellationScope();
-    const over = grace
-      .run(() =>
-        condition(() => state.cancelled !== null, graceLeft, {
-          summary: say.forceGrace(state.request.forceGraceMs, id),
-        }),
-      )
-      .then(() => 'interrupted' as const);
-    first = await Promise.race([detached, over]);
-    if (first !== 'interrupted') grace.cancel();
-  }
-  if (first === 'detached' || first === 'error') {
-    settle(state, volume, first === 'detached' ? 'detached' : 'failed');
-    return;
-  }
-  graceful.cancel();
-  const escalation = state.escalation;
-  state.cancelledWork.push(detached);
-  if (!escalation || state.cancelled) {
-    volume.lastError = `stop cancelled at ${state.cancelled?.at} before ${id} was detached`;
-    settle(state, volume, 'failed');
-    return;
-  }
-  await forceDetach(state, volume, target, escalation);
-}
-
-/** Resolves once the stop is escalated or cancelled: one promise for all its volumes. */
-function whenInterrupted(state: StopState): Promise<'interrupted'> {
-  state.interruption ??= condition(() => interrupted(state)).then(() => 'interrupted' as const);
-  return state.interruption;
-}
-
-/** Request, then wait; again whenever the wait finds the request lost (the volume `attached` again). */
-async function detachGracefully(state: StopState, volume: VolumeStatus, target: VolumeTarget): Promise<void> {
-  const id = volume.volumeId;
-  for (let rerequests = 0; ; rerequests++) {
-    move(state, volume, 'detaching');
-    const requested = await activities(say.request(id), urgent).requestDetach(target);
-    volume.attempts += requested.requests;
-    if (requested.state === 'detached') return;
-    const waited = await activities(say.wait(id), {
-      ...wait,
-      taskQueue: waitsTaskQueue(workflowInfo().taskQueue),
-    }).awaitDetached({ ...target, rerequests });
-    if (waited.outcome === 'detached') return;
-    // Lost, but the race is decided already (escalation or cancel): the volume is no longer this path's.
-    if (CancellationScope.current().consideredCancelled) return;
-    move(state, volume, 'attached');
-  }
-}
-
-async function forceDetach(
-  state: StopState,
-  volume: VolumeStatus,
-  target: VolumeTarget,
-  escalation: Escalation,
-): Promise<void> {
-  countForce(escalation.cause);
-  if (!state.forced) {
-    state.forced = true;
-    upsertSearchAttributes([{ key: StopForcedKey, value: true }]);
-  }
-  move(state, volume, 'force_detaching');
-  const forced = await settled(
-    activities(say.force(state, escalation, volume.volumeId), force).forceDetachVolume(target),
-  );
-  if (forced.ok) {
-    volume.attempts += forced.value.attempts;
-    settle(state, volume, forced.value.forced ? 'force_detached' : 'detached');
-    return;
-  }
-  // A volume that detached is detached, whichever path got there (a graceful detach finishing as force is refused).
-  const confirmed = await settled(
-    activities(say.confirm(volume.volumeId), { ...urgent, retry: BOUNDED }).readAttachmentState(target),
-  );
-  if (confirmed.ok && confirmed.value === 'detached') {
-    settle(state, volume, 'detached');
-    return;
-  }
-  volume.lastError = forced.why;
-  settle(state, volume, 'failed');
 }
 
 function escalate(state: StopState, cause: EscalationCause, payload?: AbortPayload): void {
@@ -407,37 +229,4 @@ function refuseDeadlineChange(state: StopState, maxStopDuration: unknown): void 
   if (state.phase !== 'stopping' || allVolumesSettled(state)) {
     throw invalidUpdate('maxStopDuration: cannot be changed once every volume is detached');
   }
-}
-
-function move(state: StopState, volume: VolumeStatus, next: VolumeState): void {
-  if (!canMove(volume.state, next))
-    throw new Error(`bug: volume ${volume.volumeId} cannot go from ${volume.state} to ${next}`);
-  volume.state = next;
-  describe(state);
-}
-
-function settle(state: StopState, volume: VolumeStatus, next: 'detached' | 'force_detached' | 'failed'): void {
-  if (next !== 'failed') volume.detachedAt = new Date().toISOString();
-  move(state, volume, next);
-}
-
-function end(state: StopState, phase: StopPhase): void {
-  state.phase = phase;
-  // One upsert for the end: the phase, and the cause when no escalation has already set it.
-  const cause = state.cancelled ? 'cancel' : 'graceful';
-  upsertSearchAttributes(
-    state.escalation
-      ? [{ key: StopPhaseKey, value: phase }]
-      : [
-          { key: StopPhaseKey, value: phase },
-          { key: StopCauseKey, value: cause },
-        ],
-  );
-  reportEnd(state, phase);
-}
-
-function fail(state: StopState, message: string): never {
-  state.error = message;
-  end(state, 'failed');
-  throw ApplicationFailure.create({ message, type: STOP_FAILED, nonRetryable: true, details: [snapshot(state)] });
 }

@@ -1,0 +1,42 @@
+/**
+ * The stop's last step: stop the instance, through the activity that first asks the backend what is
+ * attached and finds nothing (stopInstanceIfDetached). The only place an instance is stopped.
+ */
+import type { StopInstanceOutcome } from '../common/stop-activities';
+import { activities, BOUNDED, stopping, UNLIMITED, urgent } from './activity-options';
+import { INTERRUPTED, type Settled, settled, untilInterrupted } from './settled';
+import { say } from './stop-report';
+import { interrupted, type StopState } from './stop-state';
+
+/**
+ * The last step. Until an escalation or a cancel its retries are unlimited (an instance must not be
+ * reported failed because its backend was briefly away); after one, five more tries. When those fail
+ * too, the backend is asked whether the instance stopped anyway (a stop sent, its answer lost): if it
+ * did, and still lists nothing attached, the stop ends `stopped`, never `StopFailed` with the instance down.
+ */
+export async function stopIfNothingAttached(state: StopState): Promise<Settled<StopInstanceOutcome>> {
+  const target = { provider: state.request.provider, instanceId: state.request.instanceId };
+  const stopOnce = (retry: typeof UNLIMITED) =>
+    activities(say.stop(target.instanceId), { ...stopping, retry }).stopInstanceIfDetached(target);
+  let outcome = interrupted(state)
+    ? await settled(stopOnce(BOUNDED))
+    : await untilInterrupted(
+        () => interrupted(state),
+        () => stopOnce(UNLIMITED),
+      );
+  if (!outcome.ok && outcome.why === INTERRUPTED) outcome = await settled(stopOnce(BOUNDED));
+  if (outcome.ok) return outcome;
+  const bounded = { ...urgent, retry: BOUNDED };
+  const read = await settled(activities(say.readStopped(target.instanceId), bounded).readInstanceStopped(target));
+  if (!read.ok || read.value === 'unknown') {
+    return { ok: false, why: `${outcome.why}; whether the instance stopped anyway is unknown` };
+  }
+  if (read.value === 'running') return outcome;
+  const listed = await settled(activities(say.list(target.instanceId), bounded).listAttachedVolumes(target));
+  if (listed.ok && listed.value.length === 0)
+    return { ok: true, value: { stopped: true, instanceId: target.instanceId } };
+  return {
+    ok: false,
+    why: `${outcome.why}; the instance reads stopped, but its volumes could not be confirmed detached`,
+  };
+}

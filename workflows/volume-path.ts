@@ -1,0 +1,177 @@
+/**
+ * One volume's path (docs/contract.md "States"): request the detach, wait for it on the waits' task
+ * queue, and once the stop is interrupted (after this volume's forceGrace) force it, or on a cancel
+ * give it up. Every volume of a stop runs this in parallel; the stop (stop-instance.ts) decides what
+ * happens once all of them have settled.
+ */
+import {
+  ActivityFailure,
+  CancellationScope,
+  condition,
+  isCancellation,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import { StopForcedKey } from '../common/names';
+import { MAX_VOLUMES, type VolumeRef } from '../common/request';
+import type { Escalation, VolumeState, VolumeStatus } from '../common/status';
+import { type VolumeTarget, waitsTaskQueue } from '../common/stop-activities';
+import { activities, BOUNDED, force, urgent, wait } from './activity-options';
+import { failureMessage, settled } from './settled';
+import { fail } from './stop-end';
+import { countForce, describe, say } from './stop-report';
+import { canMove, interrupted, type StopState } from './stop-state';
+
+/** Adds the volumes (found attached again: back to `attached`) and detaches them all in parallel. */
+export async function detachAll(state: StopState, refs: VolumeRef[]): Promise<void> {
+  // A cancel forces nothing more, and a volume found attached after it is not detached either.
+  if (state.cancelled)
+    fail(state, `cancelled at ${state.cancelled.at}: instance ${state.request.instanceId} was not stopped`);
+  const known = new Map((state.volumes ?? []).map((v) => [v.volumeId, v]));
+  const total = new Set([...known.keys(), ...refs.map((v) => v.volumeId)]).size;
+  if (total > MAX_VOLUMES) {
+    fail(
+      state,
+      `instance ${state.request.instanceId} has ${total} volumes to detach; one stop handles at most ${MAX_VOLUMES}`,
+    );
+  }
+  const work = refs.map((ref) => {
+    let volume = known.get(ref.volumeId);
+    if (!volume) {
+      volume = { volumeId: ref.volumeId, state: 'attached', attempts: 0 };
+      state.volumes = [...(state.volumes ?? []), volume];
+    } else {
+      move(state, volume, 'attached');
+      delete volume.detachedAt;
+    }
+    return detachOne(state, volume, {
+      provider: state.request.provider,
+      instanceId: state.request.instanceId,
+      volume: ref,
+    });
+  });
+  describe(state);
+  await Promise.all(work);
+}
+
+/** One volume: graceful until interrupted (and its forceGrace passed), then force; a cancel forces nothing. */
+async function detachOne(state: StopState, volume: VolumeStatus, target: VolumeTarget): Promise<void> {
+  const firstRequestMs = Date.now();
+  const id = volume.volumeId;
+  const graceful = new CancellationScope();
+  const detached =
+    interrupted(state) && state.request.forceGraceMs === null
+      ? Promise.resolve('cancelled' as const) // escalated before this volume's detach was sent: force at once
+      : graceful
+          .run(() => detachGracefully(state, volume, target))
+          .then(
+            () => 'detached' as const,
+            (err: unknown) => {
+              if (isCancellation(err) || graceful.consideredCancelled) return 'cancelled' as const;
+              if (!(err instanceof ActivityFailure)) throw err; // a bug, not a backend answer: fail the task
+              volume.lastError = failureMessage(err); // final (unknown instance, refused device): force would not help
+              return 'error' as const;
+            },
+          );
+  // Every volume of the stop waits on the one interruption promise: a promise per volume per wait would
+  // cost a 256-volume stop thousands of them on every replay (the SDK records a stack for each).
+  let first = await Promise.race([detached, whenInterrupted(state)]);
+  const graceLeft = state.request.forceGraceMs === null ? 0 : firstRequestMs + state.request.forceGraceMs - Date.now();
+  if (first === 'interrupted' && state.escalation && !state.cancelled && graceLeft > 0) {
+    // forceGrace: the graceful detach goes on until it passes; a cancel ends it at once.
+    const grace = new CancellationScope();
+    const over = grace
+      .run(() =>
+        condition(() => state.cancelled !== null, graceLeft, {
+          summary: say.forceGrace(state.request.forceGraceMs, id),
+        }),
+      )
+      .then(() => 'interrupted' as const);
+    first = await Promise.race([detached, over]);
+    if (first !== 'interrupted') grace.cancel();
+  }
+  if (first === 'detached' || first === 'error') {
+    settle(state, volume, first === 'detached' ? 'detached' : 'failed');
+    return;
+  }
+  graceful.cancel();
+  const escalation = state.escalation;
+  state.cancelledWork.push(detached);
+  if (!escalation || state.cancelled) {
+    volume.lastError = `stop cancelled at ${state.cancelled?.at} before ${id} was detached`;
+    settle(state, volume, 'failed');
+    return;
+  }
+  await forceDetach(state, volume, target, escalation);
+}
+
+/** Resolves once the stop is escalated or cancelled: one promise for all its volumes. */
+function whenInterrupted(state: StopState): Promise<'interrupted'> {
+  state.interruption ??= condition(() => interrupted(state)).then(() => 'interrupted' as const);
+  return state.interruption;
+}
+
+/** Request, then wait; again whenever the wait finds the request lost (the volume `attached` again). */
+async function detachGracefully(state: StopState, volume: VolumeStatus, target: VolumeTarget): Promise<void> {
+  const id = volume.volumeId;
+  for (let rerequests = 0; ; rerequests++) {
+    move(state, volume, 'detaching');
+    const requested = await activities(say.request(id), urgent).requestDetach(target);
+    volume.attempts += requested.requests;
+    if (requested.state === 'detached') return;
+    const waited = await activities(say.wait(id), {
+      ...wait,
+      taskQueue: waitsTaskQueue(workflowInfo().taskQueue),
+    }).awaitDetached({ ...target, rerequests });
+    if (waited.outcome === 'detached') return;
+    // Lost, but the race is decided already (escalation or cancel): the volume is no longer this path's.
+    if (CancellationScope.current().consideredCancelled) return;
+    move(state, volume, 'attached');
+  }
+}
+
+async function forceDetach(
+  state: StopState,
+  volume: VolumeStatus,
+  target: VolumeTarget,
+  escalation: Escalation,
+): Promise<void> {
+  countForce(escalation.cause);
+  if (!state.forced) {
+    state.forced = true;
+    upsertSearchAttributes([{ key: StopForcedKey, value: true }]);
+  }
+  move(state, volume, 'force_detaching');
+  const forced = await settled(
+    activities(say.force(state, escalation, volume.volumeId), force).forceDetachVolume(target),
+  );
+  if (forced.ok) {
+    volume.attempts += forced.value.attempts;
+    settle(state, volume, forced.value.forced ? 'force_detached' : 'detached');
+    return;
+  }
+  // A volume that detached is detached, whichever path got there (a graceful detach finishing as force is refused).
+  const confirmed = await settled(
+    activities(say.confirm(volume.volumeId), { ...urgent, retry: BOUNDED }).readAttachmentState(target),
+  );
+  if (confirmed.ok && confirmed.value === 'detached') {
+    settle(state, volume, 'detached');
+    return;
+  }
+  volume.lastError = forced.why;
+  settle(state, volume, 'failed');
+}
+
+/** A volume's next state, checked against the contract's table (stop-state.ts); a bad move is a bug. */
+export function move(state: StopState, volume: VolumeStatus, next: VolumeState): void {
+  if (!canMove(volume.state, next))
+    throw new Error(`bug: volume ${volume.volumeId} cannot go from ${volume.state} to ${next}`);
+  volume.state = next;
+  describe(state);
+}
+
+/** A volume's last state on this path; a detach records when. */
+export function settle(state: StopState, volume: VolumeStatus, next: 'detached' | 'force_detached' | 'failed'): void {
+  if (next !== 'failed') volume.detachedAt = new Date().toISOString();
+  move(state, volume, next);
+}
