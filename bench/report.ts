@@ -7,7 +7,7 @@
 
 import { DEFAULT_MAX_CACHED_WORKFLOWS } from '../worker/defaults';
 import { renderIncident, renderIncidentBounds, renderIncidentSummary } from './report-incident';
-import type { BenchResults, RunInfo, ScenarioName } from './run';
+import type { BenchResults, RunInfo, ScenarioName } from './run-results';
 import type { HistoryResult } from './scenarios/history';
 import type { MemoryFigures, MemoryResult, MemoryRow } from './scenarios/memory';
 import type { LatencyFigure, ReactionResult } from './scenarios/reaction';
