@@ -6,7 +6,12 @@ import { getHeapStatistics } from 'node:v8';
 import { Worker as Thread } from 'node:worker_threads';
 import { describe, expect, it } from 'vitest';
 import { DEFAULT_MAX_CACHED_WORKFLOWS } from '../worker/defaults';
-import { heapSizeChosenByOperator, limitNextWorkflowThreadHeap, workflowHeapLimitMb } from '../worker/workflow-heap';
+import {
+  heapGrowthChosenByOperator,
+  heapSizeChosenByOperator,
+  limitNextWorkflowThreadHeap,
+  workflowHeapLimitMb,
+} from '../worker/workflow-heap';
 
 const MB = 2 ** 20;
 
@@ -35,6 +40,12 @@ describe('the workflow thread heap limit', () => {
     expect(heapSizeChosenByOperator([], '--enable-source-maps --max_old_space_size=1024')).toBe(true);
     expect(heapSizeChosenByOperator(['--import', 'tsx'], '--enable-source-maps')).toBe(false);
     expect(heapSizeChosenByOperator([], '')).toBe(false);
+  });
+
+  it("an operator's --heap-growing-percent is theirs too", () => {
+    expect(heapGrowthChosenByOperator(['--heap-growing-percent=50'], '')).toBe(true);
+    expect(heapGrowthChosenByOperator([], '--heap_growing_percent=10')).toBe(true);
+    expect(heapGrowthChosenByOperator(['--max-old-space-size=512'], '--enable-source-maps')).toBe(false);
   });
 
   it('limits threads started after it, and leaves the running main thread as it was', async () => {
