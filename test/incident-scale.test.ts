@@ -9,40 +9,12 @@ import { randomUUID } from 'node:crypto';
 import { NativeConnection } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
 import { Backend } from '../activities/backend';
-import { type BudgetClock, CallBudgetLimiter } from '../activities/call-budget';
+import { CallBudgetLimiter } from '../activities/call-budget';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import { StopflowClient } from '../client/stopflow-client';
 import { createStopflowWorker, type StopflowWorker } from '../worker/worker';
 import { connectClient, eventually, installQuietRuntime } from './helpers';
-
-/** Lets every pending promise chain run (the budget's queue is a chain of them). */
-const settle = () => new Promise((resolve) => setImmediate(resolve));
-
-/** A clock the test moves by hand: sleeps resolve when the test advances past them. */
-class ManualClock implements BudgetClock {
-  private t = 0;
-  private sleepers: { until: number; resolve: () => void }[] = [];
-  now(): number {
-    return this.t;
-  }
-  sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => this.sleepers.push({ until: this.t + ms, resolve }));
-  }
-  async advance(ms: number): Promise<void> {
-    const end = this.t + ms;
-    await settle();
-    for (;;) {
-      const next = this.sleepers.filter((s) => s.until <= end).sort((a, b) => a.until - b.until)[0];
-      if (!next) break;
-      this.t = Math.max(this.t, next.until);
-      this.sleepers = this.sleepers.filter((s) => s !== next);
-      next.resolve();
-      // Let the woken caller run (and maybe sleep again) before the clock moves on.
-      await settle();
-    }
-    this.t = end;
-  }
-}
+import { ManualClock } from './support/manual-clock';
 
 describe('call budget', () => {
   test('calls per second keep to the budget however many callers wait', async () => {

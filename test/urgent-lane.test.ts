@@ -6,37 +6,10 @@
  */
 import { describe, expect, test, vi } from 'vitest';
 import { Backend } from '../activities/backend';
-import { type BudgetClock, CallBudgetLimiter, urgentReserve } from '../activities/call-budget';
+import { CallBudgetLimiter, urgentReserve } from '../activities/call-budget';
 import type { AttachmentState, CallOptions, Provider, VolumeOfInstance } from '../activities/provider';
 import { type BudgetedCall, StateChecks } from '../activities/state-checks';
-
-/** Lets every pending promise chain run (the budget's queue is a chain of them). */
-const settle = () => new Promise((resolve) => setImmediate(resolve));
-
-/** A clock the test moves by hand: sleeps resolve when the test advances past them. */
-class ManualClock implements BudgetClock {
-  private t = 0;
-  private sleepers: { until: number; resolve: () => void }[] = [];
-  now(): number {
-    return this.t;
-  }
-  sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => this.sleepers.push({ until: this.t + ms, resolve }));
-  }
-  async advance(ms: number): Promise<void> {
-    const end = this.t + ms;
-    await settle();
-    for (;;) {
-      const next = this.sleepers.filter((s) => s.until <= end).sort((a, b) => a.until - b.until)[0];
-      if (!next) break;
-      this.t = Math.max(this.t, next.until);
-      this.sleepers = this.sleepers.filter((s) => s !== next);
-      next.resolve();
-      await settle();
-    }
-    this.t = end;
-  }
-}
+import { ManualClock } from './support/manual-clock';
 
 /** A batching provider whose batch calls the test answers by hand (or at once with `autoAnswer`). */
 class FakeBatchProvider implements Provider {
