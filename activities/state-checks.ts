@@ -108,7 +108,7 @@ export class StateChecks {
     try {
       await new Promise<void>((resolve) => setTimeout(resolve, GATHER_MS));
       while (this.pending.length > 0) {
-        await this.runBatch(this.pending.splice(0, this.maxBatch), 'routine');
+        await this.runBatch(this.takeBatch(this.pending), 'routine');
       }
     } finally {
       this.flushing = false;
@@ -123,7 +123,7 @@ export class StateChecks {
     this.urgentFlushing = true;
     try {
       while (this.urgentPending.length > 0) {
-        const batch = this.urgentPending.splice(0, this.maxBatch);
+        const batch = this.takeBatch(this.urgentPending);
         const room = this.maxBatch - batch.length;
         if (room > 0 && this.pending.length > 0) {
           const riders = this.pending.slice(0, room);
@@ -139,15 +139,33 @@ export class StateChecks {
     }
   }
 
+  /**
+   * The next batch from the front of `from`: at most maxBatch checks, and no more than one full bucket of
+   * the budget costs (a provider that needs a request per instance would otherwise pay 200 requests for
+   * the burst's tokens). The checks left over stay at the front, in order.
+   */
+  private takeBatch(from: PendingCheck[]): PendingCheck[] {
+    const batch = from.splice(0, this.maxBatch);
+    const burst = this.provider.budget?.burst;
+    if (burst === undefined) return batch;
+    while (batch.length > 1 && this.cost(batch) > burst) from.unshift(...batch.splice(Math.ceil(batch.length / 2)));
+    return batch;
+  }
+
+  /** Backend requests a batch costs, as the provider counts them; one per check if it cannot say. */
   private cost(batch: readonly PendingCheck[]): number {
-    return this.provider.batchRequests?.(batch.map((p) => p.target)) ?? 1;
+    try {
+      return this.provider.batchRequests?.(batch.map((p) => p.target)) ?? 1;
+    } catch {
+      return batch.length;
+    }
   }
 
   /** One batch call, its answers handed out; never throws (every check of the batch is settled). */
   private async runBatch(batch: PendingCheck[], lane: 'urgent' | 'routine'): Promise<void> {
-    const getStates = this.provider.getAttachmentStates?.bind(this.provider);
-    if (!getStates) throw new Error('unreachable: batching without getAttachmentStates');
     try {
+      const getStates = this.provider.getAttachmentStates?.bind(this.provider);
+      if (!getStates) throw new Error('unreachable: batching without getAttachmentStates');
       const states = await this.call(
         'getAttachmentStates',
         (options) =>

@@ -150,6 +150,41 @@ describe('coalesced state checks: the urgent batch', () => {
   });
 });
 
+describe('coalesced state checks: a batch costs at most a full bucket', () => {
+  test('a provider that pays per instance gets batches of at most the burst; every check is answered once', async () => {
+    const budget = { callsPerSecond: 1_000, burst: 10 };
+    const provider = Object.assign(new FakeBatchProvider(true), {
+      budget,
+      // One request per instance in the batch (as gcp and azure count them).
+      batchRequests: (targets: readonly VolumeOfInstance[]) => new Set(targets.map((t) => t.instanceId)).size,
+    });
+    const checks = new StateChecks(provider, budgetedCall(new CallBudgetLimiter(budget)));
+    const states = await Promise.all(Array.from({ length: 35 }, (_, i) => checks.check(target(`i-${i}`))));
+    expect(states).toHaveLength(35);
+    expect(provider.batches.every((b) => b.targets.length <= budget.burst)).toBe(true);
+    expect(provider.batches.flatMap((b) => b.targets).sort()).toEqual(
+      Array.from({ length: 35 }, (_, i) => `i-${i}`).sort(),
+    );
+  });
+
+  test('a provider whose request count throws is charged one request per check, and its checks still settle', async () => {
+    const budget = { callsPerSecond: 1_000, burst: 10 };
+    const provider = Object.assign(new FakeBatchProvider(true), {
+      budget,
+      batchRequests: (): number => {
+        throw new Error('cannot count');
+      },
+    });
+    const checks = new StateChecks(provider, budgetedCall(new CallBudgetLimiter(budget)));
+    const states = await Promise.all([
+      checks.check(target('i-u'), undefined, 'urgent'),
+      ...Array.from({ length: 12 }, (_, i) => checks.check(target(`i-${i}`))),
+    ]);
+    expect(states).toHaveLength(13);
+    expect(provider.batches.every((b) => b.targets.length <= budget.burst)).toBe(true);
+  });
+});
+
 describe('Backend: the state checks reach the budget with their lane and cost', () => {
   test('an urgent check takes its token in the urgent lane; a routine batch pays what its requests cost', async () => {
     const provider = new FakeBatchProvider(true);
