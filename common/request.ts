@@ -1,4 +1,5 @@
 import * as z from 'zod/mini';
+import { en } from 'zod/v4/locales';
 import { type DurationSchema, durationSchema, parseDuration } from './duration';
 
 /**
@@ -11,6 +12,11 @@ import { type DurationSchema, durationSchema, parseDuration } from './duration';
  * tree-shaken (worker/worker.ts), so every stop the worker creates or replays
  * evaluates only the parts of zod these rules use, not all of it.
  */
+
+// zod/mini loads no locale: without this, every rule that names no message of its own (a field of the
+// wrong type, a request that is not an object) would read "Invalid input" instead of saying what was
+// expected, and differently in the worker (whose config also loads classic zod) and elsewhere.
+z.config(en());
 export const INSTANCE_ID_RULE = 'must be 1-255 characters of [A-Za-z0-9._:-], starting with a letter or digit';
 /** Starts with a letter or digit: an id must never read as an option (`-rf`) where it reaches a command line. */
 export const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$/;

@@ -2,6 +2,7 @@
 import { describe, expect, test } from 'vitest';
 import { formatDuration, parseDuration } from '../common/duration';
 import { MAX_VOLUMES, parseStopRequest, parseStopRequestTolerant, StopRequestError } from '../common/request';
+import { parseSweepInput, SweepInputError } from '../workflows/sweep';
 
 describe('Duration', () => {
   test.each([
@@ -125,5 +126,31 @@ describe('StopRequest', () => {
   test('the workflow tolerates unknown fields so older workers survive newer clients', () => {
     expect(parseStopRequestTolerant({ instanceId: 'i-1', priority: 'high' }).instanceId).toBe('i-1');
     expect(() => parseStopRequest({ instanceId: 'i-1', priority: 'high' })).toThrow(/priority: unknown field/);
+  });
+});
+
+describe('messages zod writes itself (zod/mini, with its English locale loaded)', () => {
+  const issuesOf = (fn: () => unknown): string[] => {
+    try {
+      fn();
+    } catch (err) {
+      if (err instanceof StopRequestError || err instanceof SweepInputError) return err.issues;
+      throw err;
+    }
+    return [];
+  };
+
+  test('a device that is not a string names the field and the rule', () => {
+    expect(issuesOf(() => parseStopRequest({ instanceId: 'i-1', volumes: [{ volumeId: 'v', device: 7 }] }))).toEqual([
+      'volumes[0].device: must be a string',
+    ]);
+  });
+
+  test('a sweep input that is not an object says what was expected, not "Invalid input"', () => {
+    const issues = issuesOf(() => parseSweepInput('every hour', true));
+    expect(issues).toEqual(['input: Invalid input: expected object, received string']);
+    expect(issuesOf(() => parseSweepInput({ startStopsForLeftovers: 'yes' }))).toEqual([
+      'startStopsForLeftovers: must be true or false',
+    ]);
   });
 });
