@@ -88,6 +88,21 @@ const scenarios: Scenario[] = [
     request: { forceGrace: '2s', maxStopDuration: '1s' },
   },
   {
+    // An abort while the deadline's timer is armed: the deadline timer is cancelled and each stuck volume
+    // starts its forceGrace timer in the same workflow task (the order of those commands is the workflow's).
+    name: 'abort-in-force-grace',
+    volumes: [
+      { volumeId: 'vol-ok' },
+      { volumeId: 'vol-stuck-1', behavior: stuck },
+      { volumeId: 'vol-stuck-2', behavior: stuck },
+    ],
+    request: { forceGrace: '1s', maxStopDuration: '1h' },
+    drive: async (stopflow, id) => {
+      await waitForDetaching(stopflow, id);
+      await stopflow.abort(id, { reason: 'fixture', requestedBy: 'record-fixtures' });
+    },
+  },
+  {
     name: 'cancel',
     volumes: [{ volumeId: 'vol-ok' }, { volumeId: 'vol-stuck', behavior: stuck }],
     request: { volumes: [{ volumeId: 'vol-ok' }, { volumeId: 'vol-stuck' }] },

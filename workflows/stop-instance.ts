@@ -55,7 +55,8 @@ const RECONCILER = 'reconciler';
 /**
  * OWNERSHIP_EVENTS — StopVolumes kept current, a volume another instance's running stop holds refused
  * (VolumeHeld), and a completion event handed to a deliverStopEvent child when the stop ends (if the worker
- * has an endpoint). One patch for both: every patch costs a marker and a search-attribute upsert in history.
+ * has an endpoint), and every volume waiting on one interruption promise (volume-path.ts). One patch for
+ * all three: every patch costs a marker and a search-attribute upsert in history.
  */
 const OWNERSHIP_EVENTS = 'ownership-events';
 
@@ -115,7 +116,7 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
 }
 
 function ownershipEvents(on: boolean): StopState['features'] {
-  return { volumeOwnership: on, completionEvents: on };
+  return { volumeOwnership: on, completionEvents: on, sharedInterruption: on };
 }
 
 async function runToEnd(state: StopState): Promise<StopStatus> {

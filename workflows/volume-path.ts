@@ -44,7 +44,8 @@ export async function detachAll(state: StopState, refs: VolumeRef[]): Promise<vo
       move(state, volume, 'attached');
       delete volume.detachedAt;
     }
-    return detachOne(state, volume, {
+    const path = state.features.sharedInterruption ? detachOne : detachOneOwnWaits;
+    return path(state, volume, {
       provider: state.request.provider,
       instanceId: state.request.instanceId,
       volume: ref,
@@ -105,9 +106,68 @@ async function detachOne(state: StopState, volume: VolumeStatus, target: VolumeT
   await forceDetach(state, volume, target, escalation);
 }
 
+/**
+ * detachOne as stops started before `ownership-events` run it, kept as it was: a scope and a condition of
+ * its own per volume. Its commands come in another order than detachOne's when an abort finds a deadline
+ * timer armed and forceGrace left (the deadline's timer was cancelled after the volumes' grace timers
+ * started), so a stop in flight must finish on the code that started it.
+ */
+async function detachOneOwnWaits(state: StopState, volume: VolumeStatus, target: VolumeTarget): Promise<void> {
+  const firstRequestMs = Date.now();
+  const id = volume.volumeId;
+  const graceful = new CancellationScope();
+  const detached =
+    interrupted(state) && state.request.forceGraceMs === null
+      ? Promise.resolve('cancelled' as const) // escalated before this volume's detach was sent: force at once
+      : graceful
+          .run(() => detachGracefully(state, volume, target))
+          .then(
+            () => 'detached' as const,
+            (err: unknown) => {
+              if (isCancellation(err) || graceful.consideredCancelled) return 'cancelled' as const;
+              if (!(err instanceof ActivityFailure)) throw err; // a bug, not a backend answer: fail the task
+              volume.lastError = failureMessage(err); // final (unknown instance, refused device): force would not help
+              return 'error' as const;
+            },
+          );
+  const timer = new CancellationScope();
+  const due = timer
+    .run(async () => {
+      await condition(() => interrupted(state));
+      const graceLeft =
+        state.request.forceGraceMs === null ? 0 : firstRequestMs + state.request.forceGraceMs - Date.now();
+      if (state.escalation && graceLeft > 0) {
+        await condition(() => state.cancelled !== null, graceLeft, {
+          summary: say.forceGrace(state.request.forceGraceMs, id),
+        });
+      }
+      return state.cancelled ? ('cancel' as const) : ('force' as const);
+    })
+    .catch(() => 'settled' as const);
+
+  const first = await Promise.race([detached, due]);
+  if (first === 'detached' || first === 'error') {
+    timer.cancel();
+    settle(state, volume, first === 'detached' ? 'detached' : 'failed');
+    return;
+  }
+  graceful.cancel();
+  const escalation = state.escalation;
+  state.cancelledWork.push(detached);
+  if (first === 'cancel' || !escalation || state.cancelled) {
+    volume.lastError = `stop cancelled at ${state.cancelled?.at} before ${id} was detached`;
+    settle(state, volume, 'failed');
+    return;
+  }
+  await forceDetach(state, volume, target, escalation);
+}
+
 /** Resolves once the stop is escalated or cancelled: one promise for all its volumes. */
 function whenInterrupted(state: StopState): Promise<'interrupted'> {
-  state.interruption ??= condition(() => interrupted(state)).then(() => 'interrupted' as const);
+  // Outside any cancellable scope: it is shared, and a scope's cancel must not reach the other volumes.
+  state.interruption ??= CancellationScope.nonCancellable(() => condition(() => interrupted(state))).then(
+    () => 'interrupted' as const,
+  );
   return state.interruption;
 }
 
