@@ -42,10 +42,10 @@ describe('the workflow thread heap limit', () => {
     expect(heapSizeChosenByOperator([], '')).toBe(false);
   });
 
-  it("an operator's --heap-growing-percent is theirs too", () => {
-    expect(heapGrowthChosenByOperator(['--heap-growing-percent=50'], '')).toBe(true);
-    expect(heapGrowthChosenByOperator([], '--heap_growing_percent=10')).toBe(true);
-    expect(heapGrowthChosenByOperator(['--max-old-space-size=512'], '--enable-source-maps')).toBe(false);
+  it("an operator's --heap-growing-percent (command line only: Node refuses it in NODE_OPTIONS) is theirs too", () => {
+    expect(heapGrowthChosenByOperator(['--heap-growing-percent=50'])).toBe(true);
+    expect(heapGrowthChosenByOperator(['--heap_growing_percent=10', '--import', 'tsx'])).toBe(true);
+    expect(heapGrowthChosenByOperator(['--max-old-space-size=512'])).toBe(false);
   });
 
   it('limits threads started after it, and leaves the running main thread as it was', async () => {

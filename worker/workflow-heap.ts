@@ -54,12 +54,9 @@ export function heapSizeChosenByOperator(
   return chosenByOperator(/^--max[-_]old[-_]space[-_]size(=|$)/, execArgv, nodeOptions);
 }
 
-/** Whether the process was told how its heaps grow. */
-export function heapGrowthChosenByOperator(
-  execArgv: readonly string[] = process.execArgv,
-  nodeOptions = process.env.NODE_OPTIONS ?? '',
-): boolean {
-  return chosenByOperator(/^--heap[-_]growing[-_]percent(=|$)/, execArgv, nodeOptions);
+/** Whether the process was told how its heaps grow (on the command line: Node refuses it in NODE_OPTIONS). */
+export function heapGrowthChosenByOperator(execArgv: readonly string[] = process.execArgv): boolean {
+  return chosenByOperator(/^--heap[-_]growing[-_]percent(=|$)/, execArgv, '');
 }
 
 function chosenByOperator(flag: RegExp, execArgv: readonly string[], nodeOptions: string): boolean {
