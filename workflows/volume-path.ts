@@ -60,20 +60,7 @@ async function detachOne(state: StopState, volume: VolumeStatus, target: VolumeT
   const firstRequestMs = Date.now();
   const id = volume.volumeId;
   const graceful = new CancellationScope();
-  const detached =
-    interrupted(state) && state.request.forceGraceMs === null
-      ? Promise.resolve('cancelled' as const) // escalated before this volume's detach was sent: force at once
-      : graceful
-          .run(() => detachGracefully(state, volume, target))
-          .then(
-            () => 'detached' as const,
-            (err: unknown) => {
-              if (isCancellation(err) || graceful.consideredCancelled) return 'cancelled' as const;
-              if (!(err instanceof ActivityFailure)) throw err; // a bug, not a backend answer: fail the task
-              volume.lastError = failureMessage(err); // final (unknown instance, refused device): force would not help
-              return 'error' as const;
-            },
-          );
+  const detached = startGraceful(state, volume, target, graceful);
   // Every volume of the stop waits on the one interruption promise: a promise per volume per wait would
   // cost a 256-volume stop thousands of them on every replay (the SDK records a stack for each).
   let first = await Promise.race([detached, whenInterrupted(state)]);
@@ -116,20 +103,7 @@ async function detachOneOwnWaits(state: StopState, volume: VolumeStatus, target:
   const firstRequestMs = Date.now();
   const id = volume.volumeId;
   const graceful = new CancellationScope();
-  const detached =
-    interrupted(state) && state.request.forceGraceMs === null
-      ? Promise.resolve('cancelled' as const) // escalated before this volume's detach was sent: force at once
-      : graceful
-          .run(() => detachGracefully(state, volume, target))
-          .then(
-            () => 'detached' as const,
-            (err: unknown) => {
-              if (isCancellation(err) || graceful.consideredCancelled) return 'cancelled' as const;
-              if (!(err instanceof ActivityFailure)) throw err; // a bug, not a backend answer: fail the task
-              volume.lastError = failureMessage(err); // final (unknown instance, refused device): force would not help
-              return 'error' as const;
-            },
-          );
+  const detached = startGraceful(state, volume, target, graceful);
   const timer = new CancellationScope();
   const due = timer
     .run(async () => {
@@ -160,6 +134,32 @@ async function detachOneOwnWaits(state: StopState, volume: VolumeStatus, target:
     return;
   }
   await forceDetach(state, volume, target, escalation);
+}
+
+/**
+ * The graceful path of one volume inside `graceful`, as an outcome: detached, cancelled (by the stop's
+ * interruption), or error (a final backend answer). Both versions of detachOne start it the same way.
+ */
+function startGraceful(
+  state: StopState,
+  volume: VolumeStatus,
+  target: VolumeTarget,
+  graceful: CancellationScope,
+): Promise<'detached' | 'cancelled' | 'error'> {
+  if (interrupted(state) && state.request.forceGraceMs === null) {
+    return Promise.resolve('cancelled' as const); // escalated before this volume's detach was sent: force at once
+  }
+  return graceful
+    .run(() => detachGracefully(state, volume, target))
+    .then(
+      () => 'detached' as const,
+      (err: unknown) => {
+        if (isCancellation(err) || graceful.consideredCancelled) return 'cancelled' as const;
+        if (!(err instanceof ActivityFailure)) throw err; // a bug, not a backend answer: fail the task
+        volume.lastError = failureMessage(err); // final (unknown instance, refused device): force would not help
+        return 'error' as const;
+      },
+    );
 }
 
 /** Resolves once the stop is escalated or cancelled: one promise for all its volumes. */
