@@ -7,31 +7,22 @@
  * start-up checks on the run's dev server, and the `stopflow` bin (which falls
  * back to the compiled CLI without tsx) runs a worker and a stop to its end.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { type BuiltApp, buildApp } from '../scripts/build';
 import { loadWorkerConfig } from '../worker/config';
 import { endOfLifeWarning } from '../worker/node-support';
 import { eventually } from './helpers';
+import { WorkerProcess } from './support/worker-process';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'stopflow-production-'));
 const app = join(dir, 'dist', 'app');
-
-type LogLine = Record<string, unknown> & { msg?: string };
-
-interface Ran {
-  code: number | string | null;
-  lines: LogLine[];
-  stdout: string;
-  stderr: string;
-}
 
 /** Only what production has: no STOPFLOW_/TEMPORAL_ settings of the caller, no loader in NODE_OPTIONS. */
 function productionEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
@@ -57,42 +48,9 @@ function productionEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   };
 }
 
-class NodeProcess {
-  readonly child: ChildProcess;
-  readonly lines: LogLine[] = [];
-  stdout = '';
-  stderr = '';
-  readonly exited: Promise<number | string | null>;
-
-  constructor(args: string[], env: NodeJS.ProcessEnv) {
-    this.child = spawn(process.execPath, args, { cwd: dir, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    createInterface({ input: this.child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
-      this.stdout += `${line}\n`;
-      try {
-        this.lines.push(JSON.parse(line) as LogLine);
-      } catch {
-        this.lines.push({ raw: line });
-      }
-    });
-    this.child.stderr?.on('data', (chunk: Buffer) => {
-      this.stderr += chunk.toString();
-    });
-    this.exited = new Promise((resolve) => this.child.on('close', (code, signal) => resolve(code ?? signal)));
-  }
-
-  async result(): Promise<Ran> {
-    const code = await this.exited;
-    return { code, lines: this.lines, stdout: this.stdout, stderr: this.stderr };
-  }
-
-  kill(): void {
-    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
-  }
-}
-
-const started: NodeProcess[] = [];
-function node(args: string[], env: NodeJS.ProcessEnv = productionEnv()): NodeProcess {
-  const proc = new NodeProcess(args, env);
+const started: WorkerProcess[] = [];
+function node(args: string[], env: NodeJS.ProcessEnv = productionEnv()): WorkerProcess {
+  const proc = new WorkerProcess(env, args, { cwd: dir });
   started.push(proc);
   return proc;
 }

@@ -49,18 +49,32 @@ export function workerEnv(env: Record<string, string>, exclude?: RegExp): NodeJS
   };
 }
 
-/** One worker process; its stdout is parsed as JSON log lines. */
+/** How a process ended and everything it printed. */
+export interface Ran {
+  code: number | string | null;
+  lines: LogLine[];
+  stdout: string;
+  stderr: string;
+}
+
+/** One worker (or other node) process; its stdout is parsed as JSON log lines. */
 export class WorkerProcess {
   readonly child: ChildProcess;
   readonly lines: LogLine[] = [];
+  stdout = '';
   stderr = '';
-  /** How it ended (exit code or signal), once it has. */
+  /** How it ended (exit code or signal), once it has and its output is drained. */
   exitCode: number | string | null | undefined;
   readonly exited: Promise<number | string | null>;
 
-  constructor(env: NodeJS.ProcessEnv, args: readonly string[] = WORKER_MAIN) {
-    this.child = spawn(process.execPath, [...args], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  constructor(env: NodeJS.ProcessEnv, args: readonly string[] = WORKER_MAIN, options: { cwd?: string } = {}) {
+    this.child = spawn(process.execPath, [...args], {
+      cwd: options.cwd ?? ROOT,
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     createInterface({ input: this.child.stdout as NodeJS.ReadableStream }).on('line', (line) => {
+      this.stdout += `${line}\n`;
       try {
         this.lines.push(JSON.parse(line) as LogLine);
       } catch {
@@ -70,12 +84,19 @@ export class WorkerProcess {
     this.child.stderr?.on('data', (chunk: Buffer) => {
       this.stderr += chunk.toString();
     });
+    // `close`, not `exit`: by then stdout and stderr are read to their end.
     this.exited = new Promise((resolve) =>
-      this.child.on('exit', (code, signal) => {
+      this.child.on('close', (code, signal) => {
         this.exitCode = code ?? signal;
         resolve(this.exitCode);
       }),
     );
+  }
+
+  /** Waits for the end: its code and everything it printed. */
+  async result(): Promise<Ran> {
+    const code = await this.exited;
+    return { code, lines: this.lines, stdout: this.stdout, stderr: this.stderr };
   }
 
   /** Everything it printed: its log lines, then its stderr. */
