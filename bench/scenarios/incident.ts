@@ -15,7 +15,7 @@
  *    stops wait and nothing else runs;
  * 4. healthy: stops with 2 volumes that detach at once, started one per
  *    second; start → result latency of each (ratio to the N = 0 row);
- * 5. abort: probe stops with one stuck volume, one after another: `abort`
+ * 5. abort: probe stops with one stuck volume, at most one a second: `abort`
  *    sent → force-detach reaching the backend, interleaved with Temporal's
  *    own signal → activity floor (`signalFloor`, as in `reaction`) on a
  *    baseline worker in this process, so both see the same server load.
@@ -75,6 +75,13 @@ const DEFAULTS = {
   maxCachedWorkflows: DEFAULT_MAX_CACHED_WORKFLOWS,
 };
 const HEALTHY_SPACING_MS = 1_000;
+/**
+ * Probes start at most one a second. Each costs six budgeted calls (the detach request, its check, the
+ * read before the force, the force, the final listing, the stop); sent back to back, about two a second,
+ * they asked the aws rows' budget of 10 calls/s for 12 and emptied its burst, so from the 17th probe on
+ * the force waited for tokens the probes themselves had spent: a measure of the budget, not of isolation.
+ */
+const PROBE_SPACING_MS = 1_000;
 /** Rows with more stuck stops measure memory and calls only. */
 const HEALTHY_MAX_STOPS = 5_000;
 const START_CONCURRENCY = 50;
@@ -113,8 +120,15 @@ export interface IncidentRow {
   rss: { idleMb: number; loadedMb: number | null; endMb: number | null; perWaitingStopBytes: number | null };
   calls: CallsFigure | null;
   healthy: HealthyFigure | null;
-  abort: { stopflow: LatencySummary; floor: LatencySummary } | null;
+  abort: AbortFigure | null;
   errors: string[];
+}
+
+export interface AbortFigure {
+  stopflow: LatencySummary;
+  floor: LatencySummary;
+  /** Backend calls per second over the abort phase: the waits' checks and the probes' own calls (absent before it was measured). */
+  callsPerSecond?: number;
 }
 
 export interface IncidentResult {
@@ -125,6 +139,8 @@ export interface IncidentResult {
   defaults: typeof DEFAULTS;
   healthyStops: number;
   healthySpacingMs: number;
+  /** Least time from one probe's start to the next (absent from runs before probes were spaced: back to back). */
+  probeSpacingMs?: number;
   healthyMaxStops: number;
   probes: number;
   windowMs: number;
@@ -255,6 +271,7 @@ export async function incident(ctx: BenchContext): Promise<IncidentResult> {
       defaults: DEFAULTS,
       healthyStops,
       healthySpacingMs: HEALTHY_SPACING_MS,
+      probeSpacingMs: PROBE_SPACING_MS,
       healthyMaxStops: HEALTHY_MAX_STOPS,
       probes,
       windowMs,
@@ -289,7 +306,7 @@ function describeRow(row: IncidentRow): string {
   }
   if (row.abort) {
     parts.push(
-      `abort->force p50 ${row.abort.stopflow.p50} / p99 ${row.abort.stopflow.p99} ms (floor ${row.abort.floor.p50} / ${row.abort.floor.p99})`,
+      `abort->force p50 ${row.abort.stopflow.p50} / p99 ${row.abort.stopflow.p99} ms (floor ${row.abort.floor.p50} / ${row.abort.floor.p99}), ${row.abort.callsPerSecond} calls/s`,
     );
   }
   if (row.errors.length > 0) parts.push(`ERRORS: ${row.errors.join('; ')}`);
@@ -464,7 +481,7 @@ async function measureRow(ctx: BenchContext, spec: RowSpec, options: RowOptions)
     }
     if (options.probes > 0) {
       try {
-        row.abort = await abortPhase(ctx, taskQueue, prefix, options, child, started);
+        row.abort = await abortPhase(ctx, taskQueue, prefix, options, child, started, callsOf);
       } catch (err) {
         fail('abort', err);
       }
@@ -540,11 +557,16 @@ async function abortPhase(
   options: RowOptions,
   child: IncidentProcess,
   started: string[],
-): Promise<{ stopflow: LatencySummary; floor: LatencySummary }> {
+  callsOf: (s: IncidentSample) => Record<string, number>,
+): Promise<AbortFigure> {
   const stopflow: number[] = [];
   const floor: number[] = [];
+  // Taken at once: the aws rows' counts are the EC2 server's, live, not the sample's.
+  const before = await child.sample();
+  const callsBefore = callsOf(before);
   for (let i = 0; i < options.probes; i++) {
     const instanceId = probeId(prefix, i);
+    const startedAt = Date.now();
     started.push(`stop-${instanceId}`);
     const handle = await startStop(ctx.client, taskQueue, {
       instanceId,
@@ -555,6 +577,14 @@ async function abortPhase(
     await handle.signal(ABORT_SIGNAL, { reason: 'bench', requestedBy: 'bench' });
     stopflow.push((await child.when('force', instanceId)) - sentAt);
     floor.push(await options.floor());
+    await sleep(Math.max(0, startedAt + PROBE_SPACING_MS - Date.now()));
   }
-  return { stopflow: summarize(stopflow), floor: summarize(floor) };
+  const after = await child.sample();
+  const callsAfter = callsOf(after);
+  const calls = Object.entries(callsAfter).reduce((sum, [op, n]) => sum + n - (callsBefore[op] ?? 0), 0);
+  return {
+    stopflow: summarize(stopflow),
+    floor: summarize(floor),
+    callsPerSecond: round(calls / ((after.at - before.at) / 1000), 2),
+  };
 }
