@@ -82,6 +82,8 @@ export interface WorkerConfig {
   workflowBundlePath?: string;
   /** Refuse a volume another instance's running stop on this task queue holds (STOPFLOW_REFUSE_HELD_VOLUMES). */
   refuseHeldVolumes: boolean;
+  /** Workflow stack traces in the bundle this worker builds (STOPFLOW_WORKFLOW_STACK_TRACES; worker/workflow-stack-traces.ts). */
+  workflowStackTraces: boolean;
   /** Completion events (STOPFLOW_EVENTS_URL and its secret); absent when off. The secret is never printed. */
   events?: { url: string; secret: string; secretFrom: string };
 }
@@ -366,6 +368,7 @@ const envSchema = z
       existingFile(`${FILE_RULE} (a bundle written by \`stopflow worker --write-bundle <path>\`)`).optional(),
     ),
     STOPFLOW_REFUSE_HELD_VOLUMES: z.preprocess(blankToUndefined, boolText.optional()),
+    STOPFLOW_WORKFLOW_STACK_TRACES: z.preprocess(blankToUndefined, boolText.optional()),
     STOPFLOW_EVENTS_URL: z.preprocess(blankToUndefined, eventsUrl.optional()),
     STOPFLOW_EVENTS_SECRET: z.preprocess(blankToUndefined, eventsSecret.optional()),
     STOPFLOW_EVENTS_SECRET_FILE: z.preprocess(blankToUndefined, existingFile(FILE_RULE).optional()),
@@ -443,6 +446,19 @@ const envSchema = z
 
 type Env = Record<string, string | undefined>;
 
+const isTrue = (text: string | undefined) => text !== undefined && ['true', '1'].includes(text.trim().toLowerCase());
+
+/**
+ * STOPFLOW_WORKFLOW_STACK_TRACES alone, for `--write-bundle` (which reads no other variable of the worker's):
+ * whether the bundle it writes keeps workflow stack traces.
+ */
+export function workflowStackTracesRequested(env: Env = process.env): boolean {
+  const value = blankToUndefined(env.STOPFLOW_WORKFLOW_STACK_TRACES);
+  if (value === undefined) return false;
+  if (!boolText.safeParse(value).success) throw new ConfigError([`STOPFLOW_WORKFLOW_STACK_TRACES: ${BOOL_RULE}`]);
+  return isTrue(String(value));
+}
+
 /** Reads and checks the configuration. Throws ConfigError naming every bad variable and its rule. */
 export function loadWorkerConfig(env: Env = process.env): WorkerConfig {
   const parsed = envSchema.safeParse(env);
@@ -491,7 +507,8 @@ export function loadWorkerConfig(env: Env = process.env): WorkerConfig {
     refuseHeldVolumes:
       e.STOPFLOW_REFUSE_HELD_VOLUMES === undefined
         ? e.STOPFLOW_PROVIDERS.every((p) => GLOBAL_VOLUME_IDS.has(p))
-        : ['true', '1'].includes(e.STOPFLOW_REFUSE_HELD_VOLUMES.trim().toLowerCase()),
+        : isTrue(e.STOPFLOW_REFUSE_HELD_VOLUMES),
+    workflowStackTraces: isTrue(e.STOPFLOW_WORKFLOW_STACK_TRACES),
   };
   if (e.STOPFLOW_LINUX_STOP_COMMAND !== undefined) config.linuxStopCommand = e.STOPFLOW_LINUX_STOP_COMMAND;
   if (e.STOPFLOW_LINUX_VOLUME_DIR !== undefined) config.linuxVolumeDir = e.STOPFLOW_LINUX_VOLUME_DIR;
@@ -654,6 +671,7 @@ export function describeWorkerConfig(config: WorkerConfig, env: Env = process.en
     identity: config.identity ?? 'SDK default (pid@hostname)',
     workflowBundle: config.workflowBundlePath ?? 'bundled at start',
     refuseHeldVolumes: config.refuseHeldVolumes,
+    workflowStackTraces: config.workflowStackTraces,
     // The endpoint's origin only (a path or query may carry a token), and where the secret comes from.
     completionEvents: config.events
       ? { endpoint: new URL(config.events.url).origin, secret: `${config.events.secretFrom} (hidden)` }

@@ -25,6 +25,7 @@ import {
   linuxProviderSettings,
   loadWorkerConfig,
   type WorkerConfig,
+  workflowStackTracesRequested,
 } from './config';
 import {
   type AppLogger,
@@ -38,6 +39,7 @@ import { prometheusExporter, providerMetrics, watchStops } from './metrics';
 import { warnIfEndOfLife } from './node-support';
 import { startWorkerTracing, type WorkerTracing } from './tracing';
 import { bundleStopflowWorkflows, createStopflowWorker, type StopflowWorker } from './worker';
+import { fileHasStackTraces } from './workflow-stack-traces';
 
 export const WORKER_EXIT = { stopped: 0, failed: 1, badConfig: 2, checkFailed: 3 } as const;
 
@@ -69,6 +71,17 @@ export async function runWorker(env: NodeJS.ProcessEnv = process.env, options: R
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     process.stderr.write(`stopflow worker: ${err.message}\n(docs/worker.md lists every variable)\n`);
+    return WORKER_EXIT.badConfig;
+  }
+  // A bundle file decides for itself whether its workflows keep stack traces: asking for them from one built
+  // without is refused, not silently ignored (checked before anything starts).
+  const bundleFile =
+    config.workflowBundlePath ??
+    [tracingRequested(env) ? PREBUILT_TRACED_WORKFLOW_BUNDLE : PREBUILT_WORKFLOW_BUNDLE].find((p) => existsSync(p));
+  if (config.workflowStackTraces && bundleFile && !fileHasStackTraces(bundleFile)) {
+    process.stderr.write(
+      `stopflow worker: invalid configuration:\n  STOPFLOW_WORKFLOW_STACK_TRACES: the workflow bundle ${bundleFile} was built without stack traces; write one with them (STOPFLOW_WORKFLOW_STACK_TRACES=true stopflow worker --write-bundle <path>, from a source checkout) and set STOPFLOW_WORKFLOW_BUNDLE to it\n`,
+    );
     return WORKER_EXIT.badConfig;
   }
   // Read once: the events secret must not reach a child process (a linux stop command) through the environment.
@@ -198,6 +211,7 @@ async function serve(
         taskQueue: config.taskQueue,
       }),
       ...(config.workflowBundlePath ? { workflowBundle: { codePath: config.workflowBundlePath } } : {}),
+      workflowStackTraces: config.workflowStackTraces,
       tuning: {
         maxConcurrentActivityTaskExecutions: config.maxConcurrentActivities,
         maxConcurrentWorkflowTaskExecutions: config.maxConcurrentWorkflowTasks,
@@ -263,10 +277,25 @@ async function serve(
 async function writeBundle(path: string, env: NodeJS.ProcessEnv): Promise<number> {
   // The bundle for this environment: with the tracing interceptors when OTEL_* turn traces on.
   const traced = tracingRequested(env);
+  let stackTraces: boolean;
+  try {
+    stackTraces = workflowStackTracesRequested(env);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`stopflow worker: ${err.message}\n`);
+    return WORKER_EXIT.badConfig;
+  }
   const prebuilt = traced ? PREBUILT_TRACED_WORKFLOW_BUNDLE : PREBUILT_WORKFLOW_BUNDLE;
   // Compiled (dist/app/) there are no workflow sources to bundle: the bundle built with the code is the one.
-  if (existsSync(prebuilt)) copyFileSync(prebuilt, path);
-  else writeFileSync(path, (await bundleStopflowWorkflows({ traced })).code);
+  if (existsSync(prebuilt)) {
+    if (stackTraces && !fileHasStackTraces(prebuilt)) {
+      process.stderr.write(
+        'stopflow worker: invalid configuration:\n  STOPFLOW_WORKFLOW_STACK_TRACES: this compiled worker carries only a bundle without stack traces; write one from a source checkout\n',
+      );
+      return WORKER_EXIT.badConfig;
+    }
+    copyFileSync(prebuilt, path);
+  } else writeFileSync(path, (await bundleStopflowWorkflows({ traced, stackTraces })).code);
   process.stdout.write(`stopflow worker: workflow bundle written to ${path} (set STOPFLOW_WORKFLOW_BUNDLE=${path})\n`);
   return WORKER_EXIT.stopped;
 }

@@ -22,6 +22,7 @@ import { DEFAULT_DETACH_HOLD_MS, DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCU
 import { stopflowNexusHandler } from './nexus-handlers';
 import { NO_TRACING_SINKS, TRACING_WORKFLOW_MODULES, type WorkerTracing } from './tracing';
 import { limitNextWorkflowThreadHeap } from './workflow-heap';
+import { withoutStackTraces } from './workflow-stack-traces';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 
@@ -46,8 +47,13 @@ export interface StopflowWorkerOptions {
   extraActivities?: Record<string, (...args: never[]) => Promise<unknown>>;
   /** Serve the `stopflow` Nexus service on the task queue (worker/nexus-handlers.ts). Default true. */
   nexus?: boolean;
-  /** A pre-built bundle (tests build one per run); otherwise the workflows are bundled at start. */
+  /**
+   * A pre-built bundle (tests build one per run; bundleStopflowWorkflows): it decides tracing and stack
+   * traces. Otherwise the workflows are bundled at start, with the tracing interceptors when `tracing` is set.
+   */
   workflowBundle?: WorkerOptions['workflowBundle'];
+  /** Workflow stack traces for a worker that bundles at start (worker/workflow-stack-traces.ts). Default false. */
+  workflowStackTraces?: boolean;
   /** Traces (worker/tracing.ts startWorkerTracing); none when absent. */
   tracing?: WorkerTracing;
   /** Passed through to the main worker: concurrency, cache size, shutdown grace, interceptors. */
@@ -150,6 +156,19 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     interceptors: { activity: activityInterceptors },
     ...(tuning.identity !== undefined ? { identity: tuning.identity } : {}),
   } satisfies Partial<WorkerOptions>;
+  if (options.workflowBundle && (tuning.interceptors?.workflowModules?.length ?? 0) > 0) {
+    throw new Error(
+      'tuning.interceptors.workflowModules: a prebuilt workflowBundle already holds its workflow interceptors; pass the modules to bundleStopflowWorkflows({ interceptorModules }) instead',
+    );
+  }
+  // Bundled here rather than by the SDK (workflowsPath): only bundleStopflowWorkflows can turn stack traces off.
+  const workflowBundle =
+    options.workflowBundle ??
+    (await bundleStopflowWorkflows({
+      traced: options.tracing !== undefined,
+      stackTraces: options.workflowStackTraces ?? false,
+      interceptorModules: tuning.interceptors?.workflowModules ?? [],
+    }));
   // Set just before the SDK starts the workflow thread: its heap follows the cache (worker/workflow-heap.ts).
   const workflowHeapLimitMb = limitNextWorkflowThreadHeap(tuning.maxCachedWorkflows ?? DEFAULT_MAX_CACHED_WORKFLOWS);
   const main = await Worker.create({
@@ -166,18 +185,11 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     },
     // The `stopflow` Nexus service (docs/contract.md): idle unless a Nexus endpoint targets this task queue.
     ...(options.nexus === false ? {} : { nexusServices: [stopflowNexusHandler()] }),
-    ...(options.workflowBundle
-      ? { workflowBundle: options.workflowBundle }
-      : { workflowsPath: WORKFLOWS_PATH, bundlerOptions: { webpackConfigHook: treeShaken } }),
+    workflowBundle,
     maxCachedWorkflows: DEFAULT_MAX_CACHED_WORKFLOWS,
     ...tuning,
-    interceptors: {
-      ...tuning.interceptors,
-      activity: activityInterceptors,
-      // Only a traced worker's bundle has them: they cost every workflow their modules and every activity a
-      // header. A prebuilt bundle has them when it was built traced (bundleStopflowWorkflows).
-      ...(options.workflowBundle || !options.tracing ? {} : { workflowModules: TRACING_WORKFLOW_MODULES }),
-    },
+    // Workflow interceptor modules are in the bundle (built above, or by whoever built the one passed in).
+    interceptors: { ...tuning.interceptors, activity: activityInterceptors, workflowModules: [] },
     sinks: options.tracing?.sinks ?? NO_TRACING_SINKS,
   });
   const waits = await Worker.create({
@@ -199,13 +211,23 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
  * memory and CPU whether or not anyone traces (BENCHMARKS.md, "Incident scale"). The two bundles replay
  * each other's histories: the interceptors add a header to scheduled activities and no command.
  */
-export async function bundleStopflowWorkflows(options: { traced?: boolean } = {}): Promise<{ code: string }> {
-  return bundleWorkflowCode({
+export async function bundleStopflowWorkflows(
+  options: {
+    traced?: boolean;
+    /** Workflow stack traces (worker/workflow-stack-traces.ts). Default false. */
+    stackTraces?: boolean;
+    /** More workflow interceptor modules, after tracing's. */
+    interceptorModules?: readonly string[];
+  } = {},
+): Promise<{ code: string }> {
+  const modules = [...(options.traced ? TRACING_WORKFLOW_MODULES : []), ...(options.interceptorModules ?? [])];
+  const { code } = await bundleWorkflowCode({
     workflowsPath: WORKFLOWS_PATH,
-    ...(options.traced ? { workflowInterceptorModules: TRACING_WORKFLOW_MODULES } : {}),
+    ...(modules.length > 0 ? { workflowInterceptorModules: modules } : {}),
     webpackConfigHook: treeShaken,
     logger: quietLogger,
   });
+  return { code: options.stackTraces ? code : withoutStackTraces(code) };
 }
 
 /**
