@@ -122,10 +122,21 @@ export class Backends {
   }
 }
 
-/** Runs `fn` with a heartbeat about every second; `details` is what the UI and `stopflow status` show. */
-async function heartbeating<T>(details: () => unknown, fn: () => Promise<T>, everyMs = HEARTBEAT_EVERY_MS): Promise<T> {
+/**
+ * Runs `fn` with a heartbeat about every `everyMs`; `details` is what the UI and `stopflow status` show.
+ * The first beat comes after one interval, not at once: nearly every urgent attempt ends within it, and each
+ * heartbeat is a write on the Temporal server (about a tenth of its work per stop, BENCHMARKS.md
+ * "Throughput"). The heartbeat timeout runs from the attempt's start either way, and a cancel waits at most
+ * one interval longer. A wait beats at once (`beatNow`): its details are what the UI shows while it polls.
+ */
+async function heartbeating<T>(
+  details: () => unknown,
+  fn: () => Promise<T>,
+  everyMs = HEARTBEAT_EVERY_MS,
+  beatNow = false,
+): Promise<T> {
   const ctx = Context.current();
-  ctx.heartbeat(details());
+  if (beatNow) ctx.heartbeat(details());
   const timer = setInterval(() => ctx.heartbeat(details()), everyMs);
   try {
     return await fn();
@@ -171,6 +182,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
     target: VolumeTarget,
     lostAfterMs: number | undefined,
     heartbeatEveryMs = HEARTBEAT_EVERY_MS,
+    beatNow = false,
   ): Promise<{ outcome: 'detached' | 'lost'; checks: number }> => {
     const ctx = Context.current();
     const releaseAt = Date.now() + holdMs;
@@ -225,6 +237,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         }
       },
       heartbeatEveryMs,
+      beatNow,
     );
   };
 
@@ -271,7 +284,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         LOST_AFTER_MAX_MS,
         LOST_AFTER_POLLS * deps.pollIntervalMs * 2 ** Math.min(20, target.rerequests ?? 0),
       );
-      return pollUntilDetached(backends.resolve(target.provider), target, lostAfterMs, WAIT_HEARTBEAT_EVERY_MS);
+      return pollUntilDetached(backends.resolve(target.provider), target, lostAfterMs, WAIT_HEARTBEAT_EVERY_MS, true);
     },
 
     async forceDetachVolume(target: VolumeTarget): Promise<ForceResult> {
@@ -346,7 +359,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         () => undefined,
         () => backend.call('detachVolume', (o) => backend.provider.detachVolume(target.instanceId, target.volume, o)),
       );
-      const { checks } = await pollUntilDetached(backend, target, undefined);
+      const { checks } = await pollUntilDetached(backend, target, undefined, HEARTBEAT_EVERY_MS, true);
       return { attempts: Context.current().info.attempt, checks, rerequests: 0 };
     },
     async stopInstance(input: InstanceTarget): Promise<{ instanceId: string; state: 'stopped' }> {

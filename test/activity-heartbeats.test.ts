@@ -1,0 +1,59 @@
+/**
+ * When activities heartbeat (activities/index.ts `heartbeating`): every heartbeat is a write on the
+ * Temporal server, so an urgent attempt that ends within its first interval sends none; one that
+ * takes longer beats every second, so a cancel still reaches it; a wait beats at once, because its
+ * details are what the Temporal UI and `stopflow status` show while it polls. Run in the SDK's own
+ * activity test environment, which records each heartbeat the activity sends.
+ */
+import { MockActivityEnvironment } from '@temporalio/testing';
+import { describe, expect, test } from 'vitest';
+import { createActivities } from '../activities';
+import { MemorySimStore, type SimFaults, SimulatedProvider } from '../activities/providers/simulated';
+
+async function setUp(faults: SimFaults = {}) {
+  const sim = new SimulatedProvider(new MemorySimStore(), faults);
+  await sim.addInstance('i-1', [{ volumeId: 'vol-fast' }, { volumeId: 'vol-stuck', behavior: { hang: true } }]);
+  const activities = createActivities({
+    providers: new Map([[sim.name, sim]]),
+    defaultProvider: sim.name,
+    pollIntervalMs: 100,
+    holdMs: 400,
+  });
+  const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000 });
+  const beats: unknown[] = [];
+  // A copy: a wait heartbeats the same details object, updated as it polls.
+  env.on('heartbeat', (details: unknown) => beats.push(structuredClone(details)));
+  return { sim, activities, env, beats };
+}
+
+describe('activity heartbeats', () => {
+  test('an urgent attempt that ends at once sends none', async () => {
+    const { activities, env, beats } = await setUp();
+    const target = { instanceId: 'i-1', volume: { volumeId: 'vol-fast' } };
+    const requested = await env.run(activities.requestDetach, target);
+    expect(requested.state).toBe('detached');
+    await env.run(activities.readAttachmentState, target);
+    await env.run(activities.listAttachedVolumes, { instanceId: 'i-1' });
+    expect(beats).toHaveLength(0);
+  });
+
+  test('an urgent attempt on a slow backend beats while it waits, so a cancel can reach it', async () => {
+    const { activities, env, beats } = await setUp({ latencyMs: [2_500, 2_500] });
+    await env.run(activities.listAttachedVolumes, { instanceId: 'i-1' });
+    expect(beats.length).toBeGreaterThanOrEqual(1);
+  });
+
+  test('a wait beats at once, with the details the UI shows, and again when it gives its slot back', async () => {
+    const { activities, env, beats } = await setUp();
+    const target = { instanceId: 'i-1', volume: { volumeId: 'vol-stuck' } };
+    await env.run(activities.requestDetach, target);
+    beats.length = 0;
+    await expect(env.run(activities.awaitDetached, { ...target, rerequests: 0 })).rejects.toMatchObject({
+      type: 'StillDetaching',
+    });
+    expect(beats[0]).toMatchObject({ checks: 0, state: 'detaching' });
+    // The attempt's last word, so the next attempt counts on.
+    expect(beats.at(-1)).toMatchObject({ state: 'detaching' });
+    expect((beats.at(-1) as { checks: number }).checks).toBeGreaterThan(0);
+  });
+});
