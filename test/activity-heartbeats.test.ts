@@ -30,7 +30,9 @@ describe('activity heartbeats', () => {
   test('an urgent attempt that ends at once sends none', async () => {
     const { activities, env, beats } = await setUp();
     const target = { instanceId: 'i-1', volume: { volumeId: 'vol-fast' } };
-    const requested = await env.run(activities.requestDetach, target);
+    const requested = (await env.run(activities.requestDetach, target)) as Awaited<
+      ReturnType<typeof activities.requestDetach>
+    >;
     expect(requested.state).toBe('detached');
     await env.run(activities.readAttachmentState, target);
     await env.run(activities.listAttachedVolumes, { instanceId: 'i-1' });
