@@ -1,11 +1,18 @@
 /**
- * findVolumeHolders, the local activity behind volume ownership (workflows/volume-ownership.ts): which
- * running stops of other instances hold these volumes, as visibility sees their StopVolumes.
+ * askWorker (and findVolumeHolders, for stops started before it), the local activity behind volume ownership
+ * (workflows/volume-ownership.ts): which running stops of other instances hold these volumes, as visibility
+ * sees their StopVolumes, and whether this worker delivers completion events.
  */
 import { Context } from '@temporalio/activity';
 import type { Client } from '@temporalio/client';
 import { StopVolumesKey, WORKFLOW_TYPE } from '../common/names';
-import { type FindVolumeHoldersInput, type VolumeHolder, volumeHoldersQuery } from '../common/ownership-events';
+import {
+  type FindVolumeHoldersInput,
+  type OwnershipEventActivities,
+  type VolumeHolder,
+  volumeHoldersQuery,
+  type WorkerAnswers,
+} from '../common/ownership-events';
 
 const STOP_ID_PREFIX = 'stop-';
 
@@ -44,6 +51,26 @@ export function createVolumeHolderActivities(client: Client, options: VolumeHold
         }
       }
       return holders;
+    },
+  };
+}
+
+/**
+ * askWorker from the worker's own two answers, as registered (an embedded worker may register its own
+ * completionEventsConfigured): both in one marker, since each local activity costs a stop a round trip,
+ * an activation and an event.
+ */
+export function askWorkerActivity(answers: {
+  findVolumeHolders(input: FindVolumeHoldersInput): Promise<VolumeHolder[]>;
+  completionEventsConfigured(): Promise<boolean>;
+}): Pick<OwnershipEventActivities, 'askWorker'> {
+  return {
+    async askWorker(input: FindVolumeHoldersInput): Promise<WorkerAnswers> {
+      const [holders, completionEvents] = await Promise.all([
+        answers.findVolumeHolders(input),
+        answers.completionEventsConfigured(),
+      ]);
+      return { holders, completionEvents };
     },
   };
 }

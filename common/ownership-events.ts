@@ -45,8 +45,18 @@ export interface DeliveryResult {
   attempt: number;
 }
 
+/** The worker's answers a stop needs before its first detach, from one local activity (patch `ask-worker-once`). */
+export interface WorkerAnswers {
+  /** Running stops of other instances that hold any of the stop's volumes (none when the worker does not refuse). */
+  holders: VolumeHolder[];
+  /** Whether this worker delivers completion events: decides the stop's end, asked here instead of there. */
+  completionEvents: boolean;
+}
+
 export interface OwnershipEventActivities {
-  /** Local activity: running stops of other instances whose StopVolumes hold any of these volumes. */
+  /** Local activity: who else holds these volumes, and whether completion events are configured, in one marker. */
+  askWorker(input: FindVolumeHoldersInput): Promise<WorkerAnswers>;
+  /** Local activity (stops started before `ask-worker-once`): running stops of other instances that hold any of these volumes. */
   findVolumeHolders(input: FindVolumeHoldersInput): Promise<VolumeHolder[]>;
   /** Local activity: does this worker deliver completion events? Recorded as a marker, so replay agrees. */
   completionEventsConfigured(): Promise<boolean>;

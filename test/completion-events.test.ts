@@ -168,6 +168,19 @@ describe('with an events endpoint on the worker', () => {
     expect(initiated?.startChildWorkflowExecutionInitiatedEventAttributes?.workflowType?.name).toBe(
       DELIVER_STOP_EVENT_WORKFLOW_TYPE,
     );
+    // One question to the worker for the whole stop (askWorker, before the first detach), not one more at the end.
+    expect(localActivityMarkers(history.events ?? [])).toBe(1);
+  });
+
+  test('a stop that fails before it asked the worker anything (its listing failed) asks at its end, and its event goes out', async () => {
+    receiver.answer = 200;
+    const instanceId = h.instanceId('ev-unknown'); // never seeded: the backend does not know it
+    const started = await h.stopflow.stop({ instanceId });
+    await expect(h.stopflow.result(instanceId)).rejects.toThrow(/could not list the volumes/);
+    const delivered = await eventually(async () => eventsFor(started.workflowId)[0], 'the failed event');
+    expect(JSON.parse(delivered.body)).toMatchObject({ data: { outcome: 'failed', failureType: 'StopFailed' } });
+    const history = await h.client.workflow.getHandle(started.workflowId).fetchHistory();
+    expect(localActivityMarkers(history.events ?? [])).toBe(1);
   });
 
   test('a failed stop produces a failed event', async () => {
@@ -213,7 +226,7 @@ describe('without an events endpoint', () => {
       const events = history.events ?? [];
       expect(events.some((e) => e.startChildWorkflowExecutionInitiatedEventAttributes)).toBe(false);
       // The answer was asked and recorded (a local activity's marker), so a replay on any replica agrees.
-      expect(events.some((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity')).toBe(true);
+      expect(localActivityMarkers(events)).toBe(1);
       await expect(
         plain.client.workflow.getHandle(stopEventWorkflowId(started.workflowId, started.runId)).describe(),
       ).rejects.toThrow();
@@ -337,3 +350,10 @@ describe('worker configuration', () => {
     ]);
   });
 });
+
+/** Local activities a stop ran: each leaves one marker in its history. */
+function localActivityMarkers(
+  events: { markerRecordedEventAttributes?: { markerName?: string | null } | null }[],
+): number {
+  return events.filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity').length;
+}

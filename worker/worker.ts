@@ -15,7 +15,7 @@ import { bundleWorkflowCode, type NativeConnection, Worker, type WorkerOptions }
 import { type ActivityDeps, Backends, createActivities } from '../activities';
 import { type CompletionEventsOptions, createCompletionEventActivities } from '../activities/completion-event';
 import type { Provider } from '../activities/provider';
-import { createVolumeHolderActivities } from '../activities/volume-holders';
+import { askWorkerActivity, createVolumeHolderActivities } from '../activities/volume-holders';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
 import { waitsTaskQueue } from '../common/stop-activities';
 import { DEFAULT_DETACH_HOLD_MS, DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
@@ -161,6 +161,15 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
       'tuning.interceptors.workflowModules: a prebuilt workflowBundle already holds its workflow interceptors; pass the modules to bundleStopflowWorkflows({ interceptorModules }) instead',
     );
   }
+  const mainActivities = {
+    ...urgent,
+    // Volume ownership asks visibility; completion events need the worker's endpoint (docs/contract.md).
+    ...createVolumeHolderActivities(new Client({ connection: options.connection, namespace }), {
+      refuse: options.refuseHeldVolumes ?? false,
+    }),
+    ...createCompletionEventActivities(options.completionEvents),
+    ...options.extraActivities,
+  };
   // Bundled here rather than by the SDK (workflowsPath): only bundleStopflowWorkflows can turn stack traces off.
   const workflowBundle =
     options.workflowBundle ??
@@ -174,15 +183,7 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
   const main = await Worker.create({
     ...shared,
     taskQueue,
-    activities: {
-      ...urgent,
-      // Volume ownership asks visibility; completion events need the worker's endpoint (docs/contract.md).
-      ...createVolumeHolderActivities(new Client({ connection: options.connection, namespace }), {
-        refuse: options.refuseHeldVolumes ?? false,
-      }),
-      ...createCompletionEventActivities(options.completionEvents),
-      ...options.extraActivities,
-    },
+    activities: { ...mainActivities, ...askWorkerActivity(mainActivities) },
     // The `stopflow` Nexus service (docs/contract.md): idle unless a Nexus endpoint targets this task queue.
     ...(options.nexus === false ? {} : { nexusServices: [stopflowNexusHandler()] }),
     workflowBundle,

@@ -3,7 +3,8 @@
  * endpoint, one `deliverStopEvent` child workflow takes the event and delivers it, retried for days.
  * The stop waits only for the child to start (ParentClosePolicy ABANDON: it outlives the stop), so a
  * receiver that is down never delays the stop's result. Whether the worker is configured is asked
- * through a local activity, so the answer is recorded in history and every replica replays the same.
+ * through a local activity, so the answer is recorded in history and every replica replays the same:
+ * since `ask-worker-once` at the start, beside the volume holders; before it (or when that failed) here.
  * The event carries the final status only: the endpoint and the secret stay on the worker.
  */
 
@@ -25,15 +26,12 @@ const local = proxyLocalActivities<OwnershipEventActivities>({
   retry: { initialInterval: '1s', maximumAttempts: 3 },
 });
 
-export async function announceEnd(status: StopStatus, failureType?: string): Promise<void> {
-  let configured = false;
-  try {
-    configured = await local.completionEventsConfigured();
-  } catch (err) {
-    if (!(err instanceof ActivityFailure)) throw err;
-    log.warn('could not tell whether completion events are configured; none is sent', { error: err.message });
-  }
-  if (!configured) return;
+/**
+ * Hands the stop's end to a deliverStopEvent child when the worker delivers events. `configured` is the
+ * worker's answer when the stop already has it (askWorker, patch `ask-worker-once`); otherwise it is asked here.
+ */
+export async function announceEnd(status: StopStatus, failureType?: string, configured?: boolean): Promise<void> {
+  if (!(configured ?? (await askConfigured()))) return;
   const { workflowId, runId, taskQueue } = workflowInfo();
   const event: StopEventData = {
     workflowId,
@@ -57,5 +55,15 @@ export async function announceEnd(status: StopStatus, failureType?: string): Pro
   } catch (err) {
     // Already started for this run (it cannot be, one per run): the event is on its way either way.
     if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+  }
+}
+
+async function askConfigured(): Promise<boolean> {
+  try {
+    return await local.completionEventsConfigured();
+  } catch (err) {
+    if (!(err instanceof ActivityFailure)) throw err;
+    log.warn('could not tell whether completion events are configured; none is sent', { error: err.message });
+    return false;
   }
 }

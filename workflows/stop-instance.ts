@@ -44,7 +44,7 @@ import { stopIfNothingAttached } from './stop-if-detached';
 import { describe, reportEscalation, say } from './stop-report';
 import { allVolumesSettled, interrupted, iso, type StopState, snapshot } from './stop-state';
 import { invalidUpdate, validate } from './validate';
-import { heldMessage, otherHolders, publishVolumes, releaseVolumes, volumeHeld } from './volume-ownership';
+import { askWorker, heldMessage, otherHolders, publishVolumes, releaseVolumes, volumeHeld } from './volume-ownership';
 import { detachAll } from './volume-path';
 
 /**
@@ -59,6 +59,12 @@ const RECONCILER = 'reconciler';
  * all three: every patch costs a marker and a search-attribute upsert in history.
  */
 const OWNERSHIP_EVENTS = 'ownership-events';
+/**
+ * ASK_WORKER_ONCE — the worker's two answers (volume holders, completion events configured) come from one
+ * local activity before the first detach, not two: each costs a stop a round trip, an activation and a marker,
+ * together about an eighth of a stop's CPU (BENCHMARKS.md "Throughput"). Only after OWNERSHIP_EVENTS.
+ */
+const ASK_WORKER_ONCE = 'ask-worker-once';
 
 /** Longest a stop waits, at its end, for cancelled graceful work to acknowledge (waits heartbeat every 20 s). */
 const CANCELLED_WORK_BOUND = '30s';
@@ -81,7 +87,8 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
     cancelledWork: [],
     interruption: null,
     // Decided once, at the start: a stop started before a patch keeps its rules to the end.
-    features: ownershipEvents(patched(OWNERSHIP_EVENTS)),
+    features: features(patched(OWNERSHIP_EVENTS)),
+    completionEventsConfigured: null,
   };
   setHandler(statusQuery, () => snapshot(state));
   setHandler(abortSignal, (payload?: AbortPayload) => escalate(state, 'abort', payload));
@@ -107,16 +114,24 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
       status = await runToEnd(state);
     } catch (err) {
       const ended = err instanceof ApplicationFailure && (err.type === STOP_FAILED || err.type === VOLUME_HELD);
-      if (ended && state.features.completionEvents) await announceEnd(snapshot(state), err.type ?? undefined);
+      if (ended && state.features.completionEvents)
+        await announceEnd(snapshot(state), err.type ?? undefined, state.completionEventsConfigured ?? undefined);
       throw err;
     }
-    if (state.features.completionEvents) await announceEnd(status);
+    if (state.features.completionEvents)
+      await announceEnd(status, undefined, state.completionEventsConfigured ?? undefined);
     return status;
   });
 }
 
-function ownershipEvents(on: boolean): StopState['features'] {
-  return { volumeOwnership: on, completionEvents: on, sharedInterruption: on };
+function features(ownershipEvents: boolean): StopState['features'] {
+  const on = ownershipEvents;
+  return {
+    volumeOwnership: on,
+    completionEvents: on,
+    sharedInterruption: on,
+    askWorkerOnce: on && patched(ASK_WORKER_ONCE),
+  };
 }
 
 async function runToEnd(state: StopState): Promise<StopStatus> {
@@ -196,7 +211,14 @@ async function run(state: StopState): Promise<StopStatus> {
 async function claimVolumes(state: StopState, refs: VolumeRef[]): Promise<void> {
   const ids = refs.map((v) => v.volumeId);
   publishVolumes(ids);
-  const holders = await otherHolders(ids, state.startedAtMs);
+  let holders: VolumeHolder[];
+  if (state.features.askWorkerOnce) {
+    const answers = await askWorker(ids, state.startedAtMs);
+    state.completionEventsConfigured = answers?.completionEvents ?? null;
+    holders = answers?.holders ?? [];
+  } else {
+    holders = await otherHolders(ids, state.startedAtMs);
+  }
   if (holders.length > 0) refuse(state, refs, holders);
 }
 

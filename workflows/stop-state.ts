@@ -39,7 +39,14 @@ export interface StopState {
   /** Resolves when the stop is escalated or cancelled; made by the first volume that waits on it. */
   interruption: Promise<'interrupted'> | null;
   /** Which later patches this run follows, decided once at its start (stop-instance.ts). */
-  features: { volumeOwnership: boolean; completionEvents: boolean; sharedInterruption: boolean };
+  features: {
+    volumeOwnership: boolean;
+    completionEvents: boolean;
+    sharedInterruption: boolean;
+    askWorkerOnce: boolean;
+  };
+  /** Whether the worker delivers completion events, once askWorker has answered; `null`: asked at the end. */
+  completionEventsConfigured: boolean | null;
 }
 
 /**

@@ -20,6 +20,7 @@ import {
   REFUSED_NOTHING_DETACHED,
   stopVolumesValue,
   type VolumeHolder,
+  type WorkerAnswers,
 } from '../common/ownership-events';
 import type { StopStatus } from '../common/status';
 
@@ -66,6 +67,25 @@ export async function otherHolders(volumeIds: readonly string[], startedAtMs: nu
     if (!(err instanceof ActivityFailure)) throw err;
     log.warn('could not ask who else holds these volumes; going on unchecked', { volumeIds, error: err.message });
     return [];
+  }
+}
+
+/**
+ * askWorker (patch `ask-worker-once`): otherHolders and whether completion events are configured, in one
+ * local activity, asked even for a stop with no volume. Null when the worker could not answer: the stop
+ * then goes on unchecked, and asks about completion events again at its end.
+ */
+export async function askWorker(volumeIds: readonly string[], startedAtMs: number): Promise<WorkerAnswers | null> {
+  try {
+    return await local.askWorker({
+      workflowId: workflowInfo().workflowId,
+      startedAt: new Date(startedAtMs).toISOString(),
+      volumeIds: [...volumeIds],
+    });
+  } catch (err) {
+    if (!(err instanceof ActivityFailure)) throw err;
+    log.warn('could not ask who else holds these volumes; going on unchecked', { volumeIds, error: err.message });
+    return null;
   }
 }
 
