@@ -28,7 +28,8 @@ export interface VolumeHolderOptions {
 export function createVolumeHolderActivities(client: Client, options: VolumeHolderOptions = {}) {
   return {
     async findVolumeHolders(input: FindVolumeHoldersInput): Promise<VolumeHolder[]> {
-      if (!options.refuse) return [];
+      // No volume, nothing to hold (and visibility refuses an empty `IN ()`).
+      if (!options.refuse || input.volumeIds.length === 0) return [];
       const askedAt = Date.parse(input.startedAt);
       const holders: VolumeHolder[] = [];
       const query = volumeHoldersQuery(input.volumeIds, { taskQueue: Context.current().info.taskQueue });
@@ -57,8 +58,9 @@ export function createVolumeHolderActivities(client: Client, options: VolumeHold
 
 /**
  * askWorker from the worker's own two answers, as registered (an embedded worker may register its own
- * completionEventsConfigured): both in one marker, since each local activity costs a stop a round trip,
- * an activation and an event.
+ * completionEventsConfigured): both in one marker, since each local activity costs a stop a round trip
+ * and an activation. Visibility failing (throttled in an incident) loses the holders only: `null`, and
+ * the stop goes on unchecked, still knowing about completion events.
  */
 export function askWorkerActivity(answers: {
   findVolumeHolders(input: FindVolumeHoldersInput): Promise<VolumeHolder[]>;
@@ -66,11 +68,16 @@ export function askWorkerActivity(answers: {
 }): Pick<OwnershipEventActivities, 'askWorker'> {
   return {
     async askWorker(input: FindVolumeHoldersInput): Promise<WorkerAnswers> {
-      const [holders, completionEvents] = await Promise.all([
-        answers.findVolumeHolders(input),
-        answers.completionEventsConfigured(),
-      ]);
-      return { holders, completionEvents };
+      const completionEvents = await answers.completionEventsConfigured();
+      try {
+        return { holders: await answers.findVolumeHolders(input), completionEvents };
+      } catch (err) {
+        Context.current().log.warn('could not ask visibility who else holds these volumes', {
+          volumeIds: input.volumeIds,
+          error: err instanceof Error ? err.message : String(err),
+        });
+        return { holders: null, completionEvents };
+      }
     },
   };
 }

@@ -47,8 +47,11 @@ export interface DeliveryResult {
 
 /** The worker's answers a stop needs before its first detach, from one local activity (patch `ask-worker-once`). */
 export interface WorkerAnswers {
-  /** Running stops of other instances that hold any of the stop's volumes (none when the worker does not refuse). */
-  holders: VolumeHolder[];
+  /**
+   * Running stops of other instances that hold any of the stop's volumes (none when the worker does not
+   * refuse); `null` when visibility could not answer: the stop goes on unchecked.
+   */
+  holders: VolumeHolder[] | null;
   /** Whether this worker delivers completion events: decides the stop's end, asked here instead of there. */
   completionEvents: boolean;
 }

@@ -31,6 +31,8 @@ interface Scenario {
   request: Omit<StopRequest, 'instanceId'>;
   /** What happens before the stop starts. */
   before?: (stopflow: StopflowClient, instanceId: string) => Promise<void>;
+  /** Seed the instance in the simulated cloud (default true); an unseeded one is unknown to the backend. */
+  seed?: boolean;
   /** Start it with a plain Temporal client (no search attributes at start), as other SDKs do. */
   plainStart?: boolean;
   /** What happens while the stop runs. */
@@ -146,6 +148,13 @@ const scenarios: Scenario[] = [
     volumes: [{ volumeId: 'vol-pinned', behavior: { hang: true, force: 'unsupported' } }],
     request: { volumes: [{ volumeId: 'vol-pinned' }], maxStopDuration: '1s' },
   },
+  {
+    // Its listing fails for good before it asked the worker anything: it asks about completion events at its end.
+    name: 'list-failed',
+    volumes: [],
+    request: {},
+    seed: false,
+  },
 ];
 
 const HOLDER = 'i-volume-held-holder';
@@ -176,7 +185,7 @@ try {
     mkdirSync(OUT, { recursive: true });
     for (const scenario of scenarios) {
       const instanceId = `i-${scenario.name}`;
-      await sim.addInstance(instanceId, scenario.volumes);
+      if (scenario.seed !== false) await sim.addInstance(instanceId, scenario.volumes);
       await scenario.before?.(stopflow, instanceId);
       if (scenario.plainStart) {
         await client.workflow.start(WORKFLOW_TYPE, {

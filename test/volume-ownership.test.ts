@@ -13,8 +13,9 @@ import { join } from 'node:path';
 import type { Client } from '@temporalio/client';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
+import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
-import { createVolumeHolderActivities } from '../activities/volume-holders';
+import { askWorkerActivity, createVolumeHolderActivities } from '../activities/volume-holders';
 import {
   InvalidInputError,
   StopflowClient,
@@ -474,5 +475,24 @@ test('volume(): a listed stop that no longer exists (deleted by retention) is sk
     workflowId: workflowIdFor(instanceId),
     state: 'detached',
     released: true,
+  });
+});
+
+describe('askWorker, the one question a stop asks its worker', () => {
+  test('a stop with no volume holds nothing: no question goes to visibility (which refuses an empty IN ())', async () => {
+    const env = new MockActivityEnvironment({ taskQueue: h.taskQueue });
+    const { findVolumeHolders } = createVolumeHolderActivities(admin, { refuse: true });
+    const input = { workflowId: 'stop-none', startedAt: new Date().toISOString(), volumeIds: [] };
+    await expect(env.run(findVolumeHolders, input)).resolves.toEqual([]);
+  });
+
+  test('visibility failing loses the holders only: the stop still learns whether completion events go out', async () => {
+    const env = new MockActivityEnvironment();
+    const { askWorker } = askWorkerActivity({
+      findVolumeHolders: () => Promise.reject(new Error('ResourceExhausted: visibility throttled')),
+      completionEventsConfigured: () => Promise.resolve(true),
+    });
+    const input = { workflowId: 'stop-a', startedAt: new Date().toISOString(), volumeIds: ['vol-a'] };
+    await expect(env.run(askWorker, input)).resolves.toEqual({ holders: null, completionEvents: true });
   });
 });

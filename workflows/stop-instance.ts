@@ -61,8 +61,8 @@ const RECONCILER = 'reconciler';
 const OWNERSHIP_EVENTS = 'ownership-events';
 /**
  * ASK_WORKER_ONCE — the worker's two answers (volume holders, completion events configured) come from one
- * local activity before the first detach, not two: each costs a stop a round trip, an activation and a marker,
- * together about an eighth of a stop's CPU (BENCHMARKS.md "Throughput"). Only after OWNERSHIP_EVENTS.
+ * local activity before the first detach, not two: each costs a stop a round trip and an activation (both
+ * together about 12 of the 94 ms of CPU a stop took in the throughput benchmark). Only after OWNERSHIP_EVENTS.
  */
 const ASK_WORKER_ONCE = 'ask-worker-once';
 

@@ -77,11 +77,14 @@ export async function otherHolders(volumeIds: readonly string[], startedAtMs: nu
  */
 export async function askWorker(volumeIds: readonly string[], startedAtMs: number): Promise<WorkerAnswers | null> {
   try {
-    return await local.askWorker({
+    const answers = await local.askWorker({
       workflowId: workflowInfo().workflowId,
       startedAt: new Date(startedAtMs).toISOString(),
       volumeIds: [...volumeIds],
     });
+    if (answers.holders === null)
+      log.warn('could not ask who else holds these volumes; going on unchecked', { volumeIds });
+    return answers;
   } catch (err) {
     if (!(err instanceof ActivityFailure)) throw err;
     log.warn('could not ask who else holds these volumes; going on unchecked', { volumeIds, error: err.message });
