@@ -39,7 +39,7 @@ describe('activity heartbeats', () => {
     expect(beats).toHaveLength(0);
   });
 
-  test('an urgent attempt on a slow backend beats while it waits, so a cancel can reach it', async () => {
+  test('an urgent attempt on a slow backend beats while it waits (a cancel arrives in the answer to a heartbeat)', async () => {
     const { activities, env, beats } = await setUp({ latencyMs: [2_500, 2_500] });
     await env.run(activities.listAttachedVolumes, { instanceId: 'i-1' });
     expect(beats.length).toBeGreaterThanOrEqual(1);

@@ -4,7 +4,7 @@
  * to ask for them from a bundle built without.
  */
 import { randomUUID } from 'node:crypto';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { NativeConnection } from '@temporalio/worker';
@@ -131,6 +131,7 @@ describe('workflow stack traces', () => {
         });
       } finally {
         process.stderr.write = write;
+        rmSync(dir, { recursive: true, force: true });
       }
       expect(code).toBe(2);
       expect(written.join('')).toMatch(

@@ -84,6 +84,8 @@ export async function runWorker(env: NodeJS.ProcessEnv = process.env, options: R
     );
     return WORKER_EXIT.badConfig;
   }
+  // What the worker will run with, for its start-up log: a bundle file decides for itself.
+  if (bundleFile) config = { ...config, workflowStackTraces: fileHasStackTraces(bundleFile) };
   // Read once: the events secret must not reach a child process (a linux stop command) through the environment.
   delete env.STOPFLOW_EVENTS_SECRET;
   if (env !== process.env) delete process.env.STOPFLOW_EVENTS_SECRET;
@@ -210,8 +212,9 @@ async function serve(
         namespace: config.temporal.namespace,
         taskQueue: config.taskQueue,
       }),
-      ...(config.workflowBundlePath ? { workflowBundle: { codePath: config.workflowBundlePath } } : {}),
-      workflowStackTraces: config.workflowStackTraces,
+      ...(config.workflowBundlePath
+        ? { workflowBundle: { codePath: config.workflowBundlePath } }
+        : { workflowStackTraces: config.workflowStackTraces }),
       tuning: {
         maxConcurrentActivityTaskExecutions: config.maxConcurrentActivities,
         maxConcurrentWorkflowTaskExecutions: config.maxConcurrentWorkflowTasks,

@@ -156,6 +156,11 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     interceptors: { activity: activityInterceptors },
     ...(tuning.identity !== undefined ? { identity: tuning.identity } : {}),
   } satisfies Partial<WorkerOptions>;
+  if (options.workflowBundle && options.workflowStackTraces !== undefined) {
+    throw new Error(
+      'workflowStackTraces: a prebuilt workflowBundle already decides it; build the bundle with bundleStopflowWorkflows({ stackTraces }) instead',
+    );
+  }
   if (options.workflowBundle && (tuning.interceptors?.workflowModules?.length ?? 0) > 0) {
     throw new Error(
       'tuning.interceptors.workflowModules: a prebuilt workflowBundle already holds its workflow interceptors; pass the modules to bundleStopflowWorkflows({ interceptorModules }) instead',
@@ -183,7 +188,8 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
   const main = await Worker.create({
     ...shared,
     taskQueue,
-    activities: { ...mainActivities, ...askWorkerActivity(mainActivities) },
+    // askWorker first: an embedded worker's own (in extraActivities) wins, as every other activity does.
+    activities: { ...askWorkerActivity(mainActivities), ...mainActivities },
     // The `stopflow` Nexus service (docs/contract.md): idle unless a Nexus endpoint targets this task queue.
     ...(options.nexus === false ? {} : { nexusServices: [stopflowNexusHandler()] }),
     workflowBundle,

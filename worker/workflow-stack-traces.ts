@@ -2,8 +2,8 @@
  * Workflow stack traces, off by default. The SDK records a stack trace for every promise a workflow
  * creates, for the stack-trace query (the "Stack Trace" tab of the Temporal UI); each is an Error's
  * stack mapped through the bundle's source map. For a stop that is about a third of its workflow
- * thread's CPU (BENCHMARKS.md "Throughput"), and stopflow shows what a stop waits for in its current
- * details and each activity's summary instead.
+ * thread's CPU (replaying a recorded stop: 29 ms of CPU with them, 20 ms without), and stopflow shows
+ * what a stop waits for in its current details and each activity's summary instead.
  *
  * The switch has to be in the bundle: the SDK freezes the workflow context's globals once the bundle
  * has run, so the first statement of a bundle without stack traces sets V8's frame limit to 0. The
