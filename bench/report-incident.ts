@@ -259,7 +259,7 @@ export function renderIncidentBounds(line: Line, inc: IncidentResult, missed: st
       .map(rowName);
     const budgetText =
       overBudget.length > 0
-        ? ` In ${overBudget.join(', ')} the calls during the aborts came to 90% of the budget or more: the read and the force are urgent calls, first in the budget's queue, but they still wait for a token when urgent calls alone use it up.`
+        ? ` In ${overBudget.join(', ')} the backend received 90% of the budget or more during the aborts (every request it counted, the probes' own included, and the aws stop's \`DescribeInstances\` polls inside a \`StopInstances\` call, which the budget takes as one call): the read and the force are urgent calls, first in the budget's queue, but they wait for a token when the bucket is empty.`
         : '';
     line(
       `**Abort → force-detach while stops wait**: over the floor at the median ${p50}; at p99 ${p99}. Force starts with a state read (force is never sent for a volume already detached): an urgent check, batched apart from the waits' checks and sent at once (\`activities/state-checks.ts\`), but one more backend round trip than the floor's activity makes, and it waits for an urgent batch already under way.${budgetText} ${gatherText} At p99, with ${inc.probes} samples per row the p99 is the slowest sample, and both sides are one hand-off of the dev server's task queues (≈ 50 ms each, see "Reaction") from being slower.`,
