@@ -73,19 +73,24 @@ export async function runWorker(env: NodeJS.ProcessEnv = process.env, options: R
     process.stderr.write(`stopflow worker: ${err.message}\n(docs/worker.md lists every variable)\n`);
     return WORKER_EXIT.badConfig;
   }
-  // A bundle file decides for itself whether its workflows keep stack traces: asking for them from one built
-  // without is refused, not silently ignored (checked before anything starts).
-  const bundleFile =
-    config.workflowBundlePath ??
-    [tracingRequested(env) ? PREBUILT_TRACED_WORKFLOW_BUNDLE : PREBUILT_WORKFLOW_BUNDLE].find((p) => existsSync(p));
-  if (config.workflowStackTraces && bundleFile && !fileHasStackTraces(bundleFile)) {
-    process.stderr.write(
-      `stopflow worker: invalid configuration:\n  STOPFLOW_WORKFLOW_STACK_TRACES: the workflow bundle ${bundleFile} was built without stack traces; write one with them (STOPFLOW_WORKFLOW_STACK_TRACES=true stopflow worker --write-bundle <path>, from a source checkout) and set STOPFLOW_WORKFLOW_BUNDLE to it\n`,
-    );
-    return WORKER_EXIT.badConfig;
+  // The workflow bundle, chosen once: the operator's file, else the one `npm run build` wrote beside this code
+  // (with the tracing interceptors for a worker that traces), else none and the worker bundles at start.
+  const prebuilt =
+    !options.checkOnly && tracingRequested(env) ? PREBUILT_TRACED_WORKFLOW_BUNDLE : PREBUILT_WORKFLOW_BUNDLE;
+  const usePrebuilt = config.workflowBundlePath === undefined && existsSync(prebuilt);
+  if (usePrebuilt) config = { ...config, workflowBundlePath: prebuilt };
+  if (config.workflowBundlePath) {
+    // A bundle file decides for itself whether its workflows keep stack traces: asking for them from one built
+    // without is refused, not silently ignored (checked before anything starts).
+    const hasStackTraces = fileHasStackTraces(config.workflowBundlePath);
+    if (config.workflowStackTraces && !hasStackTraces) {
+      process.stderr.write(
+        `stopflow worker: invalid configuration:\n  STOPFLOW_WORKFLOW_STACK_TRACES: the workflow bundle ${config.workflowBundlePath} was built without stack traces; write one with them (STOPFLOW_WORKFLOW_STACK_TRACES=true stopflow worker --write-bundle <path>, from a source checkout) and set STOPFLOW_WORKFLOW_BUNDLE to it\n`,
+      );
+      return WORKER_EXIT.badConfig;
+    }
+    config = { ...config, workflowStackTraces: hasStackTraces };
   }
-  // What the worker will run with, for its start-up log: a bundle file decides for itself.
-  if (bundleFile) config = { ...config, workflowStackTraces: fileHasStackTraces(bundleFile) };
   // Read once: the events secret must not reach a child process (a linux stop command) through the environment.
   delete env.STOPFLOW_EVENTS_SECRET;
   if (env !== process.env) delete process.env.STOPFLOW_EVENTS_SECRET;
@@ -110,15 +115,11 @@ export async function runWorker(env: NodeJS.ProcessEnv = process.env, options: R
   }
 
   logger.info({ config: describeWorkerConfig(config, env) }, 'stopflow worker starting');
+  if (usePrebuilt) logger.info({ workflowBundle: prebuilt }, 'workflows: the bundle prebuilt by npm run build');
   warnIfEndOfLife(logger);
   // Traces (docs/worker.md "Traces"), off unless OTEL_* ask for them: only for a worker that polls, and the
   // spans still buffered are sent once it has stopped.
   const tracing = options.checkOnly ? undefined : startWorkerTracing(env, { warn: (message) => logger.warn(message) });
-  const prebuilt = tracing ? PREBUILT_TRACED_WORKFLOW_BUNDLE : PREBUILT_WORKFLOW_BUNDLE;
-  if (config.workflowBundlePath === undefined && existsSync(prebuilt)) {
-    config = { ...config, workflowBundlePath: prebuilt };
-    logger.info({ workflowBundle: prebuilt }, 'workflows: the bundle prebuilt by npm run build');
-  }
   try {
     return await serve(config, logger, options, tracing);
   } finally {
