@@ -182,7 +182,6 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
     target: VolumeTarget,
     lostAfterMs: number | undefined,
     heartbeatEveryMs = HEARTBEAT_EVERY_MS,
-    beatNow = false,
   ): Promise<{ outcome: 'detached' | 'lost'; checks: number }> => {
     const ctx = Context.current();
     const releaseAt = Date.now() + holdMs;
@@ -237,7 +236,8 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         }
       },
       heartbeatEveryMs,
-      beatNow,
+      // At once: a poll's details are what the UI and `stopflow status` show of it.
+      true,
     );
   };
 
@@ -284,7 +284,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         LOST_AFTER_MAX_MS,
         LOST_AFTER_POLLS * deps.pollIntervalMs * 2 ** Math.min(20, target.rerequests ?? 0),
       );
-      return pollUntilDetached(backends.resolve(target.provider), target, lostAfterMs, WAIT_HEARTBEAT_EVERY_MS, true);
+      return pollUntilDetached(backends.resolve(target.provider), target, lostAfterMs, WAIT_HEARTBEAT_EVERY_MS);
     },
 
     async forceDetachVolume(target: VolumeTarget): Promise<ForceResult> {
@@ -310,8 +310,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
           ),
       );
       backends.forcedVolumes.forced(ForcedVolumes.key(backend.provider.name, target));
-      // Beats at once: the force's checks are what `stopflow status` shows of it from here on.
-      const { checks } = await pollUntilDetached(backend, target, undefined, HEARTBEAT_EVERY_MS, true);
+      const { checks } = await pollUntilDetached(backend, target, undefined);
       return { forced: true, attempts: Context.current().info.attempt, checks: checks + 1 };
     },
 
@@ -360,7 +359,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         () => undefined,
         () => backend.call('detachVolume', (o) => backend.provider.detachVolume(target.instanceId, target.volume, o)),
       );
-      const { checks } = await pollUntilDetached(backend, target, undefined, HEARTBEAT_EVERY_MS, true);
+      const { checks } = await pollUntilDetached(backend, target, undefined);
       return { attempts: Context.current().info.attempt, checks, rerequests: 0 };
     },
     async stopInstance(input: InstanceTarget): Promise<{ instanceId: string; state: 'stopped' }> {
