@@ -30,7 +30,11 @@ const local = proxyLocalActivities<OwnershipEventActivities>({
  * Hands the stop's end to a deliverStopEvent child when the worker delivers events. `configured` is the
  * worker's answer when the stop already has it (askWorker, patch `ask-worker-once`); otherwise it is asked here.
  */
-export async function announceEnd(status: StopStatus, failureType?: string, configured?: boolean): Promise<void> {
+export async function announceEnd(
+  status: StopStatus,
+  failureType?: string,
+  configured: boolean | null = null,
+): Promise<void> {
   if (!(configured ?? (await askConfigured()))) return;
   const { workflowId, runId, taskQueue } = workflowInfo();
   const event: StopEventData = {

@@ -115,17 +115,15 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
     } catch (err) {
       const ended = err instanceof ApplicationFailure && (err.type === STOP_FAILED || err.type === VOLUME_HELD);
       if (ended && state.features.completionEvents)
-        await announceEnd(snapshot(state), err.type ?? undefined, state.completionEventsConfigured ?? undefined);
+        await announceEnd(snapshot(state), err.type ?? undefined, state.completionEventsConfigured);
       throw err;
     }
-    if (state.features.completionEvents)
-      await announceEnd(status, undefined, state.completionEventsConfigured ?? undefined);
+    if (state.features.completionEvents) await announceEnd(status, undefined, state.completionEventsConfigured);
     return status;
   });
 }
 
-function features(ownershipEvents: boolean): StopState['features'] {
-  const on = ownershipEvents;
+function features(on: boolean): StopState['features'] {
   return {
     volumeOwnership: on,
     completionEvents: on,

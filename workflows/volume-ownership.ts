@@ -15,6 +15,7 @@ import {
 } from '@temporalio/workflow';
 import { StopVolumesKey, VOLUME_HELD } from '../common/names';
 import {
+  type FindVolumeHoldersInput,
   MAX_STOP_VOLUMES_BYTES,
   type OwnershipEventActivities,
   REFUSED_NOTHING_DETACHED,
@@ -57,17 +58,7 @@ export function publishVolumes(volumeIds: readonly string[]): void {
  */
 export async function otherHolders(volumeIds: readonly string[], startedAtMs: number): Promise<VolumeHolder[]> {
   if (volumeIds.length === 0) return [];
-  try {
-    return await local.findVolumeHolders({
-      workflowId: workflowInfo().workflowId,
-      startedAt: new Date(startedAtMs).toISOString(),
-      volumeIds: [...volumeIds],
-    });
-  } catch (err) {
-    if (!(err instanceof ActivityFailure)) throw err;
-    log.warn('could not ask who else holds these volumes; going on unchecked', { volumeIds, error: err.message });
-    return [];
-  }
+  return (await ask(volumeIds, () => local.findVolumeHolders(question(volumeIds, startedAtMs)))) ?? [];
 }
 
 /**
@@ -76,20 +67,35 @@ export async function otherHolders(volumeIds: readonly string[], startedAtMs: nu
  * then goes on unchecked, and asks about completion events again at its end.
  */
 export async function askWorker(volumeIds: readonly string[], startedAtMs: number): Promise<WorkerAnswers | null> {
+  const answers = await ask(volumeIds, () => local.askWorker(question(volumeIds, startedAtMs)));
+  if (answers?.holders === null) uncheckedWarning(volumeIds);
+  return answers;
+}
+
+function question(volumeIds: readonly string[], startedAtMs: number): FindVolumeHoldersInput {
+  return {
+    workflowId: workflowInfo().workflowId,
+    startedAt: new Date(startedAtMs).toISOString(),
+    volumeIds: [...volumeIds],
+  };
+}
+
+/** A local activity's answer, or null (and a warning) when it failed: the stop goes on unchecked. */
+async function ask<T>(volumeIds: readonly string[], call: () => Promise<T>): Promise<T | null> {
   try {
-    const answers = await local.askWorker({
-      workflowId: workflowInfo().workflowId,
-      startedAt: new Date(startedAtMs).toISOString(),
-      volumeIds: [...volumeIds],
-    });
-    if (answers.holders === null)
-      log.warn('could not ask who else holds these volumes; going on unchecked', { volumeIds });
-    return answers;
+    return await call();
   } catch (err) {
     if (!(err instanceof ActivityFailure)) throw err;
-    log.warn('could not ask who else holds these volumes; going on unchecked', { volumeIds, error: err.message });
+    uncheckedWarning(volumeIds, err.message);
     return null;
   }
+}
+
+function uncheckedWarning(volumeIds: readonly string[], error?: string): void {
+  log.warn('could not ask who else holds these volumes; going on unchecked', {
+    volumeIds,
+    ...(error ? { error } : {}),
+  });
 }
 
 /** "vol-1 is held by the running stop stop-i-2 (instance i-2, run …)" for each held volume. */
