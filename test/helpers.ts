@@ -27,6 +27,8 @@ export interface HarnessOptions {
   extraProviders?: Provider[];
   /** Passed through to createStopflowWorker (e.g. the sweep's activities). */
   extraActivities?: StopflowWorkerOptions['extraActivities'];
+  /** Bundle at start with or without workflow stack traces, instead of the run's shared bundle. */
+  workflowStackTraces?: boolean;
 }
 
 export async function connectClient(): Promise<Client> {
@@ -60,7 +62,9 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
     // Short hold so tests exercise the release-and-retry path of stuck volumes too.
     holdMs: options.holdMs ?? 2_000,
     maxPollIntervalMs: 1_000,
-    workflowBundle: { codePath: inject('workflowBundlePath') },
+    ...(options.workflowStackTraces === undefined
+      ? { workflowBundle: { codePath: inject('workflowBundlePath') } }
+      : { workflowStackTraces: options.workflowStackTraces }),
     ...(options.extraActivities ? { extraActivities: options.extraActivities } : {}),
   });
   const running = worker.run();

@@ -7,16 +7,14 @@ import { randomUUID } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { NativeConnection } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
-import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
-import { StopflowClient } from '../client/stopflow-client';
+import type { SimulatedProvider } from '../activities/providers/simulated';
+import type { StopflowClient } from '../client/stopflow-client';
 import { workflowIdFor } from '../common/names';
 import { ConfigError, workflowStackTracesRequested } from '../worker/config';
 import { runWorker } from '../worker/main';
-import { createStopflowWorker } from '../worker/worker';
 import { bundleHasStackTraces, fileHasStackTraces, withoutStackTraces } from '../worker/workflow-stack-traces';
-import { connectClient, eventually, type Harness, installQuietRuntime, startHarness } from './helpers';
+import { eventually, type Harness, startHarness } from './helpers';
 
 /** The SDK's built-in query behind the Temporal UI's "Stack Trace" tab. */
 const STACK_TRACE_QUERY = '__stack_trace';
@@ -69,30 +67,15 @@ describe('workflow stack traces', () => {
     });
 
     test('on (a worker that bundles at start with workflowStackTraces): the query shows where the stop waits', async () => {
-      installQuietRuntime();
-      const taskQueue = `test-${randomUUID()}`;
-      const sim = new SimulatedProvider(new MemorySimStore());
-      const connection = await NativeConnection.connect({ address: inject('temporalAddress') });
-      const client = await connectClient();
-      const worker = await createStopflowWorker({
-        connection,
-        taskQueue,
-        providers: [sim],
-        pollIntervalMs: 200,
-        holdMs: 2_000,
-        workflowStackTraces: true,
-      });
+      const traced = await startHarness({ workflowStackTraces: true });
       try {
-        const { stack, result } = await worker.runUntil(() =>
-          stackTraceOfWaitingStop(new StopflowClient({ client, taskQueue }), sim),
-        );
+        const { stack, result } = await stackTraceOfWaitingStop(traced.stopflow, traced.sim);
         // Source-mapped: the workflow's own files and functions, as the Temporal UI shows them.
         expect(stack).toMatch(/volume-path\.ts/);
         expect(stack).toMatch(/detachAll/);
         expect(result.phase).toBe('stopped');
       } finally {
-        await connection.close();
-        await client.connection.close();
+        await traced.close();
       }
     }, 120_000);
   });
