@@ -9,6 +9,7 @@ import { LinuxProvider } from '../activities/providers/linux';
 import { searchAttributeCommands } from '../worker/checks';
 import { ConfigError, describeWorkerConfig, linuxProviderSettings, loadWorkerConfig } from '../worker/config';
 import { createLogger, PinoSdkLogger, targetFields } from '../worker/logging';
+import type { ExtraActivities } from '../worker/worker';
 
 const dir = mkdtempSync(join(tmpdir(), 'stopflow-config-'));
 // No developer's ~/.config/temporalio/temporal.toml may leak into these tests.
@@ -452,6 +453,24 @@ describe('worker configuration', () => {
     // Errors print no secret either.
     const issues = issuesOf({ ...secrets, STOPFLOW_POLL_INTERVAL: 'soon' });
     for (const secret of Object.values(secrets)) expect(issues.join('\n')).not.toContain(secret);
+  });
+});
+
+describe('extra activities', () => {
+  it("one named like stopflow's must keep its signature (tsc checks this file); other names are free", () => {
+    const extra: ExtraActivities = {
+      askWorker: async () => ({ holders: [], completionEvents: false }),
+      sweepOnce: async (limit: number) => limit,
+    };
+    // @ts-expect-error askWorker answers WorkerAnswers: a worker registering another shape would break every stop
+    const wrongAnswer: ExtraActivities = { askWorker: async () => true };
+    // @ts-expect-error requestDetach takes a VolumeTarget, not a string
+    const wrongInput: ExtraActivities = { requestDetach: async (volumeId: string) => ({ volumeId }) };
+    expect(Object.keys({ ...extra, ...wrongAnswer, ...wrongInput })).toEqual([
+      'askWorker',
+      'sweepOnce',
+      'requestDetach',
+    ]);
   });
 });
 

@@ -17,7 +17,8 @@ import { type CompletionEventsOptions, createCompletionEventActivities } from '.
 import type { Provider } from '../activities/provider';
 import { askWorkerActivity, createVolumeHolderActivities } from '../activities/volume-holders';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
-import { waitsTaskQueue } from '../common/stop-activities';
+import type { OwnershipEventActivities } from '../common/ownership-events';
+import { type StopActivities, waitsTaskQueue } from '../common/stop-activities';
 import { DEFAULT_DETACH_HOLD_MS, DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
 import { stopflowNexusHandler } from './nexus-handlers';
 import { NO_TRACING_SINKS, TRACING_WORKFLOW_MODULES, type WorkerTracing } from './tracing';
@@ -25,6 +26,10 @@ import { limitNextWorkflowThreadHeap } from './workflow-heap';
 import { withoutStackTraces } from './workflow-stack-traces';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
+
+/** Activities registered beside stopflow's own; stopflow's names keep their signatures (checked here). */
+export type ExtraActivities = Partial<StopActivities & OwnershipEventActivities> &
+  Record<string, (...args: never[]) => Promise<unknown>>;
 
 export interface StopflowWorkerOptions {
   connection: NativeConnection;
@@ -43,8 +48,11 @@ export interface StopflowWorkerOptions {
   refuseHeldVolumes?: boolean;
   /** Where completion events go (STOPFLOW_EVENTS_URL, STOPFLOW_EVENTS_SECRET); none when unset. */
   completionEvents?: CompletionEventsOptions;
-  /** More activities to register beside stopflow's own (e.g. the sweep's). */
-  extraActivities?: Record<string, (...args: never[]) => Promise<unknown>>;
+  /**
+   * More activities to register beside stopflow's own (e.g. the sweep's). One named like one of stopflow's
+   * replaces it, and must keep its signature: the workflows call it as stopflow's (askWorker, for one).
+   */
+  extraActivities?: ExtraActivities;
   /** Serve the `stopflow` Nexus service on the task queue (worker/nexus-handlers.ts). Default true. */
   nexus?: boolean;
   /**
