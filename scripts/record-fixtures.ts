@@ -11,9 +11,12 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { Client } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
+import { createCompletionEventActivities } from '../activities/completion-event';
 import { MemorySimStore, type SeedVolume, SimulatedProvider } from '../activities/providers/simulated';
+import { askWorkerActivity, createVolumeHolderActivities } from '../activities/volume-holders';
 import { StopflowClient } from '../client/stopflow-client';
 import { WORKFLOW_TYPE, workflowIdFor } from '../common/names';
+import type { FindVolumeHoldersInput } from '../common/ownership-events';
 import type { StopRequest } from '../common/request';
 import { startDevServer } from '../devserver/server';
 import { createStopflowWorker } from '../worker/worker';
@@ -155,7 +158,16 @@ const scenarios: Scenario[] = [
     request: {},
     seed: false,
   },
+  {
+    // The worker's askWorker throws (ASK_FAILS below): the stop goes on unchecked and asks about events at its end.
+    name: 'ask-failed',
+    volumes: [{ volumeId: 'vol-a' }],
+    request: {},
+  },
 ];
+
+/** The scenario whose askWorker throws, as a worker's would whose visibility client or configuration broke. */
+const ASK_FAILS = workflowIdFor('i-ask-failed');
 
 const HOLDER = 'i-volume-held-holder';
 
@@ -171,15 +183,27 @@ const cliPath = server.cliPath ?? 'temporal';
 try {
   const taskQueue = `fixtures-${randomUUID()}`;
   const connection = await NativeConnection.connect({ address: server.address });
+  const client = new Client({ connection: server.env.connection });
+  const completionEvents = { url: eventsUrl, secret: 'record-fixtures-secret' };
+  // The worker's own answers, as createStopflowWorker builds them, except for the ask-failed scenario.
+  const { askWorker } = askWorkerActivity({
+    ...createVolumeHolderActivities(client, { refuse: true }),
+    ...createCompletionEventActivities(completionEvents),
+  });
   const worker = await createStopflowWorker({
     connection,
     taskQueue,
     providers: [sim],
     pollIntervalMs: 200,
     refuseHeldVolumes: true,
-    completionEvents: { url: eventsUrl, secret: 'record-fixtures-secret' },
+    completionEvents,
+    extraActivities: {
+      async askWorker(input: FindVolumeHoldersInput) {
+        if (input.workflowId === ASK_FAILS) throw new Error('the worker could not answer (fixture)');
+        return askWorker(input);
+      },
+    },
   });
-  const client = new Client({ connection: server.env.connection });
   const stopflow = new StopflowClient({ client, taskQueue });
   await worker.runUntil(async () => {
     mkdirSync(OUT, { recursive: true });

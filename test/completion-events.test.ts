@@ -10,14 +10,21 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Context } from '@temporalio/activity';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { type CompletionEventsOptions, createCompletionEventActivities } from '../activities/completion-event';
+import { createCompletionEventActivities } from '../activities/completion-event';
+import { askWorkerActivity } from '../activities/volume-holders';
 import { verifyStopEventSignature } from '../client';
 import { signStopEvent } from '../common/event-signature';
 import { DELIVER_STOP_EVENT_WORKFLOW_TYPE, workflowIdFor } from '../common/names';
-import { EVENT_REJECTED, type StopEventData, stopEventWorkflowId } from '../common/ownership-events';
+import {
+  EVENT_REJECTED,
+  type FindVolumeHoldersInput,
+  type StopEventData,
+  stopEventWorkflowId,
+} from '../common/ownership-events';
 import { freePort, portInUse } from '../devserver/ports';
 import { ConfigError, describeWorkerConfig, loadWorkerConfig } from '../worker/config';
 import { eventually, type Harness, startHarness } from './helpers';
@@ -78,11 +85,26 @@ let receiver: Receiver;
 let h: Harness;
 const retry = { initialMs: 200, maxMs: 1_000 };
 
+/** Instance ids the worker's askWorker fails for, or outlasts its 5 s timeout for; other stops get its answer. */
+const ASK_FAILS = 'ask-fails';
+const ASK_HANGS = 'ask-hangs';
+
 beforeAll(async () => {
   receiver = new Receiver(await freePort());
   await receiver.up();
-  const events: CompletionEventsOptions = { url: receiver.url, secret: SECRET, retry };
-  h = await startHarness({ extraActivities: createCompletionEventActivities(events) });
+  const events = createCompletionEventActivities({ url: receiver.url, secret: SECRET, retry });
+  // The worker's own askWorker (not refusing held volumes: no holders), unless the stop is one whose ask goes wrong.
+  const { askWorker } = askWorkerActivity({ findVolumeHolders: async () => [], ...events });
+  h = await startHarness({
+    extraActivities: {
+      ...events,
+      async askWorker(input: FindVolumeHoldersInput) {
+        if (input.workflowId.includes(ASK_FAILS)) throw new Error('the worker could not answer');
+        if (input.workflowId.includes(ASK_HANGS)) await Context.current().sleep(60_000); // cancelled at 5 s
+        return askWorker(input);
+      },
+    },
+  });
 });
 afterAll(async () => {
   await h?.close();
@@ -181,6 +203,26 @@ describe('with an events endpoint on the worker', () => {
     expect(JSON.parse(delivered.body)).toMatchObject({ data: { outcome: 'failed', failureType: 'StopFailed' } });
     const history = await h.client.workflow.getHandle(started.workflowId).fetchHistory();
     expect(localActivityMarkers(history.events ?? [])).toBe(1);
+  });
+
+  test.each([
+    ['fails', ASK_FAILS],
+    ['outlasts its timeout', ASK_HANGS],
+  ])('a stop whose askWorker %s goes on unchecked, stops, and asks about events at its end', async (_, kind) => {
+    receiver.answer = 200;
+    const instanceId = h.instanceId(kind);
+    await h.sim.addInstance(instanceId, [{ volumeId: 'vol-a' }]);
+    const started = await h.stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-a' }] });
+    const final = await h.stopflow.result(instanceId);
+    expect(final.phase).toBe('stopped');
+    const cloud = await h.sim.instance(instanceId);
+    expect(cloud?.state).toBe('stopped');
+    expect(cloud?.leakedAtStop).toEqual([]);
+    // The answer the stop could not get at its start is asked again at its end: the event still goes out.
+    const delivered = await eventually(async () => eventsFor(started.workflowId)[0], 'the stopped event');
+    expect(JSON.parse(delivered.body)).toMatchObject({ data: { outcome: 'stopped' } });
+    const history = await h.client.workflow.getHandle(started.workflowId).fetchHistory();
+    expect(localActivityMarkers(history.events ?? [])).toBe(2); // the failed askWorker, then completionEventsConfigured
   });
 
   test('a failed stop produces a failed event', async () => {

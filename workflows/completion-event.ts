@@ -9,17 +9,11 @@
  */
 
 import { WorkflowExecutionAlreadyStartedError } from '@temporalio/common';
-import {
-  ActivityFailure,
-  log,
-  ParentClosePolicy,
-  proxyLocalActivities,
-  startChild,
-  workflowInfo,
-} from '@temporalio/workflow';
+import { log, ParentClosePolicy, proxyLocalActivities, startChild, workflowInfo } from '@temporalio/workflow';
 import { DELIVER_STOP_EVENT_WORKFLOW_TYPE, workflowIdFor } from '../common/names';
 import { type OwnershipEventActivities, type StopEventData, stopEventWorkflowId } from '../common/ownership-events';
 import type { StopStatus } from '../common/status';
+import { workerCouldNotAnswer } from './local-answers';
 
 const local = proxyLocalActivities<OwnershipEventActivities>({
   startToCloseTimeout: '10s',
@@ -66,7 +60,7 @@ async function askConfigured(): Promise<boolean> {
   try {
     return await local.completionEventsConfigured();
   } catch (err) {
-    if (!(err instanceof ActivityFailure)) throw err;
+    if (!workerCouldNotAnswer(err)) throw err;
     log.warn('could not tell whether completion events are configured; none is sent', { error: err.message });
     return false;
   }

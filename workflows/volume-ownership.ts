@@ -6,7 +6,6 @@
  * this catches a second stop of a held volume, not two started in the same second.
  */
 import {
-  ActivityFailure,
   ApplicationFailure,
   log,
   proxyLocalActivities,
@@ -24,6 +23,7 @@ import {
   type WorkerAnswers,
 } from '../common/ownership-events';
 import type { StopStatus } from '../common/status';
+import { workerCouldNotAnswer } from './local-answers';
 
 const local = proxyLocalActivities<OwnershipEventActivities>({
   // One short try, then the stop goes on unchecked: visibility that is away or throttled (its default is 10
@@ -85,7 +85,7 @@ async function ask<T>(volumeIds: readonly string[], call: () => Promise<T>): Pro
   try {
     return await call();
   } catch (err) {
-    if (!(err instanceof ActivityFailure)) throw err;
+    if (!workerCouldNotAnswer(err)) throw err;
     uncheckedWarning(volumeIds, err.message);
     return null;
   }
