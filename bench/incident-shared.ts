@@ -46,7 +46,13 @@ export type ToIncidentWorker = { type: 'sample'; id: number } | { type: 'shutdow
 export type FromIncidentWorker =
   | { type: 'ready' }
   | { type: 'sample'; id: number; sample: IncidentSample }
-  | { type: 'event'; kind: 'detach' | 'force'; instanceId: string; at: number };
+  | { type: 'event'; kind: IncidentEventKind; instanceId: string; at: number };
+
+/**
+ * Moments the worker reports: a detach request reaching the backend; a probe's force-detach activity
+ * starting (what Temporal's own floor, signal → activity, is comparable to); its force reaching the backend.
+ */
+export type IncidentEventKind = 'detach' | 'forceStarted' | 'force';
 
 export const stuckId = (prefix: string, i: number) => `${prefix}-s${i}`;
 export const healthyId = (prefix: string, i: number) => `${prefix}-h${i}`;

@@ -8,11 +8,18 @@
  * provider against the local EC2 server the benchmark runs.
  *
  * It answers `sample` and `shutdown` messages over IPC, and reports the
- * moments the benchmark times: a detach request and a force-detach reaching
- * the backend, for the healthy and abort-probe stops only (a message per
- * stuck stop would itself load the worker).
+ * moments the benchmark times: a detach request reaching the backend, a
+ * force-detach activity starting and its force reaching the backend, for the
+ * healthy and abort-probe stops only (a message per stuck stop would itself
+ * load the worker).
  */
-import { DefaultLogger, makeTelemetryFilterString, NativeConnection, Runtime } from '@temporalio/worker';
+import {
+  type ActivityInterceptorsFactory,
+  DefaultLogger,
+  makeTelemetryFilterString,
+  NativeConnection,
+  Runtime,
+} from '@temporalio/worker';
 import type { AttachmentState, CallBudget, CallOptions, Provider, VolumeOfInstance } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import type { VolumeRef } from '../common/request';
@@ -21,6 +28,7 @@ import {
   type FromIncidentWorker,
   healthyId,
   healthyVolumes,
+  type IncidentEventKind,
   type IncidentSample,
   type IncidentWorkerConfig,
   probeId,
@@ -54,7 +62,7 @@ class CountingProvider implements Provider {
     private readonly inner: Provider,
     prefix: string,
     stuck: number,
-    private readonly report: (kind: 'detach' | 'force', instanceId: string, at: number) => void,
+    private readonly report: (kind: IncidentEventKind, instanceId: string, at: number) => void,
   ) {
     this.name = inner.name;
     this.supportsForce = inner.supportsForce;
@@ -169,12 +177,29 @@ async function main(): Promise<void> {
     send({ type: 'event', kind, instanceId, at }),
   );
   const connection = await NativeConnection.connect({ address: config.address });
-  // Nothing but what `stopflow worker` passes with an empty environment: no tuning, default timings.
+  // A probe's force-detach activity starting, before its state read and budget: the part of abort → force
+  // that Temporal's own floor (signal → activity) measures too.
+  const probePrefix = probeId(config.prefix, 0).slice(0, -1);
+  const forceStarted: ActivityInterceptorsFactory = (ctx) => ({
+    inbound: {
+      execute(input, next) {
+        const target = input.args[0] as { instanceId?: unknown } | undefined;
+        if (ctx.info.activityType === 'forceDetachVolume' && typeof target?.instanceId === 'string') {
+          if (target.instanceId.startsWith(probePrefix))
+            send({ type: 'event', kind: 'forceStarted', instanceId: target.instanceId, at: Date.now() });
+        }
+        return next(input);
+      },
+    },
+  });
+  // Nothing but what `stopflow worker` passes with an empty environment (no tuning, default timings), and
+  // the probes' moment above.
   const worker = await createStopflowWorker({
     connection,
     taskQueue: config.taskQueue,
     providers: [provider],
     workflowBundle: { codePath: config.bundlePath },
+    tuning: { interceptors: { activity: [forceStarted] } },
   });
   const running = worker.run();
 

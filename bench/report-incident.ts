@@ -149,7 +149,7 @@ export function renderIncident(line: Line, inc: IncidentResult, from: string): v
     `4. **healthy**: ${inc.healthyStops} stops with 2 volumes that detach at once, started one every ${ms(inc.healthySpacingMs)} whether or not the previous one ended; start → result of each. p99 is nearest-rank (with ${inc.healthyStops} samples, the slowest). A stop not done by the cap counts as the time it had waited, a lower bound. The aws rows' stops also wait for \`StopInstances\` to report \`stopped\`: the provider's 5 s stop poll, so their figures are not comparable with the simulated rows'.`,
   );
   line(
-    `5. **abort**: ${inc.probes} probe stops, ${inc.probeSpacingMs ? `one after another and at most one every ${ms(inc.probeSpacingMs)} (each costs six budgeted calls: back to back they would spend more than the aws budget themselves, and the force would wait for tokens they spent)` : 'one after another'}, each with one stuck volume: once its detach request reached the backend, \`abort\` is sent and timed to its force-detach reaching the backend (Date.now() in the worker, as in "Reaction"). After each probe, one sample of Temporal's own floor as in "Reaction": \`signalFloor\` on a baseline worker in the benchmark's process, timed from the signal to its activity, so both see the same server load.`,
+    `5. **abort**: ${inc.probes} probe stops, ${inc.probeSpacingMs ? `one after another and at most one every ${ms(inc.probeSpacingMs)} (each costs six budgeted calls: back to back they would spend more than the aws budget themselves, and the force would wait for tokens they spent)` : 'one after another'}, each with one stuck volume: once its detach request reached the backend, \`abort\` is sent and timed to its force-detach reaching the backend (Date.now() in the worker, as in "Reaction")${inc.rows.some((r) => r.abort?.activityStarted) ? ', and to its force-detach activity starting (an activity interceptor on the worker: the path the floor measures, before the force reads the volume and takes its budget tokens)' : ''}. After each probe, one sample of Temporal's own floor as in "Reaction": \`signalFloor\` on a baseline worker in the benchmark's process, timed from the signal to its activity, so both see the same server load.`,
   );
   line();
   line(
@@ -177,9 +177,9 @@ export function renderIncident(line: Line, inc: IncidentResult, from: string): v
   line('What other stops on the same worker see:');
   line();
   line(
-    '| backend | N stuck | healthy stop p50 | healthy stop p99 | × N = 0 (p50 / p99) | abort → force p50 / p99 / max | floor: signal → activity p50 / p99 / max | abort p99 over the floor | backend calls/s during the aborts (budget) |',
+    '| backend | N stuck | healthy stop p50 | healthy stop p99 | × N = 0 (p50 / p99) | abort → force p50 / p99 / max | of which abort → its activity started, p50 / p99 | floor: signal → activity p50 / p99 / max | abort p99 over the floor | backend calls/s during the aborts (budget) |',
   );
-  line('|---|---|---|---|---|---|---|---|---|');
+  line('|---|---|---|---|---|---|---|---|---|---|');
   const zero = base(inc);
   for (const r of inc.rows) {
     if (!r.healthy && !r.abort) continue;
@@ -188,7 +188,7 @@ export function renderIncident(line: Line, inc: IncidentResult, from: string): v
     const cut = h && h.unfinished > 0 ? ` (${h.unfinished} not done by the cap: ≥)` : '';
     const a = r.abort;
     line(
-      `| ${r.provider} | ${n0(r.stops)} | ${h ? `${ms(h.p50)}${cut}` : ''} | ${h ? `**${ms(h.p99)}**` : ''} | ${ratio ? `${num(ratio.p50, 2)} / **${num(ratio.p99, 2)}**` : r.provider === 'aws' ? 'n/a (stop poll)' : ''} | ${a ? `${ms(a.stopflow.p50)} / **${ms(a.stopflow.p99)}** / ${ms(a.stopflow.max)}` : ''} | ${a ? `${ms(a.floor.p50)} / ${ms(a.floor.p99)} / ${ms(a.floor.max)}` : ''} | ${a ? `**${ms(a.stopflow.p99 - a.floor.p99)}**` : ''} | ${a?.callsPerSecond !== undefined ? `${num(a.callsPerSecond, 1)} (${num((r.provider === 'aws' ? inc.awsBudget : inc.simBudget).callsPerSecond, 0)})` : ''} |`,
+      `| ${r.provider} | ${n0(r.stops)} | ${h ? `${ms(h.p50)}${cut}` : ''} | ${h ? `**${ms(h.p99)}**` : ''} | ${ratio ? `${num(ratio.p50, 2)} / **${num(ratio.p99, 2)}**` : r.provider === 'aws' ? 'n/a (stop poll)' : ''} | ${a ? `${ms(a.stopflow.p50)} / **${ms(a.stopflow.p99)}** / ${ms(a.stopflow.max)}` : ''} | ${a?.activityStarted ? `${ms(a.activityStarted.p50)} / ${ms(a.activityStarted.p99)}` : ''} | ${a ? `${ms(a.floor.p50)} / ${ms(a.floor.p99)} / ${ms(a.floor.max)}` : ''} | ${a ? `**${ms(a.stopflow.p99 - a.floor.p99)}**` : ''} | ${a?.callsPerSecond !== undefined ? `${num(a.callsPerSecond, 1)} (${num((r.provider === 'aws' ? inc.awsBudget : inc.simBudget).callsPerSecond, 0)})` : ''} |`,
     );
   }
   line();
@@ -261,8 +261,16 @@ export function renderIncidentBounds(line: Line, inc: IncidentResult, missed: st
       overBudget.length > 0
         ? ` In ${overBudget.join(', ')} the backend received 90% of the budget or more during the aborts (every request it counted, the probes' own included, and the aws stop's \`DescribeInstances\` polls inside a \`StopInstances\` call, which the budget takes as one call): the read and the force are urgent calls, first in the budget's queue, but they wait for a token when the bucket is empty.`
         : '';
+    const split = rows.filter((r) => r.abort.activityStarted);
+    const splitText =
+      split.length > 0
+        ? ` Split at the force-detach activity's start: abort → the activity starting, the path the floor measures, is over the floor at p99 by ${split.map((r) => `${rowName(r)}: ${ms((r.abort.activityStarted?.p99 ?? 0) - r.abort.floor.p99)}`).join('; ')}; the force's own part (its state read and budget, up to the backend) takes at the median ${split.map((r) => `${rowName(r)}: ${ms(r.abort.stopflow.p50 - (r.abort.activityStarted?.p50 ?? 0))}`).join('; ')}.`
+        : '';
+    const rank = Math.ceil(0.99 * inc.probes);
+    const slowest = inc.probes - rank + 1;
+    const rankText = slowest === 1 ? 'the slowest sample' : `the ${ordinal(slowest)} slowest sample`;
     line(
-      `**Abort → force-detach while stops wait**: over the floor at the median ${p50}; at p99 ${p99}. Force starts with a state read (force is never sent for a volume already detached): an urgent check, batched apart from the waits' checks and sent at once (\`activities/state-checks.ts\`), but one more backend round trip than the floor's activity makes, and it waits for an urgent batch already under way.${budgetText} ${gatherText} At p99, with ${inc.probes} samples per row the p99 is the slowest sample, and both sides are one hand-off of the dev server's task queues (≈ 50 ms each, see "Reaction") from being slower.`,
+      `**Abort → force-detach while stops wait**: over the floor at the median ${p50}; at p99 ${p99}. Force starts with a state read (force is never sent for a volume already detached): an urgent check, batched apart from the waits' checks and sent at once (\`activities/state-checks.ts\`), but one more backend round trip than the floor's activity makes, and it waits for an urgent batch already under way.${budgetText} ${gatherText}${splitText} At p99, with ${inc.probes} samples per row the p99 is ${rankText}, and both sides are one hand-off of the dev server's task queues (≈ 50 ms each, see "Reaction") from being slower.`,
     );
     line();
   }
@@ -281,4 +289,11 @@ export function renderIncidentBounds(line: Line, inc: IncidentResult, missed: st
     );
     line();
   }
+}
+
+/** 2 → "2nd": for "the 2nd slowest sample". */
+function ordinal(n: number): string {
+  const tens = n % 100;
+  if (tens >= 11 && tens <= 13) return `${n}th`;
+  return `${n}${['th', 'st', 'nd', 'rd'][n % 10] ?? 'th'}`;
 }

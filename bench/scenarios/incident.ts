@@ -43,6 +43,7 @@ import {
   type FromIncidentWorker,
   healthyId,
   healthyVolumes,
+  type IncidentEventKind,
   type IncidentSample,
   type IncidentWorkerConfig,
   probeId,
@@ -125,7 +126,10 @@ export interface IncidentRow {
 }
 
 export interface AbortFigure {
+  /** `abort` sent → the force reaching the backend (after the force's state read and its budget tokens). */
   stopflow: LatencySummary;
+  /** `abort` sent → the force-detach activity starting: the same path as the floor's (absent from older runs). */
+  activityStarted?: LatencySummary;
   floor: LatencySummary;
   /** Backend calls per second over the abort phase: the waits' checks and the probes' own calls (absent before it was measured). */
   callsPerSecond?: number;
@@ -189,7 +193,7 @@ class IncidentProcess {
   }
 
   /** When the worker first reported `kind` for this instance; rejects after `timeoutMs` or if the worker exits. */
-  when(kind: 'detach' | 'force', instanceId: string, timeoutMs = EVENT_TIMEOUT_MS): Promise<number> {
+  when(kind: IncidentEventKind, instanceId: string, timeoutMs = EVENT_TIMEOUT_MS): Promise<number> {
     const key = `${kind}:${instanceId}`;
     const at = this.seen.get(key);
     if (at !== undefined) return Promise.resolve(at);
@@ -239,7 +243,9 @@ export async function incident(ctx: BenchContext): Promise<IncidentResult> {
   const sizes = ctx.incidentSizes ?? (ctx.quick ? [0, 50, 200] : [0, 100, 1_000, 5_000, 10_000]);
   const awsSizes = ctx.quick ? [200] : [100, 1_000];
   const healthyStops = ctx.quick ? 10 : 20;
-  const probes = ctx.quick ? 10 : 60;
+  // 150: the p99 (nearest rank) is then the 2nd slowest probe, not the slowest, as with the 60 of earlier
+  // runs, where one 50 ms hand-off of the dev server's task queues on either side decided the comparison.
+  const probes = ctx.quick ? 10 : 150;
   const windowMs = ctx.quick ? 10_000 : 30_000;
   const healthyCapMs = ctx.quick ? 180_000 : 900_000;
   const specs: RowSpec[] = [
@@ -306,7 +312,7 @@ function describeRow(row: IncidentRow): string {
   }
   if (row.abort) {
     parts.push(
-      `abort->force p50 ${row.abort.stopflow.p50} / p99 ${row.abort.stopflow.p99} ms (floor ${row.abort.floor.p50} / ${row.abort.floor.p99}), ${row.abort.callsPerSecond} calls/s`,
+      `abort->force p50 ${row.abort.stopflow.p50} / p99 ${row.abort.stopflow.p99} ms (its activity started ${row.abort.activityStarted?.p50} / ${row.abort.activityStarted?.p99}; floor ${row.abort.floor.p50} / ${row.abort.floor.p99}), ${row.abort.callsPerSecond} calls/s`,
     );
   }
   if (row.errors.length > 0) parts.push(`ERRORS: ${row.errors.join('; ')}`);
@@ -560,6 +566,7 @@ async function abortPhase(
   callsOf: (s: IncidentSample) => Record<string, number>,
 ): Promise<AbortFigure> {
   const stopflow: number[] = [];
+  const activityStarted: number[] = [];
   const floor: number[] = [];
   // Taken at once: the aws rows' counts are the EC2 server's, live, not the sample's.
   const before = await child.sample();
@@ -576,6 +583,7 @@ async function abortPhase(
     const sentAt = Date.now();
     await handle.signal(ABORT_SIGNAL, { reason: 'bench', requestedBy: 'bench' });
     stopflow.push((await child.when('force', instanceId)) - sentAt);
+    activityStarted.push((await child.when('forceStarted', instanceId)) - sentAt);
     floor.push(await options.floor());
     await sleep(Math.max(0, startedAt + PROBE_SPACING_MS - Date.now()));
   }
@@ -584,6 +592,7 @@ async function abortPhase(
   const calls = Object.entries(callsAfter).reduce((sum, [op, n]) => sum + n - (callsBefore[op] ?? 0), 0);
   return {
     stopflow: summarize(stopflow),
+    activityStarted: summarize(activityStarted),
     floor: summarize(floor),
     callsPerSecond: round(calls / ((after.at - before.at) / 1000), 2),
   };
