@@ -9,6 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
+import { Context } from '@temporalio/activity';
 import { Client } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
 import { createCompletionEventActivities } from '../activities/completion-event';
@@ -164,10 +165,18 @@ const scenarios: Scenario[] = [
     volumes: [{ volumeId: 'vol-a' }],
     request: {},
   },
+  {
+    // The worker's askWorker outlasts its 5 s (ASK_HANGS below): its marker holds a bare TimeoutFailure.
+    name: 'ask-timed-out',
+    volumes: [{ volumeId: 'vol-a' }],
+    request: {},
+  },
 ];
 
 /** The scenario whose askWorker throws, as a worker's would whose visibility client or configuration broke. */
 const ASK_FAILS = workflowIdFor('i-ask-failed');
+/** The scenario whose askWorker never answers in time, as one whose visibility is throttled would. */
+const ASK_HANGS = workflowIdFor('i-ask-timed-out');
 
 const HOLDER = 'i-volume-held-holder';
 
@@ -200,6 +209,7 @@ try {
     extraActivities: {
       async askWorker(input: FindVolumeHoldersInput) {
         if (input.workflowId === ASK_FAILS) throw new Error('the worker could not answer (fixture)');
+        if (input.workflowId === ASK_HANGS) await Context.current().sleep(60_000); // cancelled at its timeout
         return askWorker(input);
       },
     },

@@ -13,7 +13,8 @@ import { join } from 'node:path';
 import { Context } from '@temporalio/activity';
 import { WorkflowFailedError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { Worker } from '@temporalio/worker';
+import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
 import { createCompletionEventActivities } from '../activities/completion-event';
 import { askWorkerActivity } from '../activities/volume-holders';
 import { verifyStopEventSignature } from '../client';
@@ -223,6 +224,9 @@ describe('with an events endpoint on the worker', () => {
     expect(JSON.parse(delivered.body)).toMatchObject({ data: { outcome: 'stopped' } });
     const history = await h.client.workflow.getHandle(started.workflowId).fetchHistory();
     expect(localActivityMarkers(history.events ?? [])).toBe(2); // the failed askWorker, then completionEventsConfigured
+    // And it replays as it ran, as after an eviction from the worker's cache: a replayed marker gives the failure
+    // in another shape than the live one (a timeout's TimeoutFailure without its ActivityFailure).
+    await Worker.runReplayHistory({ workflowBundle: { codePath: inject('workflowBundlePath') } }, history);
   });
 
   test('a failed stop produces a failed event', async () => {
