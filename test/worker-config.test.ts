@@ -466,10 +466,13 @@ describe('extra activities', () => {
     const wrongAnswer: ExtraActivities = { askWorker: async () => true };
     // @ts-expect-error requestDetach takes a VolumeTarget, not a string
     const wrongInput: ExtraActivities = { requestDetach: async (volumeId: string) => ({ volumeId }) };
-    expect(Object.keys({ ...extra, ...wrongAnswer, ...wrongInput })).toEqual([
+    // @ts-expect-error stops started before the reconciler patch still call stopInstance and read its answer
+    const wrongLegacy: ExtraActivities = { stopInstance: async () => undefined };
+    expect(Object.keys({ ...extra, ...wrongAnswer, ...wrongInput, ...wrongLegacy })).toEqual([
       'askWorker',
       'sweepOnce',
       'requestDetach',
+      'stopInstance',
     ]);
   });
 });

@@ -12,13 +12,13 @@
 import { fileURLToPath } from 'node:url';
 import { Client } from '@temporalio/client';
 import { bundleWorkflowCode, type NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
-import { type ActivityDeps, Backends, createActivities } from '../activities';
+import { type ActivityDeps, Backends, createActivities, type StopflowActivities } from '../activities';
 import { type CompletionEventsOptions, createCompletionEventActivities } from '../activities/completion-event';
 import type { Provider } from '../activities/provider';
 import { askWorkerActivity, createVolumeHolderActivities } from '../activities/volume-holders';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
 import type { OwnershipEventActivities } from '../common/ownership-events';
-import { type StopActivities, waitsTaskQueue } from '../common/stop-activities';
+import { waitsTaskQueue } from '../common/stop-activities';
 import { DEFAULT_DETACH_HOLD_MS, DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
 import { stopflowNexusHandler } from './nexus-handlers';
 import { NO_TRACING_SINKS, TRACING_WORKFLOW_MODULES, type WorkerTracing } from './tracing';
@@ -27,8 +27,11 @@ import { withoutStackTraces } from './workflow-stack-traces';
 
 export const WORKFLOWS_PATH = fileURLToPath(new URL('../workflows/index.ts', import.meta.url));
 
-/** Activities registered beside stopflow's own; stopflow's names keep their signatures (checked here). */
-export type ExtraActivities = Partial<StopActivities & OwnershipEventActivities> &
+/**
+ * Activities registered beside stopflow's own, on the stop's task queue; one named like stopflow's (the legacy
+ * ones included) must keep its signature. `awaitDetached` runs on the waits queue, so one given here is never called.
+ */
+export type ExtraActivities = Partial<StopflowActivities & OwnershipEventActivities> &
   Record<string, (...args: never[]) => Promise<unknown>>;
 
 export interface StopflowWorkerOptions {
