@@ -264,13 +264,18 @@ export function renderIncidentBounds(line: Line, inc: IncidentResult, missed: st
     const split = rows.filter((r) => r.abort.activityStarted);
     const splitText =
       split.length > 0
-        ? ` Split at the force-detach activity's start: abort → the activity starting, the path the floor measures, is over the floor at p99 by ${split.map((r) => `${rowName(r)}: ${ms((r.abort.activityStarted?.p99 ?? 0) - r.abort.floor.p99)}`).join('; ')}; the force's own part (its state read and budget, up to the backend) takes at the median ${split.map((r) => `${rowName(r)}: ${ms(r.abort.stopflow.p50 - (r.abort.activityStarted?.p50 ?? 0))}`).join('; ')}.`
+        ? ` Split at the force-detach activity's start: abort → the activity starting, the path the floor measures, is over the floor at p99 by ${split.map((r) => `${rowName(r)}: ${ms((r.abort.activityStarted?.p99 ?? 0) - r.abort.floor.p99)}`).join('; ')}; the force's own part (its state read and budget, up to the backend), as the difference of the two medians, is ${split.map((r) => `${rowName(r)}: ${ms(r.abort.stopflow.p50 - (r.abort.activityStarted?.p50 ?? 0))}`).join('; ')}.`
+        : '';
+    const ownPart = split.map((r) => r.abort.stopflow.p50 - (r.abort.activityStarted?.p50 ?? 0));
+    const excessBefore =
+      split.length > 0 && Math.max(...ownPart) <= 5
+        ? ` So where a row misses, the excess came before the force's activity started, on the path the floor takes too (signal → workflow task → activity task), but to a worker process busier than the floor's (its N waits, their checks), with a workflow task that carries more (the wait's cancel, the force, two search attribute upserts) than the floor's one command.`
         : '';
     const rank = Math.ceil(0.99 * inc.probes);
     const slowest = inc.probes - rank + 1;
     const rankText = slowest === 1 ? 'the slowest sample' : `the ${ordinal(slowest)} slowest sample`;
     line(
-      `**Abort → force-detach while stops wait**: over the floor at the median ${p50}; at p99 ${p99}. Force starts with a state read (force is never sent for a volume already detached): an urgent check, batched apart from the waits' checks and sent at once (\`activities/state-checks.ts\`), but one more backend round trip than the floor's activity makes, and it waits for an urgent batch already under way.${budgetText} ${gatherText}${splitText} At p99, with ${inc.probes} samples per row the p99 is ${rankText}, and both sides are one hand-off of the dev server's task queues (≈ 50 ms each, see "Reaction") from being slower.`,
+      `**Abort → force-detach while stops wait**: over the floor at the median ${p50}; at p99 ${p99}. Force starts with a state read (force is never sent for a volume already detached): an urgent check, batched apart from the waits' checks and sent at once (\`activities/state-checks.ts\`), but one more backend round trip than the floor's activity makes, and it waits for an urgent batch already under way.${budgetText} ${gatherText}${splitText}${excessBefore} At p99, with ${inc.probes} samples per row the p99 is ${rankText}, and both sides are one hand-off of the dev server's task queues (≈ 50 ms each, see "Reaction") from being slower.`,
     );
     line();
   }
