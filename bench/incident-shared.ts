@@ -58,7 +58,9 @@ export const stuckId = (prefix: string, i: number) => `${prefix}-s${i}`;
 export const healthyId = (prefix: string, i: number) => `${prefix}-h${i}`;
 /** The healthy stop each row runs before its idle sample (seeded beside the healthy ones). */
 export const warmUpId = (prefix: string) => `${prefix}-w`;
-export const probeId = (prefix: string, i: number) => `${prefix}-a${i}`;
+/** Every abort probe's instance id starts with this. */
+export const probePrefix = (prefix: string) => `${prefix}-a`;
+export const probeId = (prefix: string, i: number) => `${probePrefix(prefix)}${i}`;
 /** Volume ids are unique across instances (EC2's are). */
 export const stuckVolume = (instanceId: string) => `vol-${instanceId}-stuck`;
 export const healthyVolumes = (instanceId: string) => [`vol-${instanceId}-0`, `vol-${instanceId}-1`];

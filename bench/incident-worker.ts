@@ -32,6 +32,7 @@ import {
   type IncidentSample,
   type IncidentWorkerConfig,
   probeId,
+  probePrefix,
   stuckId,
   stuckVolume,
   type ToIncidentWorker,
@@ -179,15 +180,14 @@ async function main(): Promise<void> {
   const connection = await NativeConnection.connect({ address: config.address });
   // A probe's force-detach activity starting, before its state read and budget: the part of abort → force
   // that Temporal's own floor (signal → activity) measures too.
-  const probePrefix = probeId(config.prefix, 0).slice(0, -1);
+  const probes = probePrefix(config.prefix);
   const forceStarted: ActivityInterceptorsFactory = (ctx) => ({
     inbound: {
       execute(input, next) {
-        const target = input.args[0] as { instanceId?: unknown } | undefined;
-        if (ctx.info.activityType === 'forceDetachVolume' && typeof target?.instanceId === 'string') {
-          if (target.instanceId.startsWith(probePrefix))
-            send({ type: 'event', kind: 'forceStarted', instanceId: target.instanceId, at: Date.now() });
-        }
+        const instanceId = (input.args[0] as { instanceId?: unknown } | undefined)?.instanceId;
+        const isProbe = typeof instanceId === 'string' && instanceId.startsWith(probes);
+        if (isProbe && ctx.info.activityType === 'forceDetachVolume')
+          send({ type: 'event', kind: 'forceStarted', instanceId, at: Date.now() });
         return next(input);
       },
     },

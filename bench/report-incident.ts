@@ -269,7 +269,7 @@ export function renderIncidentBounds(line: Line, inc: IncidentResult, missed: st
     const ownPart = split.map((r) => r.abort.stopflow.p50 - (r.abort.activityStarted?.p50 ?? 0));
     const excessBefore =
       split.length > 0 && Math.max(...ownPart) <= 5
-        ? ` So where a row misses, the excess came before the force's activity started, on the path the floor takes too (signal → workflow task → activity task), but to a worker process busier than the floor's (its N waits, their checks), with a workflow task that carries more (the wait's cancel, the force, two search attribute upserts) than the floor's one command.`
+        ? ` So where a row misses, the excess came before the force's activity started, on the path the floor takes too (signal → workflow task → activity task), but to a worker process busier than the floor's (its N waits, their checks), with a workflow task that carries more commands than the floor's one (the wait's cancel and the stop's search attributes beside the force).`
         : '';
     const rank = Math.ceil(0.99 * inc.probes);
     const slowest = inc.probes - rank + 1;
