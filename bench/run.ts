@@ -28,48 +28,9 @@ import { type DevServer, startDevServer } from '../devserver/server';
 import { cacheDir, TEMPORAL_CLI_VERSION } from '../devserver/temporal-cli';
 import { bundleStopflowWorkflows } from '../worker/worker';
 import type { BenchContext } from './common';
+import { mergeResults } from './merge-results';
 import { renderMarkdown } from './report';
-import { type BenchResults, type RunInfo, SCENARIOS, type ScenarioName } from './run-results';
-
-function runInfo(r: RunInfo): RunInfo {
-  const { generatedAt, command, quick, durationSeconds, machine, versions, devServer } = r;
-  return { generatedAt, command, quick, durationSeconds, machine, versions, devServer };
-}
-
-/**
- * Merges the scenarios a `--only` run measured into the last results. A quick run's figures do not
- * replace a full run's (those scenarios are returned in `kept`).
- */
-export function mergeResults(
-  previous: BenchResults | null,
-  current: BenchResults,
-  names: readonly ScenarioName[],
-): { merged: BenchResults; kept: ScenarioName[] } {
-  if (!previous)
-    return { merged: { ...current, runs: Object.fromEntries(names.map((n) => [n, runInfo(current)])) }, kept: [] };
-  const runs: Partial<Record<ScenarioName, RunInfo>> = {};
-  const had = new Set([...Object.keys(previous.scenarios), ...Object.keys(previous.errors)] as ScenarioName[]);
-  for (const name of had) runs[name] = previous.runs?.[name] ?? runInfo(previous);
-  const scenarios = { ...previous.scenarios } as Record<string, unknown>;
-  const errors = { ...previous.errors };
-  const kept: ScenarioName[] = [];
-  for (const name of names) {
-    const before = runs[name];
-    if (current.quick && before && !before.quick && name in previous.scenarios) {
-      kept.push(name);
-      continue;
-    }
-    if (name in current.scenarios) scenarios[name] = (current.scenarios as Record<string, unknown>)[name];
-    else delete scenarios[name];
-    if (current.errors[name] !== undefined) errors[name] = current.errors[name];
-    else delete errors[name];
-    runs[name] = runInfo(current);
-  }
-  return {
-    merged: { ...runInfo(current), scenarios: scenarios as BenchResults['scenarios'], errors, runs },
-    kept,
-  };
-}
+import { type BenchResults, SCENARIOS, type ScenarioName } from './run-results';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const noop = () => undefined;
@@ -281,9 +242,15 @@ async function main(): Promise<number> {
         `bench: --quick figures of ${kept.join(', ')} not merged (latest.json has them from a full run); they are in bench/results/partial.json`,
       );
     }
-    writeFileSync(latestPath, json(merged));
-    writeFileSync(join(ROOT, 'BENCHMARKS.md'), renderMarkdown(merged));
-    log('bench: wrote bench/results/partial.json, merged it into bench/results/latest.json and rewrote BENCHMARKS.md');
+    if (merged === previous) {
+      log('bench: wrote bench/results/partial.json; latest.json and BENCHMARKS.md left as they were');
+    } else {
+      writeFileSync(latestPath, json(merged));
+      writeFileSync(join(ROOT, 'BENCHMARKS.md'), renderMarkdown(merged));
+      log(
+        'bench: wrote bench/results/partial.json, merged it into bench/results/latest.json and rewrote BENCHMARKS.md',
+      );
+    }
   } else {
     writeFileSync(latestPath, json(results));
     writeFileSync(join(ROOT, 'BENCHMARKS.md'), renderMarkdown(results));
