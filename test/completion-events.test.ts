@@ -11,7 +11,7 @@ import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Context } from '@temporalio/activity';
-import { WorkflowFailedError } from '@temporalio/client';
+import { WorkflowFailedError, WorkflowNotFoundError } from '@temporalio/client';
 import { ApplicationFailure } from '@temporalio/common';
 import { Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
@@ -89,6 +89,20 @@ const retry = { initialMs: 200, maxMs: 1_000 };
 /** Instance ids the worker's askWorker fails for, or outlasts its 5 s timeout for; other stops get its answer. */
 const ASK_FAILS = 'ask-fails';
 const ASK_HANGS = 'ask-hangs';
+/**
+ * A stop (its askWorker failing, so it asks about events at its end) whose end-of-stop question the worker
+ * holds for a few seconds: the test terminates the stop in that window, between its end and the hand-off.
+ */
+const HELD_AT_END = `${ASK_FAILS}-held-at-end`;
+const heldAtEnd = { asked: deferred(), answered: deferred() };
+
+function deferred(): { promise: Promise<void>; resolve(): void } {
+  let resolve = () => {};
+  const promise = new Promise<void>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
+}
 
 beforeAll(async () => {
   receiver = new Receiver(await freePort());
@@ -99,6 +113,16 @@ beforeAll(async () => {
   h = await startHarness({
     extraActivities: {
       ...events,
+      async completionEventsConfigured() {
+        if (Context.current().info.workflowExecution?.workflowId.includes(HELD_AT_END)) {
+          heldAtEnd.asked.resolve();
+          // Under the local activity's 10 s timeout; a cancel (the terminated stop evicted) ends it sooner.
+          await Context.current()
+            .sleep(6_000)
+            .finally(() => heldAtEnd.answered.resolve());
+        }
+        return events.completionEventsConfigured();
+      },
       async askWorker(input: FindVolumeHoldersInput) {
         if (input.workflowId.includes(ASK_FAILS)) throw new Error('the worker could not answer');
         if (input.workflowId.includes(ASK_HANGS)) await Context.current().sleep(60_000); // cancelled at 5 s
@@ -227,6 +251,28 @@ describe('with an events endpoint on the worker', () => {
     // And it replays as it ran, as after an eviction from the worker's cache: a replayed marker gives the failure
     // in another shape than the live one (a timeout's TimeoutFailure without its ActivityFailure).
     await Worker.runReplayHistory({ workflowBundle: { codePath: inject('workflowBundlePath') } }, history);
+  });
+
+  test('a stop terminated between its end and the hand-off of its event sends none, and nothing runs on for it', async () => {
+    receiver.answer = 200;
+    const instanceId = h.instanceId(HELD_AT_END);
+    await h.sim.addInstance(instanceId, [{ volumeId: 'vol-a' }]);
+    const started = await h.stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-a' }] });
+    await heldAtEnd.asked.promise; // the instance is stopped; the stop is asking whether an event goes out
+    const stop = h.client.workflow.getHandle(started.workflowId, started.runId);
+    await stop.terminate('terminated during the completion-event hand-off');
+    await heldAtEnd.answered.promise; // the worker's answer (or its cancel) came after the terminate
+    // Give a late hand-off every chance to show: a workflow task after the answer, a child starting.
+    await new Promise((r) => setTimeout(r, 2_000));
+
+    expect((await stop.describe()).status.name).toBe('TERMINATED');
+    const child = h.client.workflow.getHandle(stopEventWorkflowId(started.workflowId, started.runId));
+    await expect(child.describe()).rejects.toBeInstanceOf(WorkflowNotFoundError);
+    expect(eventsFor(started.workflowId)).toEqual([]);
+    const history = await stop.fetchHistory();
+    expect(history.events?.some((e) => e.startChildWorkflowExecutionInitiatedEventAttributes)).toBe(false);
+    // The stop had done its work before the terminate: the terminate cut off only the announcement.
+    expect((await h.sim.instance(instanceId))?.state).toBe('stopped');
   });
 
   test('a failed stop produces a failed event', async () => {
