@@ -40,6 +40,8 @@ export interface IncidentSample {
   inFlightActivations: number;
   urgentActivities: number;
   waitActivities: number;
+  /** The worker's main-thread event-loop delay since the previous sample, ms (absent from older runs). */
+  eventLoopDelay?: { p50Ms: number; p99Ms: number; maxMs: number };
 }
 
 export type ToIncidentWorker = { type: 'sample'; id: number } | { type: 'shutdown' };

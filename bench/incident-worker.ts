@@ -13,6 +13,7 @@
  * healthy and abort-probe stops only (a message per stuck stop would itself
  * load the worker).
  */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import {
   type ActivityInterceptorsFactory,
   DefaultLogger,
@@ -202,6 +203,10 @@ async function main(): Promise<void> {
     tuning: { interceptors: { activity: [forceStarted] } },
   });
   const running = worker.run();
+  // The main thread's stalls: it runs the activities, the provider calls and the SDK's hand-offs to the
+  // workflow thread, so a stall here delays a workflow task the server has already handed over.
+  const loopDelay = monitorEventLoopDelay({ resolution: 5 });
+  loopDelay.enable();
 
   const sample = (): IncidentSample => {
     const mem = process.memoryUsage();
@@ -221,6 +226,15 @@ async function main(): Promise<void> {
       inFlightActivations: main.numInFlightWorkflowActivations,
       urgentActivities: main.numInFlightActivities,
       waitActivities: waits.numInFlightActivities,
+      eventLoopDelay: ((ms) => {
+        const figure = {
+          p50Ms: ms(loopDelay.percentile(50)),
+          p99Ms: ms(loopDelay.percentile(99)),
+          maxMs: ms(loopDelay.max),
+        };
+        loopDelay.reset();
+        return figure;
+      })((ns: number) => Math.round(ns / 1e5) / 10),
     };
   };
 

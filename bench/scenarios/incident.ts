@@ -39,6 +39,7 @@ import {
 } from '../../worker/defaults';
 import { Marks } from '../baseline-activities';
 import { type BenchContext, mapLimit, percentile, round, sleep, startStop } from '../common';
+import { type RunSplit, runSplit, type SignalPath, signalPath, timeline } from '../history-spans';
 import {
   type FromIncidentWorker,
   healthyId,
@@ -53,7 +54,7 @@ import {
   warmUpId,
 } from '../incident-shared';
 import { baselineWorker, withWorkers } from '../workers';
-import { type LatencySummary, signalFloorOnce, summarize } from './reaction';
+import { type LatencySummary, signalFloorOnce, signalFloorTimed, summarize } from './reaction';
 
 const WORKER_PATH = fileURLToPath(new URL('../incident-worker.ts', import.meta.url));
 /**
@@ -110,7 +111,12 @@ export interface HealthyFigure {
   p50: number;
   p99: number;
   max: number;
+  /** From the server's event times: the median stop's split, and the slowest stops' (absent from older runs). */
+  split?: { median: RunSplit; slowest: Array<RunSplit & { latencyMs: number }> };
 }
+
+/** A signal's path by segment, ms (see bench/history-spans.ts); `toCode` is the activity's task to its code running. */
+export type PathSummary = Record<keyof SignalPath | 'toCode', LatencySummary>;
 
 export interface IncidentRow {
   provider: 'simulated' | 'aws';
@@ -131,8 +137,12 @@ export interface AbortFigure {
   /** `abort` sent → the force-detach activity starting: the same path as the floor's (absent from older runs). */
   activityStarted?: LatencySummary;
   floor: LatencySummary;
+  /** Both paths split by the server's event times (absent from older runs), and the slowest probes' paths. */
+  paths?: { stopflow: PathSummary; floor: PathSummary; slowest: Array<SignalPath & { toCode: number; ms: number }> };
   /** Backend calls per second over the abort phase: the waits' checks and the probes' own calls (absent before it was measured). */
   callsPerSecond?: number;
+  /** The stopflow worker's main-thread event-loop delay over the abort phase, ms (absent from older runs). */
+  eventLoopDelay?: IncidentSample['eventLoopDelay'];
 }
 
 export interface IncidentResult {
@@ -264,7 +274,7 @@ export async function incident(ctx: BenchContext): Promise<IncidentResult> {
         probes: spec.stops <= HEALTHY_MAX_STOPS ? probes : 0,
         windowMs,
         healthyCapMs,
-        floor: () => signalFloorOnce(ctx, floorQueue, marks),
+        floor: () => signalFloorTimed(ctx, floorQueue, marks),
       });
       rows.push(row);
       ctx.log(`  ${describeRow(row)}`);
@@ -315,6 +325,21 @@ function describeRow(row: IncidentRow): string {
       `abort->force p50 ${row.abort.stopflow.p50} / p99 ${row.abort.stopflow.p99} ms (its activity started ${row.abort.activityStarted?.p50} / ${row.abort.activityStarted?.p99}; floor ${row.abort.floor.p50} / ${row.abort.floor.p99}), ${row.abort.callsPerSecond} calls/s`,
     );
   }
+  if (row.abort?.paths) {
+    const seg = (p: PathSummary) =>
+      Object.entries(p)
+        .map(([k, v]) => `${k} ${v.p50}/${v.p99}`)
+        .join(', ');
+    parts.push(
+      `\n    stopflow path p50/p99: ${seg(row.abort.paths.stopflow)}; loop delay ${JSON.stringify(row.abort.eventLoopDelay)}`,
+    );
+    parts.push(`\n    floor path p50/p99:    ${seg(row.abort.paths.floor)}`);
+    for (const p of row.abort.paths.slowest) parts.push(`\n    slow probe ${p.ms} ms: ${JSON.stringify(p)}`);
+  }
+  if (row.healthy?.split) {
+    parts.push(`\n    healthy median split: ${JSON.stringify(row.healthy.split.median)}`);
+    for (const h of row.healthy.split.slowest) parts.push(`\n    slow healthy: ${JSON.stringify(h)}`);
+  }
   if (row.errors.length > 0) parts.push(`ERRORS: ${row.errors.join('; ')}`);
   return parts.join(' ');
 }
@@ -324,8 +349,10 @@ interface RowOptions {
   probes: number;
   windowMs: number;
   healthyCapMs: number;
-  floor(): Promise<number>;
+  floor(): Promise<FloorSample>;
 }
+
+type FloorSample = Awaited<ReturnType<typeof signalFloorTimed>>;
 
 function seedEc2(ec2: Ec2QueryServer, prefix: string, spec: RowSpec, options: RowOptions): void {
   const stuck = (id: string) =>
@@ -541,6 +568,17 @@ async function healthyPhase(
       return Date.now() - sentAt; // censored: it had waited at least this long
     }),
   );
+  // Every healthy stop's split by the server's event times, read once the phase is over.
+  const splits = await mapLimit(
+    latencies.map((latencyMs, i) => ({ latencyMs, i })),
+    10,
+    async ({ latencyMs, i }) => ({
+      latencyMs,
+      ...runSplit(await timeline(ctx.client, `stop-${healthyId(prefix, i)}`)),
+    }),
+  );
+  const byLatency = [...splits].sort((a, b) => a.latencyMs - b.latencyMs);
+  const median = byLatency[Math.floor(byLatency.length / 2)];
   return {
     samples: latencies.length,
     latenciesMs: latencies,
@@ -549,6 +587,7 @@ async function healthyPhase(
     p50: round(percentile(latencies, 50)),
     p99: round(percentile(latencies, 99)),
     max: round(Math.max(...latencies)),
+    ...(median ? { split: { median, slowest: byLatency.slice(-3).reverse() } } : {}),
   };
 }
 
@@ -568,6 +607,8 @@ async function abortPhase(
   const stopflow: number[] = [];
   const activityStarted: number[] = [];
   const floor: number[] = [];
+  const probesSent: Array<{ workflowId: string; sentAt: number; codeAt: number; ms: number }> = [];
+  const floorsSent: FloorSample[] = [];
   // Taken at once: the aws rows' counts are the EC2 server's, live, not the sample's.
   const before = await child.sample();
   const callsBefore = callsOf(before);
@@ -582,18 +623,51 @@ async function abortPhase(
     await child.when('detach', instanceId);
     const sentAt = Date.now();
     await handle.signal(ABORT_SIGNAL, { reason: 'bench', requestedBy: 'bench' });
-    stopflow.push((await child.when('force', instanceId)) - sentAt);
-    activityStarted.push((await child.when('forceStarted', instanceId)) - sentAt);
-    floor.push(await options.floor());
+    const ms = (await child.when('force', instanceId)) - sentAt;
+    stopflow.push(ms);
+    const codeAt = await child.when('forceStarted', instanceId);
+    activityStarted.push(codeAt - sentAt);
+    probesSent.push({ workflowId: `stop-${instanceId}`, sentAt, codeAt, ms });
+    const floorSample = await options.floor();
+    floorsSent.push(floorSample);
+    floor.push(floorSample.ms);
     await sleep(Math.max(0, startedAt + PROBE_SPACING_MS - Date.now()));
   }
   const after = await child.sample();
   const callsAfter = callsOf(after);
   const calls = Object.entries(callsAfter).reduce((sum, [op, n]) => sum + n - (callsBefore[op] ?? 0), 0);
+  const probePaths = await mapLimit(probesSent, 10, async (p) => {
+    const path = signalPath(await timeline(ctx.client, p.workflowId), p.sentAt, 'forceDetachVolume');
+    return path && { ...path, toCode: p.codeAt - p.sentAt - pathMs(path), ms: p.ms };
+  });
+  const floorPaths = await mapLimit(floorsSent, 10, async (f) => {
+    const path = signalPath(await timeline(ctx.client, f.workflowId), f.sentAt, 'mark');
+    return path && { ...path, toCode: f.markedAt - f.sentAt - pathMs(path) };
+  });
+  const found = probePaths.filter((p) => p !== null);
   return {
     stopflow: summarize(stopflow),
     activityStarted: summarize(activityStarted),
     floor: summarize(floor),
+    paths: {
+      stopflow: summarizePaths(found),
+      floor: summarizePaths(floorPaths.filter((p) => p !== null)),
+      slowest: [...found].sort((a, b) => b.ms - a.ms).slice(0, 3),
+    },
     callsPerSecond: round(calls / ((after.at - before.at) / 1000), 2),
+    ...(after.eventLoopDelay ? { eventLoopDelay: after.eventLoopDelay } : {}),
+  };
+}
+
+const pathMs = (p: SignalPath) => p.toServer + p.toWorkflowTask + p.workflowTask + p.toActivity;
+
+function summarizePaths(paths: Array<SignalPath & { toCode: number }>): PathSummary {
+  const of = (key: keyof PathSummary) => summarize(paths.map((p) => p[key]));
+  return {
+    toServer: of('toServer'),
+    toWorkflowTask: of('toWorkflowTask'),
+    workflowTask: of('workflowTask'),
+    toActivity: of('toActivity'),
+    toCode: of('toCode'),
   };
 }

@@ -80,6 +80,15 @@ function figure(rounds: number[][]): LatencyFigure {
  * activity; timed from just before the signal is sent to that activity's Date.now().
  */
 export async function signalFloorOnce(ctx: BenchContext, floorQueue: string, marks: Marks): Promise<number> {
+  return (await signalFloorTimed(ctx, floorQueue, marks)).ms;
+}
+
+/** One floor sample, with what a history read needs to split it: the workflow id and when the signal was sent. */
+export async function signalFloorTimed(
+  ctx: BenchContext,
+  floorQueue: string,
+  marks: Marks,
+): Promise<{ ms: number; workflowId: string; sentAt: number; markedAt: number }> {
   const id = `fa-${randomUUID().slice(0, 13)}`;
   const handle = await ctx.client.workflow.start<typeof signalFloor>('signalFloor', {
     taskQueue: floorQueue,
@@ -91,7 +100,7 @@ export async function signalFloorOnce(ctx: BenchContext, floorQueue: string, mar
   await handle.signal(ABORT_SIGNAL, { reason: 'bench' });
   const at = await marks.when(id);
   await handle.result();
-  return at - sentAt;
+  return { ms: at - sentAt, workflowId: id, sentAt, markedAt: at };
 }
 
 export async function reaction(ctx: BenchContext, options: { rounds?: number } = {}): Promise<ReactionResult> {
