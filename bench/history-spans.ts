@@ -51,8 +51,8 @@ export async function timeline(client: Client, workflowId: string): Promise<Time
 
 /**
  * A signal's path to the activity it starts, in ms: the signal reaching the server (from `sentAt`), the
- * workflow task it schedules reaching a worker, that task's run (until its completion reaches the server),
- * and the activity it schedules reaching a worker. Null if the history has no such path.
+ * workflow task that sees it reaching a worker (after any task already running ends), that task's run
+ * (until its completion reaches the server), and the activity reaching a worker. Null if there is no such path.
  */
 export interface SignalPath {
   toServer: number;
@@ -64,8 +64,9 @@ export interface SignalPath {
 export function signalPath(events: TimedEvent[], sentAt: number, activityType: string): SignalPath | null {
   const signal = events.find((e) => e.type === 'WorkflowExecutionSignaled');
   if (!signal) return null;
-  const scheduled = events.find((e) => e.type === 'WorkflowTaskScheduled' && e.id > signal.id);
-  const started = scheduled && events.find((e) => e.type === 'WorkflowTaskStarted' && e.id > scheduled.id);
+  // The task that saw the signal is the first to start after it: one scheduled before it (by an activity's
+  // completion, say) and not yet started takes it along; one already running leaves it to the next.
+  const started = events.find((e) => e.type === 'WorkflowTaskStarted' && e.id > signal.id);
   const completed = started && events.find((e) => e.type === 'WorkflowTaskCompleted' && e.id > started.id);
   const activity =
     completed &&

@@ -20,6 +20,11 @@ export interface IncidentWorkerConfig {
   budget?: CallBudget;
   /** aws: the local EC2 server (already seeded by the benchmark). */
   ec2Endpoint?: string;
+  /**
+   * Temporal's floor inside this worker's process: a baseline worker (this bundle, `signalFloor`) on this
+   * queue, beside the stopflow worker, so that it shares the process's load. Absent: none.
+   */
+  floor?: { taskQueue: string; bundlePath: string };
 }
 
 export interface IncidentSample {
@@ -52,9 +57,10 @@ export type FromIncidentWorker =
 
 /**
  * Moments the worker reports: a detach request reaching the backend; a probe's force-detach activity
- * starting (what Temporal's own floor, signal → activity, is comparable to); its force reaching the backend.
+ * starting (what Temporal's own floor, signal → activity, is comparable to); its force reaching the backend;
+ * the in-process floor's `mark` activity (keyed by its mark id in place of an instance id).
  */
-export type IncidentEventKind = 'detach' | 'forceStarted' | 'force';
+export type IncidentEventKind = 'detach' | 'forceStarted' | 'force' | 'floorMark';
 
 export const stuckId = (prefix: string, i: number) => `${prefix}-s${i}`;
 export const healthyId = (prefix: string, i: number) => `${prefix}-h${i}`;

@@ -20,11 +20,13 @@ import {
   makeTelemetryFilterString,
   NativeConnection,
   Runtime,
+  Worker,
 } from '@temporalio/worker';
 import type { AttachmentState, CallBudget, CallOptions, Provider, VolumeOfInstance } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import type { VolumeRef } from '../common/request';
 import { createStopflowWorker } from '../worker/worker';
+import { createBaselineActivities, Marks } from './baseline-activities';
 import {
   type FromIncidentWorker,
   healthyId,
@@ -129,6 +131,18 @@ class CountingProvider implements Provider {
   }
 }
 
+/** The floor's marks, each also reported to the benchmark with its moment. */
+class ReportingMarks extends Marks {
+  constructor(private readonly report: (id: string, at: number) => void) {
+    super();
+  }
+
+  override record(id: string): void {
+    this.report(id, Date.now());
+    super.record(id);
+  }
+}
+
 async function backend(config: IncidentWorkerConfig): Promise<{ inner: Provider; sim?: SimulatedProvider }> {
   if (config.provider === 'aws') {
     if (!config.ec2Endpoint) throw new Error('incident-worker: aws needs ec2Endpoint');
@@ -202,7 +216,19 @@ async function main(): Promise<void> {
     workflowBundle: { codePath: config.bundlePath },
     tuning: { interceptors: { activity: [forceStarted] } },
   });
-  const running = worker.run();
+  // Temporal's floor beside it, in the same process (idle but for the floor's own samples).
+  const floorWorker = config.floor
+    ? await Worker.create({
+        connection,
+        taskQueue: config.floor.taskQueue,
+        workflowBundle: { codePath: config.floor.bundlePath },
+        activities: createBaselineActivities({
+          provider: new SimulatedProvider(new MemorySimStore()),
+          marks: new ReportingMarks((id, at) => send({ type: 'event', kind: 'floorMark', instanceId: id, at })),
+        }),
+      })
+    : undefined;
+  const running = Promise.all([worker.run(), floorWorker?.run()]);
   // The main thread's stalls: it runs the activities, the provider calls and the SDK's hand-offs to the
   // workflow thread, so a stall here delays a workflow task the server has already handed over.
   const loopDelay = monitorEventLoopDelay({ resolution: 5 });
@@ -243,6 +269,7 @@ async function main(): Promise<void> {
     if (closing) return;
     closing = true;
     worker.shutdown();
+    if (floorWorker?.getState() === 'RUNNING') floorWorker.shutdown();
     await running.catch(() => undefined);
     await connection.close().catch(() => undefined);
     process.exit(code);

@@ -5,7 +5,10 @@
  * run: the N = 0 row, and Temporal's signal → activity floor measured beside
  * each row.
  */
-import type { IncidentResult, IncidentRow } from './scenarios/incident';
+import type { IncidentResult, IncidentRow, PathSummary } from './scenarios/incident';
+
+/** The incident rows again on the tuned server (`incidentTuned`). */
+type TunedIncident = IncidentResult & { dynamicConfig: Record<string, number> };
 
 type Line = (text?: string) => void;
 
@@ -126,7 +129,7 @@ export function renderIncidentSummary(line: Line, inc: IncidentResult, missed: s
   }
 }
 
-export function renderIncident(line: Line, inc: IncidentResult, from: string): void {
+export function renderIncident(line: Line, inc: IncidentResult, tuned: TunedIncident | undefined, from: string): void {
   const d = inc.defaults;
   line('## 5. Incident scale');
   line();
@@ -149,7 +152,7 @@ export function renderIncident(line: Line, inc: IncidentResult, from: string): v
     `4. **healthy**: ${inc.healthyStops} stops with 2 volumes that detach at once, started one every ${ms(inc.healthySpacingMs)} whether or not the previous one ended; start → result of each. p99 is nearest-rank (with ${inc.healthyStops} samples, the slowest). A stop not done by the cap counts as the time it had waited, a lower bound. The aws rows' stops also wait for \`StopInstances\` to report \`stopped\`: the provider's 5 s stop poll, so their figures are not comparable with the simulated rows'.`,
   );
   line(
-    `5. **abort**: ${inc.probes} probe stops, ${inc.probeSpacingMs ? `one after another and at most one every ${ms(inc.probeSpacingMs)} (each costs six budgeted calls: back to back they would spend more than the aws budget themselves, and the force would wait for tokens they spent)` : 'one after another'}, each with one stuck volume: once its detach request reached the backend, \`abort\` is sent and timed to its force-detach reaching the backend (Date.now() in the worker, as in "Reaction")${inc.rows.some((r) => r.abort?.activityStarted) ? ', and to its force-detach activity starting (an activity interceptor on the worker: the path the floor measures, before the force reads the volume and takes its budget tokens)' : ''}. After each probe, one sample of Temporal's own floor as in "Reaction": \`signalFloor\` on a baseline worker in the benchmark's process, timed from the signal to its activity, so both see the same server load.`,
+    `5. **abort**: ${inc.probes} probe stops, ${inc.probeSpacingMs ? `one after another and at most one every ${ms(inc.probeSpacingMs)} (each costs six budgeted calls: back to back they would spend more than the aws budget themselves, and the force would wait for tokens they spent)` : 'one after another'}, each with one stuck volume: once its detach request reached the backend, \`abort\` is sent and timed to its force-detach reaching the backend (Date.now() in the worker, as in "Reaction")${inc.rows.some((r) => r.abort?.activityStarted) ? ', and to its force-detach activity starting (an activity interceptor on the worker: the path the floor measures, before the force reads the volume and takes its budget tokens)' : ''}. After each probe, one sample of Temporal's own floor as in "Reaction": \`signalFloor\` on a baseline worker in the benchmark's process, timed from the signal to its activity, so both see the same server load${inc.rows.some((r) => r.abort?.floorInWorker) ? "; and one more on a baseline worker inside the stopflow worker's process, beside it (`floor in the worker`), so that it shares that process's load" : ''}.`,
   );
   line();
   line(
@@ -177,9 +180,9 @@ export function renderIncident(line: Line, inc: IncidentResult, from: string): v
   line('What other stops on the same worker see:');
   line();
   line(
-    '| backend | N stuck | healthy stop p50 | healthy stop p99 | × N = 0 (p50 / p99) | abort → force p50 / p99 / max | of which abort → its activity started, p50 / p99 | floor: signal → activity p50 / p99 / max | abort p99 over the floor | backend calls/s during the aborts (budget) |',
+    '| backend | N stuck | healthy stop p50 | healthy stop p99 | × N = 0 (p50 / p99) | abort → force p50 / p99 / max | of which abort → its activity started, p50 / p99 | floor: signal → activity p50 / p99 / max | abort p99 over the floor | floor in the worker p50 / p99 | backend calls/s during the aborts (budget) |',
   );
-  line('|---|---|---|---|---|---|---|---|---|---|');
+  line('|---|---|---|---|---|---|---|---|---|---|---|');
   const zero = base(inc);
   for (const r of inc.rows) {
     if (!r.healthy && !r.abort) continue;
@@ -188,16 +191,109 @@ export function renderIncident(line: Line, inc: IncidentResult, from: string): v
     const cut = h && h.unfinished > 0 ? ` (${h.unfinished} not done by the cap: ≥)` : '';
     const a = r.abort;
     line(
-      `| ${r.provider} | ${n0(r.stops)} | ${h ? `${ms(h.p50)}${cut}` : ''} | ${h ? `**${ms(h.p99)}**` : ''} | ${ratio ? `${num(ratio.p50, 2)} / **${num(ratio.p99, 2)}**` : r.provider === 'aws' ? 'n/a (stop poll)' : ''} | ${a ? `${ms(a.stopflow.p50)} / **${ms(a.stopflow.p99)}** / ${ms(a.stopflow.max)}` : ''} | ${a?.activityStarted ? `${ms(a.activityStarted.p50)} / ${ms(a.activityStarted.p99)}` : ''} | ${a ? `${ms(a.floor.p50)} / ${ms(a.floor.p99)} / ${ms(a.floor.max)}` : ''} | ${a ? `**${ms(a.stopflow.p99 - a.floor.p99)}**` : ''} | ${a?.callsPerSecond !== undefined ? `${num(a.callsPerSecond, 1)} (${num((r.provider === 'aws' ? inc.awsBudget : inc.simBudget).callsPerSecond, 0)})` : ''} |`,
+      `| ${r.provider} | ${n0(r.stops)} | ${h ? `${ms(h.p50)}${cut}` : ''} | ${h ? `**${ms(h.p99)}**` : ''} | ${ratio ? `${num(ratio.p50, 2)} / **${num(ratio.p99, 2)}**` : r.provider === 'aws' ? 'n/a (stop poll)' : ''} | ${a ? `${ms(a.stopflow.p50)} / **${ms(a.stopflow.p99)}** / ${ms(a.stopflow.max)}` : ''} | ${a?.activityStarted ? `${ms(a.activityStarted.p50)} / ${ms(a.activityStarted.p99)}` : ''} | ${a ? `${ms(a.floor.p50)} / ${ms(a.floor.p99)} / ${ms(a.floor.max)}` : ''} | ${a ? `**${ms(a.stopflow.p99 - a.floor.p99)}**` : ''} | ${a?.floorInWorker ? `${ms(a.floorInWorker.p50)} / ${ms(a.floorInWorker.p99)}` : ''} | ${a?.callsPerSecond !== undefined ? `${num(a.callsPerSecond, 1)} (${num((r.provider === 'aws' ? inc.awsBudget : inc.simBudget).callsPerSecond, 0)})` : ''} |`,
     );
   }
   line();
   for (const r of inc.rows) for (const e of r.errors) line(`- **failed**, ${r.provider} N = ${n0(r.stops)}: ${e}`);
   if (inc.rows.some((r) => r.errors.length > 0)) line();
+  renderSplits(line, inc);
+  if (tuned) renderTuned(line, tuned);
+}
+
+const SEGMENTS: Array<[keyof PathSummary, string]> = [
+  ['toServer', 'signal sent → recorded'],
+  ['toWorkflowTask', '→ its workflow task started'],
+  ['workflowTask', 'workflow task run'],
+  ['toActivity', '→ activity task started'],
+  ['toCode', "→ activity's code runs"],
+];
+
+/** Where the time of an abort and of a healthy stop goes, by the server's event times. */
+function renderSplits(line: Line, inc: IncidentResult): void {
+  const withPaths = inc.rows.filter((r) => r.abort?.paths);
+  if (withPaths.length > 0) {
+    line(
+      "Where abort → force goes, by the server's own event times (each probe's and each floor sample's history, read after the row): the signal recorded, the workflow task that sees it handed to a worker, that task run (until its completion reached the server), the activity task handed to a worker, then the worker running the activity's code. p50 / p99 of each part, ms:",
+    );
+    line();
+    line(`| backend | N stuck | path | ${SEGMENTS.map(([, name]) => name).join(' | ')} |`);
+    line(`|---|---|---|${SEGMENTS.map(() => '---|').join('')}`);
+    for (const r of withPaths) {
+      const p = r.abort?.paths;
+      if (!p) continue;
+      const cells = (summary: PathSummary) =>
+        SEGMENTS.map(([key]) => `${n0(summary[key].p50)} / ${n0(summary[key].p99)}`).join(' | ');
+      line(`| ${r.provider} | ${n0(r.stops)} | stopflow | ${cells(p.stopflow)} |`);
+      line(`| | | floor | ${cells(p.floor)} |`);
+      line(`| | | floor in the worker | ${cells(p.floorInWorker)} |`);
+    }
+    line();
+  }
+  const withSplits = inc.rows.filter((r) => r.healthy?.split);
+  if (withSplits.length > 0) {
+    line(
+      "Where a healthy stop's time goes, by its history: from its first event to its last, the time its workflow tasks waited for a worker (server-side hand-off), ran (on the worker, until the completion reached the server), and its activities waited for a worker (summed: the two detaches overlap). The median stop, and the slowest:",
+    );
+    line();
+    line(
+      '| backend | N stuck | stop | start → result | first → last event | workflow tasks (n) | tasks waited | tasks ran | activities waited |',
+    );
+    line('|---|---|---|---|---|---|---|---|---|');
+    for (const r of withSplits) {
+      const split = r.healthy?.split;
+      if (!split) continue;
+      const cells = (s: {
+        total: number;
+        workflowTasks: number;
+        workflowTasksQueued: number;
+        workflowTasksRan: number;
+        activitiesQueued: number;
+      }) =>
+        `${ms(s.total)} | ${s.workflowTasks} | ${ms(s.workflowTasksQueued)} | ${ms(s.workflowTasksRan)} | ${ms(s.activitiesQueued)}`;
+      line(`| ${r.provider} | ${n0(r.stops)} | median | ${ms(split.median.latencyMs)} | ${cells(split.median)} |`);
+      const slowest = split.slowest[0];
+      if (slowest) line(`| | | slowest | ${ms(slowest.latencyMs)} | ${cells(slowest)} |`);
+    }
+    line();
+  }
+}
+
+/** The tuned server's rows: the same measurements, only the server's queue-read limits raised. */
+function renderTuned(line: Line, tuned: TunedIncident): void {
+  const settings = Object.entries(tuned.dynamicConfig)
+    .map(([k, v]) => `\`${k}=${v}\``)
+    .join(', ');
+  line(
+    `*Tuned server* (\`incidentTuned\`): the same rows for N = 0, the largest simulated N measured here and aws, one by one as above, on a second dev server started with ${settings} (the dev server reads its single history shard's task queues at most 20 times a second by default; a production cluster has many shards). Not what stopflow needs or ships: it shows how much of the default server's figures is that limit.`,
+  );
+  line();
+  line(
+    '| backend | N stuck | healthy stop p50 / p99 | × N = 0 (p50 / p99) | abort → force p50 / p99 | floor p50 / p99 | abort p99 over the floor | floor in the worker p50 / p99 |',
+  );
+  line('|---|---|---|---|---|---|---|---|');
+  const zero = base(tuned);
+  for (const r of tuned.rows) {
+    const h = r.healthy;
+    const a = r.abort;
+    const ratio = r.provider === 'simulated' ? healthyRatios(r, zero) : null;
+    line(
+      `| ${r.provider} | ${n0(r.stops)} | ${h ? `${ms(h.p50)} / **${ms(h.p99)}**` : ''} | ${ratio ? `${num(ratio.p50, 2)} / **${num(ratio.p99, 2)}**` : r.provider === 'aws' ? 'n/a (stop poll)' : ''} | ${a ? `${ms(a.stopflow.p50)} / **${ms(a.stopflow.p99)}**` : ''} | ${a ? `${ms(a.floor.p50)} / ${ms(a.floor.p99)}` : ''} | ${a ? `**${ms(a.stopflow.p99 - a.floor.p99)}**` : ''} | ${a?.floorInWorker ? `${ms(a.floorInWorker.p50)} / ${ms(a.floorInWorker.p99)}` : ''} |`,
+    );
+  }
+  line();
+  for (const r of tuned.rows)
+    for (const e of r.errors) line(`- **failed** (tuned), ${r.provider} N = ${n0(r.stops)}: ${e}`);
+  if (tuned.rows.some((r) => r.errors.length > 0)) line();
 }
 
 /** "What bounds it" lines for the incident targets missed. */
-export function renderIncidentBounds(line: Line, inc: IncidentResult, missed: string[]): void {
+export function renderIncidentBounds(
+  line: Line,
+  inc: IncidentResult,
+  tuned: TunedIncident | undefined,
+  missed: string[],
+): void {
   const d = inc.defaults;
   const zero = base(inc);
   if (missed.includes('incident-healthy')) {
@@ -218,6 +314,20 @@ export function renderIncidentBounds(line: Line, inc: IncidentResult, missed: st
       const p50 = zero ? healthyRatios(r, zero)?.p50 : undefined;
       why.push(
         `neither the waits task queue nor the call budget was full at this N (all ${n0(r.waiting?.checked ?? 0)} stuck volumes checked, ${num(r.calls.perSecond, 2)} calls/s), so these figures name no stopflow cause: with ${r.healthy.samples} samples the p99 is the slowest stop${p50 !== undefined ? ` (the median was ${num(p50, 2)}× N = 0's)` : ''}, and the dev server, the worker (${num(r.calls.workerCpuPercent)}% of a core while the stops waited) and the benchmark share the machine's cores`,
+      );
+    }
+    const slow = r?.healthy?.split?.slowest[0];
+    const typical = zero?.healthy?.split?.median;
+    if (slow && typical) {
+      why.push(
+        `by its history, the slowest healthy stop at this N (${ms(slow.latencyMs)}) had its workflow tasks wait ${ms(slow.workflowTasksQueued)} and its activities ${ms(slow.activitiesQueued)} for a worker (the server's hand-offs), and its workflow tasks run ${ms(slow.workflowTasksRan)} (on the worker); the median stop of N = 0: ${ms(typical.workflowTasksQueued)}, ${ms(typical.activitiesQueued)} and ${ms(typical.workflowTasksRan)}`,
+      );
+    }
+    const tunedRow = tuned?.rows.find((t) => t.provider === 'simulated' && t.stops === r?.stops && t.healthy);
+    const tunedRatio = tunedRow && tuned ? healthyRatios(tunedRow, base(tuned)) : null;
+    if (tunedRow?.healthy && tunedRatio) {
+      why.push(
+        `on the tuned server (queue reads not limited to 20 a second) the same row gives p99 ${ms(tunedRow.healthy.p99)}, ${num(tunedRatio.p99, 2)}× its own N = 0 (${tunedRatio.p99 <= inc.targets.healthyP99Ratio ? 'within' : 'still over'} the target)`,
       );
     }
     const ratio = r && zero ? healthyRatios(r, zero) : null;
@@ -267,15 +377,45 @@ export function renderIncidentBounds(line: Line, inc: IncidentResult, missed: st
         ? ` Split at the force-detach activity's start: abort → the activity starting, the path the floor measures, is over the floor at p99 by ${split.map((r) => `${rowName(r)}: ${ms((r.abort.activityStarted?.p99 ?? 0) - r.abort.floor.p99)}`).join('; ')}; the force's own part (its state read and budget, up to the backend), as the difference of the two medians, is ${split.map((r) => `${rowName(r)}: ${ms(r.abort.stopflow.p50 - (r.abort.activityStarted?.p50 ?? 0))}`).join('; ')}.`
         : '';
     const ownPart = split.map((r) => r.abort.stopflow.p50 - (r.abort.activityStarted?.p50 ?? 0));
+    const withPaths = rows.some((r) => r.abort.paths);
     const excessBefore =
       split.length > 0 && Math.max(...ownPart) <= 5
-        ? ` So where a row misses, the excess came before the force's activity started, on the path the floor takes too (signal → workflow task → activity task), but to a worker process busier than the floor's (its N waits, their checks), with a workflow task that carries more commands than the floor's one (the wait's cancel and the stop's search attributes beside the force).`
+        ? ` So where a row misses, the excess came before the force's activity started, on the path the floor takes too (signal → workflow task → activity task)${withPaths ? '' : ", but to a worker process busier than the floor's (its N waits, their checks), with a workflow task that carries more commands than the floor's one (the wait's cancel and the stop's search attributes beside the force)"}.`
         : '';
+    const pathText = rows
+      .filter((r) => r.abort.paths && r.abort.stopflow.p99 - r.abort.floor.p99 > inc.targets.abortOverFloorMs)
+      .map((r) => {
+        const p = r.abort.paths;
+        if (!p) return '';
+        const [key, name] = SEGMENTS.reduce((worst, seg) =>
+          p.stopflow[seg[0]].p99 - p.floor[seg[0]].p99 > p.stopflow[worst[0]].p99 - p.floor[worst[0]].p99 ? seg : worst,
+        );
+        return `${rowName(r)}: "${name}", p99 ${ms(p.stopflow[key].p99)} against the floor's ${ms(p.floor[key].p99)} and ${ms(p.floorInWorker[key].p99)} for the floor in the worker's process`;
+      })
+      .filter((t) => t !== '');
+    const inWorkflowTask = rows.some(
+      (r) =>
+        r.abort.paths &&
+        r.abort.stopflow.p99 - r.abort.floor.p99 > inc.targets.abortOverFloorMs &&
+        r.abort.paths.stopflow.workflowTask.p99 > r.abort.paths.floorInWorker.workflowTask.p99 + 10,
+    );
+    const gcText = inWorkflowTask
+      ? " A workflow task's run is the stopflow worker's own time, and there its p99 is over that of the floor in the same process: the process's load (the waits, their checks) is not what delays it, the workflow thread is. That thread holds the 100 cached stops (about 1 MB each) and creates every new stop afresh; traced on this machine (`--trace-gc` on the incident worker, aws 200, 2026-11-30), its collections paused it 8 to 30 ms at a time, several times a minute while probes started, and a task that lands in one waits it out. The in-worker floor's own thread holds a handful of small workflows."
+      : '';
+    const pathsText =
+      pathText.length > 0
+        ? ` By the server's event times, the part of the path whose p99 is furthest over the floor's, where a row misses: ${pathText.join('; ')}.${gcText}`
+        : '';
+    const tunedText = tuned
+      ? ` On the tuned server, abort p99 over the floor: ${abortRows(tuned)
+          .map((r) => `${rowName(r)}: ${ms(r.abort.stopflow.p99 - r.abort.floor.p99)}`)
+          .join('; ')}.`
+      : '';
     const rank = Math.ceil(0.99 * inc.probes);
     const slowest = inc.probes - rank + 1;
     const rankText = slowest === 1 ? 'the slowest sample' : `the ${ordinal(slowest)} slowest sample`;
     line(
-      `**Abort → force-detach while stops wait**: over the floor at the median ${p50}; at p99 ${p99}. Force starts with a state read (force is never sent for a volume already detached): an urgent check, batched apart from the waits' checks and sent at once (\`activities/state-checks.ts\`), but one more backend round trip than the floor's activity makes, and it waits for an urgent batch already under way.${budgetText} ${gatherText}${splitText}${excessBefore} At p99, with ${inc.probes} samples per row the p99 is ${rankText}, and both sides are one hand-off of the dev server's task queues (≈ 50 ms each, see "Reaction") from being slower.`,
+      `**Abort → force-detach while stops wait**: over the floor at the median ${p50}; at p99 ${p99}. Force starts with a state read (force is never sent for a volume already detached): an urgent check, batched apart from the waits' checks and sent at once (\`activities/state-checks.ts\`), but one more backend round trip than the floor's activity makes, and it waits for an urgent batch already under way.${budgetText} ${gatherText}${splitText}${excessBefore}${pathsText}${tunedText} At p99, with ${inc.probes} samples per row the p99 is ${rankText}, and both sides are one hand-off of the dev server's task queues (≈ 50 ms each, see "Reaction") from being slower.`,
     );
     line();
   }

@@ -62,7 +62,15 @@ function atMost(value: number, limit: number, unit: (v: number) => string): Verd
 }
 
 /** The scenarios in the order of their sections. */
-const SECTIONS: readonly ScenarioName[] = ['throughput', 'reaction', 'reactionTuned', 'history', 'memory', 'incident'];
+const SECTIONS: readonly ScenarioName[] = [
+  'throughput',
+  'reaction',
+  'reactionTuned',
+  'history',
+  'memory',
+  'incident',
+  'incidentTuned',
+];
 
 /** The run a scenario's figures come from: its own after a `--only` merge, else the file's. */
 function runOf(r: BenchResults, name: ScenarioName): RunInfo {
@@ -105,7 +113,7 @@ function busy(info: RunInfo): boolean {
 export function renderMarkdown(r: BenchResults): string {
   const out: string[] = [];
   const line = (text = '') => out.push(text);
-  const { throughput, reaction, reactionTuned, history, memory, incident } = r.scenarios;
+  const { throughput, reaction, reactionTuned, history, memory, incident, incidentTuned } = r.scenarios;
   const groups = runGroups(r);
   const several = groups.length > 1;
   // A section names its run: "*From `npm run bench` on … in 71 min.*"
@@ -145,11 +153,11 @@ export function renderMarkdown(r: BenchResults): string {
   line('```');
   line();
   line(
-    'The first five scenarios take over an hour on two cores (71 minutes on a quiet machine, 2026-11-30), most of it in the memory scenario: each 5,000-stop cell takes 8 to 11 minutes to start its stops, in its own worker process. `--memory-sizes=100,1000` leaves those cells out. The incident scenario takes about another hour (estimated from its design, see its section: bringing 5,000 and 10,000 stops to their stuck volume is bound by the call budget). A `--quick` run takes about 10 minutes. A `--quick --only=…` run merges its figures too, but never over figures from a full run: those stay, and the quick figures are left in `bench/results/partial.json`.',
+    'The first five scenarios take over an hour on two cores (71 minutes on a quiet machine, 2026-11-30), most of it in the memory scenario: each 5,000-stop cell takes 8 to 11 minutes to start its stops, in its own worker process. `--memory-sizes=100,1000` leaves those cells out. The incident scenario takes about 40 minutes (bringing 5,000 and 10,000 stops to their stuck volume is bound by the call budget), and `incidentTuned`, three of its rows again on a second server, about 15 more. A `--quick` run takes about 10 minutes. A `--quick --only=…` run merges its figures too, but never over figures from a full run: those stay, and the quick figures are left in `bench/results/partial.json`.',
   );
   line();
   line(
-    "Scenarios: `throughput`, `reaction`, `reactionTuned`, `history`, `memory`, `incident`. Each starts its own workers; the run starts one Temporal dev server (in-memory SQLite) and tears it down, with the workers and child processes, also on error or Ctrl-C. Every stopflow figure is measured beside a baseline in the same run (`bench/baseline-workflows.ts`, bundled on its own; for `incident`, its own N = 0 row and Temporal's signal → activity floor). Tests carry no timing thresholds: speed is reported here.",
+    "Scenarios: `throughput`, `reaction`, `reactionTuned`, `history`, `memory`, `incident`, `incidentTuned`. Each starts its own workers; the run starts one Temporal dev server (in-memory SQLite) and tears it down, with the workers and child processes, also on error or Ctrl-C. Every stopflow figure is measured beside a baseline in the same run (`bench/baseline-workflows.ts`, bundled on its own; for `incident`, its own N = 0 row and Temporal's signal → activity floor). Tests carry no timing thresholds: speed is reported here.",
   );
   line();
   line('## Machine and versions');
@@ -269,7 +277,13 @@ export function renderMarkdown(r: BenchResults): string {
   }
   if (history) renderHistory(line, history, from('history'));
   if (memory) renderMemory(line, memory, from('memory'));
-  if (incident) renderIncident(line, incident, from('incident'));
+  if (incident) {
+    const tunedFrom =
+      incidentTuned && describeRun(runOf(r, 'incidentTuned')) !== describeRun(runOf(r, 'incident'))
+        ? ` The tuned-server rows: ${from('incidentTuned')}`
+        : '';
+    renderIncident(line, incident, incidentTuned, `${from('incident')}${tunedFrom}`);
+  }
   renderBounds(line, missed, r);
   return `${out.join('\n').trimEnd()}\n`;
 }
@@ -549,5 +563,5 @@ function renderBounds(line: Line, missed: string[], r: BenchResults): void {
     );
     line();
   }
-  if (incident) renderIncidentBounds(line, incident, missed);
+  if (incident) renderIncidentBounds(line, incident, r.scenarios.incidentTuned, missed);
 }

@@ -3,12 +3,12 @@
  * run when, how and on what. Shared by the runner (run.ts) and the report (report.ts).
  */
 import { history } from './scenarios/history';
-import { incident } from './scenarios/incident';
+import { incident, incidentTuned } from './scenarios/incident';
 import { memory } from './scenarios/memory';
 import { reaction, reactionTuned } from './scenarios/reaction';
 import { throughput } from './scenarios/throughput';
 
-export const SCENARIOS = { throughput, reaction, reactionTuned, history, memory, incident } as const;
+export const SCENARIOS = { throughput, reaction, reactionTuned, history, memory, incident, incidentTuned } as const;
 export type ScenarioName = keyof typeof SCENARIOS;
 
 /** One invocation of the benchmark: when, how, on what. */

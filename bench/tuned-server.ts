@@ -3,8 +3,8 @@
  * queue readers allowed to poll more often than the dev server's default of
  * 20 reads per second (it has a single history shard, so that limit is
  * server-wide). It shows how much of the reaction time that limit accounts
- * for. Same binary and search attributes as devserver/server.ts; only the
- * dynamic config differs.
+ * for. Same binary, search attributes and matcher setting as
+ * devserver/server.ts; only the queue-read limits differ.
  */
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { StopCauseKey, StopForcedKey, StopPhaseKey, StopVolumesKey } from '../common/names';
@@ -17,10 +17,10 @@ export const TUNED_DYNAMIC_CONFIG = {
 
 export async function startTunedDevServer(): Promise<{ address: string; stop(): Promise<void> }> {
   const cli = await resolveTemporalCli();
-  const extraArgs = Object.entries(TUNED_DYNAMIC_CONFIG).flatMap(([key, value]) => [
-    '--dynamic-config-value',
-    `${key}=${value}`,
-  ]);
+  // The matcher setting of devserver/server.ts too (task priority), so the two servers differ by the limits only.
+  const extraArgs = ['--dynamic-config-value', 'matching.useNewMatcher=true'].concat(
+    Object.entries(TUNED_DYNAMIC_CONFIG).flatMap(([key, value]) => ['--dynamic-config-value', `${key}=${value}`]),
+  );
   const env = await TestWorkflowEnvironment.createLocal({
     server: {
       executable: cli.kind === 'path' ? { type: 'existing-path', path: cli.path } : { type: 'cached-download' },

@@ -26,7 +26,8 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { WorkflowNotFoundError } from '@temporalio/client';
+import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
+import { NativeConnection } from '@temporalio/worker';
 import type { CallBudget } from '../../activities/provider';
 import { DEFAULT_AWS_BUDGET, DEFAULT_AWS_MAX_BATCH } from '../../activities/providers/aws';
 import { MemorySimStore, SimulatedProvider } from '../../activities/providers/simulated';
@@ -38,6 +39,7 @@ import {
   DEFAULT_MAX_CONCURRENT_WAITS,
 } from '../../worker/defaults';
 import { Marks } from '../baseline-activities';
+import type { signalFloor } from '../baseline-workflows';
 import { type BenchContext, mapLimit, percentile, round, sleep, startStop } from '../common';
 import { type RunSplit, runSplit, type SignalPath, signalPath, timeline } from '../history-spans';
 import {
@@ -53,6 +55,7 @@ import {
   type ToIncidentWorker,
   warmUpId,
 } from '../incident-shared';
+import { startTunedDevServer, TUNED_DYNAMIC_CONFIG } from '../tuned-server';
 import { baselineWorker, withWorkers } from '../workers';
 import { type LatencySummary, signalFloorOnce, signalFloorTimed, summarize } from './reaction';
 
@@ -112,7 +115,7 @@ export interface HealthyFigure {
   p99: number;
   max: number;
   /** From the server's event times: the median stop's split, and the slowest stops' (absent from older runs). */
-  split?: { median: RunSplit; slowest: Array<RunSplit & { latencyMs: number }> };
+  split?: { median: RunSplit & { latencyMs: number }; slowest: Array<RunSplit & { latencyMs: number }> };
 }
 
 /** A signal's path by segment, ms (see bench/history-spans.ts); `toCode` is the activity's task to its code running. */
@@ -137,8 +140,18 @@ export interface AbortFigure {
   /** `abort` sent → the force-detach activity starting: the same path as the floor's (absent from older runs). */
   activityStarted?: LatencySummary;
   floor: LatencySummary;
-  /** Both paths split by the server's event times (absent from older runs), and the slowest probes' paths. */
-  paths?: { stopflow: PathSummary; floor: PathSummary; slowest: Array<SignalPath & { toCode: number; ms: number }> };
+  /**
+   * The same floor on a baseline worker inside the stopflow worker's process, beside it: what Temporal's own
+   * path gives on a process as busy as stopflow's (absent from older runs).
+   */
+  floorInWorker?: LatencySummary;
+  /** The paths split by the server's event times (absent from older runs), and the slowest probes' paths. */
+  paths?: {
+    stopflow: PathSummary;
+    floor: PathSummary;
+    floorInWorker: PathSummary;
+    slowest: Array<SignalPath & { toCode: number; ms: number }>;
+  };
   /** Backend calls per second over the abort phase: the waits' checks and the probes' own calls (absent before it was measured). */
   callsPerSecond?: number;
   /** The stopflow worker's main-thread event-loop delay over the abort phase, ms (absent from older runs). */
@@ -249,9 +262,12 @@ class IncidentProcess {
 
 const mb = (bytes: number) => round(bytes / 2 ** 20);
 
-export async function incident(ctx: BenchContext): Promise<IncidentResult> {
-  const sizes = ctx.incidentSizes ?? (ctx.quick ? [0, 50, 200] : [0, 100, 1_000, 5_000, 10_000]);
-  const awsSizes = ctx.quick ? [200] : [100, 1_000];
+export async function incident(
+  ctx: BenchContext,
+  rows: { sizes?: number[]; awsSizes?: number[] } = {},
+): Promise<IncidentResult> {
+  const sizes = rows.sizes ?? ctx.incidentSizes ?? (ctx.quick ? [0, 50, 200] : [0, 100, 1_000, 5_000, 10_000]);
+  const awsSizes = rows.awsSizes ?? (ctx.quick ? [200] : [100, 1_000]);
   const healthyStops = ctx.quick ? 10 : 20;
   // 150: the p99 (nearest rank) is then the 2nd slowest probe, not the slowest, as with the 60 of earlier
   // runs, where one 50 ms hand-off of the dev server's task queues on either side decided the comparison.
@@ -303,6 +319,36 @@ export async function incident(ctx: BenchContext): Promise<IncidentResult> {
   });
 }
 
+/**
+ * The rows that miss a target on the dev server's defaults (N = 0 as the baseline, 5,000, aws 1,000), again on
+ * a second dev server whose history queue readers may poll 1,000 times a second instead of 20
+ * (bench/tuned-server.ts): how much of what they miss is that one server-wide limit.
+ */
+export async function incidentTuned(
+  ctx: BenchContext,
+): Promise<IncidentResult & { dynamicConfig: Record<string, number> }> {
+  const server = await startTunedDevServer();
+  try {
+    const connection = await NativeConnection.connect({ address: server.address });
+    const clientConnection = await Connection.connect({ address: server.address });
+    try {
+      const tuned: BenchContext = {
+        ...ctx,
+        address: server.address,
+        connection,
+        client: new Client({ connection: clientConnection }),
+      };
+      const rows = ctx.quick ? { sizes: [0, 200], awsSizes: [200] } : { sizes: [0, 5_000], awsSizes: [1_000] };
+      return { ...(await incident(tuned, rows)), dynamicConfig: { ...TUNED_DYNAMIC_CONFIG } };
+    } finally {
+      await clientConnection.close();
+      await connection.close();
+    }
+  } finally {
+    await server.stop();
+  }
+}
+
 function describeRow(row: IncidentRow): string {
   const parts = [`${row.provider} N=${row.stops}:`];
   if (row.rampSeconds !== null) parts.push(`ramp ${row.rampSeconds} s;`);
@@ -334,6 +380,9 @@ function describeRow(row: IncidentRow): string {
       `\n    stopflow path p50/p99: ${seg(row.abort.paths.stopflow)}; loop delay ${JSON.stringify(row.abort.eventLoopDelay)}`,
     );
     parts.push(`\n    floor path p50/p99:    ${seg(row.abort.paths.floor)}`);
+    parts.push(
+      `\n    floor in worker ${row.abort.floorInWorker?.p50} / ${row.abort.floorInWorker?.p99}, path: ${seg(row.abort.paths.floorInWorker)}`,
+    );
     for (const p of row.abort.paths.slowest) parts.push(`\n    slow probe ${p.ms} ms: ${JSON.stringify(p)}`);
   }
   if (row.healthy?.split) {
@@ -402,6 +451,9 @@ async function measureRow(ctx: BenchContext, spec: RowSpec, options: RowOptions)
     probes: options.probes,
     ...(spec.provider === 'simulated' ? { budget: SIM_BUDGET } : {}),
     ...(ec2 ? { ec2Endpoint: ec2.endpoint } : {}),
+    ...(options.probes > 0
+      ? { floor: { taskQueue: ctx.queue(`incident-floor-${prefix}`), bundlePath: ctx.baselineBundlePath } }
+      : {}),
   };
   const env: NodeJS.ProcessEnv = { ...process.env, STOPFLOW_BENCH_INCIDENT: JSON.stringify(config) };
   if (ec2) {
@@ -514,7 +566,10 @@ async function measureRow(ctx: BenchContext, spec: RowSpec, options: RowOptions)
     }
     if (options.probes > 0) {
       try {
-        row.abort = await abortPhase(ctx, taskQueue, prefix, options, child, started, callsOf);
+        const inWorker = config.floor?.taskQueue ?? '';
+        row.abort = await abortPhase(ctx, taskQueue, prefix, options, child, started, callsOf, () =>
+          floorInWorkerOnce(ctx, inWorker, child),
+        );
       } catch (err) {
         fail('abort', err);
       }
@@ -603,12 +658,15 @@ async function abortPhase(
   child: IncidentProcess,
   started: string[],
   callsOf: (s: IncidentSample) => Record<string, number>,
+  floorInWorker: () => Promise<FloorSample>,
 ): Promise<AbortFigure> {
   const stopflow: number[] = [];
   const activityStarted: number[] = [];
   const floor: number[] = [];
   const probesSent: Array<{ workflowId: string; sentAt: number; codeAt: number; ms: number }> = [];
   const floorsSent: FloorSample[] = [];
+  const inWorkerSent: FloorSample[] = [];
+  await floorInWorker(); // warm-up, not counted: the in-worker floor's first workflow loads its bundle
   // Taken at once: the aws rows' counts are the EC2 server's, live, not the sample's.
   const before = await child.sample();
   const callsBefore = callsOf(before);
@@ -631,6 +689,7 @@ async function abortPhase(
     const floorSample = await options.floor();
     floorsSent.push(floorSample);
     floor.push(floorSample.ms);
+    inWorkerSent.push(await floorInWorker());
     await sleep(Math.max(0, startedAt + PROBE_SPACING_MS - Date.now()));
   }
   const after = await child.sample();
@@ -640,23 +699,46 @@ async function abortPhase(
     const path = signalPath(await timeline(ctx.client, p.workflowId), p.sentAt, 'forceDetachVolume');
     return path && { ...path, toCode: p.codeAt - p.sentAt - pathMs(path), ms: p.ms };
   });
-  const floorPaths = await mapLimit(floorsSent, 10, async (f) => {
-    const path = signalPath(await timeline(ctx.client, f.workflowId), f.sentAt, 'mark');
-    return path && { ...path, toCode: f.markedAt - f.sentAt - pathMs(path) };
-  });
+  const floorPathsOf = (samples: FloorSample[]) =>
+    mapLimit(samples, 10, async (f) => {
+      const path = signalPath(await timeline(ctx.client, f.workflowId), f.sentAt, 'mark');
+      return path && { ...path, toCode: f.markedAt - f.sentAt - pathMs(path) };
+    });
+  const floorPaths = await floorPathsOf(floorsSent);
+  const inWorkerPaths = await floorPathsOf(inWorkerSent);
   const found = probePaths.filter((p) => p !== null);
+  const missing = probePaths.length - found.length;
+  if (missing > 0) ctx.log(`    ${missing} of ${probePaths.length} probes' histories show no signal → force path`);
   return {
     stopflow: summarize(stopflow),
     activityStarted: summarize(activityStarted),
     floor: summarize(floor),
+    floorInWorker: summarize(inWorkerSent.map((f) => f.ms)),
     paths: {
       stopflow: summarizePaths(found),
       floor: summarizePaths(floorPaths.filter((p) => p !== null)),
+      floorInWorker: summarizePaths(inWorkerPaths.filter((p) => p !== null)),
       slowest: [...found].sort((a, b) => b.ms - a.ms).slice(0, 3),
     },
     callsPerSecond: round(calls / ((after.at - before.at) / 1000), 2),
     ...(after.eventLoopDelay ? { eventLoopDelay: after.eventLoopDelay } : {}),
   };
+}
+
+/** One floor sample on the baseline worker inside the stopflow worker's process (its marks come over IPC). */
+async function floorInWorkerOnce(ctx: BenchContext, taskQueue: string, child: IncidentProcess): Promise<FloorSample> {
+  const id = `fw-${randomUUID().slice(0, 13)}`;
+  const handle = await ctx.client.workflow.start<typeof signalFloor>('signalFloor', {
+    taskQueue,
+    workflowId: id,
+    args: [id],
+  });
+  await child.when('floorMark', `${id}:ready`);
+  const sentAt = Date.now();
+  await handle.signal(ABORT_SIGNAL, { reason: 'bench' });
+  const markedAt = await child.when('floorMark', id);
+  await handle.result();
+  return { ms: markedAt - sentAt, workflowId: id, sentAt, markedAt };
 }
 
 const pathMs = (p: SignalPath) => p.toServer + p.toWorkflowTask + p.workflowTask + p.toActivity;
