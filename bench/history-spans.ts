@@ -14,8 +14,19 @@ export interface TimedEvent {
   at: number;
   /** Activity type of an ActivityTaskScheduled. */
   activityType?: string;
+  /** Signal name of a WorkflowExecutionSignaled. */
+  signalName?: string;
   /** What an ActivityTaskStarted/Completed or WorkflowTaskStarted/Completed refers to. */
   scheduledEventId?: number;
+  /** WorkflowTaskCompleted: its WorkflowTaskStarted. */
+  startedEventId?: number;
+  /** ActivityTaskScheduled: the WorkflowTaskCompleted whose commands scheduled it. */
+  workflowTaskCompletedEventId?: number;
+  /**
+   * ActivityTaskStarted: the attempt. The server writes this event when the activity closes, with the start
+   * time of its last attempt: for an attempt above 1, scheduled → started also spans the earlier attempts.
+   */
+  attempt?: number;
 }
 
 type Json = Record<string, unknown>;
@@ -44,15 +55,22 @@ export async function timeline(client: Client, workflowId: string): Promise<Time
     };
     if (isObject(attrs.activityType) && typeof attrs.activityType.name === 'string')
       timed.activityType = attrs.activityType.name;
+    if (typeof attrs.signalName === 'string') timed.signalName = attrs.signalName;
     if (attrs.scheduledEventId !== undefined) timed.scheduledEventId = Number(attrs.scheduledEventId);
+    if (attrs.startedEventId !== undefined) timed.startedEventId = Number(attrs.startedEventId);
+    if (attrs.workflowTaskCompletedEventId !== undefined)
+      timed.workflowTaskCompletedEventId = Number(attrs.workflowTaskCompletedEventId);
+    if (attrs.attempt !== undefined) timed.attempt = Number(attrs.attempt);
     return timed;
   });
 }
 
 /**
- * A signal's path to the activity it starts, in ms: the signal reaching the server (from `sentAt`), the
- * workflow task that sees it reaching a worker (after any task already running ends), that task's run
- * (until its completion reaches the server), and the activity reaching a worker. Null if there is no such path.
+ * A signal's path to the activity it leads to, in ms: the signal reaching the server (from `sentAt`); then
+ * until the workflow task that scheduled the activity started (the first task after the signal, or a later
+ * one if the workflow had to wait for something else first); that task's run (until its completion reached
+ * the server); and the activity task reaching a worker. The parts add up to signal sent → activity started.
+ * Null if the history has no such path, or the activity's first attempt did not start it.
  */
 export interface SignalPath {
   toServer: number;
@@ -61,19 +79,24 @@ export interface SignalPath {
   toActivity: number;
 }
 
-export function signalPath(events: TimedEvent[], sentAt: number, activityType: string): SignalPath | null {
-  const signal = events.find((e) => e.type === 'WorkflowExecutionSignaled');
+export function signalPath(
+  events: TimedEvent[],
+  sentAt: number,
+  signalName: string,
+  activityType: string,
+): SignalPath | null {
+  const byId = new Map(events.map((e) => [e.id, e]));
+  const signal = events.find((e) => e.type === 'WorkflowExecutionSignaled' && e.signalName === signalName);
   if (!signal) return null;
-  // The task that saw the signal is the first to start after it: one scheduled before it (by an activity's
-  // completion, say) and not yet started takes it along; one already running leaves it to the next.
-  const started = events.find((e) => e.type === 'WorkflowTaskStarted' && e.id > signal.id);
-  const completed = started && events.find((e) => e.type === 'WorkflowTaskCompleted' && e.id > started.id);
-  const activity =
-    completed &&
-    events.find((e) => e.type === 'ActivityTaskScheduled' && e.id > completed.id && e.activityType === activityType);
+  const activity = events.find(
+    (e) => e.type === 'ActivityTaskScheduled' && e.id > signal.id && e.activityType === activityType,
+  );
+  const completed =
+    activity?.workflowTaskCompletedEventId === undefined ? undefined : byId.get(activity.workflowTaskCompletedEventId);
+  const started = completed?.startedEventId === undefined ? undefined : byId.get(completed.startedEventId);
   const activityStarted =
     activity && events.find((e) => e.type === 'ActivityTaskStarted' && e.scheduledEventId === activity.id);
-  if (!started || !completed || !activityStarted) return null;
+  if (!completed || !started || !activityStarted || (activityStarted.attempt ?? 1) > 1) return null;
   return {
     toServer: signal.at - sentAt,
     toWorkflowTask: started.at - signal.at,
@@ -90,7 +113,7 @@ export interface RunSplit {
   total: number;
   workflowTasksQueued: number;
   workflowTasksRan: number;
-  /** Activities waiting for a worker, summed (parallel ones overlap). */
+  /** Activities (first attempts) waiting for a worker, summed (parallel ones overlap). */
   activitiesQueued: number;
   workflowTasks: number;
 }
@@ -116,7 +139,8 @@ export function runSplit(events: TimedEvent[]): RunSplit {
       lastStarted = e;
     } else if (e.type === 'WorkflowTaskCompleted' && lastStarted) {
       split.workflowTasksRan += e.at - lastStarted.at;
-    } else if (e.type === 'ActivityTaskStarted') {
+    } else if (e.type === 'ActivityTaskStarted' && (e.attempt ?? 1) === 1) {
+      // A later attempt's start time would count the earlier attempts and their backoff as waiting.
       split.activitiesQueued += since(e);
     }
   }

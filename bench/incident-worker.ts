@@ -2,8 +2,10 @@
  * The worker process of the incident benchmark (bench/scenarios/incident.ts):
  * a stopflow worker built exactly as `stopflow worker` builds it with no
  * settings (createStopflowWorker without tuning: default cache, slots, waits
- * slots, poll, hold; no Node flags but `--import tsx`), alone in its own
- * process so its RSS is its own. Its backend is the simulated cloud (seeded
+ * slots, poll, hold; no Node flags but `--import tsx`), in its own process so
+ * its RSS is its own. Rows with abort probes also run a small baseline worker
+ * here for the in-process floor, from the start: its memory is in every sample
+ * of those rows (idle included), so it cancels out of the per-stop figure. Its backend is the simulated cloud (seeded
  * here, before the idle sample, with a call budget declared on it) or the aws
  * provider against the local EC2 server the benchmark runs.
  *

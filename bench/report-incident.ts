@@ -8,7 +8,7 @@
 import type { IncidentResult, IncidentRow, PathSummary } from './scenarios/incident';
 
 /** The incident rows again on the tuned server (`incidentTuned`). */
-type TunedIncident = IncidentResult & { dynamicConfig: Record<string, number> };
+type TunedIncident = IncidentResult & { dynamicConfig: Record<string, number | boolean> };
 
 type Line = (text?: string) => void;
 
@@ -152,7 +152,7 @@ export function renderIncident(line: Line, inc: IncidentResult, tuned: TunedInci
     `4. **healthy**: ${inc.healthyStops} stops with 2 volumes that detach at once, started one every ${ms(inc.healthySpacingMs)} whether or not the previous one ended; start → result of each. p99 is nearest-rank (with ${inc.healthyStops} samples, the slowest). A stop not done by the cap counts as the time it had waited, a lower bound. The aws rows' stops also wait for \`StopInstances\` to report \`stopped\`: the provider's 5 s stop poll, so their figures are not comparable with the simulated rows'.`,
   );
   line(
-    `5. **abort**: ${inc.probes} probe stops, ${inc.probeSpacingMs ? `one after another and at most one every ${ms(inc.probeSpacingMs)} (each costs six budgeted calls: back to back they would spend more than the aws budget themselves, and the force would wait for tokens they spent)` : 'one after another'}, each with one stuck volume: once its detach request reached the backend, \`abort\` is sent and timed to its force-detach reaching the backend (Date.now() in the worker, as in "Reaction")${inc.rows.some((r) => r.abort?.activityStarted) ? ', and to its force-detach activity starting (an activity interceptor on the worker: the path the floor measures, before the force reads the volume and takes its budget tokens)' : ''}. After each probe, one sample of Temporal's own floor as in "Reaction": \`signalFloor\` on a baseline worker in the benchmark's process, timed from the signal to its activity, so both see the same server load${inc.rows.some((r) => r.abort?.floorInWorker) ? "; and one more on a baseline worker inside the stopflow worker's process, beside it (`floor in the worker`), so that it shares that process's load" : ''}.`,
+    `5. **abort**: ${inc.probes} probe stops, ${inc.probeSpacingMs ? `one after another and at most one every ${ms(inc.probeSpacingMs)} (each costs six budgeted calls: back to back they would spend more than the aws budget themselves, and the force would wait for tokens they spent)` : 'one after another'}, each with one stuck volume: once its detach request reached the backend, \`abort\` is sent and timed to its force-detach reaching the backend (Date.now() in the worker, as in "Reaction")${inc.rows.some((r) => r.abort?.activityStarted) ? ', and to its force-detach activity starting (an activity interceptor on the worker: the path the floor measures, before the force reads the volume and takes its budget tokens)' : ''}. After each probe, one sample of Temporal's own floor as in "Reaction": \`signalFloor\` on a baseline worker in the benchmark's process, timed from the signal to its activity, so both see the same server load${inc.rows.some((r) => r.abort?.floorInWorker) ? "; and one more on a baseline worker inside the stopflow worker's process, beside it (`floor in the worker`): it shares that process's main thread, Temporal's Rust core, its connection and the CPU, not stopflow's workflow thread, slots or task queue" : ''}.`,
   );
   line();
   line(
@@ -214,7 +214,15 @@ function renderSplits(line: Line, inc: IncidentResult): void {
   const withPaths = inc.rows.filter((r) => r.abort?.paths);
   if (withPaths.length > 0) {
     line(
-      "Where abort → force goes, by the server's own event times (each probe's and each floor sample's history, read after the row): the signal recorded, the workflow task that sees it handed to a worker, that task run (until its completion reached the server), the activity task handed to a worker, then the worker running the activity's code. p50 / p99 of each part, ms:",
+      `Where abort → force goes, by the server's own event times (each probe's and each floor sample's history, read at the end of the abort phase${
+        withPaths.every((r) => r.abort?.paths?.reading === 'scheduling-task')
+          ? '; a path whose activity needed a second attempt is left out): the signal recorded, then until the workflow task that scheduled the activity started (the first task after the signal, or a later one when the workflow first waited for something else), that task'
+          : '): the signal recorded, then until the first workflow task started after it, that task'
+      }'s run (until its completion reached the server), the activity task handed to a worker, then the worker running the activity's code. p50 / p99 of each part, ms.${
+        withPaths.every((r) => r.abort?.paths?.reading === 'scheduling-task')
+          ? ''
+          : " (This run's reading, which later runs refine: when the first task after the signal did not itself schedule the activity, the wait for the one that did is counted in the activity task's hand-off, and an activity's second attempt would be taken for its start.)"
+      }`,
     );
     line();
     line(`| backend | N stuck | path | ${SEGMENTS.map(([, name]) => name).join(' | ')} |`);
@@ -229,11 +237,23 @@ function renderSplits(line: Line, inc: IncidentResult): void {
       line(`| | | floor in the worker | ${cells(p.floorInWorker)} |`);
     }
     line();
+    // The in-worker floor's hand-offs (server-side: the task waiting for that worker's poll) can be slow for reasons
+    // of its own; say so where they are, so that only its workflow task run is read against stopflow's.
+    const slowHandOffs = withPaths.filter((r) => {
+      const p = r.abort?.paths;
+      return p && p.floorInWorker.toWorkflowTask.p50 > p.floor.toWorkflowTask.p50 + 20;
+    });
+    if (slowHandOffs.length > 0) {
+      line(
+        `In ${slowHandOffs.map(rowName).join(', ')}, the floor in the worker waited ${slowHandOffs.map((r) => ms(r.abort?.paths?.floorInWorker.toWorkflowTask.p50 ?? Number.NaN)).join(', ')} at the median for each hand-off to its worker (the task waiting for that worker's next poll), where stopflow's own tasks, polled by the same process, waited ${slowHandOffs.map((r) => ms(r.abort?.paths?.stopflow.toWorkflowTask.p50 ?? Number.NaN)).join(', ')}: a property of that second worker's polling, not of the process's load, which this benchmark does not explain. Its total is therefore no floor; its workflow task run (the worker's own time) is the part to compare.`,
+      );
+      line();
+    }
   }
   const withSplits = inc.rows.filter((r) => r.healthy?.split);
   if (withSplits.length > 0) {
     line(
-      "Where a healthy stop's time goes, by its history: from its first event to its last, the time its workflow tasks waited for a worker (server-side hand-off), ran (on the worker, until the completion reached the server), and its activities waited for a worker (summed: the two detaches overlap). The median stop, and the slowest:",
+      "Where a healthy stop's time goes, by its history: from its first event to its last, the time its workflow tasks waited to be handed to a worker (the server's queue, or a worker with no free slot), ran (on the worker, until the completion reached the server), and its activities' first attempts waited likewise (summed: the two detaches overlap). The median stop, and the slowest (its split covers what it did by the time it was read, if it was not done by the cap):",
     );
     line();
     line(
@@ -265,7 +285,7 @@ function renderTuned(line: Line, tuned: TunedIncident): void {
     .map(([k, v]) => `\`${k}=${v}\``)
     .join(', ');
   line(
-    `*Tuned server* (\`incidentTuned\`): the same rows for N = 0, the largest simulated N measured here and aws, one by one as above, on a second dev server started with ${settings} (the dev server reads its single history shard's task queues at most 20 times a second by default; a production cluster has many shards). Not what stopflow needs or ships: it shows how much of the default server's figures is that limit.`,
+    `*Tuned server* (\`incidentTuned\`): the rows ${tuned.rows.map(rowName).join('; ')} again, one by one as above, on a second dev server started with ${settings}${'matching.useNewMatcher' in tuned.dynamicConfig ? '' : ' and `matching.useNewMatcher=true` as on the main server (passed by the code of this run, not recorded in its results)'} (the dev server reads its single history shard's task queues at most 20 times a second by default; a production cluster has many shards). Not what stopflow needs or ships: it shows how much of the default server's figures is that limit.`,
   );
   line();
   line(
@@ -310,17 +330,21 @@ export function renderIncidentBounds(
         `the call budget was spent (${num(r.calls.perSecond, 2)} calls/s against ${num(limit, 2)}/s): each of a healthy stop's budgeted calls in a row (the detach requests, its state check, the final listing and \`stopInstance\`) waits for a token`,
       );
     }
+    const slow = r?.healthy?.split?.slowest[0];
+    const typical = zero?.healthy?.split?.slowest[0];
     if (why.length === 0 && r?.calls && r.healthy) {
       const p50 = zero ? healthyRatios(r, zero)?.p50 : undefined;
+      const shared = `with ${r.healthy.samples} samples the p99 is the slowest stop${p50 !== undefined ? ` (the median was ${num(p50, 2)}× N = 0's)` : ''}, and the dev server, the worker (${num(r.calls.workerCpuPercent)}% of a core while the stops waited) and the benchmark share the machine's cores`;
       why.push(
-        `neither the waits task queue nor the call budget was full at this N (all ${n0(r.waiting?.checked ?? 0)} stuck volumes checked, ${num(r.calls.perSecond, 2)} calls/s), so these figures name no stopflow cause: with ${r.healthy.samples} samples the p99 is the slowest stop${p50 !== undefined ? ` (the median was ${num(p50, 2)}× N = 0's)` : ''}, and the dev server, the worker (${num(r.calls.workerCpuPercent)}% of a core while the stops waited) and the benchmark share the machine's cores`,
+        `neither the waits task queue nor the call budget was full at this N (all ${n0(r.waiting?.checked ?? 0)} stuck volumes checked, ${num(r.calls.perSecond, 2)} calls/s)${slow && typical ? `; ${shared}` : `, so these figures name no stopflow cause: ${shared}`}`,
       );
     }
-    const slow = r?.healthy?.split?.slowest[0];
-    const typical = zero?.healthy?.split?.median;
     if (slow && typical) {
+      const ranOver = slow.workflowTasksRan - typical.workflowTasksRan;
+      const waitedOver =
+        slow.workflowTasksQueued + slow.activitiesQueued - typical.workflowTasksQueued - typical.activitiesQueued;
       why.push(
-        `by its history, the slowest healthy stop at this N (${ms(slow.latencyMs)}) had its workflow tasks wait ${ms(slow.workflowTasksQueued)} and its activities ${ms(slow.activitiesQueued)} for a worker (the server's hand-offs), and its workflow tasks run ${ms(slow.workflowTasksRan)} (on the worker); the median stop of N = 0: ${ms(typical.workflowTasksQueued)}, ${ms(typical.activitiesQueued)} and ${ms(typical.workflowTasksRan)}`,
+        `by its history, the slowest healthy stop at this N (${ms(slow.latencyMs)}) had its workflow tasks wait ${ms(slow.workflowTasksQueued)} and its activities ${ms(slow.activitiesQueued)} to be handed to a worker (the server's queue, or no free slot), and its workflow tasks run ${ms(slow.workflowTasksRan)} (on the worker); the slowest stop of N = 0 (${ms(typical.latencyMs)}): ${ms(typical.workflowTasksQueued)}, ${ms(typical.activitiesQueued)} and ${ms(typical.workflowTasksRan)}. ${ranOver >= waitedOver ? `More of the excess (${ms(ranOver)} against ${ms(waitedOver)}) is in its workflow tasks' runs on the stopflow worker than in hand-offs` : `More of the excess (${ms(waitedOver)} against ${ms(ranOver)}) is in hand-offs than in its workflow tasks' runs`}`,
       );
     }
     const tunedRow = tuned?.rows.find((t) => t.provider === 'simulated' && t.stops === r?.stops && t.healthy);
@@ -393,15 +417,20 @@ export function renderIncidentBounds(
         return `${rowName(r)}: "${name}", p99 ${ms(p.stopflow[key].p99)} against the floor's ${ms(p.floor[key].p99)} and ${ms(p.floorInWorker[key].p99)} for the floor in the worker's process`;
       })
       .filter((t) => t !== '');
-    const inWorkflowTask = rows.some(
-      (r) =>
-        r.abort.paths &&
-        r.abort.stopflow.p99 - r.abort.floor.p99 > inc.targets.abortOverFloorMs &&
-        r.abort.paths.stopflow.workflowTask.p99 > r.abort.paths.floorInWorker.workflowTask.p99 + 10,
-    );
-    const gcText = inWorkflowTask
-      ? " A workflow task's run is the stopflow worker's own time, and there its p99 is over that of the floor in the same process: the process's load (the waits, their checks) is not what delays it, the workflow thread is. That thread holds the 100 cached stops (about 1 MB each) and creates every new stop afresh; traced on this machine (`--trace-gc` on the incident worker, aws 200, 2026-11-30), its collections paused it 8 to 30 ms at a time, several times a minute while probes started, and a task that lands in one waits it out. The in-worker floor's own thread holds a handful of small workflows."
-      : '';
+    // Rows that miss where stopflow's workflow task run is slower at p99 than the in-worker floor's, while the
+    // process's main thread stalled less than that difference.
+    const inWorkflowThread = rows.filter((r) => {
+      const p = r.abort.paths;
+      const stall = r.abort.eventLoopDelay?.maxMs;
+      if (!p || stall === undefined || r.abort.stopflow.p99 - r.abort.floor.p99 <= inc.targets.abortOverFloorMs)
+        return false;
+      const over = p.stopflow.workflowTask.p99 - p.floorInWorker.workflowTask.p99;
+      return over > inc.targets.abortOverFloorMs && stall < over;
+    });
+    const gcText =
+      inWorkflowThread.length > 0
+        ? ` In ${inWorkflowThread.map(rowName).join(', ')}, a workflow task's run, the stopflow worker's own time, is slower at p99 than the floor's in the same process, and the process's main thread never stalled that long (event-loop delay at most ${inWorkflowThread.map((r) => ms(r.abort.eventLoopDelay?.maxMs ?? Number.NaN)).join(', ')}): what delays it is in stopflow's workflow thread, which the floor does not share. That thread holds the stops cached (${n0(d.maxCachedWorkflows)} at most, ${inWorkflowThread.map((r) => n0(r.waiting?.cachedWorkflows ?? 0)).join(', ')} here) and creates each new stop afresh. A likely cause, not measured by this benchmark: its garbage collections. On this machine (\`--trace-gc\` on the incident worker, one quick aws 200 row, 2026-11-30) they paused that thread for 8 to 30 ms at a time, several times a minute while probes started, and a task that lands in one waits it out.`
+        : '';
     const pathsText =
       pathText.length > 0
         ? ` By the server's event times, the part of the path whose p99 is furthest over the floor's, where a row misses: ${pathText.join('; ')}.${gcText}`

@@ -329,7 +329,12 @@ function latencyRow(name: string, f: LatencyFigure): string {
   return `| ${name} | ${ms(f.p50)} | ${ms(f.p99)} | ${ms(f.pooled.max)} | ${f.pooled.samples} |`;
 }
 
-function renderReaction(line: Line, r: ReactionResult, tuned: ReactionResult | undefined, from: string): void {
+function renderReaction(
+  line: Line,
+  r: ReactionResult,
+  tuned: (ReactionResult & { dynamicConfig?: Record<string, number | boolean> }) | undefined,
+  from: string,
+): void {
   line('## 2. Reaction');
   line();
   line(from);
@@ -369,7 +374,13 @@ function renderReaction(line: Line, r: ReactionResult, tuned: ReactionResult | u
   if (tuned) {
     line();
     line(
-      '*Tuned server*: the `reactionTuned` scenario repeats one round on a second dev server started with `--dynamic-config-value history.transferProcessorMaxPollRPS=1000 --dynamic-config-value history.timerProcessorMaxPollRPS=1000` (the dev server defaults to 20 queue reads per second on its single history shard). It is not what stopflow ships or needs; it shows what the default limit accounts for (see "What bounds it").',
+      `*Tuned server*: the \`reactionTuned\` scenario repeats one round on a second dev server started with ${Object.entries(
+        tuned.dynamicConfig ?? {},
+      )
+        .map(([k, v]) => `\`--dynamic-config-value ${k}=${v}\``)
+        .join(
+          ' ',
+        )} (the dev server defaults to 20 queue reads per second on its single history shard). It is not what stopflow ships or needs; it shows what the default limit accounts for (see "What bounds it").`,
     );
   }
   line();

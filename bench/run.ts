@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --quick] [-- --only=throughput,reaction,history,memory,incident]`
+ * `npm run bench [-- --quick] [-- --only=throughput,reaction,reactionTuned,history,memory,incident,incidentTuned]`
  *
  * Starts a real Temporal dev server (in memory), runs each scenario against
  * stopflow and against a baseline in the same process and run, and writes

@@ -15,12 +15,16 @@ export const TUNED_DYNAMIC_CONFIG = {
   'history.timerProcessorMaxPollRPS': 1000,
 } as const;
 
+/** Task priority's matcher, on as on devserver/server.ts's server (recorded apart: reactionTuned ran before it). */
+export const TUNED_MATCHER = { 'matching.useNewMatcher': true } as const;
+
 export async function startTunedDevServer(): Promise<{ address: string; stop(): Promise<void> }> {
   const cli = await resolveTemporalCli();
   // The matcher setting of devserver/server.ts too (task priority), so the two servers differ by the limits only.
-  const extraArgs = ['--dynamic-config-value', 'matching.useNewMatcher=true'].concat(
-    Object.entries(TUNED_DYNAMIC_CONFIG).flatMap(([key, value]) => ['--dynamic-config-value', `${key}=${value}`]),
-  );
+  const extraArgs = Object.entries({ ...TUNED_DYNAMIC_CONFIG, ...TUNED_MATCHER }).flatMap(([key, value]) => [
+    '--dynamic-config-value',
+    `${key}=${value}`,
+  ]);
   const env = await TestWorkflowEnvironment.createLocal({
     server: {
       executable: cli.kind === 'path' ? { type: 'existing-path', path: cli.path } : { type: 'cached-download' },

@@ -19,6 +19,22 @@ const results = (info: RunInfo, scenarios: Record<string, unknown>): BenchResult
 describe('merging a --only run into the last results', () => {
   const full = results(run('2026-01-01T00:00:00Z', false), { incident: { from: 'full' }, memory: { from: 'full' } });
 
+  it('writes a first run whole, with each scenario naming it', () => {
+    const first = results(run('2026-01-02T00:00:00Z', true), { incident: { from: 'quick' } });
+    const { merged, kept } = mergeResults(null, first, ['incident']);
+    expect(kept).toEqual([]);
+    expect(merged.scenarios).toEqual({ incident: { from: 'quick' } });
+    expect(merged.runs?.incident?.generatedAt).toBe('2026-01-02T00:00:00Z');
+  });
+
+  it('lets a quick run replace an earlier quick run', () => {
+    const quick = results(run('2026-01-02T00:00:00Z', true), { incident: { from: 'quick' } });
+    const again = results(run('2026-01-03T00:00:00Z', true), { incident: { from: 'again' } });
+    const { merged, kept } = mergeResults(mergeResults(null, quick, ['incident']).merged, again, ['incident']);
+    expect(kept).toEqual([]);
+    expect(merged.scenarios).toEqual({ incident: { from: 'again' } });
+  });
+
   it('leaves the file as it was when a quick run merges nothing', () => {
     const quick = results(run('2026-01-02T00:00:00Z', true), { incident: { from: 'quick' } });
     const { merged, kept } = mergeResults(full, quick, ['incident']);

@@ -1,41 +1,44 @@
 /**
- * The benchmark's reading of a history's event times (bench/history-spans.ts): which workflow task saw a
- * signal, and how a run's time splits. Synthetic histories: the cases are about event order.
+ * The benchmark's reading of a history's event times (bench/history-spans.ts): which workflow task led a
+ * signal to its activity, and how a run's time splits. Synthetic histories, in the order and with the times
+ * the server writes them: an ActivityTaskStarted is written when its activity closes, with its last
+ * attempt's start time; a signal that came while a workflow task ran is written after that task.
  */
 import { describe, expect, it } from 'vitest';
 import { runSplit, signalPath, type TimedEvent } from '../bench/history-spans';
 
-let nextId = 1;
-const at = (type: string, ms: number, extra: Partial<TimedEvent> = {}): TimedEvent => ({
-  id: nextId++,
-  type,
-  at: ms,
-  ...extra,
-});
+/** Builds a history: each event gets the next id. */
+function history(): { add(type: string, at: number, extra?: Partial<TimedEvent>): TimedEvent; events: TimedEvent[] } {
+  const events: TimedEvent[] = [];
+  return {
+    events,
+    add(type, at, extra = {}) {
+      const event = { id: events.length + 1, type, at, ...extra };
+      events.push(event);
+      return event;
+    },
+  };
+}
 
-function history(build: () => TimedEvent[]): TimedEvent[] {
-  nextId = 1;
-  return build();
+/** A workflow task scheduled, started and completed; returns its completion. */
+function task(h: ReturnType<typeof history>, scheduledAt: number, startedAt: number, completedAt: number): TimedEvent {
+  const scheduled = h.add('WorkflowTaskScheduled', scheduledAt);
+  const started = h.add('WorkflowTaskStarted', startedAt, { scheduledEventId: scheduled.id });
+  return h.add('WorkflowTaskCompleted', completedAt, { scheduledEventId: scheduled.id, startedEventId: started.id });
 }
 
 describe('signalPath', () => {
-  it('follows a signal that schedules its own workflow task to the activity it starts', () => {
-    const events = history(() => {
-      const e = [at('WorkflowExecutionStarted', 0), at('WorkflowExecutionSignaled', 103)];
-      const scheduled = at('WorkflowTaskScheduled', 103);
-      const started = at('WorkflowTaskStarted', 106, { scheduledEventId: scheduled.id });
-      const completed = at('WorkflowTaskCompleted', 118, { scheduledEventId: scheduled.id });
-      const activity = at('ActivityTaskScheduled', 118, { activityType: 'forceDetachVolume' });
-      return [
-        ...e,
-        scheduled,
-        started,
-        completed,
-        activity,
-        at('ActivityTaskStarted', 121, { scheduledEventId: activity.id }),
-      ];
+  it('follows a signal through the workflow task it schedules to the activity that task schedules', () => {
+    const h = history();
+    h.add('WorkflowExecutionStarted', 0);
+    h.add('WorkflowExecutionSignaled', 103, { signalName: 'abort' });
+    const done = task(h, 103, 106, 118);
+    const force = h.add('ActivityTaskScheduled', 118, {
+      activityType: 'forceDetachVolume',
+      workflowTaskCompletedEventId: done.id,
     });
-    expect(signalPath(events, 100, 'forceDetachVolume')).toEqual({
+    h.add('ActivityTaskStarted', 121, { scheduledEventId: force.id, attempt: 1 });
+    expect(signalPath(h.events, 100, 'abort', 'forceDetachVolume')).toEqual({
       toServer: 3,
       toWorkflowTask: 3,
       workflowTask: 12,
@@ -43,83 +46,63 @@ describe('signalPath', () => {
     });
   });
 
-  it('counts from the signal when it joins a task already scheduled, not yet started', () => {
-    const events = history(() => {
-      const scheduled = at('WorkflowTaskScheduled', 95); // by an activity's completion, just before
-      const signal = at('WorkflowExecutionSignaled', 101);
-      const started = at('WorkflowTaskStarted', 110, { scheduledEventId: scheduled.id });
-      const completed = at('WorkflowTaskCompleted', 120);
-      const activity = at('ActivityTaskScheduled', 120, { activityType: 'mark' });
-      return [
-        scheduled,
-        signal,
-        started,
-        completed,
-        activity,
-        at('ActivityTaskStarted', 125, { scheduledEventId: activity.id }),
-      ];
-    });
-    expect(signalPath(events, 100, 'mark')).toEqual({
+  it('counts from the signal when the workflow had to wait for another activity first', () => {
+    const h = history();
+    const first = task(h, 0, 1, 5);
+    const ready = h.add('ActivityTaskScheduled', 5, { activityType: 'mark', workflowTaskCompletedEventId: first.id });
+    h.add('WorkflowExecutionSignaled', 101, { signalName: 'abort' }); // during the `ready` activity
+    task(h, 101, 103, 108); // sees the signal; nothing to schedule yet
+    h.add('ActivityTaskStarted', 6, { scheduledEventId: ready.id, attempt: 1 });
+    h.add('ActivityTaskCompleted', 112, { scheduledEventId: ready.id });
+    const next = task(h, 112, 114, 120);
+    const mark = h.add('ActivityTaskScheduled', 120, { activityType: 'mark', workflowTaskCompletedEventId: next.id });
+    h.add('ActivityTaskStarted', 123, { scheduledEventId: mark.id, attempt: 1 });
+    // Not the first task after the signal (108) but the one that scheduled `mark`: the parts add up.
+    expect(signalPath(h.events, 100, 'abort', 'mark')).toEqual({
       toServer: 1,
-      toWorkflowTask: 9,
-      workflowTask: 10,
-      toActivity: 5,
+      toWorkflowTask: 13,
+      workflowTask: 6,
+      toActivity: 3,
     });
   });
 
-  it('waits out a task that was running when the signal came, and takes the next', () => {
-    const events = history(() => {
-      const first = at('WorkflowTaskScheduled', 90);
-      const firstStarted = at('WorkflowTaskStarted', 92, { scheduledEventId: first.id });
-      // Recorded after the running task's completion, as the server buffers it.
-      const done = at('WorkflowTaskCompleted', 130, { scheduledEventId: first.id });
-      const signal = at('WorkflowExecutionSignaled', 102);
-      const next = at('WorkflowTaskScheduled', 130);
-      const started = at('WorkflowTaskStarted', 133, { scheduledEventId: next.id });
-      const completed = at('WorkflowTaskCompleted', 140);
-      const activity = at('ActivityTaskScheduled', 140, { activityType: 'mark' });
-      const activityStarted = at('ActivityTaskStarted', 142, { scheduledEventId: activity.id });
-      return [first, firstStarted, done, signal, next, started, completed, activity, activityStarted];
+  it('leaves out an activity whose first attempt did not start it, and a signal of another name', () => {
+    const h = history();
+    h.add('WorkflowExecutionSignaled', 101, { signalName: 'abort' });
+    const done = task(h, 101, 102, 110);
+    const force = h.add('ActivityTaskScheduled', 110, {
+      activityType: 'forceDetachVolume',
+      workflowTaskCompletedEventId: done.id,
     });
-    expect(signalPath(events, 100, 'mark')).toEqual({
-      toServer: 2,
-      toWorkflowTask: 31,
-      workflowTask: 7,
-      toActivity: 2,
-    });
+    // Written at close: the start time of attempt 2, after the first attempt and its backoff.
+    h.add('ActivityTaskStarted', 1_200, { scheduledEventId: force.id, attempt: 2 });
+    expect(signalPath(h.events, 100, 'abort', 'forceDetachVolume')).toBeNull();
+    expect(signalPath(h.events, 100, 'setMaxStopDuration', 'forceDetachVolume')).toBeNull();
   });
 
   it('is null when no activity of that type followed', () => {
-    const events = history(() => [
-      at('WorkflowExecutionSignaled', 1),
-      at('WorkflowTaskScheduled', 1),
-      at('WorkflowTaskStarted', 2),
-      at('WorkflowTaskCompleted', 3),
-      at('ActivityTaskScheduled', 3, { activityType: 'somethingElse' }),
-    ]);
-    expect(signalPath(events, 0, 'mark')).toBeNull();
+    const h = history();
+    h.add('WorkflowExecutionSignaled', 1, { signalName: 'abort' });
+    const done = task(h, 1, 2, 3);
+    h.add('ActivityTaskScheduled', 3, { activityType: 'somethingElse', workflowTaskCompletedEventId: done.id });
+    expect(signalPath(h.events, 0, 'abort', 'mark')).toBeNull();
   });
 });
 
 describe('runSplit', () => {
-  it('sums workflow tasks waiting and running, and activities waiting', () => {
-    const events = history(() => {
-      const s1 = at('WorkflowTaskScheduled', 0);
-      const e1 = [s1, at('WorkflowTaskStarted', 5, { scheduledEventId: s1.id }), at('WorkflowTaskCompleted', 15)];
-      const a = at('ActivityTaskScheduled', 15);
-      const b = at('ActivityTaskScheduled', 15);
-      const e2 = [
-        a,
-        b,
-        at('ActivityTaskStarted', 18, { scheduledEventId: a.id }),
-        at('ActivityTaskStarted', 22, { scheduledEventId: b.id }),
-      ];
-      const s2 = at('WorkflowTaskScheduled', 30);
-      const e3 = [s2, at('WorkflowTaskStarted', 34, { scheduledEventId: s2.id }), at('WorkflowTaskCompleted', 44)];
-      return [...e1, ...e2, ...e3, at('WorkflowExecutionCompleted', 44)];
-    });
-    expect(runSplit(events)).toEqual({
-      total: 44,
+  it('sums workflow tasks waiting and running, and first attempts waiting', () => {
+    const h = history();
+    task(h, 0, 5, 15);
+    const a = h.add('ActivityTaskScheduled', 15);
+    const b = h.add('ActivityTaskScheduled', 15);
+    const c = h.add('ActivityTaskScheduled', 15);
+    h.add('ActivityTaskStarted', 18, { scheduledEventId: a.id, attempt: 1 });
+    h.add('ActivityTaskStarted', 22, { scheduledEventId: b.id, attempt: 1 });
+    h.add('ActivityTaskStarted', 1_015, { scheduledEventId: c.id, attempt: 3 }); // its retries are not waiting
+    task(h, 1_030, 1_034, 1_044);
+    h.add('WorkflowExecutionCompleted', 1_044);
+    expect(runSplit(h.events)).toEqual({
+      total: 1_044,
       workflowTasksQueued: 9,
       workflowTasksRan: 20,
       activitiesQueued: 10,

@@ -55,7 +55,7 @@ import {
   type ToIncidentWorker,
   warmUpId,
 } from '../incident-shared';
-import { startTunedDevServer, TUNED_DYNAMIC_CONFIG } from '../tuned-server';
+import { startTunedDevServer, TUNED_DYNAMIC_CONFIG, TUNED_MATCHER } from '../tuned-server';
 import { baselineWorker, withWorkers } from '../workers';
 import { type LatencySummary, signalFloorOnce, signalFloorTimed, summarize } from './reaction';
 
@@ -141,8 +141,9 @@ export interface AbortFigure {
   activityStarted?: LatencySummary;
   floor: LatencySummary;
   /**
-   * The same floor on a baseline worker inside the stopflow worker's process, beside it: what Temporal's own
-   * path gives on a process as busy as stopflow's (absent from older runs).
+   * The same floor on a baseline worker inside the stopflow worker's process, beside it (absent from older
+   * runs). It shares that process's main thread, Temporal's Rust core, the connection and the CPU; it has its
+   * own workflow thread, slots and task queue.
    */
   floorInWorker?: LatencySummary;
   /** The paths split by the server's event times (absent from older runs), and the slowest probes' paths. */
@@ -151,6 +152,12 @@ export interface AbortFigure {
     floor: PathSummary;
     floorInWorker: PathSummary;
     slowest: Array<SignalPath & { toCode: number; ms: number }>;
+    /**
+     * 'scheduling-task': each path runs through the workflow task that scheduled the activity, first attempts
+     * only (bench/history-spans.ts). Absent (the first run that split paths): through the first workflow task
+     * started after the signal, to the first activity of that type after it, whatever its attempt.
+     */
+    reading?: 'scheduling-task';
   };
   /** Backend calls per second over the abort phase: the waits' checks and the probes' own calls (absent before it was measured). */
   callsPerSecond?: number;
@@ -326,7 +333,7 @@ export async function incident(
  */
 export async function incidentTuned(
   ctx: BenchContext,
-): Promise<IncidentResult & { dynamicConfig: Record<string, number> }> {
+): Promise<IncidentResult & { dynamicConfig: Record<string, number | boolean> }> {
   const server = await startTunedDevServer();
   try {
     const connection = await NativeConnection.connect({ address: server.address });
@@ -339,7 +346,7 @@ export async function incidentTuned(
         client: new Client({ connection: clientConnection }),
       };
       const rows = ctx.quick ? { sizes: [0, 200], awsSizes: [200] } : { sizes: [0, 5_000], awsSizes: [1_000] };
-      return { ...(await incident(tuned, rows)), dynamicConfig: { ...TUNED_DYNAMIC_CONFIG } };
+      return { ...(await incident(tuned, rows)), dynamicConfig: { ...TUNED_DYNAMIC_CONFIG, ...TUNED_MATCHER } };
     } finally {
       await clientConnection.close();
       await connection.close();
@@ -566,7 +573,8 @@ async function measureRow(ctx: BenchContext, spec: RowSpec, options: RowOptions)
     }
     if (options.probes > 0) {
       try {
-        const inWorker = config.floor?.taskQueue ?? '';
+        const inWorker = config.floor?.taskQueue;
+        if (!inWorker) throw new Error('the row has probes but no in-worker floor queue');
         row.abort = await abortPhase(ctx, taskQueue, prefix, options, child, started, callsOf, () =>
           floorInWorkerOnce(ctx, inWorker, child),
         );
@@ -623,17 +631,24 @@ async function healthyPhase(
       return Date.now() - sentAt; // censored: it had waited at least this long
     }),
   );
-  // Every healthy stop's split by the server's event times, read once the phase is over.
-  const splits = await mapLimit(
-    latencies.map((latencyMs, i) => ({ latencyMs, i })),
-    10,
-    async ({ latencyMs, i }) => ({
-      latencyMs,
-      ...runSplit(await timeline(ctx.client, `stop-${healthyId(prefix, i)}`)),
-    }),
-  );
-  const byLatency = [...splits].sort((a, b) => a.latencyMs - b.latencyMs);
-  const median = byLatency[Math.floor(byLatency.length / 2)];
+  // Every healthy stop's split by the server's event times, read once the phase is over. A failed read costs
+  // the split only: the latencies are measured already.
+  let median: (RunSplit & { latencyMs: number }) | undefined;
+  let byLatency: Array<RunSplit & { latencyMs: number }> = [];
+  try {
+    const splits = await mapLimit(
+      latencies.map((latencyMs, i) => ({ latencyMs, i })),
+      10,
+      async ({ latencyMs, i }) => ({
+        latencyMs,
+        ...runSplit(await timeline(ctx.client, `stop-${healthyId(prefix, i)}`)),
+      }),
+    );
+    byLatency = [...splits].sort((a, b) => a.latencyMs - b.latencyMs);
+    median = byLatency[Math.floor(byLatency.length / 2)];
+  } catch (err) {
+    ctx.log(`    healthy stops' histories not read: ${err instanceof Error ? err.message : String(err)}`);
+  }
   return {
     samples: latencies.length,
     latenciesMs: latencies,
@@ -695,33 +710,54 @@ async function abortPhase(
   const after = await child.sample();
   const callsAfter = callsOf(after);
   const calls = Object.entries(callsAfter).reduce((sum, [op, n]) => sum + n - (callsBefore[op] ?? 0), 0);
-  const probePaths = await mapLimit(probesSent, 10, async (p) => {
-    const path = signalPath(await timeline(ctx.client, p.workflowId), p.sentAt, 'forceDetachVolume');
-    return path && { ...path, toCode: p.codeAt - p.sentAt - pathMs(path), ms: p.ms };
-  });
-  const floorPathsOf = (samples: FloorSample[]) =>
-    mapLimit(samples, 10, async (f) => {
-      const path = signalPath(await timeline(ctx.client, f.workflowId), f.sentAt, 'mark');
-      return path && { ...path, toCode: f.markedAt - f.sentAt - pathMs(path) };
-    });
-  const floorPaths = await floorPathsOf(floorsSent);
-  const inWorkerPaths = await floorPathsOf(inWorkerSent);
-  const found = probePaths.filter((p) => p !== null);
-  const missing = probePaths.length - found.length;
-  if (missing > 0) ctx.log(`    ${missing} of ${probePaths.length} probes' histories show no signal → force path`);
+  let paths: AbortFigure['paths'];
+  try {
+    paths = await readPaths(ctx, probesSent, floorsSent, inWorkerSent);
+  } catch (err) {
+    // The timings above stand without it.
+    ctx.log(`    abort paths not read: ${err instanceof Error ? err.message : String(err)}`);
+  }
   return {
     stopflow: summarize(stopflow),
     activityStarted: summarize(activityStarted),
     floor: summarize(floor),
     floorInWorker: summarize(inWorkerSent.map((f) => f.ms)),
-    paths: {
-      stopflow: summarizePaths(found),
-      floor: summarizePaths(floorPaths.filter((p) => p !== null)),
-      floorInWorker: summarizePaths(inWorkerPaths.filter((p) => p !== null)),
-      slowest: [...found].sort((a, b) => b.ms - a.ms).slice(0, 3),
-    },
+    ...(paths ? { paths } : {}),
     callsPerSecond: round(calls / ((after.at - before.at) / 1000), 2),
     ...(after.eventLoopDelay ? { eventLoopDelay: after.eventLoopDelay } : {}),
+  };
+}
+
+/** Each probe's and floor sample's path from its history; undefined if any of the three has no sample left. */
+async function readPaths(
+  ctx: BenchContext,
+  probes: Array<{ workflowId: string; sentAt: number; codeAt: number; ms: number }>,
+  floors: FloorSample[],
+  inWorker: FloorSample[],
+): Promise<AbortFigure['paths']> {
+  const probePaths = await mapLimit(probes, 10, async (p) => {
+    const path = signalPath(await timeline(ctx.client, p.workflowId), p.sentAt, ABORT_SIGNAL, 'forceDetachVolume');
+    return path && { ...path, toCode: p.codeAt - p.sentAt - pathMs(path), ms: p.ms };
+  });
+  const floorPathsOf = async (samples: FloorSample[]) =>
+    (
+      await mapLimit(samples, 10, async (f) => {
+        const path = signalPath(await timeline(ctx.client, f.workflowId), f.sentAt, ABORT_SIGNAL, 'mark');
+        return path && { ...path, toCode: f.markedAt - f.sentAt - pathMs(path) };
+      })
+    ).filter((p) => p !== null);
+  const found = probePaths.filter((p) => p !== null);
+  const floorPaths = await floorPathsOf(floors);
+  const inWorkerPaths = await floorPathsOf(inWorker);
+  const missing = probePaths.length - found.length;
+  if (missing > 0) ctx.log(`    ${missing} of ${probePaths.length} probes' histories show no signal → force path`);
+  if (found.length === 0 || floorPaths.length === 0 || inWorkerPaths.length === 0) return undefined;
+  return {
+    stopflow: summarizePaths(found),
+    floor: summarizePaths(floorPaths),
+    floorInWorker: summarizePaths(inWorkerPaths),
+    slowest: [...found].sort((a, b) => b.ms - a.ms).slice(0, 3),
+    reading: 'scheduling-task',
   };
 }
 

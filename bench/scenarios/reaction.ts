@@ -20,7 +20,7 @@ import { Marks } from '../baseline-activities';
 import type { signalFloor, timerFloor } from '../baseline-workflows';
 import { type BenchContext, mapLimit, median, percentile, round, startStop } from '../common';
 import { InstrumentedProvider } from '../instrumented-provider';
-import { startTunedDevServer, TUNED_DYNAMIC_CONFIG } from '../tuned-server';
+import { startTunedDevServer, TUNED_DYNAMIC_CONFIG, TUNED_MATCHER } from '../tuned-server';
 import { baselineWorker, stopflowWorker, withWorkers } from '../workers';
 
 const DEADLINE_MS = 2_000;
@@ -229,7 +229,7 @@ export async function reaction(ctx: BenchContext, options: { rounds?: number } =
  */
 export async function reactionTuned(
   ctx: BenchContext,
-): Promise<ReactionResult & { dynamicConfig: Record<string, number> }> {
+): Promise<ReactionResult & { dynamicConfig: Record<string, number | boolean> }> {
   const server = await startTunedDevServer();
   try {
     const connection = await NativeConnection.connect({ address: server.address });
@@ -241,7 +241,10 @@ export async function reactionTuned(
         connection,
         client: new Client({ connection: clientConnection }),
       };
-      return { ...(await reaction(tuned, { rounds: 1 })), dynamicConfig: { ...TUNED_DYNAMIC_CONFIG } };
+      return {
+        ...(await reaction(tuned, { rounds: 1 })),
+        dynamicConfig: { ...TUNED_DYNAMIC_CONFIG, ...TUNED_MATCHER },
+      };
     } finally {
       await clientConnection.close();
       await connection.close();
