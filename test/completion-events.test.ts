@@ -116,7 +116,8 @@ beforeAll(async () => {
       async completionEventsConfigured() {
         if (Context.current().info.workflowExecution?.workflowId.includes(HELD_AT_END)) {
           heldAtEnd.asked.resolve();
-          // Under the local activity's 10 s timeout; a cancel (the terminated stop evicted) ends it sooner.
+          // Under the local activity's 10 s timeout. The worker hears of the terminate only when it next reports
+          // on this stop, so the answer comes after it (`.finally` also covers a cancel).
           await Context.current()
             .sleep(6_000)
             .finally(() => heldAtEnd.answered.resolve());
@@ -261,8 +262,9 @@ describe('with an events endpoint on the worker', () => {
     await heldAtEnd.asked.promise; // the instance is stopped; the stop is asking whether an event goes out
     const stop = h.client.workflow.getHandle(started.workflowId, started.runId);
     await stop.terminate('terminated during the completion-event hand-off');
-    await heldAtEnd.answered.promise; // the worker's answer (or its cancel) came after the terminate
-    // Give a late hand-off every chance to show: a workflow task after the answer, a child starting.
+    // The worker's answer came after the terminate. The workflow task completion it then sends, which would
+    // start the child, must be refused: give it time to land before looking.
+    await heldAtEnd.answered.promise;
     await new Promise((r) => setTimeout(r, 2_000));
 
     expect((await stop.describe()).status.name).toBe('TERMINATED');
