@@ -1,14 +1,17 @@
 /**
- * A second dev server for the reaction benchmark, with the history service's
+ * A second dev server for the reaction and incident benchmarks, with the history service's
  * queue readers allowed to poll more often than the dev server's default of
  * 20 reads per second (it has a single history shard, so that limit is
  * server-wide). It shows how much of the reaction time that limit accounts
  * for. Same binary, search attributes and matcher setting as
  * devserver/server.ts; only the queue-read limits differ.
  */
+import { Client, Connection } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { NativeConnection } from '@temporalio/worker';
 import { StopCauseKey, StopForcedKey, StopPhaseKey, StopVolumesKey } from '../common/names';
 import { resolveTemporalCli } from '../devserver/temporal-cli';
+import type { BenchContext } from './common';
 
 export const TUNED_DYNAMIC_CONFIG = {
   'history.transferProcessorMaxPollRPS': 1000,
@@ -35,4 +38,33 @@ export async function startTunedDevServer(): Promise<{ address: string; stop(): 
     },
   });
   return { address: env.address, stop: () => env.teardown() };
+}
+
+/**
+ * Runs `measure` against a tuned dev server (started and torn down here) with the same context otherwise,
+ * and records the settings beside its figures.
+ */
+export async function onTunedServer<T extends object>(
+  ctx: BenchContext,
+  measure: (tuned: BenchContext) => Promise<T>,
+): Promise<T & { dynamicConfig: Record<string, number | boolean> }> {
+  const server = await startTunedDevServer();
+  try {
+    const connection = await NativeConnection.connect({ address: server.address });
+    const clientConnection = await Connection.connect({ address: server.address });
+    try {
+      const tuned: BenchContext = {
+        ...ctx,
+        address: server.address,
+        connection,
+        client: new Client({ connection: clientConnection }),
+      };
+      return { ...(await measure(tuned)), dynamicConfig: { ...TUNED_DYNAMIC_CONFIG, ...TUNED_MATCHER } };
+    } finally {
+      await clientConnection.close();
+      await connection.close();
+    }
+  } finally {
+    await server.stop();
+  }
 }

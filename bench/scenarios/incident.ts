@@ -26,8 +26,7 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
-import { Client, Connection, WorkflowNotFoundError } from '@temporalio/client';
-import { NativeConnection } from '@temporalio/worker';
+import { WorkflowNotFoundError } from '@temporalio/client';
 import type { CallBudget } from '../../activities/provider';
 import { DEFAULT_AWS_BUDGET, DEFAULT_AWS_MAX_BATCH } from '../../activities/providers/aws';
 import { MemorySimStore, SimulatedProvider } from '../../activities/providers/simulated';
@@ -55,7 +54,7 @@ import {
   type ToIncidentWorker,
   warmUpId,
 } from '../incident-shared';
-import { startTunedDevServer, TUNED_DYNAMIC_CONFIG, TUNED_MATCHER } from '../tuned-server';
+import { onTunedServer } from '../tuned-server';
 import { baselineWorker, withWorkers } from '../workers';
 import { type LatencySummary, signalFloorOnce, signalFloorTimed, summarize } from './reaction';
 
@@ -331,29 +330,11 @@ export async function incident(
  * a second dev server whose history queue readers may poll 1,000 times a second instead of 20
  * (bench/tuned-server.ts): how much of what they miss is that one server-wide limit.
  */
-export async function incidentTuned(
+export function incidentTuned(
   ctx: BenchContext,
 ): Promise<IncidentResult & { dynamicConfig: Record<string, number | boolean> }> {
-  const server = await startTunedDevServer();
-  try {
-    const connection = await NativeConnection.connect({ address: server.address });
-    const clientConnection = await Connection.connect({ address: server.address });
-    try {
-      const tuned: BenchContext = {
-        ...ctx,
-        address: server.address,
-        connection,
-        client: new Client({ connection: clientConnection }),
-      };
-      const rows = ctx.quick ? { sizes: [0, 200], awsSizes: [200] } : { sizes: [0, 5_000], awsSizes: [1_000] };
-      return { ...(await incident(tuned, rows)), dynamicConfig: { ...TUNED_DYNAMIC_CONFIG, ...TUNED_MATCHER } };
-    } finally {
-      await clientConnection.close();
-      await connection.close();
-    }
-  } finally {
-    await server.stop();
-  }
+  const rows = ctx.quick ? { sizes: [0, 200], awsSizes: [200] } : { sizes: [0, 5_000], awsSizes: [1_000] };
+  return onTunedServer(ctx, (tuned) => incident(tuned, rows));
 }
 
 function describeRow(row: IncidentRow): string {

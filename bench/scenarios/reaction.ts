@@ -12,15 +12,13 @@
  * Worker settings are the production defaults (poll 5 s, hold 60 s).
  */
 import { randomUUID } from 'node:crypto';
-import { Client, Connection } from '@temporalio/client';
-import { NativeConnection } from '@temporalio/worker';
 import { MemorySimStore, SimulatedProvider } from '../../activities/providers/simulated';
 import { ABORT_SIGNAL } from '../../common/names';
 import { Marks } from '../baseline-activities';
 import type { signalFloor, timerFloor } from '../baseline-workflows';
 import { type BenchContext, mapLimit, median, percentile, round, startStop } from '../common';
 import { InstrumentedProvider } from '../instrumented-provider';
-import { startTunedDevServer, TUNED_DYNAMIC_CONFIG, TUNED_MATCHER } from '../tuned-server';
+import { onTunedServer } from '../tuned-server';
 import { baselineWorker, stopflowWorker, withWorkers } from '../workers';
 
 const DEADLINE_MS = 2_000;
@@ -227,29 +225,8 @@ export async function reaction(ctx: BenchContext, options: { rounds?: number } =
  * The same measurement, one round, on a second dev server whose history queue
  * readers may poll 1,000 times a second instead of 20 (bench/tuned-server.ts).
  */
-export async function reactionTuned(
+export function reactionTuned(
   ctx: BenchContext,
 ): Promise<ReactionResult & { dynamicConfig: Record<string, number | boolean> }> {
-  const server = await startTunedDevServer();
-  try {
-    const connection = await NativeConnection.connect({ address: server.address });
-    const clientConnection = await Connection.connect({ address: server.address });
-    try {
-      const tuned: BenchContext = {
-        ...ctx,
-        address: server.address,
-        connection,
-        client: new Client({ connection: clientConnection }),
-      };
-      return {
-        ...(await reaction(tuned, { rounds: 1 })),
-        dynamicConfig: { ...TUNED_DYNAMIC_CONFIG, ...TUNED_MATCHER },
-      };
-    } finally {
-      await clientConnection.close();
-      await connection.close();
-    }
-  } finally {
-    await server.stop();
-  }
+  return onTunedServer(ctx, (tuned) => reaction(tuned, { rounds: 1 }));
 }
