@@ -120,8 +120,8 @@ export interface RunSplit {
 
 export function runSplit(events: TimedEvent[]): RunSplit {
   const byId = new Map(events.map((e) => [e.id, e]));
-  const since = (e: TimedEvent) => {
-    const from = e.scheduledEventId === undefined ? undefined : byId.get(e.scheduledEventId);
+  const since = (e: TimedEvent, fromId: number | undefined) => {
+    const from = fromId === undefined ? undefined : byId.get(fromId);
     return from ? e.at - from.at : 0;
   };
   const split: RunSplit = {
@@ -131,17 +131,15 @@ export function runSplit(events: TimedEvent[]): RunSplit {
     activitiesQueued: 0,
     workflowTasks: 0,
   };
-  let lastStarted: TimedEvent | undefined;
   for (const e of events) {
     if (e.type === 'WorkflowTaskStarted') {
-      split.workflowTasksQueued += since(e);
+      split.workflowTasksQueued += since(e, e.scheduledEventId);
       split.workflowTasks++;
-      lastStarted = e;
-    } else if (e.type === 'WorkflowTaskCompleted' && lastStarted) {
-      split.workflowTasksRan += e.at - lastStarted.at;
+    } else if (e.type === 'WorkflowTaskCompleted') {
+      split.workflowTasksRan += since(e, e.startedEventId);
     } else if (e.type === 'ActivityTaskStarted' && (e.attempt ?? 1) === 1) {
       // A later attempt's start time would count the earlier attempts and their backoff as waiting.
-      split.activitiesQueued += since(e);
+      split.activitiesQueued += since(e, e.scheduledEventId);
     }
   }
   return split;

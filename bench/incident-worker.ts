@@ -5,9 +5,10 @@
  * slots, poll, hold; no Node flags but `--import tsx`), in its own process so
  * its RSS is its own. Rows with abort probes also run a small baseline worker
  * here for the in-process floor, from the start: its memory is in every sample
- * of those rows (idle included), so it cancels out of the per-stop figure. Its backend is the simulated cloud (seeded
- * here, before the idle sample, with a call budget declared on it) or the aws
- * provider against the local EC2 server the benchmark runs.
+ * of those rows (idle included), so it cancels out of the per-stop figure.
+ * Its backend is the simulated cloud (seeded here, before the idle sample,
+ * with a call budget declared on it) or the aws provider against the local
+ * EC2 server the benchmark runs.
  *
  * It answers `sample` and `shutdown` messages over IPC, and reports the
  * moments the benchmark times: a detach request reaching the backend, a

@@ -5,6 +5,7 @@
  * run: the N = 0 row, and Temporal's signal → activity floor measured beside
  * each row.
  */
+import type { RunSplit } from './history-spans';
 import type { IncidentResult, IncidentRow, PathSummary } from './scenarios/incident';
 
 /** The incident rows again on the tuned server (`incidentTuned`). */
@@ -213,13 +214,14 @@ const SEGMENTS: Array<[keyof PathSummary, string]> = [
 function renderSplits(line: Line, inc: IncidentResult): void {
   const withPaths = inc.rows.filter((r) => r.abort?.paths);
   if (withPaths.length > 0) {
+    const refined = withPaths.every((r) => r.abort?.paths?.reading === 'scheduling-task');
     line(
       `Where abort → force goes, by the server's own event times (each probe's and each floor sample's history, read at the end of the abort phase${
-        withPaths.every((r) => r.abort?.paths?.reading === 'scheduling-task')
+        refined
           ? '; a path whose activity needed a second attempt is left out): the signal recorded, then until the workflow task that scheduled the activity started (the first task after the signal, or a later one when the workflow first waited for something else), that task'
           : '): the signal recorded, then until the first workflow task started after it, that task'
       }'s run (until its completion reached the server), the activity task handed to a worker, then the worker running the activity's code. p50 / p99 of each part, ms.${
-        withPaths.every((r) => r.abort?.paths?.reading === 'scheduling-task')
+        refined
           ? ''
           : " (This run's reading, which later runs refine: when the first task after the signal did not itself schedule the activity, the wait for the one that did is counted in the activity task's hand-off, and an activity's second attempt would be taken for its start.)"
       }`,
@@ -263,13 +265,7 @@ function renderSplits(line: Line, inc: IncidentResult): void {
     for (const r of withSplits) {
       const split = r.healthy?.split;
       if (!split) continue;
-      const cells = (s: {
-        total: number;
-        workflowTasks: number;
-        workflowTasksQueued: number;
-        workflowTasksRan: number;
-        activitiesQueued: number;
-      }) =>
+      const cells = (s: RunSplit) =>
         `${ms(s.total)} | ${s.workflowTasks} | ${ms(s.workflowTasksQueued)} | ${ms(s.workflowTasksRan)} | ${ms(s.activitiesQueued)}`;
       line(`| ${r.provider} | ${n0(r.stops)} | median | ${ms(split.median.latencyMs)} | ${cells(split.median)} |`);
       const slowest = split.slowest[0];

@@ -268,22 +268,15 @@ export function renderMarkdown(r: BenchResults): string {
   }
 
   if (throughput) renderThroughput(line, throughput, from('throughput'));
-  if (reaction) {
-    const tunedFrom =
-      reactionTuned && describeRun(runOf(r, 'reactionTuned')) !== describeRun(runOf(r, 'reaction'))
-        ? ` The tuned-server rows: ${from('reactionTuned')}`
-        : '';
-    renderReaction(line, reaction, reactionTuned, `${from('reaction')}${tunedFrom}`);
-  }
+  // A section with tuned-server rows names their run too when it is another one.
+  const fromWithTuned = (name: ScenarioName, tuned: ScenarioName) =>
+    r.scenarios[tuned] && describeRun(runOf(r, tuned)) !== describeRun(runOf(r, name))
+      ? `${from(name)} The tuned-server rows: ${from(tuned)}`
+      : from(name);
+  if (reaction) renderReaction(line, reaction, reactionTuned, fromWithTuned('reaction', 'reactionTuned'));
   if (history) renderHistory(line, history, from('history'));
   if (memory) renderMemory(line, memory, from('memory'));
-  if (incident) {
-    const tunedFrom =
-      incidentTuned && describeRun(runOf(r, 'incidentTuned')) !== describeRun(runOf(r, 'incident'))
-        ? ` The tuned-server rows: ${from('incidentTuned')}`
-        : '';
-    renderIncident(line, incident, incidentTuned, `${from('incident')}${tunedFrom}`);
-  }
+  if (incident) renderIncident(line, incident, incidentTuned, fromWithTuned('incident', 'incidentTuned'));
   renderBounds(line, missed, r);
   return `${out.join('\n').trimEnd()}\n`;
 }

@@ -10,6 +10,7 @@ import { Client, Connection } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { NativeConnection } from '@temporalio/worker';
 import { StopCauseKey, StopForcedKey, StopPhaseKey, StopVolumesKey } from '../common/names';
+import { RECOMMENDED_DYNAMIC_CONFIG } from '../devserver/server';
 import { resolveTemporalCli } from '../devserver/temporal-cli';
 import type { BenchContext } from './common';
 
@@ -18,13 +19,13 @@ export const TUNED_DYNAMIC_CONFIG = {
   'history.timerProcessorMaxPollRPS': 1000,
 } as const;
 
-/** Task priority's matcher, on as on devserver/server.ts's server (recorded apart: reactionTuned ran before it). */
-export const TUNED_MATCHER = { 'matching.useNewMatcher': true } as const;
+/** Every setting the tuned server starts with, as recorded beside its figures. */
+const TUNED_SETTINGS = { ...RECOMMENDED_DYNAMIC_CONFIG, ...TUNED_DYNAMIC_CONFIG };
 
 export async function startTunedDevServer(): Promise<{ address: string; stop(): Promise<void> }> {
   const cli = await resolveTemporalCli();
-  // The matcher setting of devserver/server.ts too (task priority), so the two servers differ by the limits only.
-  const extraArgs = Object.entries({ ...TUNED_DYNAMIC_CONFIG, ...TUNED_MATCHER }).flatMap(([key, value]) => [
+  // The settings of devserver/server.ts too, so that the two servers differ by the limits only.
+  const extraArgs = Object.entries(TUNED_SETTINGS).flatMap(([key, value]) => [
     '--dynamic-config-value',
     `${key}=${value}`,
   ]);
@@ -59,7 +60,7 @@ export async function onTunedServer<T extends object>(
         connection,
         client: new Client({ connection: clientConnection }),
       };
-      return { ...(await measure(tuned)), dynamicConfig: { ...TUNED_DYNAMIC_CONFIG, ...TUNED_MATCHER } };
+      return { ...(await measure(tuned)), dynamicConfig: { ...TUNED_SETTINGS } };
     } finally {
       await clientConnection.close();
       await connection.close();

@@ -25,12 +25,19 @@ export interface DevServer {
   stop(): Promise<void>;
 }
 
+/**
+ * Task priority (force and abort ahead of other stops' work) needs the new matcher on server 1.29; stopflow
+ * works without it, and better with it (docs/worker.md "Isolation"). Every dev server the project starts has it.
+ */
+export const RECOMMENDED_DYNAMIC_CONFIG = { 'matching.useNewMatcher': true } as const;
+
 export async function startDevServer(options: DevServerOptions = {}): Promise<DevServer> {
   const cli = await resolveTemporalCli(options);
   const ip = options.ip ?? '127.0.0.1';
-  // Task priority (force and abort ahead of other stops' work) needs the new matcher on server 1.29; stopflow
-  // works without it, and better with it (docs/worker.md "Isolation").
-  const extraArgs: string[] = ['--dynamic-config-value', 'matching.useNewMatcher=true'];
+  const extraArgs: string[] = Object.entries(RECOMMENDED_DYNAMIC_CONFIG).flatMap(([key, value]) => [
+    '--dynamic-config-value',
+    `${key}=${value}`,
+  ]);
   if (options.httpPort) extraArgs.push('--http-port', String(options.httpPort));
   const env = await TestWorkflowEnvironment.createLocal({
     server: {

@@ -30,7 +30,7 @@ import { WorkflowNotFoundError } from '@temporalio/client';
 import type { CallBudget } from '../../activities/provider';
 import { DEFAULT_AWS_BUDGET, DEFAULT_AWS_MAX_BATCH } from '../../activities/providers/aws';
 import { MemorySimStore, SimulatedProvider } from '../../activities/providers/simulated';
-import { ABORT_SIGNAL } from '../../common/names';
+import { ABORT_SIGNAL, workflowIdFor } from '../../common/names';
 import { Ec2QueryServer } from '../../test/support/ec2-query-server';
 import {
   DEFAULT_DETACH_HOLD_MS,
@@ -38,7 +38,6 @@ import {
   DEFAULT_MAX_CONCURRENT_WAITS,
 } from '../../worker/defaults';
 import { Marks } from '../baseline-activities';
-import type { signalFloor } from '../baseline-workflows';
 import { type BenchContext, mapLimit, percentile, round, sleep, startStop } from '../common';
 import { type RunSplit, runSplit, type SignalPath, signalPath, timeline } from '../history-spans';
 import {
@@ -296,7 +295,7 @@ export async function incident(
         probes: spec.stops <= HEALTHY_MAX_STOPS ? probes : 0,
         windowMs,
         healthyCapMs,
-        floor: () => signalFloorTimed(ctx, floorQueue, marks),
+        floor: () => signalFloorTimed(ctx, floorQueue, (id) => marks.when(id)),
       });
       rows.push(row);
       ctx.log(`  ${describeRow(row)}`);
@@ -557,7 +556,7 @@ async function measureRow(ctx: BenchContext, spec: RowSpec, options: RowOptions)
         const inWorker = config.floor?.taskQueue;
         if (!inWorker) throw new Error('the row has probes but no in-worker floor queue');
         row.abort = await abortPhase(ctx, taskQueue, prefix, options, child, started, callsOf, () =>
-          floorInWorkerOnce(ctx, inWorker, child),
+          signalFloorTimed(ctx, inWorker, (id) => child.when('floorMark', id)),
         );
       } catch (err) {
         fail('abort', err);
@@ -622,7 +621,7 @@ async function healthyPhase(
       10,
       async ({ latencyMs, i }) => ({
         latencyMs,
-        ...runSplit(await timeline(ctx.client, `stop-${healthyId(prefix, i)}`)),
+        ...runSplit(await timeline(ctx.client, workflowIdFor(healthyId(prefix, i)))),
       }),
     );
     byLatency = [...splits].sort((a, b) => a.latencyMs - b.latencyMs);
@@ -681,7 +680,7 @@ async function abortPhase(
     stopflow.push(ms);
     const codeAt = await child.when('forceStarted', instanceId);
     activityStarted.push(codeAt - sentAt);
-    probesSent.push({ workflowId: `stop-${instanceId}`, sentAt, codeAt, ms });
+    probesSent.push({ workflowId: workflowIdFor(instanceId), sentAt, codeAt, ms });
     const floorSample = await options.floor();
     floorsSent.push(floorSample);
     floor.push(floorSample.ms);
@@ -716,22 +715,28 @@ async function readPaths(
   floors: FloorSample[],
   inWorker: FloorSample[],
 ): Promise<AbortFigure['paths']> {
-  const probePaths = await mapLimit(probes, 10, async (p) => {
-    const path = signalPath(await timeline(ctx.client, p.workflowId), p.sentAt, ABORT_SIGNAL, 'forceDetachVolume');
-    return path && { ...path, toCode: p.codeAt - p.sentAt - pathMs(path), ms: p.ms };
-  });
-  const floorPathsOf = async (samples: FloorSample[]) =>
+  // Each sample's path to its activity, and the rest of the way to that activity's code (`codeAt`).
+  const pathsOf = async (
+    samples: Array<{ workflowId: string; sentAt: number; codeAt: number; ms: number }>,
+    activityType: string,
+  ) =>
     (
-      await mapLimit(samples, 10, async (f) => {
-        const path = signalPath(await timeline(ctx.client, f.workflowId), f.sentAt, ABORT_SIGNAL, 'mark');
-        return path && { ...path, toCode: f.markedAt - f.sentAt - pathMs(path) };
+      await mapLimit(samples, 10, async (sample) => {
+        const path = signalPath(
+          await timeline(ctx.client, sample.workflowId),
+          sample.sentAt,
+          ABORT_SIGNAL,
+          activityType,
+        );
+        return path && { ...path, toCode: sample.codeAt - sample.sentAt - pathMs(path), ms: sample.ms };
       })
     ).filter((p) => p !== null);
-  const found = probePaths.filter((p) => p !== null);
-  const floorPaths = await floorPathsOf(floors);
-  const inWorkerPaths = await floorPathsOf(inWorker);
-  const missing = probePaths.length - found.length;
-  if (missing > 0) ctx.log(`    ${missing} of ${probePaths.length} probes' histories show no signal → force path`);
+  const asCode = (f: FloorSample) => ({ ...f, codeAt: f.markedAt });
+  const found = await pathsOf(probes, 'forceDetachVolume');
+  const floorPaths = await pathsOf(floors.map(asCode), 'mark');
+  const inWorkerPaths = await pathsOf(inWorker.map(asCode), 'mark');
+  const missing = probes.length - found.length;
+  if (missing > 0) ctx.log(`    ${missing} of ${probes.length} probes' histories show no signal → force path`);
   if (found.length === 0 || floorPaths.length === 0 || inWorkerPaths.length === 0) return undefined;
   return {
     stopflow: summarizePaths(found),
@@ -740,22 +745,6 @@ async function readPaths(
     slowest: [...found].sort((a, b) => b.ms - a.ms).slice(0, 3),
     reading: 'scheduling-task',
   };
-}
-
-/** One floor sample on the baseline worker inside the stopflow worker's process (its marks come over IPC). */
-async function floorInWorkerOnce(ctx: BenchContext, taskQueue: string, child: IncidentProcess): Promise<FloorSample> {
-  const id = `fw-${randomUUID().slice(0, 13)}`;
-  const handle = await ctx.client.workflow.start<typeof signalFloor>('signalFloor', {
-    taskQueue,
-    workflowId: id,
-    args: [id],
-  });
-  await child.when('floorMark', `${id}:ready`);
-  const sentAt = Date.now();
-  await handle.signal(ABORT_SIGNAL, { reason: 'bench' });
-  const markedAt = await child.when('floorMark', id);
-  await handle.result();
-  return { ms: markedAt - sentAt, workflowId: id, sentAt, markedAt };
 }
 
 const pathMs = (p: SignalPath) => p.toServer + p.toWorkflowTask + p.workflowTask + p.toActivity;

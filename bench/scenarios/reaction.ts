@@ -78,14 +78,17 @@ function figure(rounds: number[][]): LatencyFigure {
  * activity; timed from just before the signal is sent to that activity's Date.now().
  */
 export async function signalFloorOnce(ctx: BenchContext, floorQueue: string, marks: Marks): Promise<number> {
-  return (await signalFloorTimed(ctx, floorQueue, marks)).ms;
+  return (await signalFloorTimed(ctx, floorQueue, (id) => marks.when(id))).ms;
 }
 
-/** One floor sample, with what a history read needs to split it: the workflow id and when the signal was sent. */
+/**
+ * One floor sample, with what a history read needs to split it: the workflow id and when the signal was sent.
+ * `markedAt` tells when the floor's worker ran `mark` for an id (its Marks, in this process or another).
+ */
 export async function signalFloorTimed(
   ctx: BenchContext,
   floorQueue: string,
-  marks: Marks,
+  markedAt: (id: string) => Promise<number>,
 ): Promise<{ ms: number; workflowId: string; sentAt: number; markedAt: number }> {
   const id = `fa-${randomUUID().slice(0, 13)}`;
   const handle = await ctx.client.workflow.start<typeof signalFloor>('signalFloor', {
@@ -93,10 +96,10 @@ export async function signalFloorTimed(
     workflowId: id,
     args: [id],
   });
-  await marks.when(`${id}:ready`);
+  await markedAt(`${id}:ready`);
   const sentAt = Date.now();
   await handle.signal(ABORT_SIGNAL, { reason: 'bench' });
-  const at = await marks.when(id);
+  const at = await markedAt(id);
   await handle.result();
   return { ms: at - sentAt, workflowId: id, sentAt, markedAt: at };
 }
