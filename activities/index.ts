@@ -59,6 +59,15 @@ const HEARTBEAT_EVERY_MS = 1_000;
  */
 const WAIT_HEARTBEAT_EVERY_MS = 10_000;
 /**
+ * A wait's attempts after its first are quiet: the volume has been stuck a whole hold window, the
+ * server kept the first attempt's details (what `stopflow status` shows: state, since when), and each
+ * heartbeat is a write on the server for every stuck volume (during an incident, a third of what N
+ * stuck volumes cost it: docs/worker.md). Such an attempt beats only if it polls longer than this
+ * (a hold window above it), or to carry something the next attempt needs (see pollUntilDetached).
+ * A cancel reaches it at its end: a cancelled activity is not retried.
+ */
+const QUIET_FIRST_BEAT_MS = 20_000;
+/**
  * A wait reports the request lost after every check read `attached` for this many polls (not one stale read),
  * doubled for each time it was already sent again, up to an hour.
  */
@@ -127,22 +136,41 @@ export class Backends {
  * The first beat comes after one interval, not at once: nearly every urgent attempt ends within it, and each
  * heartbeat is a write on the Temporal server (measured in the throughput benchmark: the server's CPU per
  * stop fell from about 56 to 51 ms without them). The heartbeat timeout runs from the attempt's start either
- * way. A poll beats at once (`beatNow`): its details are what the UI and `stopflow status` show while it polls.
+ * way. A poll beats at once (`firstAfterMs` 0): its details are what the UI and `stopflow status` show while it
+ * polls.
  */
 async function heartbeating<T>(
   details: () => unknown,
   fn: () => Promise<T>,
   everyMs = HEARTBEAT_EVERY_MS,
-  beatNow = false,
+  firstAfterMs: number = everyMs,
 ): Promise<T> {
   const ctx = Context.current();
-  if (beatNow) ctx.heartbeat(details());
-  const timer = setInterval(() => ctx.heartbeat(details()), everyMs);
+  const beat = () => ctx.heartbeat(details());
+  if (firstAfterMs <= 0) beat();
+  let timer: ReturnType<typeof setInterval> | undefined;
+  const first = setTimeout(
+    () => {
+      beat();
+      timer = setInterval(beat, everyMs);
+    },
+    firstAfterMs <= 0 ? everyMs : firstAfterMs,
+  );
   try {
     return await fn();
   } finally {
+    clearTimeout(first);
     clearInterval(timer);
   }
+}
+
+/**
+ * When a wait's later attempt beats first, if it is still polling: well inside the heartbeat timeout
+ * (which runs from the attempt's start), and past the default hold window, so such an attempt sends none.
+ */
+function quietFirstBeatMs(ctx: Context): number {
+  const timeoutMs = ctx.info.heartbeatTimeoutMs ?? 0;
+  return timeoutMs > 0 ? Math.min(QUIET_FIRST_BEAT_MS, Math.floor((timeoutMs * 2) / 3)) : QUIET_FIRST_BEAT_MS;
 }
 
 const isTransient = (err: unknown) => err instanceof ApplicationFailure && !err.nonRetryable;
@@ -182,6 +210,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
     target: VolumeTarget,
     lostAfterMs: number | undefined,
     heartbeatEveryMs = HEARTBEAT_EVERY_MS,
+    quiet = false,
   ): Promise<{ outcome: 'detached' | 'lost'; checks: number }> => {
     const ctx = Context.current();
     const releaseAt = Date.now() + holdMs;
@@ -189,17 +218,23 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
     const beat: WaitHeartbeat = {
       checks: previous?.checks ?? 0,
       state: previous?.state ?? 'detaching',
-      since: previous?.since ?? new Date().toISOString(),
+      since: previous?.since ?? new Date(ctx.info.scheduledTimestampMs).toISOString(),
     };
     if (previous?.attachedSince) beat.attachedSince = previous.attachedSince;
+    let beaten = !quiet;
+    let checksHere = 0;
     return heartbeating(
-      () => beat,
+      () => {
+        beaten = true;
+        return beat;
+      },
       async () => {
         for (;;) {
           let answered = false;
           try {
             beat.state = await backend.states.check(target, ctx.cancellationSignal);
             beat.checks++;
+            checksHere++;
             answered = true;
           } catch (err) {
             if (!isTransient(err) || Date.now() + deps.pollIntervalMs > releaseAt) throw err;
@@ -216,17 +251,22 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
           }
           if (Date.now() + deps.pollIntervalMs > releaseAt) {
             // The attempt's last word: a worker that throttles heartbeats still sends the latest details
-            // with the failure, so the next attempt counts on from here.
-            ctx.heartbeat(beat);
+            // with the failure, so the next attempt counts on from here. A quiet attempt that has not
+            // beaten says it only when the next attempt needs it (a lost request is timed across attempts);
+            // otherwise the server keeps the details it has, and this would be one more write per attempt.
+            if (beaten || (beat.attachedSince ?? null) !== (previous?.attachedSince ?? null)) ctx.heartbeat(beat);
             const releases = Math.max(0, ctx.info.attempt - 1);
-            throw ApplicationFailure.create({
+            const failure = ApplicationFailure.create({
               type: 'StillDetaching',
               // Expected while a volume is stuck: logged at debug and not counted as an activity failure.
               category: ApplicationFailureCategory.BENIGN,
-              message: `${target.volume.volumeId} still ${beat.state} after ${beat.checks} checks since ${beat.since}`,
+              message: `${target.volume.volumeId} still ${beat.state} since ${beat.since} (attempt ${ctx.info.attempt}: ${checksHere} checks)`,
               nonRetryable: false,
               nextRetryDelay: Math.min(deps.pollIntervalMs * 2 ** releases, maxPollIntervalMs),
             });
+            // An answer, not a bug: its stack says nothing, and the server stores it with every attempt.
+            failure.stack = `ApplicationFailure: ${failure.message}`;
+            throw failure;
           }
           await backends.forcedVolumes.pause(
             ForcedVolumes.key(backend.provider.name, target),
@@ -236,8 +276,9 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         }
       },
       heartbeatEveryMs,
-      // At once: a poll's details are what the UI and `stopflow status` show of it.
-      true,
+      // At once: a poll's details are what the UI and `stopflow status` show of it; a quiet attempt, only
+      // if it polls that long.
+      quiet ? quietFirstBeatMs(ctx) : 0,
     );
   };
 
@@ -284,7 +325,8 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         LOST_AFTER_MAX_MS,
         LOST_AFTER_POLLS * deps.pollIntervalMs * 2 ** Math.min(20, target.rerequests ?? 0),
       );
-      return pollUntilDetached(backends.resolve(target.provider), target, lostAfterMs, WAIT_HEARTBEAT_EVERY_MS);
+      const quiet = Context.current().info.attempt > 1;
+      return pollUntilDetached(backends.resolve(target.provider), target, lostAfterMs, WAIT_HEARTBEAT_EVERY_MS, quiet);
     },
 
     async forceDetachVolume(target: VolumeTarget): Promise<ForceResult> {

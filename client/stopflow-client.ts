@@ -204,12 +204,16 @@ export interface PendingWork {
   state: 'scheduled' | 'started' | 'cancel_requested' | 'paused' | 'pause_requested' | 'unknown';
   /** 1 for the first try; a stuck detach counts one attempt per hold window. */
   attempt: number;
-  /** From the detach wait's heartbeat: backend checks so far, the last state seen, since when it waits. */
+  /**
+   * From the detach wait's heartbeat: backend checks it reported, the last state seen, since when it waits.
+   * A wait reports from its first attempt; its later ones (the volume stuck past a hold window) keep quiet
+   * unless they must, so past the first attempt `attempt` and `lastFailure` are the live part.
+   */
   checks?: number;
   backendState?: string;
   waitingSince?: string;
   lastHeartbeatAt?: string;
-  /** The last attempt's failure, e.g. "vol-2 still detaching after 37 checks since …". */
+  /** The last attempt's failure, e.g. "vol-2 still detaching since … (attempt 7: 3 checks)". */
   lastFailure?: string;
   /** When the next attempt starts, for an activity waiting out its retry delay. */
   nextAttemptAt?: string;

@@ -2,24 +2,30 @@
  * When activities heartbeat (activities/index.ts `heartbeating`): every heartbeat is a write on the
  * Temporal server, so an urgent attempt that ends within its first interval sends none; one that
  * takes longer beats every second, so a cancel still reaches it; a wait beats at once, because its
- * details are what the Temporal UI and `stopflow status` show while it polls. Run in the SDK's own
+ * details are what the Temporal UI and `stopflow status` show while it polls, but its later attempts
+ * (a volume stuck past a hold window) only when they must. Run in the SDK's own
  * activity test environment, which records each heartbeat the activity sends.
  */
+import type { Info } from '@temporalio/activity';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { describe, expect, test } from 'vitest';
 import { createActivities } from '../activities';
 import { MemorySimStore, type SimFaults, SimulatedProvider } from '../activities/providers/simulated';
 
-async function setUp(faults: SimFaults = {}) {
+async function setUp(faults: SimFaults = {}, info: Partial<Info> = {}, holdMs = 400) {
   const sim = new SimulatedProvider(new MemorySimStore(), faults);
-  await sim.addInstance('i-1', [{ volumeId: 'vol-fast' }, { volumeId: 'vol-stuck', behavior: { hang: true } }]);
+  await sim.addInstance('i-1', [
+    { volumeId: 'vol-fast' },
+    { volumeId: 'vol-stuck', behavior: { hang: true } },
+    { volumeId: 'vol-lost' },
+  ]);
   const activities = createActivities({
     providers: new Map([[sim.name, sim]]),
     defaultProvider: sim.name,
     pollIntervalMs: 100,
-    holdMs: 400,
+    holdMs,
   });
-  const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000 });
+  const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000, ...info });
   const beats: unknown[] = [];
   // A copy: a wait heartbeats the same details object, updated as it polls.
   env.on('heartbeat', (details: unknown) => beats.push(structuredClone(details)));
@@ -57,5 +63,53 @@ describe('activity heartbeats', () => {
     // The attempt's last word, so the next attempt counts on.
     expect(beats.at(-1)).toMatchObject({ state: 'detaching' });
     expect((beats.at(-1) as { checks: number }).checks).toBeGreaterThan(0);
+  });
+
+  // What the first attempt reported, as the server keeps it for the attempts after.
+  const firstAttempt = { checks: 4, state: 'detaching', since: '2026-12-01T00:00:00.000Z' };
+
+  test('a later attempt of a wait sends none: the server keeps what the first one reported', async () => {
+    const { activities, env, beats } = await setUp({}, { attempt: 3, heartbeatDetails: firstAttempt });
+    const target = { instanceId: 'i-1', volume: { volumeId: 'vol-stuck' } };
+    await env.run(activities.requestDetach, target);
+    beats.length = 0;
+    const failed = env.run(activities.awaitDetached, { ...target, rerequests: 0 });
+    await expect(failed).rejects.toMatchObject({ type: 'StillDetaching' });
+    // Its failure says what it saw, with the first attempt's "since", and no stack (the server stores each).
+    const failure = (await failed.catch((err: unknown) => err)) as Error;
+    expect(failure.message).toMatch(
+      /^vol-stuck still detaching since 2026-12-01T00:00:00\.000Z \(attempt 3: [1-4] checks\)$/,
+    );
+    expect(failure.stack).not.toMatch(/\n\s+at /);
+    expect(beats).toHaveLength(0);
+  });
+
+  test('a later attempt beats once it polls past two thirds of its heartbeat timeout', async () => {
+    const { activities, env, beats } = await setUp(
+      {},
+      { attempt: 2, heartbeatDetails: firstAttempt, heartbeatTimeoutMs: 450 },
+      1_000,
+    );
+    const target = { instanceId: 'i-1', volume: { volumeId: 'vol-stuck' } };
+    await env.run(activities.requestDetach, target);
+    beats.length = 0;
+    await expect(env.run(activities.awaitDetached, { ...target, rerequests: 0 })).rejects.toMatchObject({
+      type: 'StillDetaching',
+    });
+    expect(beats.length).toBeGreaterThanOrEqual(1);
+    expect(beats[0]).toMatchObject({ since: firstAttempt.since, state: 'detaching' });
+  });
+
+  test('a later attempt that finds the request lost-looking says so, for the next attempt to time it', async () => {
+    // vol-lost was never asked to detach: every check reads `attached`. Sent again twice already, it is
+    // called lost only after 3 polls x 4, past this attempt's hold window.
+    const { activities, env, beats } = await setUp({}, { attempt: 2, heartbeatDetails: firstAttempt });
+    const target = { instanceId: 'i-1', volume: { volumeId: 'vol-lost' } };
+    await expect(env.run(activities.awaitDetached, { ...target, rerequests: 2 })).rejects.toMatchObject({
+      type: 'StillDetaching',
+    });
+    expect(beats).toHaveLength(1);
+    expect(beats[0]).toMatchObject({ state: 'attached', since: firstAttempt.since });
+    expect(typeof (beats[0] as { attachedSince?: unknown }).attachedSince).toBe('string');
   });
 });

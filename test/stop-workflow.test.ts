@@ -4,6 +4,7 @@
  */
 import { WorkflowFailedError } from '@temporalio/client';
 import type { ApplicationFailure } from '@temporalio/common';
+import { optionalTsToMs } from '@temporalio/common/lib/time';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { SeedVolume } from '../activities/providers/simulated';
 import { InvalidInputError, StopFailedError } from '../client/stopflow-client';
@@ -340,6 +341,8 @@ describe('history stays bounded', () => {
         pending: pending.raw.pendingActivities?.length ?? 0,
         attempt: waiting?.attempt ?? 0,
         lastFailure: waiting?.lastFailure?.message ?? '',
+        lastHeartbeatMs: optionalTsToMs(waiting?.lastHeartbeatTime) ?? 0,
+        lastStartedMs: optionalTsToMs(waiting?.lastStartedTime) ?? 0,
       };
     };
     const short = await stuckFor(1_000);
@@ -361,7 +364,12 @@ describe('history stays bounded', () => {
     // Past the hold window (2s in tests) the wait gave its slot back and was retried: still no new events,
     // and the pending activity tells a person how long the volume has been stuck.
     expect(long.attempt).toBeGreaterThan(1);
-    expect(long.lastFailure).toMatch(/vol-stuck still detaching after \d+ checks since/);
+    expect(long.lastFailure).toMatch(/vol-stuck still detaching since \S+ \(attempt \d+: \d+ checks\)/);
+    // Attempts after the first keep quiet (a heartbeat is a server write per stuck volume): the last heartbeat
+    // is the first attempt's, older than the start of the latest attempt (the third or later by now).
+    expect(long.attempt).toBeGreaterThanOrEqual(3);
+    expect(long.lastHeartbeatMs).toBeGreaterThan(0);
+    expect(long.lastHeartbeatMs).toBeLessThan(long.lastStartedMs);
   });
 });
 

@@ -97,9 +97,9 @@ function workText(volume: VolumeProgress): string {
   const doing = work.activityType === 'forceDetachVolume' ? 'force-detach' : 'detach';
   const parts: string[] = [];
   if (work.checks !== undefined) {
-    parts.push(
-      `still ${work.backendState ?? volume.state} after ${work.checks} check${work.checks === 1 ? '' : 's'} since ${clock(work.waitingSince)}`,
-    );
+    // Past its first attempt a wait reports only now and then (docs/architecture.md): its count would be stale.
+    const counted = work.attempt === 1 ? ` after ${work.checks} check${work.checks === 1 ? '' : 's'}` : '';
+    parts.push(`still ${work.backendState ?? volume.state}${counted} since ${clock(work.waitingSince)}`);
   } else if (work.state === 'scheduled') {
     parts.push(`${doing} waiting for a worker`);
   } else {
