@@ -453,7 +453,8 @@ async function measureRow(ctx: BenchContext, spec: RowSpec, options: RowOptions)
   const child = new IncidentProcess(
     fork(WORKER_PATH, [], {
       // `--import tsx` runs the TypeScript; no other flag (heap size, GC): the worker as it ships.
-      execArgv: ['--import', 'tsx'],
+      // STOPFLOW_BENCH_WORKER_FLAGS adds flags by hand, to look inside a row (`--cpu-prof`, `--trace-gc`).
+      execArgv: ['--import', 'tsx', ...(process.env.STOPFLOW_BENCH_WORKER_FLAGS?.split(' ').filter(Boolean) ?? [])],
       env,
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     }),
