@@ -13,6 +13,8 @@ export interface BenchContext {
   /** --incident-sizes: stuck stops per row of the incident scenario (simulated rows), overriding its defaults. */
   incidentSizes: number[] | null;
   address: string;
+  /** The dev server's Prometheus endpoint: what it was asked, per operation (bench/server-requests.ts). */
+  serverMetricsUrl?: string;
   client: Client;
   connection: NativeConnection;
   /** Bundled stopInstance workflow code (workflows/index.ts). */

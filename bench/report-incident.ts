@@ -178,6 +178,26 @@ export function renderIncident(line: Line, inc: IncidentResult, tuned: TunedInci
     );
   }
   line();
+  if (inc.rows.some((r) => r.calls?.temporal)) {
+    line(
+      "What they ask of the Temporal server over the same window: requests its frontend received, by its own counters (`service_requests`), from every client (the worker's polls, completions and heartbeats; the benchmark's own few). A wait's attempt is one activity task (a poll answered) and, past the hold window, one `RespondActivityTaskFailed` (`StillDetaching`, retried by the server later); only a first attempt heartbeats.",
+    );
+    line();
+    line('| backend | N stuck | Temporal requests/s while waiting | per stuck volume, per minute | largest (/s) |');
+    line('|---|---|---|---|---|');
+    for (const r of inc.rows) {
+      const t = r.calls?.temporal;
+      if (!t) continue;
+      const largest = Object.entries(t.byOperation)
+        .sort((a, b) => b[1] - a[1])
+        .slice(0, 4)
+        .map(([op, v]) => `${op} ${num(v)}`)
+        .join(', ');
+      const perVolume = r.stops > 0 ? num((t.perSecond * 60) / r.stops, 2) : 'n/a';
+      line(`| ${r.provider} | ${n0(r.stops)} | **${num(t.perSecond)}** | ${perVolume} | ${largest || 'none'} |`);
+    }
+    line();
+  }
   line('What other stops on the same worker see:');
   line();
   line(

@@ -24,6 +24,7 @@ import {
   NativeConnection,
   Runtime,
 } from '@temporalio/worker';
+import { freePort } from '../devserver/ports';
 import { type DevServer, startDevServer } from '../devserver/server';
 import { cacheDir, TEMPORAL_CLI_VERSION } from '../devserver/temporal-cli';
 import { bundleStopflowWorkflows } from '../worker/worker';
@@ -168,7 +169,7 @@ async function main(): Promise<number> {
   };
   try {
     log(`bench: ${quick ? 'quick' : 'full'} run of ${names.join(', ')}; starting a Temporal dev server…`);
-    server = await startDevServer({ logLevel: 'error' });
+    server = await startDevServer({ logLevel: 'error', metricsPort: await freePort() });
     results.versions.temporalCli = cliVersion(server.cliPath);
     log(`bench: dev server ${server.address} (${results.versions.temporalCli.split('\n')[0]}); bundling workflows…`);
     const stopflowBundle = await bundleStopflowWorkflows();
@@ -192,6 +193,7 @@ async function main(): Promise<number> {
       memorySizes,
       incidentSizes,
       address: server.address,
+      ...(server.metricsUrl ? { serverMetricsUrl: server.metricsUrl } : {}),
       client: new Client({ connection: clientConnection }),
       connection,
       stopflowBundle,

@@ -10,6 +10,7 @@ import { Client, Connection } from '@temporalio/client';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { NativeConnection } from '@temporalio/worker';
 import { StopCauseKey, StopForcedKey, StopPhaseKey, StopVolumesKey } from '../common/names';
+import { freePort } from '../devserver/ports';
 import { RECOMMENDED_DYNAMIC_CONFIG } from '../devserver/server';
 import { resolveTemporalCli } from '../devserver/temporal-cli';
 import type { BenchContext } from './common';
@@ -22,13 +23,15 @@ export const TUNED_DYNAMIC_CONFIG = {
 /** Every setting the tuned server starts with, as recorded beside its figures. */
 const TUNED_SETTINGS = { ...RECOMMENDED_DYNAMIC_CONFIG, ...TUNED_DYNAMIC_CONFIG };
 
-export async function startTunedDevServer(): Promise<{ address: string; stop(): Promise<void> }> {
+export async function startTunedDevServer(): Promise<{ address: string; metricsUrl: string; stop(): Promise<void> }> {
   const cli = await resolveTemporalCli();
   // The settings of devserver/server.ts too, so that the two servers differ by the limits only.
   const extraArgs = Object.entries(TUNED_SETTINGS).flatMap(([key, value]) => [
     '--dynamic-config-value',
     `${key}=${value}`,
   ]);
+  const metricsPort = await freePort();
+  extraArgs.push('--metrics-port', String(metricsPort));
   const env = await TestWorkflowEnvironment.createLocal({
     server: {
       executable: cli.kind === 'path' ? { type: 'existing-path', path: cli.path } : { type: 'cached-download' },
@@ -38,7 +41,7 @@ export async function startTunedDevServer(): Promise<{ address: string; stop(): 
       extraArgs,
     },
   });
-  return { address: env.address, stop: () => env.teardown() };
+  return { address: env.address, metricsUrl: `http://127.0.0.1:${metricsPort}/metrics`, stop: () => env.teardown() };
 }
 
 /**
@@ -57,6 +60,7 @@ export async function onTunedServer<T extends object>(
       const tuned: BenchContext = {
         ...ctx,
         address: server.address,
+        serverMetricsUrl: server.metricsUrl,
         connection,
         client: new Client({ connection: clientConnection }),
       };

@@ -14,6 +14,8 @@ export interface DevServerOptions extends ResolveOptions {
   /** SQLite file for persistence; in memory when omitted. */
   dbFilename?: string;
   logLevel?: 'debug' | 'info' | 'warn' | 'error';
+  /** Serve the server's Prometheus metrics on this loopback port (the benchmarks count its requests). */
+  metricsPort?: number;
 }
 
 export interface DevServer {
@@ -21,6 +23,8 @@ export interface DevServer {
   address: string;
   uiUrl: string | undefined;
   httpUrl: string | undefined;
+  /** The server's Prometheus endpoint, when `metricsPort` was given. */
+  metricsUrl: string | undefined;
   cliPath: string | undefined;
   stop(): Promise<void>;
 }
@@ -39,6 +43,7 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<De
     `${key}=${value}`,
   ]);
   if (options.httpPort) extraArgs.push('--http-port', String(options.httpPort));
+  if (options.metricsPort) extraArgs.push('--metrics-port', String(options.metricsPort));
   const env = await TestWorkflowEnvironment.createLocal({
     server: {
       executable: cli.kind === 'path' ? { type: 'existing-path', path: cli.path } : { type: 'cached-download' },
@@ -56,6 +61,7 @@ export async function startDevServer(options: DevServerOptions = {}): Promise<De
     address: env.address,
     uiUrl: options.uiPort ? `http://${ip}:${options.uiPort}` : undefined,
     httpUrl: options.httpPort ? `http://${ip}:${options.httpPort}` : undefined,
+    metricsUrl: options.metricsPort ? `http://${ip}:${options.metricsPort}/metrics` : undefined,
     cliPath: cli.kind === 'path' ? cli.path : undefined,
     stop: () => env.teardown(),
   };

@@ -53,6 +53,7 @@ import {
   type ToIncidentWorker,
   warmUpId,
 } from '../incident-shared';
+import { frontendRequests, requestRates } from '../server-requests';
 import { onTunedServer } from '../tuned-server';
 import { baselineWorker, withWorkers } from '../workers';
 import { type LatencySummary, signalFloorOnce, signalFloorTimed, summarize } from './reaction';
@@ -101,6 +102,11 @@ export interface CallsFigure {
   describeVolumesPerSecond?: number;
   /** Worker CPU over the window, % of one core. */
   workerCpuPercent: number;
+  /**
+   * Requests the Temporal server's frontend received over the window, per second, by operation (every
+   * client of it: the worker's polls, completions and heartbeats, and the benchmark's own few).
+   */
+  temporal?: { perSecond: number; byOperation: Record<string, number> };
 }
 
 export interface HealthyFigure {
@@ -344,6 +350,9 @@ function describeRow(row: IncidentRow): string {
   if (row.calls) {
     parts.push(
       `calls ${row.calls.perSecond}/s (${row.calls.volumesCheckedPerSecond} volume checks/s${row.calls.describeVolumesPerSecond !== undefined ? `, DescribeVolumes ${row.calls.describeVolumesPerSecond}/s` : ''}), CPU ${row.calls.workerCpuPercent}%;`,
+      ...(row.calls.temporal
+        ? [`Temporal requests ${row.calls.temporal.perSecond}/s ${JSON.stringify(row.calls.temporal.byOperation)};`]
+        : []),
     );
   }
   if (row.waiting)
@@ -508,11 +517,13 @@ async function measureRow(ctx: BenchContext, spec: RowSpec, options: RowOptions)
 
     // Waiting: memory, and calls per second while nothing but the N waits runs.
     const loaded = await child.sample();
+    const requestsA = await frontendRequests(ctx.serverMetricsUrl);
     const callsA = callsOf(loaded);
     row.rss.loadedMb = mb(loaded.rss);
     if (stops > 0) row.rss.perWaitingStopBytes = Math.round((loaded.rss - idle.rss) / stops);
     await sleep(options.windowMs);
     const after = await child.sample();
+    const requestsB = await frontendRequests(ctx.serverMetricsUrl);
     const callsB = callsOf(after);
     const seconds = (after.at - loaded.at) / 1000;
     const byOperation: Record<string, number> = {};
@@ -529,6 +540,7 @@ async function measureRow(ctx: BenchContext, spec: RowSpec, options: RowOptions)
       byOperation,
       volumesCheckedPerSecond: round((after.volumesChecked - loaded.volumesChecked) / seconds, 1),
       workerCpuPercent: round(((after.cpuMicros - loaded.cpuMicros) / 1000 / (after.at - loaded.at)) * 100, 1),
+      ...(requestsB.size > 0 ? { temporal: requestRates(requestsA, requestsB, seconds) } : {}),
       ...(ec2
         ? {
             describeVolumesPerSecond: round(
