@@ -9,9 +9,11 @@
  * - the read-only wait for `detached` (awaitDetached) on the waits queue, so a
  *   thousand stuck volumes never hold a slot that a healthy stop or an abort needs.
  *
- * Every attempt heartbeats about once a second for as long as it runs, and every
- * provider call carries the attempt's cancellation, so a cancel reaches it within
- * a heartbeat and no call outlives its activity.
+ * An urgent attempt heartbeats about once a second once it has run a second, and
+ * every provider call carries the attempt's cancellation, so a cancel reaches it
+ * within a heartbeat and no call outlives its activity. A wait's first attempt
+ * beats at once (throttled to one per 20 s by its worker); its later attempts only
+ * when they must (pollUntilDetached), and hear of a cancel at their end.
  */
 import { ApplicationFailure, Context } from '@temporalio/activity';
 import { ApplicationFailureCategory } from '@temporalio/common';
@@ -223,6 +225,13 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
     if (previous?.attachedSince) beat.attachedSince = previous.attachedSince;
     let beaten = !quiet;
     let checksHere = 0;
+    // The attempt's last word: a worker that throttles heartbeats still sends the latest details with the
+    // failure, so the next attempt counts on from here. A quiet attempt that has not beaten says it only
+    // when the next attempt needs it (a lost request is timed across attempts); otherwise the server keeps
+    // the details it has, and this would be one more write per attempt.
+    const lastWord = () => {
+      if (beaten || (beat.attachedSince ?? null) !== (previous?.attachedSince ?? null)) ctx.heartbeat(beat);
+    };
     return heartbeating(
       () => {
         beaten = true;
@@ -237,7 +246,10 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
             checksHere++;
             answered = true;
           } catch (err) {
-            if (!isTransient(err) || Date.now() + deps.pollIntervalMs > releaseAt) throw err;
+            if (!isTransient(err) || Date.now() + deps.pollIntervalMs > releaseAt) {
+              lastWord();
+              throw err;
+            }
           }
           if (beat.state === 'detached') return { outcome: 'detached', checks: beat.checks };
           // Only answers count towards "lost": a backend that errors has said nothing about the volume.
@@ -250,11 +262,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
             return { outcome: 'lost', checks: beat.checks };
           }
           if (Date.now() + deps.pollIntervalMs > releaseAt) {
-            // The attempt's last word: a worker that throttles heartbeats still sends the latest details
-            // with the failure, so the next attempt counts on from here. A quiet attempt that has not
-            // beaten says it only when the next attempt needs it (a lost request is timed across attempts);
-            // otherwise the server keeps the details it has, and this would be one more write per attempt.
-            if (beaten || (beat.attachedSince ?? null) !== (previous?.attachedSince ?? null)) ctx.heartbeat(beat);
+            lastWord();
             const releases = Math.max(0, ctx.info.attempt - 1);
             const failure = ApplicationFailure.create({
               type: 'StillDetaching',
@@ -325,7 +333,10 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         LOST_AFTER_MAX_MS,
         LOST_AFTER_POLLS * deps.pollIntervalMs * 2 ** Math.min(20, target.rerequests ?? 0),
       );
-      const quiet = Context.current().info.attempt > 1;
+      // Quiet past the first attempt, once the server has details to show (a first attempt that never beat, a
+      // worker lost before its first heartbeat, leaves none).
+      const { attempt, heartbeatDetails } = Context.current().info;
+      const quiet = attempt > 1 && heartbeatDetails !== undefined;
       return pollUntilDetached(backends.resolve(target.provider), target, lostAfterMs, WAIT_HEARTBEAT_EVERY_MS, quiet);
     },
 
