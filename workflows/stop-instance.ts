@@ -137,7 +137,8 @@ async function runToEnd(state: StopState): Promise<StopStatus> {
     return await run(state);
   } finally {
     // Cancelled waits end within a poll once their volume is detached (at once on the worker that forced
-    // it). One a cancel left stuck hears of it at its next heartbeat; past the bound it is left behind.
+    // it). One a cancel left stuck hears of it at its next heartbeat or its attempt's end (its hold window);
+    // past the bound it is left behind.
     if (state.cancelledWork.length > 0) {
       let settled = false;
       void Promise.allSettled(state.cancelledWork).then(() => {

@@ -98,7 +98,8 @@ function workText(volume: VolumeProgress): string {
   const parts: string[] = [];
   if (work.checks !== undefined) {
     // Past its first attempt a wait reports only now and then (docs/architecture.md): its count would be stale.
-    const counted = work.attempt === 1 ? ` after ${work.checks} check${work.checks === 1 ? '' : 's'}` : '';
+    const live = work.activityType !== 'awaitDetached' || work.attempt === 1;
+    const counted = live ? ` after ${work.checks} check${work.checks === 1 ? '' : 's'}` : '';
     parts.push(`still ${work.backendState ?? volume.state}${counted} since ${clock(work.waitingSince)}`);
   } else if (work.state === 'scheduled') {
     parts.push(`${doing} waiting for a worker`);
