@@ -524,6 +524,9 @@ async function measureRow(ctx: BenchContext, spec: RowSpec, options: RowOptions)
     await sleep(options.windowMs);
     const after = await child.sample();
     const requestsB = await frontendRequests(ctx.serverMetricsUrl);
+    if (ctx.serverMetricsUrl && (requestsA.size === 0 || requestsB.size === 0)) {
+      ctx.log(`    (the server's request counters could not be read from ${ctx.serverMetricsUrl}: not reported)`);
+    }
     const callsB = callsOf(after);
     const seconds = (after.at - loaded.at) / 1000;
     const byOperation: Record<string, number> = {};
@@ -540,7 +543,8 @@ async function measureRow(ctx: BenchContext, spec: RowSpec, options: RowOptions)
       byOperation,
       volumesCheckedPerSecond: round((after.volumesChecked - loaded.volumesChecked) / seconds, 1),
       workerCpuPercent: round(((after.cpuMicros - loaded.cpuMicros) / 1000 / (after.at - loaded.at)) * 100, 1),
-      ...(requestsB.size > 0 ? { temporal: requestRates(requestsA, requestsB, seconds) } : {}),
+      // Both readings, or none: one missing would count the server's requests since its start.
+      ...(requestsA.size > 0 && requestsB.size > 0 ? { temporal: requestRates(requestsA, requestsB, seconds) } : {}),
       ...(ec2
         ? {
             describeVolumesPerSecond: round(
