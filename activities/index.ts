@@ -246,7 +246,9 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
             checksHere++;
             answered = true;
           } catch (err) {
-            if (!isTransient(err) || Date.now() + deps.pollIntervalMs > releaseAt) {
+            // A cancel or a final error ends the wait for good: nothing for a next attempt to read.
+            if (!isTransient(err)) throw err;
+            if (Date.now() + deps.pollIntervalMs > releaseAt) {
               lastWord();
               throw err;
             }

@@ -633,7 +633,7 @@ export class StopflowClient {
    * The status merged with what the server knows about the stop's pending
    * activities: per volume the attempt, the wait's heartbeat (checks, backend
    * state, since when) and the last failure, so a person sees "vol-2 still
-   * detaching since 10:02:11 (attempt 7)".
+   * detaching since 10:02:11Z (attempt 7)".
    */
   async progress(instanceId: string): Promise<StopProgress> {
     const description = await this.describe(instanceId, 'read the progress of');
