@@ -212,11 +212,14 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
     target: VolumeTarget,
     lostAfterMs: number | undefined,
     heartbeatEveryMs = HEARTBEAT_EVERY_MS,
-    quiet = false,
+    quietAfterFirst = false,
   ): Promise<{ outcome: 'detached' | 'lost'; checks: number }> => {
     const ctx = Context.current();
     const releaseAt = Date.now() + holdMs;
     const previous = ctx.info.heartbeatDetails as Partial<WaitHeartbeat> | undefined;
+    // Quiet past the first attempt, once the server has details to show (a first attempt that never beat, a
+    // worker lost before its first heartbeat, leaves none).
+    const quiet = quietAfterFirst && ctx.info.attempt > 1 && previous !== undefined;
     const beat: WaitHeartbeat = {
       checks: previous?.checks ?? 0,
       state: previous?.state ?? 'detaching',
@@ -335,11 +338,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         LOST_AFTER_MAX_MS,
         LOST_AFTER_POLLS * deps.pollIntervalMs * 2 ** Math.min(20, target.rerequests ?? 0),
       );
-      // Quiet past the first attempt, once the server has details to show (a first attempt that never beat, a
-      // worker lost before its first heartbeat, leaves none).
-      const { attempt, heartbeatDetails } = Context.current().info;
-      const quiet = attempt > 1 && heartbeatDetails !== undefined;
-      return pollUntilDetached(backends.resolve(target.provider), target, lostAfterMs, WAIT_HEARTBEAT_EVERY_MS, quiet);
+      return pollUntilDetached(backends.resolve(target.provider), target, lostAfterMs, WAIT_HEARTBEAT_EVERY_MS, true);
     },
 
     async forceDetachVolume(target: VolumeTarget): Promise<ForceResult> {

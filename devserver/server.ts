@@ -16,6 +16,8 @@ export interface DevServerOptions extends ResolveOptions {
   logLevel?: 'debug' | 'info' | 'warn' | 'error';
   /** Serve the server's Prometheus metrics on this loopback port (the benchmarks count its requests). */
   metricsPort?: number;
+  /** Dynamic config on top of RECOMMENDED_DYNAMIC_CONFIG (the benchmarks' tuned server). */
+  dynamicConfig?: Readonly<Record<string, string | number | boolean>>;
 }
 
 export interface DevServer {
@@ -38,7 +40,8 @@ export const RECOMMENDED_DYNAMIC_CONFIG = { 'matching.useNewMatcher': true } as 
 export async function startDevServer(options: DevServerOptions = {}): Promise<DevServer> {
   const cli = await resolveTemporalCli(options);
   const ip = options.ip ?? '127.0.0.1';
-  const extraArgs: string[] = Object.entries(RECOMMENDED_DYNAMIC_CONFIG).flatMap(([key, value]) => [
+  const dynamicConfig = { ...RECOMMENDED_DYNAMIC_CONFIG, ...options.dynamicConfig };
+  const extraArgs: string[] = Object.entries(dynamicConfig).flatMap(([key, value]) => [
     '--dynamic-config-value',
     `${key}=${value}`,
   ]);

@@ -169,6 +169,35 @@ describe('every stop ends', () => {
     expect(description.typedSearchAttributes.get(StopPhaseKey)).toBe('failed');
   });
 
+  test('workflow cancel while a stuck volume waits on a quiet attempt: the wait closes before the stop ends', async () => {
+    // Past its first attempt a wait sends no heartbeat, so the cancel reaches it only at the attempt's end
+    // (hold window 2 s here): the server then closes it instead of retrying, well inside the stop's 30 s bound
+    // for cancelled work. A wait that never heard would leave no closing event: the stop would give up on it.
+    const instanceId = await seeded([{ volumeId: 'vol-stuck', behavior: { hang: true } }]);
+    await h.stopflow.stop({ instanceId, volumes: refs('vol-stuck') });
+    await eventually(async () => {
+      const work = (await h.stopflow.progress(instanceId)).volumes[0]?.work;
+      return work?.activityType === 'awaitDetached' && work.attempt >= 2;
+    }, 'the wait on a later attempt');
+    const handle = h.client.workflow.getHandle(workflowIdFor(instanceId));
+    await handle.cancel();
+    const status = await failedStatus(instanceId);
+    expect(status.error).toMatch(/cancelled/);
+    const events = (await handle.fetchHistory()).events ?? [];
+    const waitScheduled = events.find(
+      (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'awaitDetached',
+    )?.eventId;
+    expect(waitScheduled).toBeDefined();
+    const closedAt = events.findIndex((e) => {
+      const closed = e.activityTaskFailedEventAttributes ?? e.activityTaskCanceledEventAttributes;
+      return closed !== null && closed !== undefined && String(closed.scheduledEventId) === String(waitScheduled);
+    });
+    const endedAt = events.findIndex((e) => e.workflowExecutionFailedEventAttributes);
+    expect(closedAt).toBeGreaterThan(-1);
+    expect(closedAt).toBeLessThan(endedAt);
+    expect((await h.sim.instance(instanceId))?.volumes[0]?.forceCalls).toBe(0);
+  });
+
   test('an abort while the listing keeps failing ends the stop failed, instance not stopped', async () => {
     const instanceId = await seeded([{ volumeId: 'vol-1' }], brokenListing);
     await h.stopflow.stop({ instanceId, provider: 'broken-list' });
