@@ -295,13 +295,14 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
     );
   };
 
-  const listAttached = async (backend: Backend, instanceId: string): Promise<VolumeRef[]> => {
-    const listed = await briefly(() =>
-      backend.call('listAttachedVolumes', (o) => backend.provider.listAttachedVolumes(instanceId, o)),
+  const listOnce = async (backend: Backend, instanceId: string): Promise<VolumeRef[]> => {
+    const listed = await backend.call('listAttachedVolumes', (o) =>
+      backend.provider.listAttachedVolumes(instanceId, o),
     );
     // A backend may report a volume twice (several attachments, several mounts): detach each once.
     return [...new Map(listed.map((v) => [v.volumeId, v])).values()];
   };
+  const listAttached = (backend: Backend, instanceId: string) => briefly(() => listOnce(backend, instanceId));
 
   const activities = {
     async listAttachedVolumes(input: InstanceTarget): Promise<VolumeRef[]> {
@@ -391,13 +392,16 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       const backend = backends.resolve(input.provider);
       return heartbeating(
         () => undefined,
-        async () => {
-          // The last word before stopping: whatever the request named, the backend is asked what is attached.
-          const attached = await listAttached(backend, input.instanceId);
-          if (attached.length > 0) return { stopped: false, instanceId: input.instanceId, attached };
-          await briefly(() => backend.call('stopInstance', (o) => backend.provider.stopInstance(input.instanceId, o)));
-          return { stopped: true, instanceId: input.instanceId };
-        },
+        // The last word before stopping: whatever the request named, the backend is asked what is attached.
+        // A failed stop call is tried again only after asking again: a volume may have been attached while
+        // the call failed, or during the throttling pause after it.
+        () =>
+          briefly(async () => {
+            const attached = await listOnce(backend, input.instanceId);
+            if (attached.length > 0) return { stopped: false, instanceId: input.instanceId, attached };
+            await backend.call('stopInstance', (o) => backend.provider.stopInstance(input.instanceId, o));
+            return { stopped: true, instanceId: input.instanceId };
+          }),
       );
     },
   } satisfies StopActivities;

@@ -9,6 +9,7 @@ import { WorkflowFailedError, WorkflowUpdateStage } from '@temporalio/client';
 import type { ApplicationFailure } from '@temporalio/common';
 import { NativeConnection } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
+import { type CallOptions, TransientProviderError } from '../activities/provider';
 import { MemorySimStore, type SeedVolume, SimulatedProvider } from '../activities/providers/simulated';
 import { InvalidInputError, StopFailedError, StopflowClient } from '../client/stopflow-client';
 import { INVALID_STOP_REQUEST, StopPhaseKey, WORKFLOW_TYPE, workflowIdFor } from '../common/names';
@@ -32,6 +33,34 @@ const stopAlwaysFails = new SimulatedProvider(
   { failCalls: new Set(['stopInstance']) },
   'stop-fails',
 );
+/**
+ * A backend whose first stop call of each instance fails, after a volume was attached to that instance: the call
+ * failed (or was throttled) while someone attached a volume, and the next try must not stop over it.
+ */
+class AttachDuringFailedStop extends SimulatedProvider {
+  private readonly failedOnce = new Set<string>();
+  override async stopInstance(instanceId: string, options?: CallOptions): Promise<void> {
+    if (!this.failedOnce.has(instanceId)) {
+      this.failedOnce.add(instanceId);
+      await this.attachVolume(instanceId, { volumeId: 'vol-during-stop' });
+      throw new TransientProviderError(`simulated stopInstance of ${instanceId}: 503, try again`);
+    }
+    return super.stopInstance(instanceId, options);
+  }
+}
+const attachDuringFailedStop = new AttachDuringFailedStop(new MemorySimStore(), {}, 'attach-during-stop');
+
+/** A backend whose stop calls fail for the instances in `failing`, and work again once the test removes them. */
+class StopFailsUntilRecovered extends SimulatedProvider {
+  readonly failing = new Set<string>();
+  stopTries = 0;
+  override async stopInstance(instanceId: string, options?: CallOptions): Promise<void> {
+    this.stopTries++;
+    if (this.failing.has(instanceId)) throw new TransientProviderError(`simulated stopInstance of ${instanceId}: 503`);
+    return super.stopInstance(instanceId, options);
+  }
+}
+const stopRecovers = new StopFailsUntilRecovered(new MemorySimStore(), {}, 'stop-recovers');
 const stopAnswerLost = new SimulatedProvider(
   new MemorySimStore(),
   { loseAnswers: new Set(['stopInstance']) },
@@ -42,7 +71,14 @@ let h: Harness;
 beforeAll(async () => {
   h = await startHarness({
     pollIntervalMs: 200,
-    extraProviders: [brokenListing, hangingDetach, stopAlwaysFails, stopAnswerLost],
+    extraProviders: [
+      brokenListing,
+      hangingDetach,
+      stopAlwaysFails,
+      stopAnswerLost,
+      attachDuringFailedStop,
+      stopRecovers,
+    ],
   });
 });
 afterAll(async () => {
@@ -99,6 +135,19 @@ describe('stopped means nothing attached', () => {
     const cloud = await h.sim.instance(instanceId);
     expect(cloud?.state).toBe('stopped');
     expect(cloud?.leakedAtStop).toEqual([]);
+  });
+
+  test('a stop call that failed is tried again only after listing again: a volume attached meanwhile is detached first', async () => {
+    const sim = attachDuringFailedStop;
+    const instanceId = await seeded([{ volumeId: 'vol-1' }], sim);
+    await h.stopflow.stop({ instanceId, provider: sim.name, volumes: refs('vol-1') });
+    const result = await h.stopflow.result(instanceId);
+    expect(result.phase).toBe('stopped');
+    expect(result.volumes.find((v) => v.volumeId === 'vol-during-stop')?.state).toBe('detached');
+    const cloud = await sim.instance(instanceId);
+    expect(cloud?.state).toBe('stopped');
+    expect(cloud?.leakedAtStop).toEqual([]);
+    expect(cloud?.volumes.find((v) => v.volumeId === 'vol-during-stop')?.detachStarts).toBe(1);
   });
 
   test('a volume re-attached after it detached goes through the path again', async () => {
