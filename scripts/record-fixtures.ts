@@ -13,6 +13,7 @@ import { Context } from '@temporalio/activity';
 import { Client } from '@temporalio/client';
 import { DefaultLogger, NativeConnection, Runtime } from '@temporalio/worker';
 import { createCompletionEventActivities } from '../activities/completion-event';
+import { type CallOptions, TransientProviderError } from '../activities/provider';
 import { MemorySimStore, type SeedVolume, SimulatedProvider } from '../activities/providers/simulated';
 import { askWorkerActivity, createVolumeHolderActivities } from '../activities/volume-holders';
 import { StopflowClient } from '../client/stopflow-client';
@@ -118,6 +119,25 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    // Cancelled while the instance stop is retried (the backend fails it), then the backend recovers.
+    name: 'cancel-while-stopping',
+    volumes: [{ volumeId: 'vol-ok' }],
+    request: {},
+    before: async (_stopflow, id) => {
+      sim.failingStops.add(id);
+    },
+    drive: async (stopflow, id) => {
+      for (;;) {
+        const progress = await stopflow.progress(id);
+        if (progress.otherWork.some((w) => w.activityType === 'stopInstanceIfDetached' && w.attempt >= 2)) break;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      await stopflow.client.workflow.getHandle(workflowIdFor(id)).cancel();
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+      sim.failingStops.delete(id);
+    },
+  },
+  {
     name: 'attached-mid-stop',
     volumes: [{ volumeId: 'vol-slow', behavior: { detachDelayMs: 1_000 } }],
     request: { volumes: [{ volumeId: 'vol-slow' }] },
@@ -186,7 +206,16 @@ const receiver = createServer((_req, res) => res.writeHead(204).end());
 await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
 const receiverAddress = receiver.address();
 const eventsUrl = `http://127.0.0.1:${typeof receiverAddress === 'object' && receiverAddress ? receiverAddress.port : 0}/`;
-const sim = new SimulatedProvider(new MemorySimStore());
+/** The simulated cloud, whose instance stops fail while their instance is in `failingStops`. */
+class FixtureCloud extends SimulatedProvider {
+  readonly failingStops = new Set<string>();
+  override async stopInstance(instanceId: string, options?: CallOptions): Promise<void> {
+    if (this.failingStops.has(instanceId))
+      throw new TransientProviderError(`stopInstance of ${instanceId}: 503 (fixture)`);
+    return super.stopInstance(instanceId, options);
+  }
+}
+const sim = new FixtureCloud(new MemorySimStore());
 const server = await startDevServer();
 const cliPath = server.cliPath ?? 'temporal';
 try {

@@ -290,8 +290,30 @@ describe('the last step', () => {
     await h.client.workflow.getHandle(workflowIdFor(instanceId)).cancel();
     const status = await failedStatus(instanceId);
     expect(status.instanceStopped).toBe(false);
-    expect(status.error).toMatch(/stopping .* failed/);
+    expect(status.error).toMatch(/^cancelled at .*: instance .* was not stopped$/);
     expect((await stopAlwaysFails.instance(instanceId))?.state).toBe('running');
+  });
+
+  test('a cancel while the instance stop is retried sends no stop call after it, even once the backend recovers', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-1' }], stopRecovers);
+    stopRecovers.failing.add(instanceId);
+    await h.stopflow.stop({ instanceId, provider: stopRecovers.name });
+    await eventually(async () => stopRecovers.stopTries >= 2, 'the instance stop to fail');
+    await h.client.workflow.getHandle(workflowIdFor(instanceId)).cancel();
+    // Before the fix the cancel was followed by five more tries; the backend recovering during them stopped
+    // the cancelled stop's instance. Recover once the cancel has had time to land.
+    await eventually(
+      async () => (await h.stopflow.status(instanceId).catch(() => undefined))?.phase !== 'stopping',
+      'the stop to end',
+      10_000,
+    ).catch(() => undefined);
+    stopRecovers.failing.delete(instanceId);
+    const status = await failedStatus(instanceId);
+    expect(status.error).toMatch(/^cancelled at .*: instance .* was not stopped$/);
+    expect(status.instanceStopped).toBe(false);
+    const cloud = await stopRecovers.instance(instanceId);
+    expect(cloud?.state).toBe('running');
+    expect(cloud?.stopCalls).toBe(0);
   });
 
   test('an escalated stop whose instance stopped but whose answer was lost ends stopped, not failed', async () => {

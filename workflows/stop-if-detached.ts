@@ -2,6 +2,7 @@
  * The stop's last step: stop the instance, through the activity that first asks the backend what is
  * attached and finds nothing (stopInstanceIfDetached). The only place an instance is stopped.
  */
+import { patched } from '@temporalio/workflow';
 import type { StopInstanceOutcome } from '../common/stop-activities';
 import { activities, BOUNDED, stopping, UNLIMITED, urgent } from './activity-options';
 import { INTERRUPTED, type Settled, settled, untilInterrupted } from './settled';
@@ -9,10 +10,20 @@ import { say } from './stop-report';
 import { interrupted, type StopState } from './stop-state';
 
 /**
+ * CANCEL_STOPS_NOTHING — a cancel that interrupts the last step's retries ends it: no stop call is sent after
+ * a cancel (docs/contract.md: the instance is not stopped). Before it, the step was tried five more times,
+ * as after an escalation, and could stop the instance of a cancelled stop. Asked only on that path.
+ */
+const CANCEL_STOPS_NOTHING = 'cancel-stops-nothing';
+/** The last step's `why` when a cancel ended it and the instance does not read stopped. */
+export const CANCELLED_BEFORE_STOP = 'cancelled before the instance was stopped';
+
+/**
  * The last step. Until an escalation or a cancel its retries are unlimited (an instance must not be
- * reported failed because its backend was briefly away); after one, five more tries. When those fail
- * too, the backend is asked whether the instance stopped anyway (a stop sent, its answer lost): if it
- * did, and still lists nothing attached, the stop ends `stopped`, never `StopFailed` with the instance down.
+ * reported failed because its backend was briefly away); after an escalation, five more tries; after a
+ * cancel, none. When the step did not succeed, the backend is asked whether the instance stopped anyway
+ * (a stop sent, its answer lost): if it did, and still lists nothing attached, the stop ends `stopped`,
+ * never `StopFailed` with the instance down.
  */
 export async function stopIfNothingAttached(state: StopState): Promise<Settled<StopInstanceOutcome>> {
   const target = { provider: state.request.provider, instanceId: state.request.instanceId };
@@ -24,7 +35,10 @@ export async function stopIfNothingAttached(state: StopState): Promise<Settled<S
         () => interrupted(state),
         () => stopOnce(UNLIMITED),
       );
-  if (!outcome.ok && outcome.why === INTERRUPTED) outcome = await settled(stopOnce(BOUNDED));
+  if (!outcome.ok && outcome.why === INTERRUPTED) {
+    if (state.cancelled && patched(CANCEL_STOPS_NOTHING)) outcome = { ok: false, why: CANCELLED_BEFORE_STOP };
+    else outcome = await settled(stopOnce(BOUNDED));
+  }
   if (outcome.ok) return outcome;
   const bounded = { ...urgent, retry: BOUNDED };
   const read = await settled(activities(say.readStopped(target.instanceId), bounded).readInstanceStopped(target));

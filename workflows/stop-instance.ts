@@ -40,7 +40,7 @@ import { abortSignal, setMaxStopDurationUpdate, statusQuery } from './definition
 import { legacyStopInstance } from './legacy/stop-instance-v2';
 import { untilInterrupted } from './settled';
 import { end, fail } from './stop-end';
-import { stopIfNothingAttached } from './stop-if-detached';
+import { CANCELLED_BEFORE_STOP, stopIfNothingAttached } from './stop-if-detached';
 import { describe, reportEscalation, say } from './stop-report';
 import { allVolumesSettled, interrupted, iso, type StopState, snapshot } from './stop-state';
 import { invalidUpdate, validate } from './validate';
@@ -177,7 +177,7 @@ async function run(state: StopState): Promise<StopStatus> {
   await detachAll(state, volumes);
 
   for (let check = 1; ; check++) {
-    if (state.cancelled) fail(state, `cancelled at ${state.cancelled.at}: instance ${instanceId} was not stopped`);
+    if (state.cancelled) fail(state, notStoppedByCancel(state));
     const failed = (state.volumes ?? []).filter((v) => v.state === 'failed');
     if (failed.length > 0) {
       const which = failed.map((v) => `${v.volumeId} (${v.lastError ?? 'failed'})`).join(', ');
@@ -185,6 +185,7 @@ async function run(state: StopState): Promise<StopStatus> {
     }
     const outcome = await stopIfNothingAttached(state);
     if (!outcome.ok) {
+      if (outcome.why === CANCELLED_BEFORE_STOP) fail(state, notStoppedByCancel(state));
       fail(state, `every volume was detached but stopping ${instanceId} failed: ${outcome.why}`);
     }
     if (outcome.value.stopped) break;
@@ -201,6 +202,11 @@ async function run(state: StopState): Promise<StopStatus> {
   state.instanceStopped = true;
   end(state, 'stopped');
   return snapshot(state);
+}
+
+/** Why a cancelled stop failed, in the contract's words (docs/contract.md). */
+function notStoppedByCancel(state: StopState): string {
+  return `cancelled at ${state.cancelled?.at}: instance ${state.request.instanceId} was not stopped`;
 }
 
 /**
