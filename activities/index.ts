@@ -70,6 +70,13 @@ const WAIT_HEARTBEAT_EVERY_MS = 10_000;
  */
 const QUIET_FIRST_BEAT_MS = 20_000;
 /**
+ * How long one attempt of a force polls for the volume to detach before it ends (StillDetaching), and the next
+ * of its five attempts forces again. Its own, not the waits' hold window: that one is short so that stuck
+ * volumes give the waits' slots back, and a force that takes longer than it to finish is not stuck, but would
+ * be sent five times and the volume given up as `failed` after two minutes.
+ */
+const FORCE_HOLD_MS = 60_000;
+/**
  * A wait reports the request lost after every check read `attached` for this many polls (not one stale read),
  * doubled for each time it was already sent again, up to an hour.
  */
@@ -210,12 +217,15 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
   const pollUntilDetached = async (
     backend: Backend,
     target: VolumeTarget,
-    lostAfterMs: number | undefined,
-    heartbeatEveryMs = HEARTBEAT_EVERY_MS,
-    quietAfterFirst = false,
+    {
+      lostAfterMs,
+      heartbeatEveryMs = HEARTBEAT_EVERY_MS,
+      quietAfterFirst = false,
+      attemptHoldMs = holdMs,
+    }: { lostAfterMs?: number; heartbeatEveryMs?: number; quietAfterFirst?: boolean; attemptHoldMs?: number } = {},
   ): Promise<{ outcome: 'detached' | 'lost'; checks: number }> => {
     const ctx = Context.current();
-    const releaseAt = Date.now() + holdMs;
+    const releaseAt = Date.now() + attemptHoldMs;
     const previous = ctx.info.heartbeatDetails as Partial<WaitHeartbeat> | undefined;
     // Quiet past the first attempt, once the server has details to show (a first attempt that never beat, a
     // worker lost before its first heartbeat, leaves none).
@@ -339,7 +349,11 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         LOST_AFTER_MAX_MS,
         LOST_AFTER_POLLS * deps.pollIntervalMs * 2 ** Math.min(20, target.rerequests ?? 0),
       );
-      return pollUntilDetached(backends.resolve(target.provider), target, lostAfterMs, WAIT_HEARTBEAT_EVERY_MS, true);
+      return pollUntilDetached(backends.resolve(target.provider), target, {
+        lostAfterMs,
+        heartbeatEveryMs: WAIT_HEARTBEAT_EVERY_MS,
+        quietAfterFirst: true,
+      });
     },
 
     async forceDetachVolume(target: VolumeTarget): Promise<ForceResult> {
@@ -365,7 +379,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
           ),
       );
       backends.forcedVolumes.forced(ForcedVolumes.key(backend.provider.name, target));
-      const { checks } = await pollUntilDetached(backend, target, undefined);
+      const { checks } = await pollUntilDetached(backend, target, { attemptHoldMs: FORCE_HOLD_MS });
       return { forced: true, attempts: Context.current().info.attempt, checks: checks + 1 };
     },
 
@@ -417,7 +431,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         () => undefined,
         () => backend.call('detachVolume', (o) => backend.provider.detachVolume(target.instanceId, target.volume, o)),
       );
-      const { checks } = await pollUntilDetached(backend, target, undefined);
+      const { checks } = await pollUntilDetached(backend, target);
       return { attempts: Context.current().info.attempt, checks, rerequests: 0 };
     },
     async stopInstance(input: InstanceTarget): Promise<{ instanceId: string; state: 'stopped' }> {
