@@ -272,8 +272,9 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
             if (beat.state !== 'attached') delete beat.attachedSince;
             else beat.attachedSince ??= new Date().toISOString();
           }
-          const attachedFor = beat.attachedSince ? Date.now() - Date.parse(beat.attachedSince) : 0;
-          if (lostAfterMs !== undefined && beat.attachedSince && attachedFor >= lostAfterMs) {
+          // Decided on an answer that still reads `attached`: errors after an old read say nothing new.
+          const attachedFor = answered && beat.attachedSince ? Date.now() - Date.parse(beat.attachedSince) : undefined;
+          if (lostAfterMs !== undefined && attachedFor !== undefined && attachedFor >= lostAfterMs) {
             return { outcome: 'lost', checks: beat.checks };
           }
           if (Date.now() + deps.pollIntervalMs > releaseAt) {

@@ -132,4 +132,15 @@ describe('activity heartbeats', () => {
     expect(set.beats).toHaveLength(1);
     expect(typeof (set.beats[0] as { attachedSince?: unknown }).attachedSince).toBe('string');
   });
+  test('a wait calls a request lost only on an answer: errors after one old `attached` read say nothing', async () => {
+    // The previous attempt read `attached` an hour ago, long past the lost-after time (3 polls); every check of
+    // this attempt fails. Lost would send the detach again, urgently, for a volume nobody has read since.
+    const read = { ...firstAttempt, state: 'attached', attachedSince: new Date(Date.now() - 3_600_000).toISOString() };
+    const { activities, env } = await setUp(
+      { failCalls: new Set(['getAttachmentStates']) },
+      { attempt: 2, heartbeatDetails: read },
+    );
+    const target = { instanceId: 'i-1', volume: { volumeId: 'vol-lost' } };
+    await expect(env.run(activities.awaitDetached, { ...target, rerequests: 0 })).rejects.toThrow(/injected fault/);
+  });
 });
