@@ -6,7 +6,7 @@
  * Each call is a `provider.<operation>` span when tracing is on (./tracing.ts).
  */
 import { ApplicationFailure, CancelledFailure, Context } from '@temporalio/activity';
-import { type BudgetLane, CallBudgetLimiter } from './call-budget';
+import { type BudgetLane, CallBudgetLimiter, honouredRetryAfterMs } from './call-budget';
 import {
   type CallOptions,
   ForceUnsupportedError,
@@ -79,12 +79,13 @@ export class Backend {
     }
     if (error instanceof ThrottledProviderError) {
       this.budget.throttled(error.retryAfterMs);
+      const retryAfterMs = honouredRetryAfterMs(error.retryAfterMs);
       return ApplicationFailure.create({
         message: error.message,
         type: error.name,
         nonRetryable: false,
         cause: error,
-        ...(error.retryAfterMs !== undefined ? { nextRetryDelay: error.retryAfterMs } : {}),
+        ...(retryAfterMs !== undefined ? { nextRetryDelay: retryAfterMs } : {}),
       });
     }
     return ApplicationFailure.create({ message: error.message, type: error.name, nonRetryable: false, cause: error });

@@ -42,6 +42,16 @@ const BACKOFF_MIN_MS = 1_000;
 const BACKOFF_MAX_MS = 60_000;
 
 /**
+ * A backend's Retry-After as the worker honours it: at most the longest backoff. A long hint, or an HTTP date
+ * read against a skewed clock, would otherwise pause every call of the provider (forces, whose five attempts
+ * have minutes, included) for as long as it says. Undefined for no usable hint.
+ */
+export function honouredRetryAfterMs(retryAfterMs: number | undefined): number | undefined {
+  if (retryAfterMs === undefined || !Number.isFinite(retryAfterMs) || retryAfterMs < 0) return undefined;
+  return Math.min(BACKOFF_MAX_MS, retryAfterMs);
+}
+
+/**
  * Tokens routine calls leave in the bucket for urgent ones: a tenth of the burst, at least one, and
  * never the whole burst (a bucket of one keeps none back). With the waits' checks spending the whole
  * budget, the bucket otherwise sits near empty and each urgent call (the read before a force, then the
@@ -112,7 +122,7 @@ export class CallBudgetLimiter {
     });
   }
 
-  /** The backend throttled a call: everyone pauses, longer each time, with jitter; a Retry-After wins. */
+  /** The backend throttled a call: everyone pauses, longer each time, with jitter; a Retry-After (up to a minute) wins. */
   throttled(retryAfterMs?: number): void {
     this.stats.throttled++;
     const now = this.clock.now();
@@ -120,7 +130,8 @@ export class CallBudgetLimiter {
     if (now >= this.pausedUntil)
       this.backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.backoffMs * 2));
     // Full jitter: callers on several workers do not come back in step.
-    const pause = retryAfterMs ?? Math.round(this.backoffMs / 2 + Math.random() * (this.backoffMs / 2));
+    const pause =
+      honouredRetryAfterMs(retryAfterMs) ?? Math.round(this.backoffMs / 2 + Math.random() * (this.backoffMs / 2));
     this.pausedUntil = Math.max(this.pausedUntil, now + pause);
     // No burst when the pause ends: the bucket starts empty then and refills at its rate.
     this.tokens = 0;

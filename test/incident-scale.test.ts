@@ -10,6 +10,7 @@ import { NativeConnection } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
 import { Backend } from '../activities/backend';
 import { CallBudgetLimiter } from '../activities/call-budget';
+import { ThrottledProviderError } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import { StopflowClient } from '../client/stopflow-client';
 import { createStopflowWorker, type StopflowWorker } from '../worker/worker';
@@ -50,6 +51,31 @@ describe('call budget', () => {
     await clock.advance(300);
     expect(done).toBeGreaterThan(0);
     expect(budget.counts.throttled).toBe(1);
+  });
+
+  test('a Retry-After longer than a minute, or unreadable, pauses callers a minute at most', async () => {
+    const clock = new ManualClock();
+    const budget = new CallBudgetLimiter({ callsPerSecond: 100, burst: 100 }, clock);
+    budget.throttled(3_600_000);
+    let done = 0;
+    void budget.take().then(() => done++);
+    await clock.advance(61_000);
+    expect(done).toBe(1);
+    budget.throttled(Number.NaN);
+    void budget.take().then(() => done++);
+    // No usable hint: the jittered backoff, whose first step is under two seconds.
+    await clock.advance(2_500);
+    expect(done).toBe(2);
+  });
+
+  test('a throttled call is retried by Temporal after the Retry-After it honours, never longer than a minute', async () => {
+    const backend = new Backend(new SimulatedProvider(new MemorySimStore(), {}, 'retry-after'));
+    const throttled = (ms: number) =>
+      backend.call('describe', async () => {
+        throw new ThrottledProviderError('RequestLimitExceeded', ms);
+      });
+    await expect(throttled(3_000)).rejects.toMatchObject({ nextRetryDelay: 3_000 });
+    await expect(throttled(86_400_000)).rejects.toMatchObject({ nextRetryDelay: 60_000 });
   });
 
   test('without a Retry-After the backoff grows with each throttling pause, not with each answer in one', async () => {
