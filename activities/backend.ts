@@ -13,6 +13,7 @@ import {
   PermanentProviderError,
   type Provider,
   ThrottledProviderError,
+  TransientProviderError,
 } from './provider';
 import { StateChecks } from './state-checks';
 import { traceProviderCall } from './tracing';
@@ -21,6 +22,14 @@ export type ProviderEvent =
   | { kind: 'call'; provider: string; operation: string }
   | { kind: 'error'; provider: string; operation: string; errorType: string };
 
+/**
+ * Longest a call that serves no single activity (a batch of state checks) may take. An activity's call ends
+ * with its activity (cancellation, start-to-close); a batch's has nothing to end it, and the next batch waits
+ * for it: a provider that never answers one would leave every wait and every check before a force of that
+ * provider unanswered. The clouds' SDKs time out sooner (30 s); this is the backstop for those that do not.
+ */
+export const SHARED_CALL_TIMEOUT_MS = 60_000;
+
 export class Backend {
   readonly budget: CallBudgetLimiter;
   readonly states: StateChecks;
@@ -28,6 +37,7 @@ export class Backend {
   constructor(
     readonly provider: Provider,
     private readonly observe?: (event: ProviderEvent) => void,
+    private readonly sharedCallTimeoutMs = SHARED_CALL_TIMEOUT_MS,
   ) {
     this.budget = new CallBudgetLimiter(provider.budget);
     // A batch's cost and lane reach the budget: a check before a force goes ahead of the waits' checks.
@@ -59,13 +69,40 @@ export class Backend {
       try {
         await this.budget.take(signal, cost, lane);
         this.observe?.({ kind: 'call', provider: this.provider.name, operation });
-        const value = await fn(options);
+        const value = ctx ? await fn(options) : await this.shared(operation, fn, options);
         this.budget.succeeded();
         return value;
       } catch (err) {
         throw this.translate(operation, err, signal);
       }
     });
+  }
+
+  /**
+   * A shared call, with a signal that aborts it at the timeout; one that does not listen is given up on
+   * there all the same (a transient error for its callers), and left to settle on its own.
+   */
+  private async shared<T>(
+    operation: string,
+    fn: (options: CallOptions) => Promise<T>,
+    options: CallOptions,
+  ): Promise<T> {
+    const timeout = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        const error = new TransientProviderError(
+          `${this.provider.name} ${operation}: no answer after ${this.sharedCallTimeoutMs} ms`,
+        );
+        timeout.abort(error);
+        reject(error);
+      }, this.sharedCallTimeoutMs);
+    });
+    try {
+      return await Promise.race([fn({ ...options, signal: timeout.signal }), expired]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private translate(operation: string, err: unknown, signal: AbortSignal | undefined): Error {

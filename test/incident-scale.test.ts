@@ -10,7 +10,12 @@ import { NativeConnection } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
 import { Backend } from '../activities/backend';
 import { CallBudgetLimiter } from '../activities/call-budget';
-import { ThrottledProviderError } from '../activities/provider';
+import {
+  type AttachmentState,
+  type CallOptions,
+  ThrottledProviderError,
+  type VolumeOfInstance,
+} from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import { StopflowClient } from '../client/stopflow-client';
 import { createStopflowWorker, type StopflowWorker } from '../worker/worker';
@@ -160,6 +165,28 @@ describe('coalesced state checks', () => {
     expect(sim.calls.get('getAttachmentState')).toBeUndefined();
     const oneByOne = await Promise.all(volumes.map((v) => sim.getAttachmentState('i-batch', v)));
     expect(states).toEqual(oneByOne);
+  });
+
+  test('a batch call that never answers is given up at its timeout, and the checks after it are answered', async () => {
+    // The first batch call never settles and does not listen to its signal: a provider bug, or a hung host.
+    class FirstBatchHangs extends SimulatedProvider {
+      batches = 0;
+      override getAttachmentStates(targets: readonly VolumeOfInstance[], options?: CallOptions) {
+        this.batches++;
+        return this.batches === 1
+          ? new Promise<AttachmentState[]>(() => {})
+          : super.getAttachmentStates(targets, options);
+      }
+    }
+    const sim = new FirstBatchHangs(new MemorySimStore());
+    await sim.addInstance('i-hang', [{ volumeId: 'vol-1' }]);
+    const backend = new Backend(sim, undefined, 300);
+    const target = { instanceId: 'i-hang', volume: { volumeId: 'vol-1' } };
+    await expect(backend.states.check(target)).rejects.toMatchObject({
+      message: expect.stringMatching(/no answer after 300 ms/),
+    });
+    await expect(backend.states.check(target, undefined, 'urgent')).resolves.toBe('attached');
+    await expect(backend.states.check(target)).resolves.toBe('attached');
   });
 
   test('a batch that one volume makes fail is answered volume by volume', async () => {
