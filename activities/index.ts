@@ -183,6 +183,7 @@ function quietFirstBeatMs(ctx: Context): number {
 }
 
 const isTransient = (err: unknown) => err instanceof ApplicationFailure && !err.nonRetryable;
+const isThrottled = (err: unknown) => err instanceof ApplicationFailure && err.type === 'ThrottledProviderError';
 
 /** Tries of one urgent step within its attempt, and the first pause between them (doubling). */
 const BRIEF_TRIES = 4;
@@ -191,15 +192,31 @@ const BRIEF_PAUSE_MS = 200;
 /**
  * One urgent step (a call, a check), tried again in place on a transient error a few times: one flaky
  * answer then costs a fraction of a second, not a workflow-level retry whose backoff grows to a minute.
- * A throttled backend is waited out by the call budget on each try.
+ * Throttled answers are not counted (see untilNotThrottled).
  */
 async function briefly<T>(step: () => Promise<T>): Promise<T> {
   for (let tries = 1; ; tries++) {
     try {
-      return await step();
+      return await untilNotThrottled(step);
     } catch (err) {
       if (!isTransient(err) || tries >= BRIEF_TRIES) throw err;
       await Context.current().sleep(BRIEF_PAUSE_MS * 2 ** (tries - 1));
+    }
+  }
+}
+
+/**
+ * A step tried again for as long as the backend throttles it, within its attempt (its start-to-close and its
+ * cancellation bound it). A throttled request was refused, not done, and says nothing about the volume: it must not
+ * use up one of a force's five attempts, or a throttled account turns an abort into volumes given up as `failed`.
+ * The call budget paces the tries: every throttling answer pauses the provider's calls (Retry-After or backoff).
+ */
+async function untilNotThrottled<T>(step: () => Promise<T>): Promise<T> {
+  for (;;) {
+    try {
+      return await step();
+    } catch (err) {
+      if (!isThrottled(err)) throw err;
     }
   }
 }
@@ -374,9 +391,12 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       await heartbeating(
         () => undefined,
         // One force per attempt, never repeated in place: force may lose data, and its tries are counted (5).
+        // A throttled one was refused, not done: it is sent again once the budget's pause is over.
         () =>
-          backend.call('forceDetachVolume', (o) =>
-            backend.provider.forceDetachVolume(target.instanceId, target.volume, o),
+          untilNotThrottled(() =>
+            backend.call('forceDetachVolume', (o) =>
+              backend.provider.forceDetachVolume(target.instanceId, target.volume, o),
+            ),
           ),
       );
       backends.forcedVolumes.forced(ForcedVolumes.key(backend.provider.name, target));

@@ -7,7 +7,7 @@
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { expect, test } from 'vitest';
 import { createActivities } from '../activities';
-import type { CallOptions } from '../activities/provider';
+import { type CallOptions, ThrottledProviderError } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import type { VolumeRef } from '../common/request';
 
@@ -36,4 +36,34 @@ test("a force that takes longer than a wait's hold window is sent once and waite
   expect(sim.forceCalls).toBe(1);
   const volume = (await sim.instance('i-1'))?.volumes.find((v) => v.volumeId === 'vol-1');
   expect(volume).toMatchObject({ state: 'detached', forced: true });
+});
+
+/** A cloud that refuses the first forced detaches as throttled (RequestLimitExceeded), then accepts. */
+class ThrottlingForceCloud extends SimulatedProvider {
+  forceCalls = 0;
+  constructor(private readonly throttledForces: number) {
+    super(new MemorySimStore());
+  }
+  override async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void> {
+    this.forceCalls++;
+    if (this.forceCalls <= this.throttledForces) throw new ThrottledProviderError('RequestLimitExceeded', 50);
+    return super.forceDetachVolume(instanceId, volume, options);
+  }
+}
+
+test('a force the backend throttles is sent again in its attempt: throttling does not use up its five attempts', async () => {
+  const sim = new ThrottlingForceCloud(6);
+  await sim.addInstance('i-1', [{ volumeId: 'vol-1', behavior: { hang: true } }]);
+  const activities = createActivities({
+    providers: new Map([[sim.name, sim]]),
+    defaultProvider: sim.name,
+    pollIntervalMs: 100,
+    holdMs: 300,
+  });
+  const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000 });
+  const result = await env.run(activities.forceDetachVolume, { instanceId: 'i-1', volume: { volumeId: 'vol-1' } });
+  expect(result).toMatchObject({ forced: true, attempts: 1 });
+  // Six refused, one done: the volume was forced once.
+  expect(sim.forceCalls).toBe(7);
+  expect((await sim.instance('i-1'))?.volumes[0]).toMatchObject({ state: 'detached', forced: true, forceCalls: 1 });
 });
