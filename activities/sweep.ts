@@ -19,6 +19,7 @@ import type {
   StuckStopsFound,
   SweepActivities,
 } from '../common/sweep-activities';
+import { Backends } from './index';
 import type { Provider } from './provider';
 
 export interface SweepActivityDeps {
@@ -32,6 +33,11 @@ export interface SweepActivityDeps {
   taskQueue?: string;
   /** Provider look-ups run this many at a time. Default 8. */
   concurrency?: number;
+  /**
+   * The worker's call budgets (worker/main.ts shares the stops' own): the sweep's look-ups take their tokens
+   * after the stops' urgent calls, and pause with them when the backend throttles. Its own otherwise.
+   */
+  backends?: Backends;
 }
 
 const STOP_ID_PREFIX = 'stop-';
@@ -54,6 +60,8 @@ export function createSweepActivities(deps: SweepActivityDeps): SweepActivities 
     );
   }
   const concurrency = Math.max(1, deps.concurrency ?? 8);
+  const backends =
+    deps.backends ?? new Backends({ providers, defaultProvider: deps.defaultProvider, pollIntervalMs: 0 });
 
   /** The `provider` field of the stop's request, read from its first history event (one small read). */
   const requestedProvider = async (workflowId: string, runId: string): Promise<string | undefined> => {
@@ -107,7 +115,16 @@ export function createSweepActivities(deps: SweepActivityDeps): SweepActivities 
           },
         };
       }
-      const attached = await provider.listAttachedVolumes(instanceId);
+      // Through the budget, in the routine lane (a stop blocked on a call goes first), with the activity's cancellation.
+      const attached = await backends
+        .resolve(providerName)
+        .call(
+          'listAttachedVolumes',
+          (o) => provider.listAttachedVolumes(instanceId, o),
+          Context.current(),
+          1,
+          'routine',
+        );
       const unique = [...new Map(attached.map((v) => [v.volumeId, v])).values()];
       if (unique.length === 0) return { checked: true };
       return {

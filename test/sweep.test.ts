@@ -14,6 +14,7 @@ import { promisify } from 'node:util';
 import { Client, ScheduleNotFoundError } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { afterAll, beforeAll, expect, inject, test } from 'vitest';
+import { Backends, type ProviderEvent } from '../activities';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import { createSweepActivities, type SweepActivities } from '../activities/sweep';
 import type { SweepScheduleView } from '../client/cli/schedule-commands';
@@ -27,6 +28,14 @@ let h: Harness;
 let client: Client;
 const sim = new SimulatedProvider(new MemorySimStore(), {}, PROVIDER);
 let activities: SweepActivities | undefined;
+/** The call budgets the sweep shares (a worker's: worker/main.ts), and every provider call made through them. */
+const providerEvents: ProviderEvent[] = [];
+const sweepBackends = new Backends({
+  providers: new Map([[PROVIDER, sim]]),
+  defaultProvider: PROVIDER,
+  pollIntervalMs: 1_000,
+  observe: (event) => providerEvents.push(event),
+});
 const ready = (): SweepActivities => {
   if (!activities) throw new Error('sweep activities not created yet');
   return activities;
@@ -47,7 +56,13 @@ beforeAll(async () => {
   });
   // As in the production worker: a Client over a NativeConnection.
   client = new Client({ connection: await NativeConnection.connect({ address: inject('temporalAddress') }) });
-  activities = createSweepActivities({ client, providers: [sim], defaultProvider: PROVIDER, namespace: 'default' });
+  activities = createSweepActivities({
+    client,
+    providers: [sim],
+    defaultProvider: PROVIDER,
+    namespace: 'default',
+    backends: sweepBackends,
+  });
 });
 afterAll(async () => {
   await h?.close();
@@ -101,6 +116,21 @@ test('a stop still stopping after stuckAfter is reported stuck, and not before',
 
   await h.stopflow.abort(instanceId, { reason: 'sweep test cleanup', requestedBy: 'test' });
   expect((await h.stopflow.result(instanceId)).phase).toBe('stopped');
+});
+
+test("the sweep's look-ups go through the worker's call budget: a throttling pause holds them too", async () => {
+  const instanceId = h.instanceId('budget');
+  await sim.addInstance(instanceId, [{ volumeId: 'vol-a' }]);
+  await stopAndWaitStopped(instanceId);
+  providerEvents.length = 0;
+  // The backend throttled one of the worker's calls: every call of the provider waits 2 s, the sweep's too.
+  sweepBackends.resolve(PROVIDER).budget.throttled(2_000);
+  const started = Date.now();
+  const result = await runSweep({ stuckAfter: 'off' });
+  expect(result.checkErrors).toEqual([]);
+  expect(result.checkedInstances).toBeGreaterThanOrEqual(1);
+  expect(Date.now() - started).toBeGreaterThanOrEqual(1_900);
+  expect(providerEvents).toContainEqual({ kind: 'call', provider: PROVIDER, operation: 'listAttachedVolumes' });
 });
 
 test('a volume attached after the stop ended stopped is found by the next sweep, and only reported', async () => {

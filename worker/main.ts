@@ -13,7 +13,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Client } from '@temporalio/client';
 import { GracefulShutdownPeriodExpiredError, Runtime } from '@temporalio/worker';
-import type { ProviderEvent } from '../activities';
+import { Backends, type ProviderEvent } from '../activities';
 import { buildProviders } from '../activities/providers';
 import { createSweepActivities } from '../activities/sweep';
 import { tracingRequested } from '../client/tracing';
@@ -192,6 +192,12 @@ async function serve(
   };
   const client = new Client({ connection, namespace: config.temporal.namespace });
   try {
+    const backends = new Backends({
+      providers: new Map(providers.map((p) => [p.name, p])),
+      defaultProvider: config.defaultProvider,
+      pollIntervalMs: config.pollIntervalMs,
+      observe,
+    });
     worker = await createStopflowWorker({
       connection,
       namespace: config.temporal.namespace,
@@ -205,13 +211,16 @@ async function serve(
       refuseHeldVolumes: config.refuseHeldVolumes,
       ...(config.events ? { completionEvents: { url: config.events.url, secret: config.events.secret } } : {}),
       observe,
-      // The sweep (docs/sweep.md) runs on the same worker; its activities need a Client for visibility.
+      backends,
+      // The sweep (docs/sweep.md) runs on the same worker; its activities need a Client for visibility, and
+      // keep to the same call budgets as the stops.
       extraActivities: createSweepActivities({
         client,
         providers,
         defaultProvider: config.defaultProvider,
         namespace: config.temporal.namespace,
         taskQueue: config.taskQueue,
+        backends,
       }),
       ...(config.workflowBundlePath
         ? { workflowBundle: { codePath: config.workflowBundlePath } }

@@ -56,6 +56,11 @@ export interface StopflowWorkerOptions {
    * replaces it, and must keep its signature: the workflows call it as stopflow's (askWorker, for one).
    */
   extraActivities?: ExtraActivities;
+  /**
+   * The providers' call budgets and batched checks, when the caller shares them with activities of its own (the
+   * sweep's: worker/main.ts), built over these same providers. Built here otherwise.
+   */
+  backends?: Backends;
   /** Serve the `stopflow` Nexus service on the task queue (worker/nexus-handlers.ts). Default true. */
   nexus?: boolean;
   /**
@@ -147,7 +152,13 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
   activityDeps.holdMs = options.holdMs ?? DEFAULT_DETACH_HOLD_MS;
   if (options.maxPollIntervalMs !== undefined) activityDeps.maxPollIntervalMs = options.maxPollIntervalMs;
   // One Backends for both Workers: a provider's call budget and its batched checks are per process.
-  const { awaitDetached, ...urgent } = createActivities(activityDeps, new Backends(activityDeps));
+  const backends = options.backends ?? new Backends(activityDeps);
+  for (const provider of options.providers) {
+    if (backends.resolve(provider.name).provider !== provider) {
+      throw new Error(`backends: built over another provider "${provider.name}" than the worker's`);
+    }
+  }
+  const { awaitDetached, ...urgent } = createActivities(activityDeps, backends);
   const namespace = options.namespace ?? 'default';
   const taskQueue = options.taskQueue ?? DEFAULT_TASK_QUEUE;
   const { tuning = {} } = options;
