@@ -64,6 +64,7 @@ export class Backend {
     const options: CallOptions = {};
     if (signal) options.signal = signal;
     if (ctx) options.idempotencyKey = `${ctx.info.workflowExecution?.runId ?? 'standalone'}/${ctx.info.activityId}`;
+    options.nextRequest = () => this.budget.take(signal, 1, lane);
     // The span covers the wait for a budget token too: a throttled backend shows as long provider spans.
     return traceProviderCall(this.provider.name, operation, ctx === null, async () => {
       try {

@@ -25,6 +25,12 @@ export interface CallOptions {
    * that it already did a one-shot step (the linux stop command, across a reboot).
    */
   idempotencyKey?: string | undefined;
+  /**
+   * Waits for a token of the provider's call budget. A call that sends more requests than its first (the polls of
+   * a stop that waits for `stopped`) awaits this before each of them, so a long call keeps to the budget too.
+   * Absent outside an activity's budgeted call.
+   */
+  nextRequest?: (() => Promise<void>) | undefined;
 }
 
 /** One volume of one instance: what a state check is about. */

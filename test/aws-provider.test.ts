@@ -218,6 +218,18 @@ describe('aws provider: what EC2 answers', () => {
     await expect(impatient.stopInstance('i-00000000000000000')).rejects.toBeInstanceOf(PermanentProviderError);
   });
 
+  test('stopInstance takes a budget token for every request after its first: each DescribeInstances poll', async () => {
+    const instanceId = nextId('i');
+    server.addInstance({ instanceId, stopDelayMs: 300 });
+    let tokens = 0;
+    await noRetryProvider().stopInstance(instanceId, { nextRequest: async () => void tokens++ });
+    const requests = [...server.callsOf('StopInstances'), ...server.callsOf('DescribeInstances')].filter(
+      (c) => c.params['InstanceId.1'] === instanceId,
+    );
+    expect(requests.length).toBeGreaterThan(2);
+    expect(tokens).toBe(requests.length - 1);
+  });
+
   test('checkUsable makes a DryRun call: fine with good credentials, a clear error with bad ones', async () => {
     await new AwsProvider({ endpoint: server.endpoint }).checkUsable();
     await expect(noRetryProvider({ accessKeyId: 'AKIDWRONG' }).checkUsable()).rejects.toThrow(/AuthFailure/);

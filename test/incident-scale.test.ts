@@ -73,6 +73,20 @@ describe('call budget', () => {
     expect(done).toBe(2);
   });
 
+  test("a call's further requests (a stop's polls) each take a token of the budget", async () => {
+    class PollingStop extends SimulatedProvider {
+      override async stopInstance(instanceId: string, options?: CallOptions): Promise<void> {
+        for (let poll = 0; poll < 3; poll++) await options?.nextRequest?.();
+        return super.stopInstance(instanceId, options);
+      }
+    }
+    const sim = new PollingStop(new MemorySimStore(), {}, 'polling-stop');
+    await sim.addInstance('i-poll', []);
+    const backend = new Backend(sim);
+    await backend.call('stopInstance', (o) => sim.stopInstance('i-poll', o), null);
+    expect(backend.budget.counts.calls).toBe(4);
+  });
+
   test('a throttled call is retried by Temporal after the Retry-After it honours, never longer than a minute', async () => {
     const backend = new Backend(new SimulatedProvider(new MemorySimStore(), {}, 'retry-after'));
     const throttled = (ms: number) =>

@@ -372,11 +372,15 @@ export class AwsProvider implements Provider {
         );
       }
       await sleep(this.stopPollMs, signal);
+      await options.nextRequest?.();
       const instance = await this.describeInstance(instanceId, signal);
       if (!instance) throw new PermanentProviderError(`EC2 has no instance ${instanceId}`);
       state = instance.State?.Name ?? 'unknown';
       // Started again by someone else (or the request was lost): ask again.
-      if (state === 'running') state = await this.requestStop(instanceId, signal);
+      if (state === 'running') {
+        await options.nextRequest?.();
+        state = await this.requestStop(instanceId, signal);
+      }
     }
   }
 

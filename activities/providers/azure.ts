@@ -363,7 +363,10 @@ export class AzureProvider implements Provider {
     const { signal } = options;
     const deadline = Date.now() + this.stopWaitMs;
     let state = await this.powerState(instanceId, signal);
-    if (!STOP_DONE.has(state) && !STOP_UNDER_WAY.has(state)) await this.requestPowerOff(instanceId, signal);
+    if (!STOP_DONE.has(state) && !STOP_UNDER_WAY.has(state)) {
+      await options.nextRequest?.();
+      await this.requestPowerOff(instanceId, signal);
+    }
     for (;;) {
       if (STOP_DONE.has(state)) return;
       if (Date.now() + this.stopPollMs > deadline) {
@@ -372,9 +375,13 @@ export class AzureProvider implements Provider {
         );
       }
       await sleep(this.stopPollMs, signal);
+      await options.nextRequest?.();
       state = await this.powerState(instanceId, signal);
       // Started again by someone else, or the powerOff was lost: ask again.
-      if (state === 'running' || state === 'starting') await this.requestPowerOff(instanceId, signal);
+      if (state === 'running' || state === 'starting') {
+        await options.nextRequest?.();
+        await this.requestPowerOff(instanceId, signal);
+      }
     }
   }
 

@@ -495,7 +495,7 @@ export class GcpProvider implements Provider {
     let instance = await this.getInstance(id, signal);
     if (!instance || !findDisk(instance, volume)) return;
     if (instance.status !== TERMINATED) {
-      await this.stopAndWait(id, options.idempotencyKey, 'force-stop', true, signal);
+      await this.stopAndWait(id, options.idempotencyKey, 'force-stop', true, signal, options.nextRequest);
       instance = await this.getInstance(id, signal);
     }
     // A detach pending on the running instance completes once it is TERMINATED; otherwise detach now.
@@ -555,7 +555,7 @@ export class GcpProvider implements Provider {
 
   async stopInstance(instanceId: string, options: CallOptions = {}): Promise<void> {
     const id = await this.instanceName(instanceId, options.signal);
-    await this.stopAndWait(id, options.idempotencyKey, 'stop', false, options.signal);
+    await this.stopAndWait(id, options.idempotencyKey, 'stop', false, options.signal, options.nextRequest);
   }
 
   /** Credentials resolve, the project is known, and it answers `projects.get`. */
@@ -657,12 +657,17 @@ export class GcpProvider implements Provider {
     purpose: string,
     hard: boolean,
     signal: AbortSignal | undefined,
+    /** The call budget's token for each request after the first (CallOptions.nextRequest). */
+    nextRequest: () => Promise<void> = async () => {},
   ): Promise<void> {
     const deadline = Date.now() + this.stopWaitMs;
     const where = `${id.zone}/${id.name}`;
     for (let round = 0; ; round++) {
       // A stop done while the instance is not TERMINATED (started again, or still settling): not in a tight loop.
-      if (round > 0) await sleep(this.stopPollMs, signal);
+      if (round > 0) {
+        await sleep(this.stopPollMs, signal);
+        await nextRequest();
+      }
       const instance = await this.getInstance(id, signal);
       if (!instance) throw new PermanentProviderError(`Compute Engine has no instance ${where}`);
       if (instance.status === TERMINATED) return;
@@ -673,6 +678,7 @@ export class GcpProvider implements Provider {
       }
       const requestId = requestIdFor(idempotencyKey, `${purpose}/${round}`);
       const what = `instances.stop${hard ? ' (noGracefulShutdown)' : ''} ${where}`;
+      await nextRequest();
       let op = await this.call(what, signal, this.requestTimeoutMs, async (c) => {
         const request = { project: id.project, zone: id.zone, instance: id.name, requestId };
         const [lro] = hard
@@ -684,6 +690,7 @@ export class GcpProvider implements Provider {
         const left = deadline - Date.now();
         if (left <= 0) break;
         const operation = op.name ?? '';
+        await nextRequest();
         // The server holds a wait until the operation is done or about 2 minutes passed; our timeout is longer.
         op = await this.call(
           `zoneOperations.wait ${operation}`,
