@@ -61,6 +61,14 @@ class StopFailsUntilRecovered extends SimulatedProvider {
   }
 }
 const stopRecovers = new StopFailsUntilRecovered(new MemorySimStore(), {}, 'stop-recovers');
+
+/** A backend that lists a volume it will never detach (a ghost): the final check finds it attached every round. */
+class GhostVolume extends SimulatedProvider {
+  override async listAttachedVolumes(instanceId: string, options?: CallOptions) {
+    return [...(await super.listAttachedVolumes(instanceId, options)), { volumeId: 'vol-ghost' }];
+  }
+}
+const ghostVolume = new GhostVolume(new MemorySimStore(), {}, 'ghost-volume');
 const stopAnswerLost = new SimulatedProvider(
   new MemorySimStore(),
   { loseAnswers: new Set(['stopInstance']) },
@@ -78,6 +86,7 @@ beforeAll(async () => {
       stopAnswerLost,
       attachDuringFailedStop,
       stopRecovers,
+      ghostVolume,
     ],
   });
 });
@@ -163,6 +172,32 @@ describe('stopped means nothing attached', () => {
     const cloud = await h.sim.instance(instanceId);
     expect(cloud?.leakedAtStop).toEqual([]);
     expect(cloud?.volumes.find((v) => v.volumeId === 'vol-quick')?.detachStarts).toBe(2);
+  });
+
+  test('a detach request the backend dropped (the volume attached again while detaching) is sent again', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-dropped', behavior: { detachDelayMs: 3_000 } }]);
+    await h.stopflow.stop({ instanceId, volumes: refs('vol-dropped') });
+    await volumeReaches(instanceId, 'vol-dropped', 'detaching');
+    // The backend forgets the request: the volume reads `attached`, with no detach under way.
+    await h.sim.attachVolume(instanceId, { volumeId: 'vol-dropped' });
+    const result = await h.stopflow.result(instanceId);
+    expect(result.phase).toBe('stopped');
+    const volume = result.volumes.find((v) => v.volumeId === 'vol-dropped');
+    expect(volume?.state).toBe('detached');
+    expect(volume?.attempts).toBeGreaterThanOrEqual(2);
+    const cloud = await h.sim.instance(instanceId);
+    expect(cloud?.volumes.find((v) => v.volumeId === 'vol-dropped')?.detachStarts).toBe(2);
+    expect(cloud?.leakedAtStop).toEqual([]);
+  });
+
+  test('a volume the backend lists attached round after round fails the stop after five rounds, instance running', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-1' }], ghostVolume);
+    await h.stopflow.stop({ instanceId, provider: ghostVolume.name });
+    const status = await failedStatus(instanceId);
+    expect(status.error).toMatch(/still lists vol-ghost attached after 5 rounds/);
+    const cloud = await ghostVolume.instance(instanceId);
+    expect(cloud?.state).toBe('running');
+    expect(cloud?.stopCalls).toBe(0);
   });
 
   test('an empty volume list is refused by the client and by the workflow', async () => {
