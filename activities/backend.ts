@@ -41,8 +41,10 @@ export class Backend {
   ) {
     this.budget = new CallBudgetLimiter(provider.budget);
     // A batch's cost and lane reach the budget: a check before a force goes ahead of the waits' checks.
-    this.states = new StateChecks(provider, (operation, fn, shared, cost, lane) =>
-      this.call(operation, fn, shared ? null : undefined, cost, lane),
+    this.states = new StateChecks(
+      provider,
+      (operation, fn, shared, cost, lane) => this.call(operation, fn, shared ? null : undefined, cost, lane),
+      (operation, err) => this.translate(operation, err, undefined),
     );
   }
 

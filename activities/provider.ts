@@ -71,9 +71,15 @@ export interface Provider {
   getAttachmentState(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<AttachmentState>;
   /**
    * The same for many volumes in one backend call (one DescribeVolumes, one mountinfo read), in
-   * the order given. Optional: without it each volume is checked on its own.
+   * the order given. Optional: without it each volume is checked on its own. A batch that reads
+   * instance by instance (one VM read each) puts the error of an instance it could not read in the
+   * place of that instance's volumes and answers the rest: one instance (a zone away) must not leave
+   * every volume of the batch unanswered. An error thrown is the whole batch's.
    */
-  getAttachmentStates?(targets: readonly VolumeOfInstance[], options?: CallOptions): Promise<AttachmentState[]>;
+  getAttachmentStates?(
+    targets: readonly VolumeOfInstance[],
+    options?: CallOptions,
+  ): Promise<Array<AttachmentState | Error>>;
   /** Forces the detach; may lose unflushed writes. Idempotent like detachVolume. */
   forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void>;
   /** Stops the instance and returns once the backend reports it stopped. Idempotent. */

@@ -47,6 +47,8 @@ export class StateChecks {
   constructor(
     private readonly provider: Provider,
     private readonly call: BudgetedCall,
+    /** An error a batch answered for one volume, as the activities take it (Backend's translation). */
+    private readonly translate: (operation: string, err: Error) => Error = (_operation, err) => err,
   ) {
     this.maxBatch = provider.getAttachmentStates ? Math.max(1, provider.maxBatch ?? 1) : 1;
   }
@@ -180,6 +182,7 @@ export class StateChecks {
       batch.forEach((p, i) => {
         const state = states[i];
         if (state === undefined) p.reject(new Error(`provider ${this.provider.name} answered too few states`));
+        else if (state instanceof Error) p.reject(this.translate('getAttachmentStates', state));
         else p.resolve(state);
       });
     } catch (err) {

@@ -25,7 +25,7 @@ import {
   Runtime,
   Worker,
 } from '@temporalio/worker';
-import type { AttachmentState, CallBudget, CallOptions, Provider, VolumeOfInstance } from '../activities/provider';
+import type { AttachmentState, CallBudget, CallOptions, Provider } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import type { VolumeRef } from '../common/request';
 import { createStopflowWorker } from '../worker/worker';
@@ -54,10 +54,7 @@ class CountingProvider implements Provider {
   readonly supportsForce: boolean;
   readonly budget?: CallBudget;
   readonly maxBatch?: number;
-  readonly getAttachmentStates?: (
-    targets: readonly VolumeOfInstance[],
-    options?: CallOptions,
-  ) => Promise<AttachmentState[]>;
+  readonly getAttachmentStates?: NonNullable<Provider['getAttachmentStates']>;
   stuckRequested = 0;
   stuckChecked = 0;
   volumesChecked = 0;

@@ -573,6 +573,20 @@ describe('azure provider: call budget and coalesced state checks', () => {
     expect(vmNames.map((name, i) => server.requestsOf('getVm', name).length - (before[i] ?? 0))).toEqual([1, 1, 1]);
     expect(await provider.getAttachmentStates([])).toEqual([]);
   });
+
+  test('a VM that cannot be read answers its disks with the error; the batch answers the others', async () => {
+    const provider = azure();
+    const [awayDisk, fineDisk] = [nextName('disk'), nextName('disk')];
+    const away = addVm([{ name: awayDisk }]);
+    const fine = addVm([{ name: fineDisk }]);
+    server.inject({ op: 'getVm', vm: away.vmName, status: 503, code: 'ServiceUnavailable' });
+    const states = await provider.getAttachmentStates([
+      { instanceId: away.instanceId, volume: { volumeId: awayDisk } },
+      { instanceId: fine.instanceId, volume: { volumeId: fineDisk } },
+    ]);
+    expect(states[0]).toBeInstanceOf(TransientProviderError);
+    expect(states[1]).toBe('attached');
+  });
 });
 
 describe('azure provider through the workflow', () => {

@@ -557,6 +557,21 @@ describe('gcp provider: coalesced state checks', () => {
     expect(server.callCount('zoneOperations.list') - lists).toBeLessThanOrEqual(5);
     expect(await provider.getAttachmentStates([])).toEqual([]);
   });
+
+  test('an instance that cannot be read answers its disks with the error; the batch answers the others', async () => {
+    const provider = gcp();
+    const away = vm();
+    const fine = vm();
+    server.addInstance({ name: away, disks: [{ name: `${away}-0` }] });
+    server.addInstance({ name: fine, disks: [{ name: `${fine}-0` }] });
+    server.inject({ action: 'instances.get', status: 503, reason: 'backendError', message: 'zone unavailable' });
+    const states = await provider.getAttachmentStates([
+      { instanceId: idOf(away), volume: { volumeId: `${away}-0` } },
+      { instanceId: idOf(fine), volume: { volumeId: `${fine}-0` } },
+    ]);
+    expect(states[0]).toBeInstanceOf(TransientProviderError);
+    expect(states[1]).toBe('attached');
+  });
 });
 
 describe('gcp provider through the workflow', () => {

@@ -14,6 +14,7 @@ import {
   type AttachmentState,
   type CallOptions,
   ThrottledProviderError,
+  TransientProviderError,
   type VolumeOfInstance,
 } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
@@ -201,6 +202,35 @@ describe('coalesced state checks', () => {
     });
     await expect(backend.states.check(target, undefined, 'urgent')).resolves.toBe('attached');
     await expect(backend.states.check(target)).resolves.toBe('attached');
+  });
+
+  test('a batch answers each volume whose instance it read, and fails only the checks of the one it could not', async () => {
+    // A backend read instance by instance (a VM read each): one instance is away, its volume answers the error.
+    class OneInstanceAway extends SimulatedProvider {
+      override async getAttachmentStates(targets: readonly VolumeOfInstance[], options?: CallOptions) {
+        const states: Array<AttachmentState | Error> = await super.getAttachmentStates(targets, options);
+        return targets.map((t, i) =>
+          t.instanceId === 'i-away'
+            ? new TransientProviderError('i-away: zone unavailable')
+            : (states[i] ?? 'attached'),
+        );
+      }
+    }
+    const sim = new OneInstanceAway(new MemorySimStore(), {}, { name: 'one-away', maxBatch: 10 });
+    await sim.addInstance('i-away', [{ volumeId: 'vol-away' }]);
+    await sim.addInstance('i-here', [{ volumeId: 'vol-here' }, { volumeId: 'vol-gone' }]);
+    await sim.detachVolume('i-here', { volumeId: 'vol-gone' });
+    const backend = new Backend(sim);
+    const [away, here, gone] = await Promise.allSettled([
+      backend.states.check({ instanceId: 'i-away', volume: { volumeId: 'vol-away' } }),
+      backend.states.check({ instanceId: 'i-here', volume: { volumeId: 'vol-here' } }),
+      backend.states.check({ instanceId: 'i-here', volume: { volumeId: 'vol-gone' } }),
+    ]);
+    expect(here).toEqual({ status: 'fulfilled', value: 'attached' });
+    expect(gone).toEqual({ status: 'fulfilled', value: 'detached' });
+    // The one volume's error, as the activities take it: transient, so its wait polls again.
+    expect(away).toMatchObject({ status: 'rejected', reason: { type: 'TransientProviderError', nonRetryable: false } });
+    expect(sim.calls.get('getAttachmentStates')).toBe(1);
   });
 
   test('a batch that one volume makes fail is answered volume by volume', async () => {

@@ -341,13 +341,20 @@ export class AzureProvider implements Provider {
   async getAttachmentStates(
     targets: readonly VolumeOfInstance[],
     options: CallOptions = {},
-  ): Promise<AttachmentState[]> {
-    const models = new Map<string, VirtualMachine>();
+  ): Promise<Array<AttachmentState | Error>> {
+    // A VM that cannot be read answers its disks with that error, and the others are answered; a cancel ends all.
+    const models = new Map<string, VirtualMachine | Error>();
     for (const instanceId of new Set(targets.map((t) => t.instanceId))) {
-      models.set(instanceId, await this.getVm(instanceId, options.signal));
+      try {
+        models.set(instanceId, await this.getVm(instanceId, options.signal));
+      } catch (err) {
+        if (options.signal?.aborted) throw err;
+        models.set(instanceId, err instanceof Error ? err : new TransientProviderError(String(err)));
+      }
     }
     return targets.map((t) => {
       const vm = models.get(t.instanceId);
+      if (vm instanceof Error) return vm;
       // Every instance was read above; a missing model would be a bug here, never "detached".
       if (!vm) throw new TransientProviderError(`no VM model read for ${t.instanceId}`);
       return diskState(vm, t.volume.volumeId);

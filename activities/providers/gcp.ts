@@ -506,12 +506,14 @@ export class GcpProvider implements Provider {
 
   async getAttachmentState(instanceId: string, volume: VolumeRef, options: CallOptions = {}): Promise<AttachmentState> {
     const [state] = await this.getAttachmentStates([{ instanceId, volume }], options);
+    if (state instanceof Error) throw state;
     return state ?? 'attached';
   }
 
   /**
    * One `instances.get` per distinct instance (and, for instances that still list an asked disk, one look at
-   * their pending detach operations), answered in the order given.
+   * their pending detach operations), answered in the order given. An instance that cannot be read (its zone
+   * away, a timeout) answers its disks with that error; the others are answered. A cancel ends the whole batch.
    */
   /**
    * For the call budget: an `instances.get` per instance of the batch, and for those with a disk still
@@ -524,24 +526,57 @@ export class GcpProvider implements Provider {
   async getAttachmentStates(
     targets: readonly VolumeOfInstance[],
     options: CallOptions = {},
-  ): Promise<AttachmentState[]> {
+  ): Promise<Array<AttachmentState | Error>> {
     const { signal } = options;
-    const byInstance = new Map<string, { id: InstanceName; instance: Instance | undefined; detaching?: boolean }>();
-    const keys: string[] = [];
+    type Entry = { id: InstanceName; instance: Instance | undefined; detaching?: boolean; error?: Error };
+    const byInstance = new Map<string, Entry>();
+    // Each instance's own failure is its disks' answer; a cancel is the whole batch's.
+    const ownFailure = (err: unknown): Error => {
+      if (signal?.aborted) throw err;
+      return err instanceof Error ? err : new TransientProviderError(String(err));
+    };
+    // Each target's instance key, or why its instance name could not be resolved.
+    const keys: Array<string | Error> = [];
     for (const target of targets) {
-      const id = await this.instanceName(target.instanceId, signal);
-      const key = `${id.project}/${id.zone}/${id.name}`;
-      keys.push(key);
-      if (!byInstance.has(key)) byInstance.set(key, { id, instance: await this.getInstance(id, signal) });
+      try {
+        const id = await this.instanceName(target.instanceId, signal);
+        const key = `${id.project}/${id.zone}/${id.name}`;
+        keys.push(key);
+        if (byInstance.has(key)) continue;
+        try {
+          byInstance.set(key, { id, instance: await this.getInstance(id, signal) });
+        } catch (err) {
+          byInstance.set(key, { id, instance: undefined, error: ownFailure(err) });
+        }
+      } catch (err) {
+        keys.push(ownFailure(err));
+      }
     }
-    const states: AttachmentState[] = [];
+    const states: Array<AttachmentState | Error> = [];
     for (const [i, target] of targets.entries()) {
-      const entry = byInstance.get(keys[i] ?? '');
+      const key = keys[i];
+      if (key instanceof Error) {
+        states.push(key);
+        continue;
+      }
+      const entry = byInstance.get(key ?? '');
+      if (entry?.error) {
+        states.push(entry.error);
+        continue;
+      }
       if (!entry?.instance || !findDisk(entry.instance, target.volume)) {
         states.push('detached');
         continue;
       }
-      entry.detaching ??= await this.hasPendingDetach(entry.id, entry.instance, signal);
+      if (entry.detaching === undefined) {
+        try {
+          entry.detaching = await this.hasPendingDetach(entry.id, entry.instance, signal);
+        } catch (err) {
+          entry.error = ownFailure(err);
+          states.push(entry.error);
+          continue;
+        }
+      }
       states.push(entry.detaching ? 'detaching' : 'attached');
     }
     return states;

@@ -255,7 +255,10 @@ export class SimulatedProvider implements Provider {
   }
 
   /** One "describe" for many volumes, like DescribeVolumes with many ids. */
-  async getAttachmentStates(targets: readonly VolumeOfInstance[], options?: CallOptions): Promise<AttachmentState[]> {
+  async getAttachmentStates(
+    targets: readonly VolumeOfInstance[],
+    options?: CallOptions,
+  ): Promise<Array<AttachmentState | Error>> {
     await this.chaos('getAttachmentStates', options);
     return this.store.mutate((cloud) => {
       const now = Date.now();
