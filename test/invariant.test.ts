@@ -69,6 +69,21 @@ class GhostVolume extends SimulatedProvider {
   }
 }
 const ghostVolume = new GhostVolume(new MemorySimStore(), {}, 'ghost-volume');
+
+/** A stop call that takes effect with its answer lost, after which the backend cannot list the instance's volumes. */
+class StoppedThenUnlistable extends SimulatedProvider {
+  override async listAttachedVolumes(instanceId: string, options?: CallOptions) {
+    if ((await this.instance(instanceId))?.state === 'stopped') {
+      throw new TransientProviderError(`simulated listing of ${instanceId}: 503`);
+    }
+    return super.listAttachedVolumes(instanceId, options);
+  }
+}
+const stoppedThenUnlistable = new StoppedThenUnlistable(
+  new MemorySimStore(),
+  { loseAnswers: new Set(['stopInstance']) },
+  'stopped-unlistable',
+);
 const stopAnswerLost = new SimulatedProvider(
   new MemorySimStore(),
   { loseAnswers: new Set(['stopInstance']) },
@@ -87,6 +102,7 @@ beforeAll(async () => {
       attachDuringFailedStop,
       stopRecovers,
       ghostVolume,
+      stoppedThenUnlistable,
     ],
   });
 });
@@ -359,6 +375,17 @@ describe('the last step', () => {
     const result = await h.stopflow.result(instanceId);
     expect(result).toMatchObject({ phase: 'stopped', instanceStopped: true });
     expect((await stopAnswerLost.instance(instanceId))?.leakedAtStop).toEqual([]);
+  });
+
+  test('a stop that stopped the instance but cannot confirm its volumes fails, and says the instance is stopped', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-stuck', behavior: { hang: true } }], stoppedThenUnlistable);
+    await h.stopflow.stop({ instanceId, provider: stoppedThenUnlistable.name, volumes: refs('vol-stuck') });
+    await volumeReaches(instanceId, 'vol-stuck', 'detaching');
+    await h.stopflow.abort(instanceId);
+    const status = await failedStatus(instanceId);
+    expect(status.error).toMatch(/the instance reads stopped, but its volumes could not be confirmed detached/);
+    expect(status.instanceStopped).toBe(true);
+    expect((await stoppedThenUnlistable.instance(instanceId))?.state).toBe('stopped');
   });
 
   test('a volume found attached after a cancel is not forced', async () => {

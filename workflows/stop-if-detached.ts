@@ -46,6 +46,8 @@ export async function stopIfNothingAttached(state: StopState): Promise<Settled<S
     return { ok: false, why: `${outcome.why}; whether the instance stopped anyway is unknown` };
   }
   if (read.value === 'running') return outcome;
+  // Whatever the listing says next, the status tells the truth about the instance.
+  state.instanceStopped = true;
   const listed = await settled(activities(say.list(target.instanceId), bounded).listAttachedVolumes(target));
   if (listed.ok && listed.value.length === 0)
     return { ok: true, value: { stopped: true, instanceId: target.instanceId } };
