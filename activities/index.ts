@@ -434,7 +434,15 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
           briefly(async () => {
             const attached = await listOnce(backend, input.instanceId);
             if (attached.length > 0) return { stopped: false, instanceId: input.instanceId, attached };
-            await backend.call('stopInstance', (o) => backend.provider.stopInstance(input.instanceId, o));
+            // A stop under way finishes: a cancel or an escalation does not abort it (an instance left
+            // `stopping` by an aborted wait would stop anyway, after the stop reported it running).
+            await backend.call('stopInstance', (o) =>
+              backend.provider.stopInstance(input.instanceId, {
+                ...o,
+                signal: undefined,
+                nextRequest: () => backend.budget.take(undefined, 1, 'routine'),
+              }),
+            );
             return { stopped: true, instanceId: input.instanceId };
           }),
       );

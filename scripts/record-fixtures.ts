@@ -138,6 +138,28 @@ const scenarios: Scenario[] = [
     },
   },
   {
+    // Aborted, then cancelled while the escalated instance stop is retried (the backend fails it), then the
+    // backend recovers.
+    name: 'cancel-after-escalation-while-stopping',
+    volumes: [{ volumeId: 'vol-stuck', behavior: stuck }],
+    request: { volumes: [{ volumeId: 'vol-stuck' }] },
+    before: async (_stopflow, id) => {
+      sim.failingStops.add(id);
+    },
+    drive: async (stopflow, id) => {
+      await waitForDetaching(stopflow, id);
+      await stopflow.abort(id, { reason: 'fixture', requestedBy: 'record-fixtures' });
+      for (;;) {
+        const progress = await stopflow.progress(id);
+        if (progress.otherWork.some((w) => w.activityType === 'stopInstanceIfDetached' && w.attempt >= 2)) break;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      await stopflow.client.workflow.getHandle(workflowIdFor(id)).cancel();
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+      sim.failingStops.delete(id);
+    },
+  },
+  {
     name: 'attached-mid-stop',
     volumes: [{ volumeId: 'vol-slow', behavior: { detachDelayMs: 1_000 } }],
     request: { volumes: [{ volumeId: 'vol-slow' }] },

@@ -62,6 +62,23 @@ class StopFailsUntilRecovered extends SimulatedProvider {
 }
 const stopRecovers = new StopFailsUntilRecovered(new MemorySimStore(), {}, 'stop-recovers');
 
+/** A backend whose instance stop takes 2 s (a real cloud's waits for `stopped`), and says when one began. */
+class SlowStop extends SimulatedProvider {
+  readonly stopsBegun = new Set<string>();
+  override async stopInstance(instanceId: string, options?: CallOptions): Promise<void> {
+    this.stopsBegun.add(instanceId);
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(resolve, 2_000);
+      options?.signal?.addEventListener('abort', () => {
+        clearTimeout(timer);
+        reject(options.signal?.reason);
+      });
+    });
+    return super.stopInstance(instanceId, options);
+  }
+}
+const slowStop = new SlowStop(new MemorySimStore(), {}, 'slow-stop');
+
 /** A backend that lists a volume it will never detach (a ghost): the final check finds it attached every round. */
 class GhostVolume extends SimulatedProvider {
   override async listAttachedVolumes(instanceId: string, options?: CallOptions) {
@@ -103,6 +120,7 @@ beforeAll(async () => {
       stopRecovers,
       ghostVolume,
       stoppedThenUnlistable,
+      slowStop,
     ],
   });
 });
@@ -365,6 +383,41 @@ describe('the last step', () => {
     const cloud = await stopRecovers.instance(instanceId);
     expect(cloud?.state).toBe('running');
     expect(cloud?.stopCalls).toBe(0);
+  });
+
+  test('a cancel while the instance stop is under way lets it finish: the stop ends stopped', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-1' }], slowStop);
+    await h.stopflow.stop({ instanceId, provider: slowStop.name });
+    await eventually(async () => slowStop.stopsBegun.has(instanceId), 'the instance stop to begin');
+    await h.client.workflow.getHandle(workflowIdFor(instanceId)).cancel();
+    const result = await h.stopflow.result(instanceId);
+    expect(result).toMatchObject({ phase: 'stopped', instanceStopped: true });
+    const cloud = await slowStop.instance(instanceId);
+    expect(cloud?.state).toBe('stopped');
+    expect(cloud?.stopCalls).toBe(1);
+  });
+
+  test('a cancel after an escalation ends the bounded stop tries too: no stop call after it', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-stuck', behavior: { hang: true } }], stopRecovers);
+    stopRecovers.failing.add(instanceId);
+    await h.stopflow.stop({ instanceId, provider: stopRecovers.name, volumes: refs('vol-stuck') });
+    await volumeReaches(instanceId, 'vol-stuck', 'detaching');
+    const triesBefore = stopRecovers.stopTries;
+    await h.stopflow.abort(instanceId);
+    await eventually(async () => stopRecovers.stopTries >= triesBefore + 2, 'the escalated instance stop to fail');
+    await h.client.workflow.getHandle(workflowIdFor(instanceId)).cancel();
+    await eventually(
+      async () => (await h.stopflow.status(instanceId).catch(() => undefined))?.phase !== 'stopping',
+      'the stop to end',
+      10_000,
+    ).catch(() => undefined);
+    stopRecovers.failing.delete(instanceId);
+    const status = await failedStatus(instanceId);
+    expect(status.error).toMatch(/^cancelled at .*: instance .* was not stopped$/);
+    const cloud = await stopRecovers.instance(instanceId);
+    expect(cloud?.state).toBe('running');
+    expect(cloud?.stopCalls).toBe(0);
+    expect(cloud?.volumes[0]?.forced).toBe(true);
   });
 
   test('an escalated stop whose instance stopped but whose answer was lost ends stopped, not failed', async () => {

@@ -16,9 +16,14 @@ export async function settled<T>(call: Promise<T>): Promise<Settled<T>> {
 
 /**
  * Runs `call` until it ends or `stopWaiting()` holds (the stop escalated or was cancelled); then
- * cancels it and waits for the cancel to land (writes are never abandoned).
+ * cancels it and waits for the cancel to land (writes are never abandoned). `mayInterrupt`, asked only
+ * then, can keep the call running to its end instead (a rule that came with a patch).
  */
-export async function untilInterrupted<T>(stopWaiting: () => boolean, call: () => Promise<T>): Promise<Settled<T>> {
+export async function untilInterrupted<T>(
+  stopWaiting: () => boolean,
+  call: () => Promise<T>,
+  mayInterrupt: () => boolean = () => true,
+): Promise<Settled<T>> {
   const scope = new CancellationScope();
   const outcome = scope
     .run(() => settled(call()))
@@ -31,6 +36,7 @@ export async function untilInterrupted<T>(stopWaiting: () => boolean, call: () =
   const first = await Promise.race([outcome, stop.then(() => undefined)]);
   watcher.cancel();
   if (first) return first;
+  if (!mayInterrupt()) return outcome;
   scope.cancel();
   const last = await outcome;
   return last.ok ? last : { ok: false, why: INTERRUPTED };

@@ -10,9 +10,11 @@ import { say } from './stop-report';
 import { interrupted, type StopState } from './stop-state';
 
 /**
- * CANCEL_STOPS_NOTHING — a cancel that interrupts the last step's retries ends it: no stop call is sent after
- * a cancel (docs/contract.md: the instance is not stopped). Before it, the step was tried five more times,
- * as after an escalation, and could stop the instance of a cancelled stop. Asked only on that path.
+ * CANCEL_STOPS_NOTHING — a cancel that interrupts the last step's retries ends it, before or after an
+ * escalation: no stop call is sent after a cancel (docs/contract.md: the instance is not stopped), and a
+ * stop call under way finishes (the activity does not abort it). Before it, the step was tried five more
+ * times after a cancel, as after an escalation, and could stop the instance of a cancelled stop. Asked only
+ * when a cancel meets the last step.
  */
 const CANCEL_STOPS_NOTHING = 'cancel-stops-nothing';
 /** The last step's `why` when a cancel ended it and the instance does not read stopped. */
@@ -29,16 +31,25 @@ export async function stopIfNothingAttached(state: StopState): Promise<Settled<S
   const target = { provider: state.request.provider, instanceId: state.request.instanceId };
   const stopOnce = (retry: typeof UNLIMITED) =>
     activities(say.stop(target.instanceId), { ...stopping, retry }).stopInstanceIfDetached(target);
+  const cancelStopsNothing = () => patched(CANCEL_STOPS_NOTHING);
+  // After an escalation: five tries, which a cancel ends (its stop call under way still finishes).
+  const fiveTries = () =>
+    untilInterrupted(
+      () => state.cancelled !== null,
+      () => stopOnce(BOUNDED),
+      cancelStopsNothing,
+    );
   let outcome = interrupted(state)
-    ? await settled(stopOnce(BOUNDED))
+    ? await fiveTries()
     : await untilInterrupted(
         () => interrupted(state),
         () => stopOnce(UNLIMITED),
       );
-  if (!outcome.ok && outcome.why === INTERRUPTED) {
-    if (state.cancelled && patched(CANCEL_STOPS_NOTHING)) outcome = { ok: false, why: CANCELLED_BEFORE_STOP };
-    else outcome = await settled(stopOnce(BOUNDED));
+  if (!outcome.ok && outcome.why === INTERRUPTED && !(state.cancelled && cancelStopsNothing())) {
+    outcome = await fiveTries();
   }
+  if (!outcome.ok && outcome.why === INTERRUPTED && state.cancelled)
+    outcome = { ok: false, why: CANCELLED_BEFORE_STOP };
   if (outcome.ok) return outcome;
   const bounded = { ...urgent, retry: BOUNDED };
   const read = await settled(activities(say.readStopped(target.instanceId), bounded).readInstanceStopped(target));
