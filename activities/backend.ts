@@ -23,10 +23,11 @@ export type ProviderEvent =
   | { kind: 'error'; provider: string; operation: string; errorType: string };
 
 /**
- * Longest a call that serves no single activity (a batch of state checks) may take. An activity's call ends
- * with its activity (cancellation, start-to-close); a batch's has nothing to end it, and the next batch waits
- * for it: a provider that never answers one would leave every wait and every check before a force of that
- * provider unanswered. The clouds' SDKs time out sooner (30 s); this is the backstop for those that do not.
+ * Longest a call that serves no single activity (a batch of state checks) may take, per request it makes (a
+ * batch that reads VM by VM makes one per instance). An activity's call ends with its activity (cancellation,
+ * start-to-close); a batch's has nothing to end it, and the next batch waits for it: a provider that never
+ * answers one would leave every wait and every check before a force of that provider unanswered. The clouds'
+ * SDKs time each request out sooner (30 s); this is the backstop for providers that do not.
  */
 export const SHARED_CALL_TIMEOUT_MS = 60_000;
 
@@ -66,13 +67,15 @@ export class Backend {
     const options: CallOptions = {};
     if (signal) options.signal = signal;
     if (ctx) options.idempotencyKey = `${ctx.info.workflowExecution?.runId ?? 'standalone'}/${ctx.info.activityId}`;
-    options.nextRequest = () => this.budget.take(signal, 1, lane);
+    // A long call's further requests (a stop's polls for `stopped`) wait like the waits' checks, behind the
+    // urgent calls of other stops: fifty stopping instances must not take every token from forces and requests.
+    options.nextRequest = () => this.budget.take(signal, 1, 'routine');
     // The span covers the wait for a budget token too: a throttled backend shows as long provider spans.
     return traceProviderCall(this.provider.name, operation, ctx === null, async () => {
       try {
         await this.budget.take(signal, cost, lane);
         this.observe?.({ kind: 'call', provider: this.provider.name, operation });
-        const value = ctx ? await fn(options) : await this.shared(operation, fn, options);
+        const value = ctx ? await fn(options) : await this.shared(operation, fn, options, cost);
         this.budget.succeeded();
         return value;
       } catch (err) {
@@ -89,17 +92,18 @@ export class Backend {
     operation: string,
     fn: (options: CallOptions) => Promise<T>,
     options: CallOptions,
+    /** Requests the call makes: one VM read per instance of a batch may each take a while. */
+    requests: number,
   ): Promise<T> {
+    const timeoutMs = this.sharedCallTimeoutMs * Math.max(1, requests);
     const timeout = new AbortController();
     let timer: NodeJS.Timeout | undefined;
     const expired = new Promise<never>((_, reject) => {
       timer = setTimeout(() => {
-        const error = new TransientProviderError(
-          `${this.provider.name} ${operation}: no answer after ${this.sharedCallTimeoutMs} ms`,
-        );
+        const error = new TransientProviderError(`${this.provider.name} ${operation}: no answer after ${timeoutMs} ms`);
         timeout.abort(error);
         reject(error);
-      }, this.sharedCallTimeoutMs);
+      }, timeoutMs);
     });
     try {
       return await Promise.race([fn({ ...options, signal: timeout.signal }), expired]);

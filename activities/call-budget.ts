@@ -44,10 +44,11 @@ const BACKOFF_MAX_MS = 60_000;
 /**
  * A backend's Retry-After as the worker honours it: at most the longest backoff. A long hint, or an HTTP date
  * read against a skewed clock, would otherwise pause every call of the provider (forces, whose five attempts
- * have minutes, included) for as long as it says. Undefined for no usable hint.
+ * have minutes, included) for as long as it says. Undefined for no usable hint (none, unreadable, or zero).
  */
 export function honouredRetryAfterMs(retryAfterMs: number | undefined): number | undefined {
-  if (retryAfterMs === undefined || !Number.isFinite(retryAfterMs) || retryAfterMs < 0) return undefined;
+  // Zero (a date already past, a clock ahead) is no hint either: a pause of nothing would not back off.
+  if (retryAfterMs === undefined || !Number.isFinite(retryAfterMs) || retryAfterMs <= 0) return undefined;
   return Math.min(BACKOFF_MAX_MS, retryAfterMs);
 }
 

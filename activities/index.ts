@@ -348,11 +348,17 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       const state = await heartbeating(
         () => undefined,
         async () => {
-          await briefly(() => {
-            sent++;
-            return backend.call('detachVolume', (o) =>
-              backend.provider.detachVolume(target.instanceId, target.volume, o),
-            );
+          await briefly(async () => {
+            try {
+              await backend.call('detachVolume', (o) =>
+                backend.provider.detachVolume(target.instanceId, target.volume, o),
+              );
+              sent++;
+            } catch (err) {
+              // A throttled request was refused, not made: the volume's attempts count what the backend took.
+              if (!isThrottled(err)) sent++;
+              throw err;
+            }
           });
           // One coalesced check: a detach that is done already skips the wait (and its queue) entirely.
           return briefly(() => backend.states.check(target, ctx.cancellationSignal, 'urgent'));

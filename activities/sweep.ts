@@ -215,11 +215,14 @@ export function createSweepActivities(deps: SweepActivityDeps): SweepActivities 
       ctx.heartbeat({ candidates: candidates.size });
 
       let done = 0;
+      // Look-ups wait for the call budget, for a minute or more while the backend throttles: the sweep still
+      // beats within its heartbeat timeout, and shows how far it got.
+      const beat = setInterval(() => ctx.heartbeat({ candidates: candidates.size, done }), 10_000);
       const results = await mapLimit([...candidates.values()], concurrency, async (candidate) => {
         const result = await checkInstance(candidate, input.provider);
         ctx.heartbeat({ candidates: candidates.size, done: ++done });
         return result;
-      });
+      }).finally(() => clearInterval(beat));
       const leftovers: LeftoverAttachment[] = [];
       const errors: LeftoverCheckError[] = [];
       let checked = 0;

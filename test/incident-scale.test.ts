@@ -72,6 +72,13 @@ describe('call budget', () => {
     // No usable hint: the jittered backoff, whose first step is under two seconds.
     await clock.advance(2_500);
     expect(done).toBe(2);
+    // Zero (a date already past) is no hint either: the backoff, not no pause at all.
+    budget.throttled(0);
+    void budget.take().then(() => done++);
+    await clock.advance(100);
+    expect(done).toBe(2);
+    await clock.advance(5_000);
+    expect(done).toBe(3);
   });
 
   test("a call's further requests (a stop's polls) each take a token of the budget", async () => {
