@@ -30,6 +30,8 @@ export type ProviderEvent =
  * SDKs time each request out sooner (30 s); this is the backstop for providers that do not.
  */
 export const SHARED_CALL_TIMEOUT_MS = 60_000;
+/** However many requests: a batch of 50 instances must not hold every later check of its provider for 50 minutes. */
+const SHARED_CALL_TIMEOUT_MAX_MS = 300_000;
 
 export class Backend {
   readonly budget: CallBudgetLimiter;
@@ -67,9 +69,9 @@ export class Backend {
     const options: CallOptions = {};
     if (signal) options.signal = signal;
     if (ctx) options.idempotencyKey = `${ctx.info.workflowExecution?.runId ?? 'standalone'}/${ctx.info.activityId}`;
-    // A long call's further requests (a stop's polls for `stopped`) wait like the waits' checks, behind the
-    // urgent calls of other stops: fifty stopping instances must not take every token from forces and requests.
-    options.nextRequest = () => this.budget.take(signal, 1, 'routine');
+    // A long call's further requests (a force's stop-and-wait, say) in its own lane; the instance stop's
+    // polls for `stopped` choose the routine one (activities/index.ts).
+    options.nextRequest = () => this.budget.take(signal, 1, lane);
     // The span covers the wait for a budget token too: a throttled backend shows as long provider spans.
     return traceProviderCall(this.provider.name, operation, ctx === null, async () => {
       try {
@@ -95,7 +97,7 @@ export class Backend {
     /** Requests the call makes: one VM read per instance of a batch may each take a while. */
     requests: number,
   ): Promise<T> {
-    const timeoutMs = this.sharedCallTimeoutMs * Math.max(1, requests);
+    const timeoutMs = Math.min(SHARED_CALL_TIMEOUT_MAX_MS, this.sharedCallTimeoutMs * Math.max(1, requests));
     const timeout = new AbortController();
     let timer: NodeJS.Timeout | undefined;
     const expired = new Promise<never>((_, reject) => {

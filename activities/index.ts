@@ -185,6 +185,21 @@ function quietFirstBeatMs(ctx: Context): number {
 const isTransient = (err: unknown) => err instanceof ApplicationFailure && !err.nonRetryable;
 const isThrottled = (err: unknown) => err instanceof ApplicationFailure && err.type === 'ThrottledProviderError';
 
+/**
+ * The signal of an instance stop under way: the activity's cancellation, except the cancel its workflow asked for
+ * (a workflow cancel, an escalation), which lets the stop finish. A worker shutting down, or an attempt the server
+ * already timed out, still ends it: nothing outlives its attempt.
+ */
+function stopUnderWaySignal(ctx: Context): { signal: AbortSignal; release: () => void } {
+  const controller = new AbortController();
+  const onCancel = () => {
+    if (!ctx.cancellationDetails?.cancelRequested) controller.abort(ctx.cancellationSignal.reason);
+  };
+  if (ctx.cancellationSignal.aborted) onCancel();
+  else ctx.cancellationSignal.addEventListener('abort', onCancel, { once: true });
+  return { signal: controller.signal, release: () => ctx.cancellationSignal.removeEventListener('abort', onCancel) };
+}
+
 /** Tries of one urgent step within its attempt, and the first pause between them (doubling). */
 const BRIEF_TRIES = 4;
 const BRIEF_PAUSE_MS = 200;
@@ -440,15 +455,21 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
           briefly(async () => {
             const attached = await listOnce(backend, input.instanceId);
             if (attached.length > 0) return { stopped: false, instanceId: input.instanceId, attached };
-            // A stop under way finishes: a cancel or an escalation does not abort it (an instance left
-            // `stopping` by an aborted wait would stop anyway, after the stop reported it running).
-            await backend.call('stopInstance', (o) =>
-              backend.provider.stopInstance(input.instanceId, {
-                ...o,
-                signal: undefined,
-                nextRequest: () => backend.budget.take(undefined, 1, 'routine'),
-              }),
-            );
+            // A stop under way finishes: a workflow cancel or an escalation does not abort it (an instance left
+            // `stopping` by an aborted wait would stop anyway, after the stop reported it running). Its polls
+            // for `stopped` wait for routine tokens, behind other stops' forces and requests.
+            const underWay = stopUnderWaySignal(Context.current());
+            try {
+              await backend.call('stopInstance', (o) =>
+                backend.provider.stopInstance(input.instanceId, {
+                  ...o,
+                  signal: underWay.signal,
+                  nextRequest: () => backend.budget.take(underWay.signal, 1, 'routine'),
+                }),
+              );
+            } finally {
+              underWay.release();
+            }
             return { stopped: true, instanceId: input.instanceId };
           }),
       );

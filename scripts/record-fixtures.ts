@@ -55,6 +55,18 @@ const waitForDetaching = async (stopflow: StopflowClient, instanceId: string) =>
   }
 };
 
+/** Once the instance stop has failed and is retried, cancels the stop; 3 s later the backend stops again. */
+const cancelWhileStopIsRetried = async (stopflow: StopflowClient, instanceId: string) => {
+  for (;;) {
+    const progress = await stopflow.progress(instanceId);
+    if (progress.otherWork.some((w) => w.activityType === 'stopInstanceIfDetached' && w.attempt >= 2)) break;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  await stopflow.client.workflow.getHandle(workflowIdFor(instanceId)).cancel();
+  await new Promise((resolve) => setTimeout(resolve, 3_000));
+  sim.failingStops.delete(instanceId);
+};
+
 const scenarios: Scenario[] = [
   {
     name: 'graceful',
@@ -126,16 +138,7 @@ const scenarios: Scenario[] = [
     before: async (_stopflow, id) => {
       sim.failingStops.add(id);
     },
-    drive: async (stopflow, id) => {
-      for (;;) {
-        const progress = await stopflow.progress(id);
-        if (progress.otherWork.some((w) => w.activityType === 'stopInstanceIfDetached' && w.attempt >= 2)) break;
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
-      await stopflow.client.workflow.getHandle(workflowIdFor(id)).cancel();
-      await new Promise((resolve) => setTimeout(resolve, 3_000));
-      sim.failingStops.delete(id);
-    },
+    drive: cancelWhileStopIsRetried,
   },
   {
     // Aborted, then cancelled while the escalated instance stop is retried (the backend fails it), then the
@@ -149,14 +152,7 @@ const scenarios: Scenario[] = [
     drive: async (stopflow, id) => {
       await waitForDetaching(stopflow, id);
       await stopflow.abort(id, { reason: 'fixture', requestedBy: 'record-fixtures' });
-      for (;;) {
-        const progress = await stopflow.progress(id);
-        if (progress.otherWork.some((w) => w.activityType === 'stopInstanceIfDetached' && w.attempt >= 2)) break;
-        await new Promise((resolve) => setTimeout(resolve, 100));
-      }
-      await stopflow.client.workflow.getHandle(workflowIdFor(id)).cancel();
-      await new Promise((resolve) => setTimeout(resolve, 3_000));
-      sim.failingStops.delete(id);
+      await cancelWhileStopIsRetried(stopflow, id);
     },
   },
   {

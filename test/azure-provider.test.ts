@@ -587,6 +587,21 @@ describe('azure provider: call budget and coalesced state checks', () => {
     expect(states[0]).toBeInstanceOf(TransientProviderError);
     expect(states[1]).toBe('attached');
   });
+
+  test('throttling fails the whole batch: the limit is the subscription\'s', async () => {
+    const provider = azure();
+    const [firstDisk, secondDisk] = [nextName('disk'), nextName('disk')];
+    const first = addVm([{ name: firstDisk }]);
+    const second = addVm([{ name: secondDisk }]);
+    server.inject({ op: 'getVm', vm: first.vmName, status: 429, code: 'TooManyRequests' });
+    await expect(
+      provider.getAttachmentStates([
+        { instanceId: first.instanceId, volume: { volumeId: firstDisk } },
+        { instanceId: second.instanceId, volume: { volumeId: secondDisk } },
+      ]),
+    ).rejects.toBeInstanceOf(ThrottledProviderError);
+    expect(server.requestsOf('getVm', second.vmName)).toHaveLength(0);
+  });
 });
 
 describe('azure provider through the workflow', () => {

@@ -11,6 +11,20 @@ import { type CallOptions, ThrottledProviderError } from '../activities/provider
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import type { VolumeRef } from '../common/request';
 
+/** One attempt of forceDetachVolume on vol-1 of i-1 (stuck: it never detaches by itself). */
+async function forceOnce(sim: SimulatedProvider) {
+  await sim.addInstance('i-1', [{ volumeId: 'vol-1', behavior: { hang: true } }]);
+  const activities = createActivities({
+    providers: new Map([[sim.name, sim]]),
+    defaultProvider: sim.name,
+    pollIntervalMs: 100,
+    // The waits give their slot back after 300 ms; a force must not.
+    holdMs: 300,
+  });
+  const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000 });
+  return env.run(activities.forceDetachVolume, { instanceId: 'i-1', volume: { volumeId: 'vol-1' } });
+}
+
 /** A cloud whose forced detaches take effect 1.5 s after they are accepted, as real ones may. */
 class SlowForceCloud extends SimulatedProvider {
   forceCalls = 0;
@@ -22,16 +36,7 @@ class SlowForceCloud extends SimulatedProvider {
 
 test("a force that takes longer than a wait's hold window is sent once and waited for", async () => {
   const sim = new SlowForceCloud(new MemorySimStore());
-  await sim.addInstance('i-1', [{ volumeId: 'vol-1', behavior: { hang: true } }]);
-  const activities = createActivities({
-    providers: new Map([[sim.name, sim]]),
-    defaultProvider: sim.name,
-    pollIntervalMs: 100,
-    // The waits give their slot back after 300 ms; a force must not.
-    holdMs: 300,
-  });
-  const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000 });
-  const result = await env.run(activities.forceDetachVolume, { instanceId: 'i-1', volume: { volumeId: 'vol-1' } });
+  const result = await forceOnce(sim);
   expect(result).toMatchObject({ forced: true, attempts: 1 });
   expect(sim.forceCalls).toBe(1);
   const volume = (await sim.instance('i-1'))?.volumes.find((v) => v.volumeId === 'vol-1');
@@ -53,15 +58,7 @@ class ThrottlingForceCloud extends SimulatedProvider {
 
 test('a force the backend throttles is sent again in its attempt: throttling does not use up its five attempts', async () => {
   const sim = new ThrottlingForceCloud(6);
-  await sim.addInstance('i-1', [{ volumeId: 'vol-1', behavior: { hang: true } }]);
-  const activities = createActivities({
-    providers: new Map([[sim.name, sim]]),
-    defaultProvider: sim.name,
-    pollIntervalMs: 100,
-    holdMs: 300,
-  });
-  const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000 });
-  const result = await env.run(activities.forceDetachVolume, { instanceId: 'i-1', volume: { volumeId: 'vol-1' } });
+  const result = await forceOnce(sim);
   expect(result).toMatchObject({ forced: true, attempts: 1 });
   // Six refused, one done: the volume was forced once.
   expect(sim.forceCalls).toBe(7);

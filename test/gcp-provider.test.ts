@@ -558,19 +558,40 @@ describe('gcp provider: coalesced state checks', () => {
     expect(await provider.getAttachmentStates([])).toEqual([]);
   });
 
-  test('an instance that cannot be read answers its disks with the error; the batch answers the others', async () => {
+  test('a zone that cannot be read answers its disks with the error, asked once; the batch answers the other zones', async () => {
     const provider = gcp();
-    const away = vm();
-    const fine = vm();
+    const [away, awayToo, fine] = [vm(), vm(), vm()];
+    const otherZone = 'europe-west1-b';
     server.addInstance({ name: away, disks: [{ name: `${away}-0` }] });
-    server.addInstance({ name: fine, disks: [{ name: `${fine}-0` }] });
+    server.addInstance({ name: awayToo, disks: [{ name: `${awayToo}-0` }] });
+    server.addInstance({ name: fine, zone: otherZone, disks: [{ name: `${fine}-0` }] });
     server.inject({ action: 'instances.get', status: 503, reason: 'backendError', message: 'zone unavailable' });
+    const gets = server.callCount('instances.get');
     const states = await provider.getAttachmentStates([
       { instanceId: idOf(away), volume: { volumeId: `${away}-0` } },
-      { instanceId: idOf(fine), volume: { volumeId: `${fine}-0` } },
+      { instanceId: idOf(awayToo), volume: { volumeId: `${awayToo}-0` } },
+      { instanceId: `${otherZone}:${fine}`, volume: { volumeId: `${fine}-0` } },
     ]);
     expect(states[0]).toBeInstanceOf(TransientProviderError);
-    expect(states[1]).toBe('attached');
+    expect(states[1]).toBe(states[0]);
+    expect(states[2]).toBe('attached');
+    expect(server.callCount('instances.get') - gets).toBe(2);
+  });
+
+  test("throttling fails the whole batch: the quota is the project's", async () => {
+    const provider = gcp();
+    const [first, second] = [vm(), vm()];
+    server.addInstance({ name: first, disks: [{ name: `${first}-0` }] });
+    server.addInstance({ name: second, disks: [{ name: `${second}-0` }] });
+    server.throttle(1, { action: 'instances.get' });
+    const gets = server.callCount('instances.get');
+    await expect(
+      provider.getAttachmentStates([
+        { instanceId: idOf(first), volume: { volumeId: `${first}-0` } },
+        { instanceId: idOf(second), volume: { volumeId: `${second}-0` } },
+      ]),
+    ).rejects.toBeInstanceOf(ThrottledProviderError);
+    expect(server.callCount('instances.get') - gets).toBe(1);
   });
 });
 

@@ -5,6 +5,7 @@
  * patch. Real dev server, real worker, the simulated cloud behind the activities.
  */
 import { randomUUID } from 'node:crypto';
+import { Context } from '@temporalio/activity';
 import { WorkflowFailedError, WorkflowUpdateStage } from '@temporalio/client';
 import type { ApplicationFailure } from '@temporalio/common';
 import { NativeConnection } from '@temporalio/worker';
@@ -62,22 +63,27 @@ class StopFailsUntilRecovered extends SimulatedProvider {
 }
 const stopRecovers = new StopFailsUntilRecovered(new MemorySimStore(), {}, 'stop-recovers');
 
-/** A backend whose instance stop takes 2 s (a real cloud's waits for `stopped`), and says when one began. */
-class SlowStop extends SimulatedProvider {
+/**
+ * A backend whose instance stop is under way until the cancel has reached its activity (as a real cloud's wait for
+ * `stopped` is), then finishes, unless the call was aborted by then.
+ */
+class StopUnderWayAtCancel extends SimulatedProvider {
   readonly stopsBegun = new Set<string>();
+  abortedStops = 0;
   override async stopInstance(instanceId: string, options?: CallOptions): Promise<void> {
     this.stopsBegun.add(instanceId);
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(resolve, 2_000);
-      options?.signal?.addEventListener('abort', () => {
-        clearTimeout(timer);
-        reject(options.signal?.reason);
-      });
-    });
+    const activity = Context.current().cancellationSignal;
+    for (let waited = 0; !activity.aborted && waited < 20_000; waited += 50) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    if (options?.signal?.aborted) {
+      this.abortedStops++;
+      throw options.signal.reason;
+    }
     return super.stopInstance(instanceId, options);
   }
 }
-const slowStop = new SlowStop(new MemorySimStore(), {}, 'slow-stop');
+const slowStop = new StopUnderWayAtCancel(new MemorySimStore(), {}, 'slow-stop');
 
 /** A backend that lists a volume it will never detach (a ghost): the final check finds it attached every round. */
 class GhostVolume extends SimulatedProvider {
@@ -141,6 +147,17 @@ function volumeReaches(instanceId: string, volumeId: string, state: string): Pro
     const status = await h.stopflow.status(instanceId);
     return status.volumes.find((v) => v.volumeId === volumeId)?.state === state ? status : undefined;
   }, `${volumeId} to be ${state}`);
+}
+
+/** Cancels the stop, then lets the backend's stop calls work again once the cancel had time to land (10 s at most). */
+async function cancelThenRecover(instanceId: string): Promise<void> {
+  await h.client.workflow.getHandle(workflowIdFor(instanceId)).cancel();
+  await eventually(
+    async () => (await h.stopflow.status(instanceId).catch(() => undefined))?.phase !== 'stopping',
+    'the stop to end',
+    10_000,
+  ).catch(() => undefined);
+  stopRecovers.failing.delete(instanceId);
 }
 
 async function failedStatus(instanceId: string): Promise<StopStatus> {
@@ -368,15 +385,9 @@ describe('the last step', () => {
     stopRecovers.failing.add(instanceId);
     await h.stopflow.stop({ instanceId, provider: stopRecovers.name });
     await eventually(async () => stopRecovers.stopTries >= 2, 'the instance stop to fail');
-    await h.client.workflow.getHandle(workflowIdFor(instanceId)).cancel();
     // Before the fix the cancel was followed by five more tries; the backend recovering during them stopped
-    // the cancelled stop's instance. Recover once the cancel has had time to land.
-    await eventually(
-      async () => (await h.stopflow.status(instanceId).catch(() => undefined))?.phase !== 'stopping',
-      'the stop to end',
-      10_000,
-    ).catch(() => undefined);
-    stopRecovers.failing.delete(instanceId);
+    // the cancelled stop's instance.
+    await cancelThenRecover(instanceId);
     const status = await failedStatus(instanceId);
     expect(status.error).toMatch(/^cancelled at .*: instance .* was not stopped$/);
     expect(status.instanceStopped).toBe(false);
@@ -392,6 +403,8 @@ describe('the last step', () => {
     await h.client.workflow.getHandle(workflowIdFor(instanceId)).cancel();
     const result = await h.stopflow.result(instanceId);
     expect(result).toMatchObject({ phase: 'stopped', instanceStopped: true });
+    // The call saw the cancel and was not aborted by it: one stop call, made before the cancel.
+    expect(slowStop.abortedStops).toBe(0);
     const cloud = await slowStop.instance(instanceId);
     expect(cloud?.state).toBe('stopped');
     expect(cloud?.stopCalls).toBe(1);
@@ -405,13 +418,7 @@ describe('the last step', () => {
     const triesBefore = stopRecovers.stopTries;
     await h.stopflow.abort(instanceId);
     await eventually(async () => stopRecovers.stopTries >= triesBefore + 2, 'the escalated instance stop to fail');
-    await h.client.workflow.getHandle(workflowIdFor(instanceId)).cancel();
-    await eventually(
-      async () => (await h.stopflow.status(instanceId).catch(() => undefined))?.phase !== 'stopping',
-      'the stop to end',
-      10_000,
-    ).catch(() => undefined);
-    stopRecovers.failing.delete(instanceId);
+    await cancelThenRecover(instanceId);
     const status = await failedStatus(instanceId);
     expect(status.error).toMatch(/^cancelled at .*: instance .* was not stopped$/);
     const cloud = await stopRecovers.instance(instanceId);

@@ -185,7 +185,9 @@ async function run(state: StopState): Promise<StopStatus> {
     }
     const outcome = await stopIfNothingAttached(state);
     if (!outcome.ok) {
-      if (outcome.why === CANCELLED_BEFORE_STOP) fail(state, notStoppedByCancel(state));
+      if (outcome.why.startsWith(CANCELLED_BEFORE_STOP)) {
+        fail(state, notStoppedByCancel(state, outcome.why.slice(CANCELLED_BEFORE_STOP.length).replace(/^; /, '')));
+      }
       fail(state, `every volume was detached but stopping ${instanceId} failed: ${outcome.why}`);
     }
     if (outcome.value.stopped) break;
@@ -204,9 +206,10 @@ async function run(state: StopState): Promise<StopStatus> {
   return snapshot(state);
 }
 
-/** Why a cancelled stop failed, in the contract's words (docs/contract.md). */
-function notStoppedByCancel(state: StopState): string {
-  return `cancelled at ${state.cancelled?.at}: instance ${state.request.instanceId} was not stopped`;
+/** Why a cancelled stop failed, in the contract's words (docs/contract.md), and what else is known. */
+function notStoppedByCancel(state: StopState, detail = ''): string {
+  const why = `cancelled at ${state.cancelled?.at}: instance ${state.request.instanceId} was not stopped`;
+  return detail ? `${why} (${detail})` : why;
 }
 
 /**

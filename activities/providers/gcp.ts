@@ -530,11 +530,15 @@ export class GcpProvider implements Provider {
     const { signal } = options;
     type Entry = { id: InstanceName; instance: Instance | undefined; detaching?: boolean; error?: Error };
     const byInstance = new Map<string, Entry>();
-    // Each instance's own failure is its disks' answer; a cancel is the whole batch's.
+    // Each instance's own failure is its disks' answer. A cancel is the whole batch's, and so is throttling: the
+    // quota is the project's, and reading on into it would only spend more of it.
     const ownFailure = (err: unknown): Error => {
-      if (signal?.aborted) throw err;
+      if (signal?.aborted || err instanceof ThrottledProviderError) throw err;
       return err instanceof Error ? err : new TransientProviderError(String(err));
     };
+    // A zone that failed one read (away, timing out) answers its other instances with that error unasked: a
+    // batch spends one request timeout per zone away, not one per instance.
+    const zonesAway = new Map<string, Error>();
     // Each target's instance key, or why its instance name could not be resolved.
     const keys: Array<string | Error> = [];
     for (const target of targets) {
@@ -543,10 +547,18 @@ export class GcpProvider implements Provider {
         const key = `${id.project}/${id.zone}/${id.name}`;
         keys.push(key);
         if (byInstance.has(key)) continue;
+        const zone = `${id.project}/${id.zone}`;
+        const away = zonesAway.get(zone);
+        if (away) {
+          byInstance.set(key, { id, instance: undefined, error: away });
+          continue;
+        }
         try {
           byInstance.set(key, { id, instance: await this.getInstance(id, signal) });
         } catch (err) {
-          byInstance.set(key, { id, instance: undefined, error: ownFailure(err) });
+          const error = ownFailure(err);
+          if (error instanceof TransientProviderError) zonesAway.set(zone, error);
+          byInstance.set(key, { id, instance: undefined, error });
         }
       } catch (err) {
         keys.push(ownFailure(err));
