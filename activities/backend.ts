@@ -30,8 +30,6 @@ export type ProviderEvent =
  * SDKs time each request out sooner (30 s); this is the backstop for providers that do not.
  */
 export const SHARED_CALL_TIMEOUT_MS = 60_000;
-/** However many requests: a batch of 50 instances must not hold every later check of its provider for 50 minutes. */
-const SHARED_CALL_TIMEOUT_MAX_MS = 300_000;
 
 export class Backend {
   readonly budget: CallBudgetLimiter;
@@ -97,7 +95,7 @@ export class Backend {
     /** Requests the call makes: one VM read per instance of a batch may each take a while. */
     requests: number,
   ): Promise<T> {
-    const timeoutMs = Math.min(SHARED_CALL_TIMEOUT_MAX_MS, this.sharedCallTimeoutMs * Math.max(1, requests));
+    const timeoutMs = this.sharedCallTimeoutMs * Math.max(1, requests);
     const timeout = new AbortController();
     let timer: NodeJS.Timeout | undefined;
     const expired = new Promise<never>((_, reject) => {

@@ -187,17 +187,30 @@ const isThrottled = (err: unknown) => err instanceof ApplicationFailure && err.t
 
 /**
  * The signal of an instance stop under way: the activity's cancellation, except the cancel its workflow asked for
- * (a workflow cancel, an escalation), which lets the stop finish. A worker shutting down, or an attempt the server
- * already timed out, still ends it: nothing outlives its attempt.
+ * (a workflow cancel, an escalation) once the call is under way, which lets the stop finish. A cancel that came
+ * before, a worker shutting down, or an attempt the server timed out ends it; and it ends at the attempt's
+ * start-to-close whatever came first (a later shutdown or timeout is not passed on once a cancel was).
  */
 function stopUnderWaySignal(ctx: Context): { signal: AbortSignal; release: () => void } {
   const controller = new AbortController();
+  const cancellation = ctx.cancellationSignal;
   const onCancel = () => {
-    if (!ctx.cancellationDetails?.cancelRequested) controller.abort(ctx.cancellationSignal.reason);
+    if (!ctx.cancellationDetails?.cancelRequested) controller.abort(cancellation.reason);
   };
-  if (ctx.cancellationSignal.aborted) onCancel();
-  else ctx.cancellationSignal.addEventListener('abort', onCancel, { once: true });
-  return { signal: controller.signal, release: () => ctx.cancellationSignal.removeEventListener('abort', onCancel) };
+  const { startToCloseTimeoutMs, currentAttemptScheduledTimestampMs } = ctx.info;
+  const attemptEnd = setTimeout(
+    () => controller.abort(new Error('the attempt reached its start-to-close timeout')),
+    Math.max(0, currentAttemptScheduledTimestampMs + startToCloseTimeoutMs - Date.now()),
+  );
+  if (cancellation.aborted) controller.abort(cancellation.reason);
+  else cancellation.addEventListener('abort', onCancel, { once: true });
+  return {
+    signal: controller.signal,
+    release: () => {
+      clearTimeout(attemptEnd);
+      cancellation.removeEventListener('abort', onCancel);
+    },
+  };
 }
 
 /** Tries of one urgent step within its attempt, and the first pause between them (doubling). */
@@ -460,13 +473,15 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
             // for `stopped` wait for routine tokens, behind other stops' forces and requests.
             const underWay = stopUnderWaySignal(Context.current());
             try {
-              await backend.call('stopInstance', (o) =>
-                backend.provider.stopInstance(input.instanceId, {
+              await backend.call('stopInstance', (o) => {
+                // Not under way yet: a cancel that came first means no stop call at all.
+                underWay.signal.throwIfAborted();
+                return backend.provider.stopInstance(input.instanceId, {
                   ...o,
                   signal: underWay.signal,
                   nextRequest: () => backend.budget.take(underWay.signal, 1, 'routine'),
-                }),
-              );
+                });
+              });
             } finally {
               underWay.release();
             }

@@ -588,7 +588,7 @@ describe('azure provider: call budget and coalesced state checks', () => {
     expect(states[1]).toBe('attached');
   });
 
-  test('throttling fails the whole batch: the limit is the subscription\'s', async () => {
+  test("throttling fails the whole batch: the limit is the subscription's", async () => {
     const provider = azure();
     const [firstDisk, secondDisk] = [nextName('disk'), nextName('disk')];
     const first = addVm([{ name: firstDisk }]);

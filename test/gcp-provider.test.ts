@@ -573,7 +573,8 @@ describe('gcp provider: coalesced state checks', () => {
       { instanceId: `${otherZone}:${fine}`, volume: { volumeId: `${fine}-0` } },
     ]);
     expect(states[0]).toBeInstanceOf(TransientProviderError);
-    expect(states[1]).toBe(states[0]);
+    expect(states[1]).toBeInstanceOf(TransientProviderError);
+    expect((states[1] as Error).message).toMatch(/not read: .* failed a read of this batch/);
     expect(states[2]).toBe('attached');
     expect(server.callCount('instances.get') - gets).toBe(2);
   });

@@ -3,12 +3,20 @@
  * the cancel a workflow asks for (its own cancel, an escalation) lets it finish, as the contract says; a worker
  * shutting down, or an attempt the server timed out, still ends it.
  */
+import { Context } from '@temporalio/activity';
 import { ActivityCancellationDetails } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { expect, test } from 'vitest';
 import { createActivities } from '../activities';
 import type { CallOptions } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
+
+/** A real attempt's timing (the environment's default info has an attempt that ended in 1970). */
+const attemptInfo = () => ({
+  heartbeatTimeoutMs: 10_000,
+  startToCloseTimeoutMs: 15 * 60_000,
+  currentAttemptScheduledTimestampMs: Date.now(),
+});
 
 /** A cloud whose instance stop takes 2 s (its wait for `stopped`), and says whether the call was aborted. */
 class SlowStopCloud extends SimulatedProvider {
@@ -39,7 +47,7 @@ async function stopCancelledWith(
     defaultProvider: sim.name,
     pollIntervalMs: 100,
   });
-  const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000 });
+  const env = new MockActivityEnvironment(attemptInfo());
   const outcome = env.run(activities.stopInstanceIfDetached, { instanceId: 'i-1' }).then(
     (value) => ({ value }),
     (error: unknown) => ({ error }),
@@ -69,4 +77,38 @@ test('a worker shutting down, or an attempt the server timed out, still ends it'
     expect(sim.aborted).toBe(true);
     expect((await sim.instance('i-1'))?.state).toBe('running');
   }
+});
+
+test('a cancel that came before the stop call was under way stops it being sent, even if the listing ignored it', async () => {
+  // The listing does not look at its signal (a local file read, say) and answers after the cancel landed.
+  class SlowList extends SimulatedProvider {
+    stopCalls = 0;
+    override async listAttachedVolumes(instanceId: string, options?: CallOptions) {
+      const activity = Context.current().cancellationSignal;
+      for (let waited = 0; !activity.aborted && waited < 10_000; waited += 20)
+        await new Promise((r) => setTimeout(r, 20));
+      return super.listAttachedVolumes(instanceId, { ...options, signal: undefined });
+    }
+    override async stopInstance(instanceId: string, options?: CallOptions) {
+      this.stopCalls++;
+      return super.stopInstance(instanceId, options);
+    }
+  }
+  const sim = new SlowList(new MemorySimStore());
+  await sim.addInstance('i-1', []);
+  const activities = createActivities({
+    providers: new Map([[sim.name, sim]]),
+    defaultProvider: sim.name,
+    pollIntervalMs: 100,
+  });
+  const env = new MockActivityEnvironment(attemptInfo());
+  const outcome = env.run(activities.stopInstanceIfDetached, { instanceId: 'i-1' }).then(
+    (value) => ({ value }),
+    (error: unknown) => ({ error }),
+  );
+  await new Promise((r) => setTimeout(r, 100));
+  env.cancel('CANCELLED', new ActivityCancellationDetails({ cancelRequested: true }));
+  expect(await outcome).toHaveProperty('error');
+  expect(sim.stopCalls).toBe(0);
+  expect((await sim.instance('i-1'))?.state).toBe('running');
 });

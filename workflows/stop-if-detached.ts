@@ -19,6 +19,8 @@ import { interrupted, type StopState } from './stop-state';
 const CANCEL_STOPS_NOTHING = 'cancel-stops-nothing';
 /** The last step's `why` when a cancel ended it and the instance does not read stopped. */
 export const CANCELLED_BEFORE_STOP = 'cancelled before the instance was stopped';
+/** Added to the `why` when the backend cannot say whether the instance stopped anyway. */
+export const STOPPED_ANYWAY_UNKNOWN = 'whether the instance stopped anyway is unknown';
 
 /**
  * The last step. Until an escalation or a cancel its retries are unlimited (an instance must not be
@@ -53,9 +55,7 @@ export async function stopIfNothingAttached(state: StopState): Promise<Settled<S
   if (outcome.ok) return outcome;
   const bounded = { ...urgent, retry: BOUNDED };
   const read = await settled(activities(say.readStopped(target.instanceId), bounded).readInstanceStopped(target));
-  if (!read.ok || read.value === 'unknown') {
-    return { ok: false, why: `${outcome.why}; whether the instance stopped anyway is unknown` };
-  }
+  if (!read.ok || read.value === 'unknown') return { ok: false, why: `${outcome.why}; ${STOPPED_ANYWAY_UNKNOWN}` };
   if (read.value === 'running') return outcome;
   // Whatever the listing says next, the status tells the truth about the instance.
   state.instanceStopped = true;

@@ -40,7 +40,7 @@ import { abortSignal, setMaxStopDurationUpdate, statusQuery } from './definition
 import { legacyStopInstance } from './legacy/stop-instance-v2';
 import { untilInterrupted } from './settled';
 import { end, fail } from './stop-end';
-import { CANCELLED_BEFORE_STOP, stopIfNothingAttached } from './stop-if-detached';
+import { CANCELLED_BEFORE_STOP, STOPPED_ANYWAY_UNKNOWN, stopIfNothingAttached } from './stop-if-detached';
 import { describe, reportEscalation, say } from './stop-report';
 import { allVolumesSettled, interrupted, iso, type StopState, snapshot } from './stop-state';
 import { invalidUpdate, validate } from './validate';
@@ -185,8 +185,9 @@ async function run(state: StopState): Promise<StopStatus> {
     }
     const outcome = await stopIfNothingAttached(state);
     if (!outcome.ok) {
-      if (outcome.why.startsWith(CANCELLED_BEFORE_STOP)) {
-        fail(state, notStoppedByCancel(state, outcome.why.slice(CANCELLED_BEFORE_STOP.length).replace(/^; /, '')));
+      if (outcome.why === CANCELLED_BEFORE_STOP) fail(state, notStoppedByCancel(state));
+      if (outcome.why === `${CANCELLED_BEFORE_STOP}; ${STOPPED_ANYWAY_UNKNOWN}`) {
+        fail(state, notStoppedByCancel(state, STOPPED_ANYWAY_UNKNOWN));
       }
       fail(state, `every volume was detached but stopping ${instanceId} failed: ${outcome.why}`);
     }

@@ -344,24 +344,14 @@ export class AzureProvider implements Provider {
   ): Promise<Array<AttachmentState | Error>> {
     // A VM that cannot be read answers its disks with that error, and the others are answered. A cancel ends the
     // whole batch, and so does throttling (the limit is the subscription's: reading on would spend more of it).
-    // After a transient failure, the other VMs of that resource group get the same answer unasked: a batch spends
-    // one request timeout on a location away, not one per VM.
+    // Each read has its own timeout (requestTimeoutMs).
     const models = new Map<string, VirtualMachine | Error>();
-    const groupsAway = new Map<string, Error>();
     for (const instanceId of new Set(targets.map((t) => t.instanceId))) {
-      const group = instanceId.split(':')[0] ?? '';
-      const away = groupsAway.get(group);
-      if (away) {
-        models.set(instanceId, away);
-        continue;
-      }
       try {
         models.set(instanceId, await this.getVm(instanceId, options.signal));
       } catch (err) {
         if (options.signal?.aborted || err instanceof ThrottledProviderError) throw err;
-        const error = err instanceof Error ? err : new TransientProviderError(String(err));
-        if (error instanceof TransientProviderError) groupsAway.set(group, error);
-        models.set(instanceId, error);
+        models.set(instanceId, err instanceof Error ? err : new TransientProviderError(String(err)));
       }
     }
     return targets.map((t) => {

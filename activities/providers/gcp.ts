@@ -557,7 +557,14 @@ export class GcpProvider implements Provider {
           byInstance.set(key, { id, instance: await this.getInstance(id, signal) });
         } catch (err) {
           const error = ownFailure(err);
-          if (error instanceof TransientProviderError) zonesAway.set(zone, error);
+          if (error instanceof TransientProviderError) {
+            zonesAway.set(
+              zone,
+              new TransientProviderError(
+                `not read: ${id.zone} failed a read of this batch (${id.name}: ${error.message})`,
+              ),
+            );
+          }
           byInstance.set(key, { id, instance: undefined, error });
         }
       } catch (err) {
