@@ -191,16 +191,16 @@ const isThrottled = (err: unknown) => err instanceof ApplicationFailure && err.t
  * before, a worker shutting down, or an attempt the server timed out ends it; and it ends at the attempt's
  * start-to-close whatever came first (a later shutdown or timeout is not passed on once a cancel was).
  */
-function stopUnderWaySignal(ctx: Context): { signal: AbortSignal; release: () => void } {
+function stopUnderWaySignal(ctx: Context, attemptStartedAtMs: number): { signal: AbortSignal; release: () => void } {
   const controller = new AbortController();
   const cancellation = ctx.cancellationSignal;
   const onCancel = () => {
     if (!ctx.cancellationDetails?.cancelRequested) controller.abort(cancellation.reason);
   };
-  const { startToCloseTimeoutMs, currentAttemptScheduledTimestampMs } = ctx.info;
+  // From when this worker started the attempt (start-to-close runs from the start, not from when it was scheduled).
   const attemptEnd = setTimeout(
     () => controller.abort(new Error('the attempt reached its start-to-close timeout')),
-    Math.max(0, currentAttemptScheduledTimestampMs + startToCloseTimeoutMs - Date.now()),
+    Math.max(0, attemptStartedAtMs + ctx.info.startToCloseTimeoutMs - Date.now()),
   );
   if (cancellation.aborted) controller.abort(cancellation.reason);
   else cancellation.addEventListener('abort', onCancel, { once: true });
@@ -458,6 +458,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
     },
 
     async stopInstanceIfDetached(input: InstanceTarget): Promise<StopInstanceOutcome> {
+      const startedAtMs = Date.now();
       const backend = backends.resolve(input.provider);
       return heartbeating(
         () => undefined,
@@ -471,7 +472,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
             // A stop under way finishes: a workflow cancel or an escalation does not abort it (an instance left
             // `stopping` by an aborted wait would stop anyway, after the stop reported it running). Its polls
             // for `stopped` wait for routine tokens, behind other stops' forces and requests.
-            const underWay = stopUnderWaySignal(Context.current());
+            const underWay = stopUnderWaySignal(Context.current(), startedAtMs);
             try {
               await backend.call('stopInstance', (o) => {
                 // Not under way yet: a cancel that came first means no stop call at all.

@@ -112,3 +112,23 @@ test('a cancel that came before the stop call was under way stops it being sent,
   expect(sim.stopCalls).toBe(0);
   expect((await sim.instance('i-1'))?.state).toBe('running');
 });
+
+test('an attempt that waited long in the queue still has its whole start-to-close for the stop', async () => {
+  // Scheduled 20 minutes ago (a backlog, workers down for a while); start-to-close runs from the start.
+  const sim = new SlowStopCloud(new MemorySimStore());
+  await sim.addInstance('i-1', []);
+  const activities = createActivities({
+    providers: new Map([[sim.name, sim]]),
+    defaultProvider: sim.name,
+    pollIntervalMs: 100,
+  });
+  const env = new MockActivityEnvironment({
+    ...attemptInfo(),
+    currentAttemptScheduledTimestampMs: Date.now() - 20 * 60_000,
+  });
+  await expect(env.run(activities.stopInstanceIfDetached, { instanceId: 'i-1' })).resolves.toEqual({
+    stopped: true,
+    instanceId: 'i-1',
+  });
+  expect(sim.aborted).toBe(false);
+});

@@ -18,9 +18,26 @@ import { interrupted, type StopState } from './stop-state';
  */
 const CANCEL_STOPS_NOTHING = 'cancel-stops-nothing';
 /** The last step's `why` when a cancel ended it and the instance does not read stopped. */
-export const CANCELLED_BEFORE_STOP = 'cancelled before the instance was stopped';
+const CANCELLED_BEFORE_STOP = 'cancelled before the instance was stopped';
 /** Added to the `why` when the backend cannot say whether the instance stopped anyway. */
-export const STOPPED_ANYWAY_UNKNOWN = 'whether the instance stopped anyway is unknown';
+const STOPPED_ANYWAY_UNKNOWN = 'whether the instance stopped anyway is unknown';
+/** Added to the `why` when the instance stopped anyway but its volumes could not be confirmed detached. */
+const STOPPED_UNCONFIRMED = 'the instance reads stopped, but its volumes could not be confirmed detached';
+
+/**
+ * The failure of a stop whose last step a cancel ended, in the contract's words (`cancelled at …`), with what the
+ * backend said after it; null when no cancel ended it.
+ */
+export function endedByCancel(state: StopState, why: string): string | null {
+  const at = `cancelled at ${state.cancelled?.at}`;
+  const instanceId = state.request.instanceId;
+  if (why === CANCELLED_BEFORE_STOP) return `${at}: instance ${instanceId} was not stopped`;
+  if (why === `${CANCELLED_BEFORE_STOP}; ${STOPPED_ANYWAY_UNKNOWN}`) {
+    return `${at}: instance ${instanceId} was not stopped (${STOPPED_ANYWAY_UNKNOWN})`;
+  }
+  if (why === `${CANCELLED_BEFORE_STOP}; ${STOPPED_UNCONFIRMED}`) return `${at}: ${STOPPED_UNCONFIRMED}`;
+  return null;
+}
 
 /**
  * The last step. Until an escalation or a cancel its retries are unlimited (an instance must not be
@@ -62,8 +79,5 @@ export async function stopIfNothingAttached(state: StopState): Promise<Settled<S
   const listed = await settled(activities(say.list(target.instanceId), bounded).listAttachedVolumes(target));
   if (listed.ok && listed.value.length === 0)
     return { ok: true, value: { stopped: true, instanceId: target.instanceId } };
-  return {
-    ok: false,
-    why: `${outcome.why}; the instance reads stopped, but its volumes could not be confirmed detached`,
-  };
+  return { ok: false, why: `${outcome.why}; ${STOPPED_UNCONFIRMED}` };
 }

@@ -40,7 +40,7 @@ import { abortSignal, setMaxStopDurationUpdate, statusQuery } from './definition
 import { legacyStopInstance } from './legacy/stop-instance-v2';
 import { untilInterrupted } from './settled';
 import { end, fail } from './stop-end';
-import { CANCELLED_BEFORE_STOP, STOPPED_ANYWAY_UNKNOWN, stopIfNothingAttached } from './stop-if-detached';
+import { endedByCancel, stopIfNothingAttached } from './stop-if-detached';
 import { describe, reportEscalation, say } from './stop-report';
 import { allVolumesSettled, interrupted, iso, type StopState, snapshot } from './stop-state';
 import { invalidUpdate, validate } from './validate';
@@ -185,10 +185,8 @@ async function run(state: StopState): Promise<StopStatus> {
     }
     const outcome = await stopIfNothingAttached(state);
     if (!outcome.ok) {
-      if (outcome.why === CANCELLED_BEFORE_STOP) fail(state, notStoppedByCancel(state));
-      if (outcome.why === `${CANCELLED_BEFORE_STOP}; ${STOPPED_ANYWAY_UNKNOWN}`) {
-        fail(state, notStoppedByCancel(state, STOPPED_ANYWAY_UNKNOWN));
-      }
+      const byCancel = endedByCancel(state, outcome.why);
+      if (byCancel) fail(state, byCancel);
       fail(state, `every volume was detached but stopping ${instanceId} failed: ${outcome.why}`);
     }
     if (outcome.value.stopped) break;
@@ -207,10 +205,9 @@ async function run(state: StopState): Promise<StopStatus> {
   return snapshot(state);
 }
 
-/** Why a cancelled stop failed, in the contract's words (docs/contract.md), and what else is known. */
-function notStoppedByCancel(state: StopState, detail = ''): string {
-  const why = `cancelled at ${state.cancelled?.at}: instance ${state.request.instanceId} was not stopped`;
-  return detail ? `${why} (${detail})` : why;
+/** Why a cancelled stop failed, in the contract's words (docs/contract.md). */
+function notStoppedByCancel(state: StopState): string {
+  return `cancelled at ${state.cancelled?.at}: instance ${state.request.instanceId} was not stopped`;
 }
 
 /**
