@@ -229,7 +229,11 @@ describe('stopped means nothing attached', () => {
   test('a detach request the backend dropped (the volume attached again while detaching) is sent again', async () => {
     const instanceId = await seeded([{ volumeId: 'vol-dropped', behavior: { detachDelayMs: 3_000 } }]);
     await h.stopflow.stop({ instanceId, volumes: refs('vol-dropped') });
-    await volumeReaches(instanceId, 'vol-dropped', 'detaching');
+    // The request reached the backend (the status says `detaching` from just before it is sent).
+    await eventually(
+      async () => (await h.sim.instance(instanceId))?.volumes.find((v) => v.volumeId === 'vol-dropped')?.detachStarts,
+      'the detach request to reach the backend',
+    );
     // The backend forgets the request: the volume reads `attached`, with no detach under way.
     await h.sim.attachVolume(instanceId, { volumeId: 'vol-dropped' });
     const result = await h.stopflow.result(instanceId);
