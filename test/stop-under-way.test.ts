@@ -3,7 +3,7 @@
  * the cancel a workflow asks for (its own cancel, an escalation) lets it finish, as the contract says; a worker
  * shutting down, or an attempt the server timed out, still ends it.
  */
-import { Context } from '@temporalio/activity';
+import { Context, type Info } from '@temporalio/activity';
 import { ActivityCancellationDetails } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { expect, test } from 'vitest';
@@ -36,22 +36,28 @@ class SlowStopCloud extends SimulatedProvider {
   }
 }
 
-async function stopCancelledWith(
-  reason: 'CANCELLED' | 'WORKER_SHUTDOWN' | 'TIMED_OUT',
-  details: ActivityCancellationDetails,
-) {
-  const sim = new SlowStopCloud(new MemorySimStore());
+/** stopInstanceIfDetached on i-1 (no volumes) of `sim`, in an activity environment; its outcome as a value. */
+async function stopInstanceOf(sim: SimulatedProvider, info: Partial<Info> = {}) {
   await sim.addInstance('i-1', []);
   const activities = createActivities({
     providers: new Map([[sim.name, sim]]),
     defaultProvider: sim.name,
     pollIntervalMs: 100,
   });
-  const env = new MockActivityEnvironment(attemptInfo());
+  const env = new MockActivityEnvironment({ ...attemptInfo(), ...info });
   const outcome = env.run(activities.stopInstanceIfDetached, { instanceId: 'i-1' }).then(
     (value) => ({ value }),
     (error: unknown) => ({ error }),
   );
+  return { env, outcome };
+}
+
+async function stopCancelledWith(
+  reason: 'CANCELLED' | 'WORKER_SHUTDOWN' | 'TIMED_OUT',
+  details: ActivityCancellationDetails,
+) {
+  const sim = new SlowStopCloud(new MemorySimStore());
+  const { env, outcome } = await stopInstanceOf(sim);
   for (let waited = 0; !sim.begun && waited < 10_000; waited += 20) await new Promise((r) => setTimeout(r, 20));
   env.cancel(reason, details);
   return { sim, outcome: await outcome };
@@ -95,17 +101,7 @@ test('a cancel that came before the stop call was under way stops it being sent,
     }
   }
   const sim = new SlowList(new MemorySimStore());
-  await sim.addInstance('i-1', []);
-  const activities = createActivities({
-    providers: new Map([[sim.name, sim]]),
-    defaultProvider: sim.name,
-    pollIntervalMs: 100,
-  });
-  const env = new MockActivityEnvironment(attemptInfo());
-  const outcome = env.run(activities.stopInstanceIfDetached, { instanceId: 'i-1' }).then(
-    (value) => ({ value }),
-    (error: unknown) => ({ error }),
-  );
+  const { env, outcome } = await stopInstanceOf(sim);
   await new Promise((r) => setTimeout(r, 100));
   env.cancel('CANCELLED', new ActivityCancellationDetails({ cancelRequested: true }));
   expect(await outcome).toHaveProperty('error');
@@ -116,19 +112,7 @@ test('a cancel that came before the stop call was under way stops it being sent,
 test('an attempt that waited long in the queue still has its whole start-to-close for the stop', async () => {
   // Scheduled 20 minutes ago (a backlog, workers down for a while); start-to-close runs from the start.
   const sim = new SlowStopCloud(new MemorySimStore());
-  await sim.addInstance('i-1', []);
-  const activities = createActivities({
-    providers: new Map([[sim.name, sim]]),
-    defaultProvider: sim.name,
-    pollIntervalMs: 100,
-  });
-  const env = new MockActivityEnvironment({
-    ...attemptInfo(),
-    currentAttemptScheduledTimestampMs: Date.now() - 20 * 60_000,
-  });
-  await expect(env.run(activities.stopInstanceIfDetached, { instanceId: 'i-1' })).resolves.toEqual({
-    stopped: true,
-    instanceId: 'i-1',
-  });
+  const { outcome } = await stopInstanceOf(sim, { currentAttemptScheduledTimestampMs: Date.now() - 20 * 60_000 });
+  expect(await outcome).toEqual({ value: { stopped: true, instanceId: 'i-1' } });
   expect(sim.aborted).toBe(false);
 });

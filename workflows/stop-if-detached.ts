@@ -17,27 +17,8 @@ import { interrupted, type StopState } from './stop-state';
  * when a cancel meets the last step.
  */
 const CANCEL_STOPS_NOTHING = 'cancel-stops-nothing';
-/** The last step's `why` when a cancel ended it and the instance does not read stopped. */
-const CANCELLED_BEFORE_STOP = 'cancelled before the instance was stopped';
-/** Added to the `why` when the backend cannot say whether the instance stopped anyway. */
-const STOPPED_ANYWAY_UNKNOWN = 'whether the instance stopped anyway is unknown';
-/** Added to the `why` when the instance stopped anyway but its volumes could not be confirmed detached. */
-const STOPPED_UNCONFIRMED = 'the instance reads stopped, but its volumes could not be confirmed detached';
-
-/**
- * The failure of a stop whose last step a cancel ended, in the contract's words (`cancelled at …`), with what the
- * backend said after it; null when no cancel ended it.
- */
-export function endedByCancel(state: StopState, why: string): string | null {
-  const at = `cancelled at ${state.cancelled?.at}`;
-  const instanceId = state.request.instanceId;
-  if (why === CANCELLED_BEFORE_STOP) return `${at}: instance ${instanceId} was not stopped`;
-  if (why === `${CANCELLED_BEFORE_STOP}; ${STOPPED_ANYWAY_UNKNOWN}`) {
-    return `${at}: instance ${instanceId} was not stopped (${STOPPED_ANYWAY_UNKNOWN})`;
-  }
-  if (why === `${CANCELLED_BEFORE_STOP}; ${STOPPED_UNCONFIRMED}`) return `${at}: ${STOPPED_UNCONFIRMED}`;
-  return null;
-}
+/** The last step's outcome; `cancelled` when a cancel ended it (its `why` is then the stop's whole failure). */
+export type LastStep = Settled<StopInstanceOutcome> | { ok: false; why: string; cancelled: true };
 
 /**
  * The last step. Until an escalation or a cancel its retries are unlimited (an instance must not be
@@ -46,7 +27,7 @@ export function endedByCancel(state: StopState, why: string): string | null {
  * (a stop sent, its answer lost): if it did, and still lists nothing attached, the stop ends `stopped`,
  * never `StopFailed` with the instance down.
  */
-export async function stopIfNothingAttached(state: StopState): Promise<Settled<StopInstanceOutcome>> {
+export async function stopIfNothingAttached(state: StopState): Promise<LastStep> {
   const target = { provider: state.request.provider, instanceId: state.request.instanceId };
   const stopOnce = (retry: typeof UNLIMITED) =>
     activities(say.stop(target.instanceId), { ...stopping, retry }).stopInstanceIfDetached(target);
@@ -67,17 +48,38 @@ export async function stopIfNothingAttached(state: StopState): Promise<Settled<S
   if (!outcome.ok && outcome.why === INTERRUPTED && !(state.cancelled && cancelStopsNothing())) {
     outcome = await fiveTries();
   }
-  if (!outcome.ok && outcome.why === INTERRUPTED && state.cancelled)
-    outcome = { ok: false, why: CANCELLED_BEFORE_STOP };
   if (outcome.ok) return outcome;
+  const anyway = await stoppedAnyway(state, target);
+  if (anyway === 'stopped') return { ok: true, value: { stopped: true, instanceId: target.instanceId } };
+  const unknown = 'whether the instance stopped anyway is unknown';
+  const unconfirmed = 'the instance reads stopped, but its volumes could not be confirmed detached';
+  if (outcome.why === INTERRUPTED && state.cancelled) {
+    const notStopped = `instance ${target.instanceId} was not stopped`;
+    const what = { running: notStopped, unknown: `${notStopped} (${unknown})`, unconfirmed }[anyway];
+    return { ok: false, why: `cancelled at ${state.cancelled.at}: ${what}`, cancelled: true };
+  }
+  return {
+    ok: false,
+    why: { running: outcome.why, unknown: `${outcome.why}; ${unknown}`, unconfirmed: `${outcome.why}; ${unconfirmed}` }[
+      anyway
+    ],
+  };
+}
+
+/**
+ * After a last step that did not succeed: whether the instance stopped anyway (a stop call whose answer was
+ * lost), and whether the backend then lists nothing attached to it.
+ */
+async function stoppedAnyway(
+  state: StopState,
+  target: { provider: string | undefined; instanceId: string },
+): Promise<'running' | 'unknown' | 'stopped' | 'unconfirmed'> {
   const bounded = { ...urgent, retry: BOUNDED };
   const read = await settled(activities(say.readStopped(target.instanceId), bounded).readInstanceStopped(target));
-  if (!read.ok || read.value === 'unknown') return { ok: false, why: `${outcome.why}; ${STOPPED_ANYWAY_UNKNOWN}` };
-  if (read.value === 'running') return outcome;
+  if (!read.ok || read.value === 'unknown') return 'unknown';
+  if (read.value === 'running') return 'running';
   // Whatever the listing says next, the status tells the truth about the instance.
   state.instanceStopped = true;
   const listed = await settled(activities(say.list(target.instanceId), bounded).listAttachedVolumes(target));
-  if (listed.ok && listed.value.length === 0)
-    return { ok: true, value: { stopped: true, instanceId: target.instanceId } };
-  return { ok: false, why: `${outcome.why}; ${STOPPED_UNCONFIRMED}` };
+  return listed.ok && listed.value.length === 0 ? 'stopped' : 'unconfirmed';
 }

@@ -40,7 +40,7 @@ import { abortSignal, setMaxStopDurationUpdate, statusQuery } from './definition
 import { legacyStopInstance } from './legacy/stop-instance-v2';
 import { untilInterrupted } from './settled';
 import { end, fail } from './stop-end';
-import { endedByCancel, stopIfNothingAttached } from './stop-if-detached';
+import { stopIfNothingAttached } from './stop-if-detached';
 import { describe, reportEscalation, say } from './stop-report';
 import { allVolumesSettled, interrupted, iso, type StopState, snapshot } from './stop-state';
 import { invalidUpdate, validate } from './validate';
@@ -177,7 +177,7 @@ async function run(state: StopState): Promise<StopStatus> {
   await detachAll(state, volumes);
 
   for (let check = 1; ; check++) {
-    if (state.cancelled) fail(state, notStoppedByCancel(state));
+    if (state.cancelled) fail(state, `cancelled at ${state.cancelled.at}: instance ${instanceId} was not stopped`);
     const failed = (state.volumes ?? []).filter((v) => v.state === 'failed');
     if (failed.length > 0) {
       const which = failed.map((v) => `${v.volumeId} (${v.lastError ?? 'failed'})`).join(', ');
@@ -185,8 +185,7 @@ async function run(state: StopState): Promise<StopStatus> {
     }
     const outcome = await stopIfNothingAttached(state);
     if (!outcome.ok) {
-      const byCancel = endedByCancel(state, outcome.why);
-      if (byCancel) fail(state, byCancel);
+      if ('cancelled' in outcome) fail(state, outcome.why);
       fail(state, `every volume was detached but stopping ${instanceId} failed: ${outcome.why}`);
     }
     if (outcome.value.stopped) break;
@@ -203,11 +202,6 @@ async function run(state: StopState): Promise<StopStatus> {
   state.instanceStopped = true;
   end(state, 'stopped');
   return snapshot(state);
-}
-
-/** Why a cancelled stop failed, in the contract's words (docs/contract.md). */
-function notStoppedByCancel(state: StopState): string {
-  return `cancelled at ${state.cancelled?.at}: instance ${state.request.instanceId} was not stopped`;
 }
 
 /**
