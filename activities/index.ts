@@ -11,11 +11,14 @@
  *
  * An urgent attempt heartbeats about once a second once it has run a second, and
  * every provider call carries the attempt's cancellation, so a cancel reaches it
- * within a heartbeat and no call outlives its activity. A wait's first attempt
- * beats at once (throttled to one per 20 s by its worker); its later attempts only
- * when they must (pollUntilDetached), and hear of a cancel at their end.
+ * within a heartbeat and no call outlives its activity. A wait of a version 8
+ * stop is handed to the worker's watch list (activities/detach-watch.ts), which
+ * checks, heartbeats and completes it by task token. A wait of an older stop polls
+ * in place: its first attempt beats at once (throttled to one per 20 s by its
+ * worker), its later attempts only when they must (pollUntilDetached), and it
+ * hears of a cancel at its attempt's end.
  */
-import { ApplicationFailure, Context } from '@temporalio/activity';
+import { ApplicationFailure, CompleteAsyncError, Context } from '@temporalio/activity';
 import { ApplicationFailureCategory } from '@temporalio/common';
 import type { VolumeRef } from '../common/request';
 import type {
@@ -31,6 +34,8 @@ import type {
   WaitTarget,
 } from '../common/stop-activities';
 import { Backend, type ProviderEvent } from './backend';
+import { type DetachWatch, HANDBACK_RETRY_MS, stillDetaching } from './detach-watch';
+import { ForcedVolumes } from './forced-volumes';
 import type { Provider } from './provider';
 
 export type { VolumeTarget, WaitHeartbeat } from '../common/stop-activities';
@@ -82,42 +87,6 @@ const FORCE_HOLD_MS = 60_000;
  */
 const LOST_AFTER_POLLS = 3;
 const LOST_AFTER_MAX_MS = 3_600_000;
-
-/**
- * In-process news that a volume was just forced: a wait on it in this worker looks again at
- * once instead of at its next poll, so a stop's cancelled wait ends with its force.
- */
-export class ForcedVolumes {
-  private readonly waiting = new Map<string, Set<() => void>>();
-
-  static key(provider: string, target: VolumeTarget): string {
-    return `${provider}\u0000${target.instanceId}\u0000${target.volume.volumeId}`;
-  }
-
-  forced(key: string): void {
-    for (const wake of this.waiting.get(key) ?? []) wake();
-    this.waiting.delete(key);
-  }
-
-  /** Resolves when the volume is forced here, or after `ms`; rejects when the activity is cancelled meanwhile. */
-  async pause(key: string, ms: number, ctx: Context): Promise<void> {
-    let wake: () => void = () => undefined;
-    const news = new Promise<void>((resolve) => {
-      wake = resolve;
-    });
-    const set = this.waiting.get(key) ?? new Set();
-    set.add(wake);
-    this.waiting.set(key, set);
-    const sleeping = ctx.sleep(ms);
-    sleeping.catch(() => undefined); // when the news wins, a later cancel of the sleep is nobody's business
-    try {
-      await Promise.race([sleeping, news]);
-    } finally {
-      set.delete(wake);
-      if (set.size === 0 && this.waiting.get(key) === set) this.waiting.delete(key);
-    }
-  }
-}
 
 /** The providers of one worker, each with its budget and coalesced state checks. */
 export class Backends {
@@ -249,7 +218,11 @@ async function untilNotThrottled<T>(step: () => Promise<T>): Promise<T> {
   }
 }
 
-export function createActivities(deps: ActivityDeps, backends = new Backends(deps)) {
+/**
+ * The activities over these providers. With `watch`, a wait a version 8 stop schedules (`watched`) is handed to
+ * that watch list (activities/detach-watch.ts); without one, every wait polls in place.
+ */
+export function createActivities(deps: ActivityDeps, backends = new Backends(deps), watch?: DetachWatch) {
   const holdMs = deps.holdMs ?? 60_000;
   const maxPollIntervalMs = Math.max(deps.maxPollIntervalMs ?? 60_000, deps.pollIntervalMs);
 
@@ -339,8 +312,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
           }
           await backends.forcedVolumes.pause(
             ForcedVolumes.key(backend.provider.name, target),
-            deps.pollIntervalMs,
-            ctx,
+            ctx.sleep(deps.pollIntervalMs),
           );
         }
       },
@@ -401,7 +373,33 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         LOST_AFTER_MAX_MS,
         LOST_AFTER_POLLS * deps.pollIntervalMs * 2 ** Math.min(20, target.rerequests ?? 0),
       );
-      return pollUntilDetached(backends.resolve(target.provider), target, {
+      const backend = backends.resolve(target.provider);
+      const ctx = Context.current();
+      // Workflow version 8: the watch list answers for it by its task token, and this attempt ends here.
+      if (target.watched && watch) {
+        const previous = ctx.info.heartbeatDetails as Partial<WaitHeartbeat> | undefined;
+        const beat: WaitHeartbeat = {
+          checks: previous?.checks ?? 0,
+          state: previous?.state ?? 'detaching',
+          since: previous?.since ?? new Date(ctx.info.scheduledTimestampMs).toISOString(),
+        };
+        if (previous?.attachedSince) beat.attachedSince = previous.attachedSince;
+        const watched = watch.watch({
+          taskToken: ctx.info.taskToken,
+          backend,
+          // Only what a check needs: the list keeps thousands of these.
+          target: { provider: target.provider, instanceId: target.instanceId, volume: target.volume },
+          lostAfterMs,
+          attemptDeadlineMs: Date.now() + ctx.info.startToCloseTimeoutMs,
+          heartbeatTimeoutMs: ctx.info.heartbeatTimeoutMs ?? ctx.info.startToCloseTimeoutMs,
+          beat,
+          announce: previous === undefined,
+        });
+        // A worker shutting down takes nothing on: the attempt goes back to the server for another worker.
+        if (!watched) throw stillDetaching({ target, beat }, HANDBACK_RETRY_MS);
+        throw new CompleteAsyncError();
+      }
+      return pollUntilDetached(backend, target, {
         lostAfterMs,
         heartbeatEveryMs: WAIT_HEARTBEAT_EVERY_MS,
         quietAfterFirst: true,

@@ -29,6 +29,11 @@ export interface WaitHeartbeat {
 /** What a wait is asked: the volume, and how many times its request was already found lost and sent again. */
 export interface WaitTarget extends VolumeTarget {
   rerequests?: number;
+  /**
+   * Workflow version 8 (`watched-waits`): the worker's watch list answers for this wait by its task token
+   * (activities/detach-watch.ts) instead of an attempt polling in place; scheduled with a longer heartbeat timeout.
+   */
+  watched?: boolean;
 }
 
 export interface RequestResult {

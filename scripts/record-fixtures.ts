@@ -75,6 +75,12 @@ const scenarios: Scenario[] = [
   },
   { name: 'discovered-volumes', volumes: [{ volumeId: 'vol-a' }], request: {} },
   {
+    // A detach that takes a while: its wait is answered by the worker's watch list (version 8), by task token.
+    name: 'slow-detach',
+    volumes: [{ volumeId: 'vol-slow', behavior: { detachDelayMs: 1_500 } }],
+    request: { volumes: [{ volumeId: 'vol-slow' }] },
+  },
+  {
     name: 'abort',
     volumes: [{ volumeId: 'vol-ok' }, { volumeId: 'vol-stuck', behavior: stuck }],
     request: { volumes: [{ volumeId: 'vol-ok' }, { volumeId: 'vol-stuck' }] },

@@ -29,6 +29,13 @@ export interface HarnessOptions {
   extraActivities?: StopflowWorkerOptions['extraActivities'];
   /** Bundle at start with or without workflow stack traces, instead of the run's shared bundle. */
   workflowStackTraces?: boolean;
+  /** Passed through to createStopflowWorker. */
+  maxConcurrentWaits?: number;
+  watchHeartbeatMs?: number;
+  /** The task queue of another harness: a second worker for the same stops. */
+  taskQueue?: string;
+  /** The simulated cloud of another harness (its store and behaviours). */
+  sim?: SimulatedProvider;
 }
 
 export async function connectClient(): Promise<Client> {
@@ -50,9 +57,9 @@ export function installQuietRuntime(): void {
 
 export async function startHarness(options: HarnessOptions = {}): Promise<Harness> {
   installQuietRuntime();
-  const taskQueue = `test-${randomUUID()}`;
+  const taskQueue = options.taskQueue ?? `test-${randomUUID()}`;
   const client = await connectClient();
-  const sim = new SimulatedProvider(new MemorySimStore(), options.faults ?? {});
+  const sim = options.sim ?? new SimulatedProvider(new MemorySimStore(), options.faults ?? {});
   const nativeConnection = await NativeConnection.connect({ address: inject('temporalAddress') });
   const worker = await createStopflowWorker({
     connection: nativeConnection,
@@ -66,6 +73,9 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       ? { workflowBundle: { codePath: inject('workflowBundlePath') } }
       : { workflowStackTraces: options.workflowStackTraces }),
     ...(options.extraActivities ? { extraActivities: options.extraActivities } : {}),
+    ...(options.maxConcurrentWaits !== undefined ? { maxConcurrentWaits: options.maxConcurrentWaits } : {}),
+    // Watched waits heartbeat every second (80 s in production): `stopflow status` and cancels keep up with tests.
+    watchHeartbeatMs: options.watchHeartbeatMs ?? 1_000,
   });
   const running = worker.run();
   return {

@@ -362,18 +362,11 @@ describe('history stays bounded', () => {
     // task per poll would be ~35 tasks, ~100 events.
     expect(long.tasks).toBeLessThanOrEqual(short.tasks + 9);
     expect(long.pending).toBe(1); // the one waiting activity
-    // Past the hold window (2s in tests) the wait gave its slot back and was retried: still no new events,
-    // and the pending activity tells a person how long the volume has been stuck.
-    expect(long.attempt).toBeGreaterThan(1);
-    expect(long.lastFailure).toMatch(/vol-stuck still detaching since \S+ \(attempt \d+: \d+ checks\)/);
-    // Attempts after the first keep quiet (a heartbeat is a server write per stuck volume): the last heartbeat
-    // is the first attempt's. Read while an attempt (the third or later) runs, it is older than that attempt's
-    // start, where a beat at once would not be; read between attempts (the server clears the start), it is
-    // older than the end of the last one by a hold window at least, where a last word would be as new.
-    expect(long.attempt).toBeGreaterThanOrEqual(3);
-    expect(long.lastHeartbeatMs).toBeGreaterThan(0);
-    if (long.lastStartedMs > 0) expect(long.lastHeartbeatMs).toBeLessThan(long.lastStartedMs);
-    else expect(long.lastHeartbeatMs).toBeLessThan(long.lastAttemptEndedMs - 1_000);
+    // The worker's watch list answers for the wait (version 8): one attempt all along, no retries, no failures,
+    // and its heartbeat (sent after its first check) tells a person what the backend said and since when.
+    expect(long.attempt).toBe(1);
+    expect(long.lastFailure).toBe('');
+    expect(long.lastHeartbeatMs).toBeGreaterThanOrEqual(long.lastStartedMs);
   });
 });
 

@@ -11,9 +11,10 @@
  */
 import { fileURLToPath } from 'node:url';
 import { Client } from '@temporalio/client';
-import { bundleWorkflowCode, type NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
+import { bundleWorkflowCode, type NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
 import { type ActivityDeps, Backends, createActivities, type StopflowActivities } from '../activities';
 import { type CompletionEventsOptions, createCompletionEventActivities } from '../activities/completion-event';
+import { DetachWatch } from '../activities/detach-watch';
 import type { Provider } from '../activities/provider';
 import { askWorkerActivity, createVolumeHolderActivities } from '../activities/volume-holders';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
@@ -44,6 +45,11 @@ export interface StopflowWorkerOptions {
   /** See ActivityDeps.holdMs / maxPollIntervalMs. */
   holdMs?: number;
   maxPollIntervalMs?: number;
+  /**
+   * How often the watch list heartbeats each wait it answers for (activities/detach-watch.ts), at most: a cancel
+   * reaches it within this long. Default: two thirds of the wait's heartbeat timeout (80 s).
+   */
+  watchHeartbeatMs?: number;
   /** Slots of the waits task queue. Default DEFAULT_MAX_CONCURRENT_WAITS. */
   maxConcurrentWaits?: number;
   observe?: ActivityDeps['observe'];
@@ -94,6 +100,8 @@ export class StopflowWorker {
     readonly main: Worker,
     /** Waits for `detached`, on the waits task queue. */
     readonly waits: Worker,
+    /** The volumes whose waits this worker answers for (activities/detach-watch.ts). */
+    readonly watch: DetachWatch,
     /** The workflow thread's heap limit this worker set (worker/workflow-heap.ts); undefined: the operator's. */
     readonly workflowHeapLimitMb?: number,
   ) {}
@@ -115,12 +123,15 @@ export class StopflowWorker {
       }),
     );
     const results = await Promise.allSettled(both);
+    // Before the caller closes the connection: the watched waits go back to the server for another worker.
+    await this.watch.release();
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     if (failed) throw failed.reason;
   }
 
   shutdown(): void {
     for (const w of [this.main, this.waits]) if (w.getState() === 'RUNNING') w.shutdown();
+    void this.watch.release();
   }
 
   /** Runs the workers while `fn` runs, then shuts them down. */
@@ -158,8 +169,15 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
       throw new Error(`backends: built over another provider "${provider.name}" than the worker's`);
     }
   }
-  const { awaitDetached, ...urgent } = createActivities(activityDeps, backends);
   const namespace = options.namespace ?? 'default';
+  const client = new Client({ connection: options.connection, namespace });
+  const watch = new DetachWatch(client.activity, backends.forcedVolumes, {
+    pollIntervalMs: activityDeps.pollIntervalMs,
+    maxPollIntervalMs: Math.max(options.maxPollIntervalMs ?? 60_000, activityDeps.pollIntervalMs),
+    ...(options.watchHeartbeatMs !== undefined ? { heartbeatEveryMs: options.watchHeartbeatMs } : {}),
+    warn: (message, meta) => Runtime.instance().logger.warn(message, meta),
+  });
+  const { awaitDetached, ...urgent } = createActivities(activityDeps, backends, watch);
   const taskQueue = options.taskQueue ?? DEFAULT_TASK_QUEUE;
   const { tuning = {} } = options;
   // Tracing's activity interceptors go first (outermost), so the others run inside the activity's span.
@@ -191,7 +209,7 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
   const mainActivities = {
     ...urgent,
     // Volume ownership asks visibility; completion events need the worker's endpoint (docs/contract.md).
-    ...createVolumeHolderActivities(new Client({ connection: options.connection, namespace }), {
+    ...createVolumeHolderActivities(client, {
       refuse: options.refuseHeldVolumes ?? false,
     }),
     ...createCompletionEventActivities(options.completionEvents),
@@ -230,7 +248,7 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     // heartbeating every second would be five thousand calls a second to Temporal.
     maxHeartbeatThrottleInterval: '20s',
   });
-  return new StopflowWorker(main, waits, workflowHeapLimitMb);
+  return new StopflowWorker(main, waits, watch, workflowHeapLimitMb);
 }
 
 /**

@@ -34,6 +34,19 @@ export const force: ActivityOptions = {
 // throttles to 20 s): thousands of stuck volumes must not flood the server. A lost worker's waits move to
 // another within 30 s.
 export const wait: ActivityOptions = { ...urgent, startToCloseTimeout: '10m', heartbeatTimeout: '30s' };
+/**
+ * A wait as version 8 schedules it (`watched-waits`): its worker's watch list answers for it by task token
+ * (activities/detach-watch.ts) and heartbeats it every 80 s. The heartbeat timeout is how soon a lost worker's
+ * waits move to another; an attempt lasts up to an hour (the list hands it back a minute before). A cancel (an
+ * abort's force, the stop's end) does not wait for the list to hear of it, at its next heartbeat: the wait is
+ * read-only, and the force must start at once.
+ */
+export const watchedWait: ActivityOptions = {
+  startToCloseTimeout: '1h',
+  heartbeatTimeout: '2m',
+  retry: UNLIMITED,
+  cancellationType: ActivityCancellationType.TRY_CANCEL,
+};
 
 /** Activities carry a per-call summary, so the Temporal UI reads as an audit log. */
 export function activities(summary: string, options: ActivityOptions): StopActivities {

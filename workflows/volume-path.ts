@@ -9,6 +9,7 @@ import {
   CancellationScope,
   condition,
   isCancellation,
+  patched,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
@@ -16,11 +17,14 @@ import { StopForcedKey } from '../common/names';
 import { MAX_VOLUMES, type VolumeRef } from '../common/request';
 import type { Escalation, VolumeState, VolumeStatus } from '../common/status';
 import { type VolumeTarget, waitsTaskQueue } from '../common/stop-activities';
-import { activities, BOUNDED, force, urgent, wait } from './activity-options';
+import { activities, BOUNDED, force, urgent, wait, watchedWait } from './activity-options';
 import { failureMessage, settled } from './settled';
 import { fail } from './stop-end';
 import { countForce, describe, say } from './stop-report';
 import { canMove, interrupted, type StopState } from './stop-state';
+
+/** Workflow version 8: waits scheduled for the worker's watch list (workflows/activity-options.ts watchedWait). */
+const WATCHED_WAITS = 'watched-waits';
 
 /** Adds the volumes (found attached again: back to `attached`) and detaches them all in parallel. */
 export async function detachAll(state: StopState, refs: VolumeRef[]): Promise<void> {
@@ -179,10 +183,13 @@ async function detachGracefully(state: StopState, volume: VolumeStatus, target: 
     const requested = await activities(say.request(id), urgent).requestDetach(target);
     volume.attempts += requested.requests;
     if (requested.state === 'detached') return;
+    // WATCHED_WAITS: the wait holds no slot and its attempt does not end every hold window; its worker's watch list
+    // answers for it (and heartbeats it every 80 s).
+    const watched = patched(WATCHED_WAITS);
     const waited = await activities(say.wait(id), {
-      ...wait,
+      ...(watched ? watchedWait : wait),
       taskQueue: waitsTaskQueue(workflowInfo().taskQueue),
-    }).awaitDetached({ ...target, rerequests });
+    }).awaitDetached(watched ? { ...target, rerequests, watched } : { ...target, rerequests });
     if (waited.outcome === 'detached') return;
     // Lost, but the race is decided already (escalation or cancel): the volume is no longer this path's.
     if (CancellationScope.current().consideredCancelled) return;
