@@ -45,6 +45,8 @@ export interface IncidentSample {
   inFlightActivations: number;
   urgentActivities: number;
   waitActivities: number;
+  /** Waits the worker's watch list answers for (absent from runs before version 8). */
+  watchedWaits?: number;
   /** The worker's main-thread event-loop delay since the previous sample, ms (absent from older runs). */
   eventLoopDelay?: { p50Ms: number; p99Ms: number; maxMs: number };
 }

@@ -252,6 +252,7 @@ async function main(): Promise<void> {
       inFlightActivations: main.numInFlightWorkflowActivations,
       urgentActivities: main.numInFlightActivities,
       waitActivities: waits.numInFlightActivities,
+      watchedWaits: worker.watch.size,
       eventLoopDelay: ((ms) => {
         const figure = {
           p50Ms: ms(loopDelay.percentile(50)),

@@ -147,7 +147,7 @@ export function renderIncident(line: Line, inc: IncidentResult, tuned: TunedInci
     "2. **ramp**: the N stops are started (50 starts in flight) with their volume named, until the backend has answered every stuck volume's detach request and the worker has no workflow task left; each stop then waits on its volume. The detach requests go through the budget, so the ramp takes about N ÷ budget seconds.",
   );
   line(
-    `3. **waiting**: RSS (no forced GC: the process as it runs), then every backend call over ${n0(inc.windowMs / 1000)} s while nothing but the N waits runs: the simulated provider's own \`calls\` count, or every action the EC2 server received. "Volume states read" counts volumes whose state a call read (one batched call reads many). "Wait slots busy" and "stuck volumes checked" (at least once since their stop started) show whether the waits fit their slots.`,
+    `3. **waiting**: RSS (no forced GC: the process as it runs), then every backend call over ${n0(inc.windowMs / 1000)} s while nothing but the N waits runs: the simulated provider's own \`calls\` count, or every action the EC2 server received. "Volume states read" counts volumes whose state a call read (one batched call reads many). "Wait slots busy" (and, in brackets, the waits the worker's watch list answers for, holding no slot) and "stuck volumes checked" (at least once since their stop started) show whether the waits fit their slots.`,
   );
   line(
     `4. **healthy**: ${inc.healthyStops} stops with 2 volumes that detach at once, started one every ${ms(inc.healthySpacingMs)} whether or not the previous one ended; start → result of each. p99 is nearest-rank (with ${inc.healthyStops} samples, the slowest). A stop not done by the cap counts as the time it had waited, a lower bound. The aws rows' stops also wait for \`StopInstances\` to report \`stopped\`: the provider's 5 s stop poll, so their figures are not comparable with the simulated rows'.`,
@@ -174,13 +174,13 @@ export function renderIncident(line: Line, inc: IncidentResult, tuned: TunedInci
           .join(', ') || 'none'
       : '';
     line(
-      `| ${r.provider} | ${n0(r.stops)} | ${r.rampSeconds === null ? 'failed' : `${num(r.rampSeconds)} s`} | ${num(r.rss.idleMb)} → ${r.rss.loadedMb === null ? '?' : num(r.rss.loadedMb)} → ${r.rss.endMb === null ? '?' : num(r.rss.endMb)} MB | ${r.rss.perWaitingStopBytes === null ? 'n/a' : `**${kb(r.rss.perWaitingStopBytes)}**`} | ${c ? `**${num(c.perSecond, 2)}**` : ''} | ${byOp} | ${c ? num(c.volumesCheckedPerSecond) : ''} | ${r.waiting ? n0(r.waiting.waitSlotsBusy) : ''} | ${r.waiting ? `${n0(r.waiting.checked)} of ${n0(r.stops)}` : ''} | ${c ? `${num(c.workerCpuPercent)}%` : ''} |`,
+      `| ${r.provider} | ${n0(r.stops)} | ${r.rampSeconds === null ? 'failed' : `${num(r.rampSeconds)} s`} | ${num(r.rss.idleMb)} → ${r.rss.loadedMb === null ? '?' : num(r.rss.loadedMb)} → ${r.rss.endMb === null ? '?' : num(r.rss.endMb)} MB | ${r.rss.perWaitingStopBytes === null ? 'n/a' : `**${kb(r.rss.perWaitingStopBytes)}**`} | ${c ? `**${num(c.perSecond, 2)}**` : ''} | ${byOp} | ${c ? num(c.volumesCheckedPerSecond) : ''} | ${r.waiting ? `${n0(r.waiting.waitSlotsBusy)}${r.waiting.watched !== undefined ? ` (${n0(r.waiting.watched)} watched)` : ''}` : ''} | ${r.waiting ? `${n0(r.waiting.checked)} of ${n0(r.stops)}` : ''} | ${c ? `${num(c.workerCpuPercent)}%` : ''} |`,
     );
   }
   line();
   if (inc.rows.some((r) => r.calls?.temporal)) {
     line(
-      "What they ask of the Temporal server over the same window: requests its frontend received, by its own counters (`service_requests`), from every client (the worker's polls, completions and heartbeats; the benchmark's own few). A wait's attempt is one activity task (a poll answered) and, past the hold window, one `RespondActivityTaskFailed` (`StillDetaching`, retried by the server later); only a first attempt heartbeats.",
+      "What they ask of the Temporal server over the same window: requests its frontend received, by its own counters (`service_requests`), from every client (the worker's polls, completions and heartbeats; the benchmark's own few). A wait the watch list answers for (workflow version 8) is one activity task when it starts, then one `RecordActivityTaskHeartbeat` every 80 s, sent by the list; before version 8, each attempt of a wait was one activity task and, past the hold window, one `RespondActivityTaskFailed` (`StillDetaching`, retried by the server later).",
     );
     line();
     line('| backend | N stuck | Temporal requests/s while waiting | per stuck volume, per minute | largest (/s) |');

@@ -130,7 +130,14 @@ export interface IncidentRow {
   stops: number;
   rampSeconds: number | null;
   /** At the end of the calls window: stuck stops whose detach was answered, stuck volumes checked at least once, busy wait slots. */
-  waiting: { requested: number; checked: number; waitSlotsBusy: number; cachedWorkflows: number } | null;
+  waiting: {
+    requested: number;
+    checked: number;
+    waitSlotsBusy: number;
+    /** Waits the watch list answered for (absent from runs before version 8). */
+    watched?: number;
+    cachedWorkflows: number;
+  } | null;
   rss: { idleMb: number; loadedMb: number | null; endMb: number | null; perWaitingStopBytes: number | null };
   calls: CallsFigure | null;
   healthy: HealthyFigure | null;
@@ -356,7 +363,9 @@ function describeRow(row: IncidentRow): string {
     );
   }
   if (row.waiting)
-    parts.push(`waits busy ${row.waiting.waitSlotsBusy}, stuck checked ${row.waiting.checked}/${row.stops};`);
+    parts.push(
+      `waits busy ${row.waiting.waitSlotsBusy}, watched ${row.waiting.watched ?? 'n/a'}, stuck checked ${row.waiting.checked}/${row.stops};`,
+    );
   if (row.healthy) {
     parts.push(
       `healthy p50 ${row.healthy.p50} / p99 ${row.healthy.p99} ms${row.healthy.unfinished ? ` (${row.healthy.unfinished} unfinished)` : ''};`,
@@ -558,6 +567,7 @@ async function measureRow(ctx: BenchContext, spec: RowSpec, options: RowOptions)
       requested: after.stuckRequested,
       checked: after.stuckChecked,
       waitSlotsBusy: after.waitActivities,
+      ...(after.watchedWaits !== undefined ? { watched: after.watchedWaits } : {}),
       cachedWorkflows: after.cachedWorkflows,
     };
 
