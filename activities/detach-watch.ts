@@ -17,6 +17,7 @@ import {
   ActivityCancelledError,
   ActivityNotFoundError,
   ActivityPausedError,
+  ActivityResetError,
   type AsyncCompletionClient,
 } from '@temporalio/client';
 import { ApplicationFailureCategory } from '@temporalio/common';
@@ -61,8 +62,16 @@ type Ending =
   | { kind: 'done'; result: WaitResult }
   | { kind: 'failed'; error: unknown }
   | { kind: 'handback' }
-  /** The server said the wait is cancelled, paused or gone: nothing more to say, or only that it heard. */
-  | { kind: 'heard'; cancelled: boolean };
+  /** The server said the wait is no longer this list's: what it said decides what the list answers, if anything. */
+  | { kind: 'heard'; said: ServerSaid }
+  /** No heartbeat got through for a whole heartbeat timeout: the server has timed the attempt out and retries it. */
+  | { kind: 'lapsed' };
+type ServerSaid = 'cancelled' | 'gone' | 'paused' | 'reset';
+
+/** Longest a shutdown waits for the waits to be handed back: past it, they go back at their heartbeat timeout. */
+const RELEASE_BOUND_MS = 10_000;
+/** A heartbeat that failed (not a refusal: the server could not be reached) is sent again this soon, once. */
+const BEAT_RETRY_MS = 5_000;
 
 export class DetachWatch {
   private readonly watching = new Map<AbortController, Promise<void>>();
@@ -91,70 +100,119 @@ export class DetachWatch {
     const run = this.root
       .runInAsyncScope(() => this.follow(wait, controller))
       .catch((error: unknown) => {
-        const meta = { volumeId: wait.target.volume.volumeId, instanceId: wait.target.instanceId, error };
-        const warn = this.options.warn ?? ((message: string) => console.error(`stopflow: ${message}`, meta));
         // The wait is left to its heartbeat timeout: the server retries it on a worker (this one included).
-        warn('the watch of a wait broke; the server retries the wait after its heartbeat timeout', meta);
+        this.warn('the watch of a wait broke; the server retries the wait after its heartbeat timeout', wait, error);
       })
       .finally(() => this.watching.delete(controller));
     this.watching.set(controller, run);
     return true;
   }
 
-  /** Hands every wait back to the server (StillDetaching, retried within a second), for another worker to take. */
+  /**
+   * Hands every wait back to the server (StillDetaching, retried within a second), for another worker to take. Bounded:
+   * a shutdown must not outlast its grace because the server is slow to answer; what is not handed back by then goes
+   * back at its heartbeat timeout.
+   */
   release(): Promise<void> {
     this.released ??= (async () => {
       for (const controller of this.watching.keys()) controller.abort();
-      await Promise.allSettled([...this.watching.values()]);
+      const bound = sleep(RELEASE_BOUND_MS, undefined, { ref: false });
+      await Promise.race([Promise.allSettled([...this.watching.values()]), bound]);
     })();
     return this.released;
   }
 
+  private warn(message: string, wait: WatchedWait, error?: unknown): void {
+    const meta = { volumeId: wait.target.volume.volumeId, instanceId: wait.target.instanceId, error };
+    if (this.options.warn) this.options.warn(message, meta);
+    else console.error(`stopflow: ${message}`, meta);
+  }
+
   private async follow(wait: WatchedWait, controller: AbortController): Promise<void> {
     let heard: Ending | undefined;
-    // The wait's heartbeat, apart from its checks: a check may wait long for budget tokens under throttling.
-    const beat = () => {
-      void this.completion.heartbeat(wait.taskToken, wait.beat).catch((err: unknown) => {
-        const ending = serverSays(err);
-        if (ending && !heard) {
-          heard = ending;
-          controller.abort();
-        }
-      });
+    const end = (ending: Ending) => {
+      heard ??= ending;
+      controller.abort();
     };
-    const everyMs = Math.min(
-      this.options.heartbeatEveryMs ?? Number.POSITIVE_INFINITY,
-      Math.max(1_000, Math.floor((wait.heartbeatTimeoutMs * 2) / 3)),
-    );
-    const beats = setInterval(beat, everyMs);
+    let lastBeatAt = Date.now();
+    let retry: NodeJS.Timeout | undefined;
+    // The wait's heartbeat, apart from its checks: a check may wait long for budget tokens under throttling.
+    const beat = (again = true) => {
+      this.completion.heartbeat(wait.taskToken, wait.beat).then(
+        () => {
+          lastBeatAt = Date.now();
+        },
+        (err: unknown) => {
+          const said = serverSays(err);
+          if (said) return end({ kind: 'heard', said });
+          if (Date.now() - lastBeatAt >= wait.heartbeatTimeoutMs) {
+            this.warn('no heartbeat of a wait reached Temporal for its heartbeat timeout: it is retried', wait, err);
+            return end({ kind: 'lapsed' });
+          }
+          // One missed beat must not time the attempt out: the next is two thirds of the timeout away.
+          if (again && !controller.signal.aborted) retry = setTimeout(() => beat(false), BEAT_RETRY_MS);
+        },
+      );
+    };
+    const timeoutShare = Math.max(1_000, Math.floor((wait.heartbeatTimeoutMs * 2) / 3));
+    const everyMs = Math.min(this.options.heartbeatEveryMs ?? Number.POSITIVE_INFINITY, timeoutShare);
+    // A little jitter: waits registered in one burst do not beat in the same second ever after.
+    const beats = setInterval(beat, Math.floor(everyMs * (0.9 + Math.random() * 0.1)));
     let ending: Ending;
     try {
       // A first attempt says at once what it found, for `stopflow status`; later ones carry their details on.
-      ending = await this.until(wait, controller.signal, wait.announce ? beat : undefined);
+      ending = await this.until(wait, controller.signal, wait.announce ? () => beat() : undefined);
     } finally {
       clearInterval(beats);
+      clearTimeout(retry);
     }
     ending = heard ?? ending;
     const { taskToken } = wait;
-    try {
+    await this.answer(taskToken, async () => {
       switch (ending.kind) {
         case 'done':
-          return await this.completion.complete(taskToken, ending.result);
+          return this.completion.complete(taskToken, ending.result);
         case 'failed':
-          return await this.completion.fail(taskToken, ending.error);
+          return this.completion.fail(taskToken, ending.error);
         case 'heard':
-          // A cancel is acknowledged (the stop may still be running: its history then closes the wait).
-          if (ending.cancelled) await this.completion.reportCancellation(taskToken);
+          return this.acknowledge(taskToken, ending.said);
+        case 'lapsed':
           return;
         case 'handback':
           // The next attempt reads the latest details: checks counted on, and how long the request looks lost.
           await this.completion.heartbeat(taskToken, wait.beat);
-          return await this.completion.fail(taskToken, stillDetaching(wait, HANDBACK_RETRY_MS));
+          return this.completion.fail(taskToken, stillDetaching(wait, HANDBACK_RETRY_MS));
       }
-    } catch (err) {
-      // The stop moved on (an abort cancelled this wait, the stop ended): nobody is waiting for the answer.
-      if (serverSays(err)) return;
-      throw err;
+    });
+  }
+
+  /** What the SDK's worker answers to the same news for an activity it runs. */
+  private async acknowledge(taskToken: Uint8Array, said: ServerSaid): Promise<void> {
+    if (said === 'cancelled') await this.completion.reportCancellation(taskToken);
+    else if (said === 'paused')
+      await this.completion.fail(taskToken, new ApplicationFailure('Activity paused', 'ActivityPause'));
+    else if (said === 'reset')
+      await this.completion.fail(taskToken, new ApplicationFailure('Activity reset', 'ActivityReset'));
+  }
+
+  /**
+   * Sends the list's answer, a few times if the server cannot be reached: a detach it failed to report would only be
+   * seen after the heartbeat timeout. A refusal ends it, or turns it into the answer that news calls for.
+   */
+  private async answer(taskToken: Uint8Array, send: () => Promise<void>): Promise<void> {
+    for (let tries = 1; ; tries++) {
+      try {
+        return await send();
+      } catch (err) {
+        const said = serverSays(err);
+        if (said) {
+          // Heard while answering (a cancel, say): acknowledged as such, once; the stop may have ended already.
+          if (said !== 'gone') await this.acknowledge(taskToken, said).catch(() => undefined);
+          return;
+        }
+        if (tries >= 3) throw err;
+        await sleep(1_000 * 2 ** (tries - 1));
+      }
     }
   }
 
@@ -195,11 +253,12 @@ export class DetachWatch {
   }
 }
 
-/** What an error from the server says of the wait, when it says it is no longer this list's to answer for. */
-function serverSays(err: unknown): Ending | undefined {
-  if (err instanceof ActivityCancelledError) return { kind: 'heard', cancelled: true };
-  if (err instanceof ActivityNotFoundError || err instanceof ActivityPausedError)
-    return { kind: 'heard', cancelled: false };
+/** What an error from the server says of the wait, when it says the wait is no longer this list's to answer for. */
+function serverSays(err: unknown): ServerSaid | undefined {
+  if (err instanceof ActivityCancelledError) return 'cancelled';
+  if (err instanceof ActivityNotFoundError) return 'gone';
+  if (err instanceof ActivityPausedError) return 'paused';
+  if (err instanceof ActivityResetError) return 'reset';
   return undefined;
 }
 

@@ -385,7 +385,8 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         };
         if (previous?.attachedSince) beat.attachedSince = previous.attachedSince;
         const watched = watch.watch({
-          taskToken: ctx.info.taskToken,
+          // A copy: the SDK's is a view of the whole decoded task (its input and headers too).
+          taskToken: Uint8Array.from(ctx.info.taskToken),
           backend,
           // Only what a check needs: the list keeps thousands of these.
           target: { provider: target.provider, instanceId: target.instanceId, volume: target.volume },

@@ -2,10 +2,21 @@
  * The watch list (activities/detach-watch.ts), through the workflow on the dev server: a stuck volume's wait
  * (workflow version 8) holds no slot of the waits queue, is completed by task token when its volume detaches,
  * heartbeats what `stopflow status` shows, hears of a cancel at its next heartbeat, and goes back to the server
- * when its worker shuts down, for another worker to take at once.
+ * when its worker shuts down, for another worker to take at once. Then, against a fake server, the answers it
+ * gives to what the server says (paused, reset, cancelled, unreachable).
  */
-import { afterEach, expect, test } from 'vitest';
-import type { SeedVolume } from '../activities/providers/simulated';
+import { randomUUID } from 'node:crypto';
+import {
+  ActivityCancelledError,
+  ActivityPausedError,
+  ActivityResetError,
+  type AsyncCompletionClient,
+} from '@temporalio/client';
+import { afterEach, describe, expect, test } from 'vitest';
+import { Backend } from '../activities/backend';
+import { DetachWatch } from '../activities/detach-watch';
+import { ForcedVolumes } from '../activities/forced-volumes';
+import { MemorySimStore, type SeedVolume, SimulatedProvider } from '../activities/providers/simulated';
 import { workflowIdFor } from '../common/names';
 import { eventually, type Harness, type HarnessOptions, startHarness } from './helpers';
 
@@ -109,3 +120,144 @@ test('a worker that shuts down hands its watched waits back: another worker take
   expect(status.phase).toBe('stopped');
   expect(status.volumes[0]?.state).toBe('detached');
 });
+
+test('an operator who pauses a watched wait pauses it: the list lets go at its next heartbeat, and an unpause brings it back', async () => {
+  const h = await harness();
+  const instanceId = await stuckStop(h);
+  await eventually(async () => h.worker.watch.size === 1, 'the wait in the watch list');
+  const execution = { workflowId: workflowIdFor(instanceId) };
+  const id = (await h.stopflow.progress(instanceId)).volumes[0]?.work?.activityId ?? null;
+  expect(id).not.toBeNull();
+  await h.client.workflowService.pauseActivity({
+    namespace: 'default',
+    execution,
+    id,
+    identity: 'test',
+    reason: 'test',
+  });
+  await eventually(async () => h.worker.watch.size === 0, 'the list to let the paused wait go');
+  await eventually(
+    async () => (await h.stopflow.progress(instanceId)).volumes[0]?.work?.state === 'paused',
+    'the wait paused on the server',
+  );
+  await h.client.workflowService.unpauseActivity({ namespace: 'default', execution, id, identity: 'test' });
+  await eventually(async () => h.worker.watch.size === 1, 'the unpaused wait watched again');
+  await unstick(h, instanceId);
+  const status = await h.stopflow.result(instanceId);
+  expect(status.phase).toBe('stopped');
+  expect(status.volumes[0]?.state).toBe('detached');
+});
+
+/** What the list said to the server, by task token; each method can be told to throw. */
+class FakeCompletion {
+  readonly said: { call: string; arg?: unknown }[] = [];
+  heartbeatError: (() => Error) | undefined;
+  completeErrors: Error[] = [];
+  async heartbeat(_token: Uint8Array, details?: unknown): Promise<void> {
+    this.said.push({ call: 'heartbeat', arg: details });
+    if (this.heartbeatError) throw this.heartbeatError();
+  }
+  async complete(_token: Uint8Array, result: unknown): Promise<void> {
+    this.said.push({ call: 'complete', arg: result });
+    const error = this.completeErrors.shift();
+    if (error) throw error;
+  }
+  async fail(_token: Uint8Array, err: unknown): Promise<void> {
+    this.said.push({ call: 'fail', arg: err });
+  }
+  async reportCancellation(): Promise<void> {
+    this.said.push({ call: 'reportCancellation' });
+  }
+  calls(name: string) {
+    return this.said.filter((s) => s.call === name);
+  }
+}
+
+describe('the watch list’s answers (a fake server, a simulated cloud)', () => {
+  async function watched(options: { heartbeatTimeoutMs?: number } = {}) {
+    const sim = new SimulatedProvider(new MemorySimStore());
+    const instanceId = `i-${randomUUID().slice(0, 8)}`;
+    await sim.addInstance(instanceId, [stuck]);
+    await sim.detachVolume(instanceId, { volumeId: stuck.volumeId });
+    const completion = new FakeCompletion();
+    const warnings: string[] = [];
+    const watch = new DetachWatch(completion as unknown as AsyncCompletionClient, new ForcedVolumes(), {
+      pollIntervalMs: 50,
+      maxPollIntervalMs: 100,
+      heartbeatEveryMs: 100,
+      warn: (message) => warnings.push(message),
+    });
+    const start = () =>
+      watch.watch({
+        taskToken: new Uint8Array([1]),
+        backend: new Backend(sim),
+        target: { instanceId, volume: { volumeId: stuck.volumeId } },
+        lostAfterMs: 60_000,
+        attemptDeadlineMs: Date.now() + 3_600_000,
+        heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? 120_000,
+        beat: { checks: 0, state: 'detaching', since: new Date().toISOString() },
+        announce: true,
+      });
+    return { sim, instanceId, completion, watch, warnings, start };
+  }
+
+  test.each([
+    ['paused', () => new ActivityPausedError('paused'), 'fail', 'ActivityPause'],
+    ['reset', () => new ActivityResetError('reset'), 'fail', 'ActivityReset'],
+    ['cancelled', () => new ActivityCancelledError('cancelled'), 'reportCancellation', undefined],
+  ] as const)(
+    'a wait the server says is %s gets the answer the SDK’s worker would give, and leaves the list',
+    async (_what, error, call, type) => {
+      const w = await watched();
+      w.completion.heartbeatError = error;
+      expect(w.start()).toBe(true);
+      await eventually(async () => w.watch.size === 0, 'the list to let go');
+      expect(w.completion.calls(call)).toHaveLength(1);
+      if (type) expect(w.completion.calls('fail')[0]?.arg).toMatchObject({ type });
+      expect(w.completion.calls('complete')).toHaveLength(0);
+    },
+  );
+
+  test('a completion the server could not take is sent again: a detach is never reported only by a timeout', async () => {
+    const w = await watched();
+    w.completion.completeErrors = [new Error('14 UNAVAILABLE: connection reset')];
+    w.start();
+    await unstickSim(w.sim, w.instanceId);
+    await eventually(async () => w.watch.size === 0, 'the list to answer');
+    expect(w.completion.calls('complete').map((c) => c.arg)).toEqual([
+      expect.objectContaining({ outcome: 'detached' }),
+      expect.objectContaining({ outcome: 'detached' }),
+    ]);
+  });
+
+  test('heartbeats that cannot reach the server for a whole heartbeat timeout: the list lets go, says so, and answers nothing', async () => {
+    const w = await watched({ heartbeatTimeoutMs: 1_000 });
+    w.completion.heartbeatError = () => new Error('14 UNAVAILABLE: no connection');
+    w.start();
+    await eventually(async () => w.watch.size === 0, 'the list to let the lapsed wait go');
+    expect(w.warnings.join('\n')).toMatch(/no heartbeat of a wait reached Temporal/);
+    expect(w.completion.calls('complete')).toHaveLength(0);
+    expect(w.completion.calls('fail')).toHaveLength(0);
+  });
+
+  test('release hands a wait back with its latest details, and a wait offered after it is refused', async () => {
+    const w = await watched();
+    w.start();
+    await eventually(async () => w.completion.calls('heartbeat').length > 0, 'the first heartbeat');
+    await w.watch.release();
+    expect(w.watch.size).toBe(0);
+    const failed = w.completion.calls('fail')[0]?.arg;
+    expect(failed).toMatchObject({ type: 'StillDetaching', nextRetryDelay: 1_000 });
+    expect(w.completion.said.at(-2)).toMatchObject({
+      call: 'heartbeat',
+      arg: expect.objectContaining({ state: 'detaching' }),
+    });
+    expect(w.start()).toBe(false);
+  });
+});
+
+async function unstickSim(sim: SimulatedProvider, instanceId: string): Promise<void> {
+  await sim.store.mutate((cloud) => {
+    for (const v of cloud.instances[instanceId]?.volumes ?? []) v.behavior.hang = false;
+  });
+}

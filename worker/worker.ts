@@ -170,7 +170,13 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     }
   }
   const namespace = options.namespace ?? 'default';
-  const client = new Client({ connection: options.connection, namespace });
+  const { tuning = {} } = options;
+  // The watch list answers for waits with this client: under the worker's identity, as the worker would.
+  const client = new Client({
+    connection: options.connection,
+    namespace,
+    ...(tuning.identity !== undefined ? { identity: tuning.identity } : {}),
+  });
   const watch = new DetachWatch(client.activity, backends.forcedVolumes, {
     pollIntervalMs: activityDeps.pollIntervalMs,
     maxPollIntervalMs: Math.max(options.maxPollIntervalMs ?? 60_000, activityDeps.pollIntervalMs),
@@ -179,7 +185,6 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
   });
   const { awaitDetached, ...urgent } = createActivities(activityDeps, backends, watch);
   const taskQueue = options.taskQueue ?? DEFAULT_TASK_QUEUE;
-  const { tuning = {} } = options;
   // Tracing's activity interceptors go first (outermost), so the others run inside the activity's span.
   const activityInterceptors = [
     ...(options.tracing?.activityInterceptors(defaultProvider) ?? []),

@@ -66,7 +66,11 @@ const OWNERSHIP_EVENTS = 'ownership-events';
  */
 const ASK_WORKER_ONCE = 'ask-worker-once';
 
-/** Longest a stop waits, at its end, for cancelled graceful work to acknowledge (waits heartbeat every 20 s). */
+/**
+ * Longest a stop waits, at its end, for cancelled graceful work to acknowledge: waits scheduled before version 8
+ * (`watched-waits`), which hear of a cancel within their hold window. A watched wait is cancelled with TRY_CANCEL and
+ * settles at once: its worker's list hears of the cancel at its next heartbeat, after the stop if need be.
+ */
 const CANCELLED_WORK_BOUND = '30s';
 /** Rounds of "the backend still lists something attached" before the stop gives up. */
 const MAX_FINAL_CHECKS = 5;
@@ -136,9 +140,9 @@ async function runToEnd(state: StopState): Promise<StopStatus> {
   try {
     return await run(state);
   } finally {
-    // Cancelled waits end within a poll once their volume is detached (at once on the worker that forced
-    // it). One a cancel left stuck hears of it at its next heartbeat or its attempt's end (its hold window);
-    // past the bound it is left behind.
+    // Cancelled waits polling in place end within a poll once their volume is detached (at once on the worker
+    // that forced it). One a cancel left stuck hears of it at its next heartbeat or its attempt's end (its hold
+    // window); past the bound it is left behind. Watched waits settled when cancelled (TRY_CANCEL).
     if (state.cancelledWork.length > 0) {
       let settled = false;
       void Promise.allSettled(state.cancelledWork).then(() => {

@@ -32,8 +32,9 @@ export interface StopState {
   forced: boolean;
   error?: string;
   /**
-   * Graceful work cancelled on escalation or cancel, still acknowledging: awaited (bounded) before
-   * the stop ends, so its history closes every activity, but never on the way to force or stop.
+   * Graceful work cancelled on escalation or cancel, still acknowledging: awaited (bounded) before the stop
+   * ends, never on the way to force or stop. Only waits scheduled before version 8 take any time here; a
+   * watched wait settles when cancelled, and its history may end with just its cancel request.
    */
   cancelledWork: Promise<unknown>[];
   /** Resolves when the stop is escalated or cancelled; made by the first volume that waits on it. */
