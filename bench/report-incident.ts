@@ -363,6 +363,13 @@ export function renderIncidentBounds(
         `by its history, the slowest healthy stop at this N (${ms(slow.latencyMs)}) had its workflow tasks wait ${ms(slow.workflowTasksQueued)} and its activities ${ms(slow.activitiesQueued)} to be handed to a worker (the server's queue, or no free slot), and its workflow tasks run ${ms(slow.workflowTasksRan)} (on the worker); the slowest stop of N = 0 (${ms(typical.latencyMs)}): ${ms(typical.workflowTasksQueued)}, ${ms(typical.activitiesQueued)} and ${ms(typical.workflowTasksRan)}. ${ranOver >= waitedOver ? `More of the excess (${ms(ranOver)} against ${ms(waitedOver)}) is in its workflow tasks' runs on the stopflow worker than in hand-offs` : `More of the excess (${ms(waitedOver)} against ${ms(ranOver)}) is in hand-offs than in its workflow tasks' runs`}`,
       );
     }
+    const floorNow = r?.abort?.floor.p99;
+    const floorIdle = zero?.abort?.floor.p99;
+    if (floorNow !== undefined && floorIdle !== undefined && floorIdle > 0 && floorNow > floorIdle) {
+      why.push(
+        `Temporal's own floor (signal → activity, a minimal workflow on a worker of its own) was ${num(floorNow / floorIdle, 2)}× slower at p99 in this row than in N = 0's (${ms(floorNow)} against ${ms(floorIdle)}): the same dev server, holding the N waiting stops, hands out every task more slowly, whoever's`,
+      );
+    }
     const tunedRow = tuned?.rows.find((t) => t.provider === 'simulated' && t.stops === r?.stops && t.healthy);
     const tunedRatio = tunedRow && tuned ? healthyRatios(tunedRow, base(tuned)) : null;
     if (tunedRow?.healthy && tunedRatio) {

@@ -567,5 +567,10 @@ function renderBounds(line: Line, missed: string[], r: BenchResults): void {
     );
     line();
   }
-  if (incident) renderIncidentBounds(line, incident, r.scenarios.incidentTuned, missed);
+  // A ratio is only taken within one run: the tuned rows of another run (older code, perhaps) are not compared here.
+  const tunedSameRun =
+    describeRun(runOf(r, 'incidentTuned')) === describeRun(runOf(r, 'incident'))
+      ? r.scenarios.incidentTuned
+      : undefined;
+  if (incident) renderIncidentBounds(line, incident, tunedSameRun, missed);
 }
