@@ -65,7 +65,15 @@ test('stuck volumes hold no wait slot: with one slot, three waits are watched at
   const events = (await h.client.workflow.getHandle(workflowIdFor(first)).fetchHistory()).events ?? [];
   const waits = events.filter((e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'awaitDetached');
   expect(waits).toHaveLength(1);
-  expect(events.some((e) => e.activityTaskCompletedEventAttributes)).toBe(true);
+  const waitCompleted = events.find(
+    (e) => String(e.activityTaskCompletedEventAttributes?.scheduledEventId) === String(waits[0]?.eventId),
+  );
+  expect(waitCompleted).toBeDefined();
+  // On its first attempt: the list answered for the one attempt it was given.
+  const waitStarted = events.find(
+    (e) => String(e.activityTaskStartedEventAttributes?.scheduledEventId) === String(waits[0]?.eventId),
+  );
+  expect(waitStarted?.activityTaskStartedEventAttributes?.attempt).toBe(1);
   for (const id of others) expect((await h.stopflow.status(id)).phase).toBe('stopping');
   await eventually(async () => h.worker.watch.size === 2, 'the detached volume to leave the watch list');
 
