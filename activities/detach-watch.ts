@@ -236,13 +236,8 @@ export class DetachWatch {
       if (beat.state === 'detached') return { kind: 'done', result: { outcome: 'detached', checks: beat.checks } };
       afterFirstCheck?.();
       afterFirstCheck = undefined;
-      if (answered) {
-        if (beat.state !== 'attached') delete beat.attachedSince;
-        else beat.attachedSince ??= new Date().toISOString();
-        // Decided on an answer that still reads `attached`, as a wait in place decides it.
-        if (beat.attachedSince && Date.now() - Date.parse(beat.attachedSince) >= wait.lostAfterMs) {
-          return { kind: 'done', result: { outcome: 'lost', checks: beat.checks } };
-        }
+      if (answered && looksLost(beat, wait.lostAfterMs)) {
+        return { kind: 'done', result: { outcome: 'lost', checks: beat.checks } };
       }
       if (Date.now() + pauseMs > handBackAt) return { kind: 'handback' };
       await this.forced
@@ -251,6 +246,35 @@ export class DetachWatch {
       pauseMs = Math.min(pauseMs * 2, this.options.maxPollIntervalMs);
     }
   }
+}
+
+/**
+ * Takes a check's answer (in `beat.state`) into the "lost" clock, and says whether the request looks lost: every
+ * answer has read `attached` for `lostAfterMs`. Only answers count: a backend that errors said nothing of the volume.
+ * Shared by the watch list and a wait polling in place, so both decide it alike.
+ */
+export function looksLost(beat: WaitHeartbeat, lostAfterMs: number | undefined): boolean {
+  if (beat.state !== 'attached') delete beat.attachedSince;
+  else beat.attachedSince ??= new Date().toISOString();
+  return (
+    lostAfterMs !== undefined &&
+    beat.attachedSince !== undefined &&
+    Date.now() - Date.parse(beat.attachedSince) >= lostAfterMs
+  );
+}
+
+/**
+ * The details a wait's attempt starts from: those the server kept of the attempts before it (checks counted on,
+ * since when, how long the request has looked lost), or fresh ones.
+ */
+export function carriedBeat(previous: Partial<WaitHeartbeat> | undefined, scheduledAtMs: number): WaitHeartbeat {
+  const beat: WaitHeartbeat = {
+    checks: previous?.checks ?? 0,
+    state: previous?.state ?? 'detaching',
+    since: previous?.since ?? new Date(scheduledAtMs).toISOString(),
+  };
+  if (previous?.attachedSince) beat.attachedSince = previous.attachedSince;
+  return beat;
 }
 
 /** What an error from the server says of the wait, when it says the wait is no longer this list's to answer for. */

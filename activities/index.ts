@@ -34,7 +34,7 @@ import type {
   WaitTarget,
 } from '../common/stop-activities';
 import { Backend, type ProviderEvent } from './backend';
-import { type DetachWatch, HANDBACK_RETRY_MS, stillDetaching } from './detach-watch';
+import { carriedBeat, type DetachWatch, HANDBACK_RETRY_MS, looksLost, stillDetaching } from './detach-watch';
 import { ForcedVolumes } from './forced-volumes';
 import type { Provider } from './provider';
 
@@ -248,12 +248,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
     // Quiet past the first attempt, once the server has details to show (a first attempt that never beat, a
     // worker lost before its first heartbeat, leaves none).
     const quiet = quietAfterFirst && ctx.info.attempt > 1 && previous !== undefined;
-    const beat: WaitHeartbeat = {
-      checks: previous?.checks ?? 0,
-      state: previous?.state ?? 'detaching',
-      since: previous?.since ?? new Date(ctx.info.scheduledTimestampMs).toISOString(),
-    };
-    if (previous?.attachedSince) beat.attachedSince = previous.attachedSince;
+    const beat = carriedBeat(previous, ctx.info.scheduledTimestampMs);
     let beaten = !quiet;
     let checksHere = 0;
     // The attempt's last word: a worker that throttles heartbeats still sends the latest details with the
@@ -285,16 +280,8 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
             }
           }
           if (beat.state === 'detached') return { outcome: 'detached', checks: beat.checks };
-          // Only answers count towards "lost": a backend that errors has said nothing about the volume.
-          if (answered) {
-            if (beat.state !== 'attached') delete beat.attachedSince;
-            else beat.attachedSince ??= new Date().toISOString();
-          }
           // Decided on an answer that still reads `attached`: errors after an old read say nothing new.
-          const attachedFor = answered && beat.attachedSince ? Date.now() - Date.parse(beat.attachedSince) : undefined;
-          if (lostAfterMs !== undefined && attachedFor !== undefined && attachedFor >= lostAfterMs) {
-            return { outcome: 'lost', checks: beat.checks };
-          }
+          if (answered && looksLost(beat, lostAfterMs)) return { outcome: 'lost', checks: beat.checks };
           if (Date.now() + deps.pollIntervalMs > releaseAt) {
             lastWord();
             const releases = Math.max(0, ctx.info.attempt - 1);
@@ -378,12 +365,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       // Workflow version 8: the watch list answers for it by its task token, and this attempt ends here.
       if (target.watched && watch) {
         const previous = ctx.info.heartbeatDetails as Partial<WaitHeartbeat> | undefined;
-        const beat: WaitHeartbeat = {
-          checks: previous?.checks ?? 0,
-          state: previous?.state ?? 'detaching',
-          since: previous?.since ?? new Date(ctx.info.scheduledTimestampMs).toISOString(),
-        };
-        if (previous?.attachedSince) beat.attachedSince = previous.attachedSince;
+        const beat = carriedBeat(previous, ctx.info.scheduledTimestampMs);
         const watched = watch.watch({
           // A copy: the SDK's is a view of the whole decoded task (its input and headers too).
           taskToken: Uint8Array.from(ctx.info.taskToken),
