@@ -5,9 +5,10 @@
  * budgeted checks and completes each wait by its task token as soon as the volume reads `detached` (or the request
  * looks lost).
  *
- * Each wait still heartbeats, from here, at two thirds of its heartbeat timeout (80 s of 2 min): that is how the
+ * Each wait still heartbeats, from here, at two thirds of its heartbeat timeout (200 s of the default 5 min, the
+ * worker's STOPFLOW_WATCH_HEARTBEAT_TIMEOUT since workflow version 9; 80 s of 2 min in version 8): that is how the
  * server notices a lost worker (the wait is retried on another within the timeout) and how this list hears of a
- * cancel (the heartbeat's answer). One request per stuck volume per 80 s, where a wait polling in place cost two
+ * cancel (the heartbeat's answer). One request per stuck volume per 200 s, where a wait polling in place cost two
  * per hold window and pause (docs/worker.md "Isolation"). A worker that shuts down hands its waits back at once.
  */
 import { AsyncResource } from 'node:async_hooks';
@@ -156,13 +157,24 @@ export class DetachWatch {
     };
     const timeoutShare = Math.max(1_000, Math.floor((wait.heartbeatTimeoutMs * 2) / 3));
     const everyMs = Math.min(this.options.heartbeatEveryMs ?? Number.POSITIVE_INFINITY, timeoutShare);
-    // A little jitter: waits registered in one burst do not beat in the same second ever after.
-    const beats = setInterval(beat, Math.floor(everyMs * (0.9 + Math.random() * 0.1)));
+    // Each wait beats at a phase of its own, drawn at random: waits registered in one burst (an incident, a worker
+    // restart) spread their beats over the whole interval at once, instead of all beating together an interval later.
+    let beats: NodeJS.Timeout | undefined;
+    const phase = setTimeout(
+      () => {
+        beat();
+        beats = setInterval(beat, everyMs);
+      },
+      Math.floor(everyMs * Math.random()),
+    );
     let ending: Ending;
     try {
       // A first attempt says at once what it found, for `stopflow status`; later ones carry their details on.
       ending = await this.until(wait, controller.signal, wait.announce ? () => beat() : undefined);
     } finally {
+      // A beat in flight that fails after this must not schedule another for an ended watch.
+      controller.abort();
+      clearTimeout(phase);
       clearInterval(beats);
       clearTimeout(retry);
     }
@@ -274,6 +286,7 @@ export function carriedBeat(previous: Partial<WaitHeartbeat> | undefined, schedu
     since: previous?.since ?? new Date(scheduledAtMs).toISOString(),
   };
   if (previous?.attachedSince) beat.attachedSince = previous.attachedSince;
+  if (previous?.forceSentAt) beat.forceSentAt = previous.forceSentAt;
   return beat;
 }
 

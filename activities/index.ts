@@ -21,22 +21,23 @@
 import { ApplicationFailure, CompleteAsyncError, Context } from '@temporalio/activity';
 import { ApplicationFailureCategory } from '@temporalio/common';
 import type { VolumeRef } from '../common/request';
-import type {
-  BackendState,
-  ForceResult,
-  InstanceTarget,
-  RequestResult,
-  StopActivities,
-  StopInstanceOutcome,
-  VolumeTarget,
-  WaitHeartbeat,
-  WaitResult,
-  WaitTarget,
+import {
+  type BackendState,
+  DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS,
+  type ForceResult,
+  type InstanceTarget,
+  type RequestResult,
+  type StopActivities,
+  type StopInstanceOutcome,
+  type VolumeTarget,
+  type WaitHeartbeat,
+  type WaitResult,
+  type WaitTarget,
 } from '../common/stop-activities';
 import { Backend, type ProviderEvent } from './backend';
 import { carriedBeat, type DetachWatch, HANDBACK_RETRY_MS, looksLost, stillDetaching } from './detach-watch';
 import { ForcedVolumes } from './forced-volumes';
-import type { Provider } from './provider';
+import { type Provider, refusedRequest } from './provider';
 
 export type { VolumeTarget, WaitHeartbeat } from '../common/stop-activities';
 export type { ProviderEvent } from './backend';
@@ -54,6 +55,11 @@ export interface ActivityDeps {
   holdMs?: number;
   /** Longest pause between checks of a volume stuck past the hold window. Default 60s. */
   maxPollIntervalMs?: number;
+  /**
+   * The heartbeat timeout watched waits are scheduled with (reported by requestDetach, workflow version 9): how long
+   * a killed worker's waits stay with it. Default DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS (5 min).
+   */
+  watchHeartbeatTimeoutMs?: number;
   /** Called on every provider call and error, for metrics. Must not throw. */
   observe?: (event: ProviderEvent) => void;
 }
@@ -240,7 +246,15 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       heartbeatEveryMs = HEARTBEAT_EVERY_MS,
       quietAfterFirst = false,
       attemptHoldMs = holdMs,
-    }: { lostAfterMs?: number; heartbeatEveryMs?: number; quietAfterFirst?: boolean; attemptHoldMs?: number } = {},
+      forceSentAt,
+    }: {
+      lostAfterMs?: number;
+      heartbeatEveryMs?: number;
+      quietAfterFirst?: boolean;
+      attemptHoldMs?: number;
+      /** A force's poll: the force it sent, carried in its details (forceDetachVolume). */
+      forceSentAt?: string | undefined;
+    } = {},
   ): Promise<{ outcome: 'detached' | 'lost'; checks: number }> => {
     const ctx = Context.current();
     const releaseAt = Date.now() + attemptHoldMs;
@@ -249,6 +263,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
     // worker lost before its first heartbeat, leaves none).
     const quiet = quietAfterFirst && ctx.info.attempt > 1 && previous !== undefined;
     const beat = carriedBeat(previous, ctx.info.scheduledTimestampMs);
+    if (forceSentAt) beat.forceSentAt = forceSentAt;
     let beaten = !quiet;
     let checksHere = 0;
     // The attempt's last word: a worker that throttles heartbeats still sends the latest details with the
@@ -352,7 +367,11 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
         },
       );
       // Earlier attempts counted as one request each (their tries in place are not known here).
-      return { requests: ctx.info.attempt - 1 + sent, state };
+      return {
+        requests: ctx.info.attempt - 1 + sent,
+        state,
+        watchHeartbeatTimeoutMs: deps.watchHeartbeatTimeoutMs ?? DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS,
+      };
     },
 
     async awaitDetached(target: WaitTarget): Promise<WaitResult> {
@@ -397,26 +416,51 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
           'ForceUnsupported',
         );
       }
+      const ctx = Context.current();
+      // An earlier attempt that sent the force and did not report it forced (its worker died or its attempt was cut
+      // off mid-call; the volume was slower than its minute) said so in its heartbeat details: the volume may be
+      // detached because of that force.
+      const sentEarlier = (ctx.info.heartbeatDetails as Partial<WaitHeartbeat> | undefined)?.forceSentAt;
+      // Kept in every heartbeat of this attempt (a failed attempt's last details are what the next one reads).
+      let said: Partial<WaitHeartbeat> | undefined = sentEarlier ? { forceSentAt: sentEarlier } : undefined;
       // Force may lose data: never on a volume the backend already reads detached (the graceful detach won).
       const before = await heartbeating(
-        () => undefined,
-        () => briefly(() => backend.states.check(target, Context.current().cancellationSignal, 'urgent')),
+        () => said,
+        () => briefly(() => backend.states.check(target, ctx.cancellationSignal, 'urgent')),
       );
-      if (before === 'detached') return { forced: false, attempts: Context.current().info.attempt, checks: 1 };
+      // The audit must not hide a force: a volume forced by an earlier attempt is `force_detached`, not `detached`.
+      if (before === 'detached') return { forced: sentEarlier !== undefined, attempts: ctx.info.attempt, checks: 1 };
       await heartbeating(
-        () => undefined,
+        () => said,
         // One force per attempt, never repeated in place: force may lose data, and its tries are counted (5).
         // A throttled one was refused, not done: it is sent again once the budget's pause is over.
         () =>
           untilNotThrottled(() =>
-            backend.call('forceDetachVolume', (o) =>
-              backend.provider.forceDetachVolume(target.instanceId, target.volume, o),
-            ),
+            backend.call('forceDetachVolume', async (o) => {
+              // Said before the request leaves, for the next attempt if this one never hears how it went (see above).
+              const prior = said;
+              said = { forceSentAt: new Date().toISOString() };
+              ctx.heartbeat(said);
+              try {
+                return await backend.provider.forceDetachVolume(target.instanceId, target.volume, o);
+              } catch (err) {
+                // A refusal (throttled, a device still held, unsupported) forced nothing. Anything else (a timeout, a
+                // 5xx, the attempt cut off mid-call) may have been applied: it counts, the safe side for an audit.
+                if (refusedRequest(err)) {
+                  said = prior;
+                  ctx.heartbeat(said);
+                }
+                throw err;
+              }
+            }),
           ),
       );
       backends.forcedVolumes.forced(ForcedVolumes.key(backend.provider.name, target));
-      const { checks } = await pollUntilDetached(backend, target, { attemptHoldMs: FORCE_HOLD_MS });
-      return { forced: true, attempts: Context.current().info.attempt, checks: checks + 1 };
+      const { checks } = await pollUntilDetached(backend, target, {
+        attemptHoldMs: FORCE_HOLD_MS,
+        forceSentAt: said?.forceSentAt,
+      });
+      return { forced: true, attempts: ctx.info.attempt, checks: checks + 1 };
     },
 
     async readAttachmentState(target: VolumeTarget): Promise<BackendState> {
@@ -441,6 +485,12 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
     async stopInstanceIfDetached(input: InstanceTarget): Promise<StopInstanceOutcome> {
       const startedAtMs = Date.now();
       const backend = backends.resolve(input.provider);
+      const readStopped = backend.provider.isInstanceStopped?.bind(backend.provider);
+      // A stop call may have been sent already: by an earlier attempt (its worker died, its answer was lost) or an
+      // earlier try of this one. Then an instance the backend reads stopped, with nothing attached, is not stopped
+      // again: one stop call per stop, where the backend can tell. A retried attempt asks whatever the one before it
+      // did: an instance someone else stopped meanwhile, with nothing attached, is as stopped.
+      let maybeSent = Context.current().info.attempt > 1;
       return heartbeating(
         () => undefined,
         // The last word before stopping: whatever the request named, the backend is asked what is attached.
@@ -450,19 +500,32 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
           briefly(async () => {
             const attached = await listOnce(backend, input.instanceId);
             if (attached.length > 0) return { stopped: false, instanceId: input.instanceId, attached };
+            if (
+              maybeSent &&
+              readStopped &&
+              (await backend.call('isInstanceStopped', (o) => readStopped(input.instanceId, o)))
+            ) {
+              return { stopped: true, instanceId: input.instanceId };
+            }
             // A stop under way finishes: a workflow cancel or an escalation does not abort it (an instance left
             // `stopping` by an aborted wait would stop anyway, after the stop reported it running). Its polls
             // for `stopped` wait for routine tokens, behind other stops' forces and requests.
             const underWay = stopUnderWaySignal(Context.current(), startedAtMs);
             try {
-              await backend.call('stopInstance', (o) => {
+              await backend.call('stopInstance', async (o) => {
                 // Not under way yet: a cancel that came first means no stop call at all.
                 underWay.signal.throwIfAborted();
-                return backend.provider.stopInstance(input.instanceId, {
-                  ...o,
-                  signal: underWay.signal,
-                  nextRequest: () => backend.budget.take(underWay.signal, 1, 'routine'),
-                });
+                try {
+                  return await backend.provider.stopInstance(input.instanceId, {
+                    ...o,
+                    signal: underWay.signal,
+                    nextRequest: () => backend.budget.take(underWay.signal, 1, 'routine'),
+                  });
+                } catch (err) {
+                  // Sent, whatever came back, unless the backend refused it (throttled): then a retry need not ask.
+                  if (!refusedRequest(err)) maybeSent = true;
+                  throw err;
+                }
               });
             } finally {
               underWay.release();

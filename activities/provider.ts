@@ -97,6 +97,25 @@ export interface Provider {
 /** A failure worth retrying: timeouts, 5xx, a busy device. */
 export class TransientProviderError extends Error {
   override name = 'TransientProviderError';
+  constructor(
+    message: string,
+    /**
+     * The backend answered and did nothing (a device still held, a volume in the wrong state), as opposed to a
+     * timeout or a 5xx after which the request may have been applied. A force refused so is not counted as sent.
+     */
+    readonly refused = false,
+  ) {
+    super(message);
+  }
+}
+
+/** Whether a provider error says the request was refused, with nothing done (throttled, refused, permanent). */
+export function refusedRequest(err: unknown): boolean {
+  return (
+    (err instanceof TransientProviderError && (err.refused || err instanceof ThrottledProviderError)) ||
+    err instanceof ForceUnsupportedError ||
+    err instanceof PermanentProviderError
+  );
 }
 
 /**

@@ -1,7 +1,8 @@
 /**
  * What the stopInstance workflow asks of its activities, and what they answer: the
- * one interface both sides compile against (activities/index.ts implements it,
- * workflows/ only imports its types). Names here are activity types in history.
+ * one interface both sides compile against (activities/index.ts implements it;
+ * workflows/ imports its types and the few pure helpers below, such as
+ * waitsTaskQueue). Names here are activity types in history.
  */
 import type { VolumeRef } from './request';
 
@@ -24,6 +25,11 @@ export interface WaitHeartbeat {
   since: string;
   /** Since when every check read `attached` (kept across attempts): how long the request has looked lost. */
   attachedSince?: string;
+  /**
+   * A force-detach's details: when its attempt sent the force. A later attempt that finds the volume detached reports
+   * it forced (that force may be what detached it), where an attempt cut short would otherwise leave it `detached`.
+   */
+  forceSentAt?: string;
 }
 
 /** What a wait is asked: the volume, and how many times its request was already found lost and sent again. */
@@ -44,6 +50,33 @@ export interface RequestResult {
    * wait, and so never queues on the waits task queue behind stuck volumes.
    */
   state: BackendState;
+  /**
+   * Workflow version 9 (`worker-timed-watch`): the heartbeat timeout, ms, the worker's operator chose for watched
+   * waits (STOPFLOW_WATCH_HEARTBEAT_TIMEOUT): the workflow schedules this volume's wait with it. It is the one
+   * setting that trades a lost worker's recovery time against the server's work per stuck volume, and only the
+   * operator knows which matters more. Absent from older workers: DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS.
+   */
+  watchHeartbeatTimeoutMs?: number;
+}
+
+/**
+ * The heartbeat timeout of a watched wait, by default. Its watch list beats at two thirds of it (200 s): one write
+ * on the server per stuck volume per 200 s, which is what a few thousand stuck volumes cost the server while they
+ * wait (BENCHMARKS.md, incident scale). A worker killed without a shutdown leaves its waits this long.
+ */
+export const DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS = 300_000;
+/**
+ * What a watched wait's heartbeat timeout may be: at least 10 s (the list beats at two thirds of it), at most 30 min
+ * (an attempt lasts an hour and is handed back a minute or two before it ends, after a last beat).
+ */
+export const WATCH_HEARTBEAT_TIMEOUT_RANGE_MS = [10_000, 1_800_000] as const;
+
+/** A worker's answer, held to the range (a workflow takes nothing out of range from a misconfigured worker). */
+export function watchHeartbeatTimeoutMs(requested: RequestResult): number {
+  const [min, max] = WATCH_HEARTBEAT_TIMEOUT_RANGE_MS;
+  const ms = requested.watchHeartbeatTimeoutMs;
+  if (ms === undefined || !Number.isFinite(ms)) return DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS;
+  return Math.min(max, Math.max(min, Math.round(ms)));
 }
 
 /**

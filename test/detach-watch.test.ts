@@ -18,6 +18,7 @@ import { DetachWatch } from '../activities/detach-watch';
 import { ForcedVolumes } from '../activities/forced-volumes';
 import { MemorySimStore, type SeedVolume, SimulatedProvider } from '../activities/providers/simulated';
 import { workflowIdFor } from '../common/names';
+import { DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS, watchHeartbeatTimeoutMs } from '../common/stop-activities';
 import { eventually, type Harness, type HarnessOptions, startHarness } from './helpers';
 
 const harnesses: Harness[] = [];
@@ -85,6 +86,24 @@ test('stuck volumes hold no wait slot: with one slot, three waits are watched at
     expect(ended.volumes[0]?.state).toBe('force_detached');
   }
   await eventually(async () => h.worker.watch.size === 0, 'the forced volumes to leave the watch list');
+});
+
+test('a watched wait is scheduled with its worker’s heartbeat timeout (version 9): 5 min by default, or the operator’s', async () => {
+  const scheduledTimeoutSeconds = async (h: Harness, instanceId: string) => {
+    await eventually(async () => h.worker.watch.size === 1, 'the wait in the watch list');
+    const events = (await h.client.workflow.getHandle(workflowIdFor(instanceId)).fetchHistory()).events ?? [];
+    const scheduled = events.find(
+      (e) => e.activityTaskScheduledEventAttributes?.activityType?.name === 'awaitDetached',
+    );
+    const timeout = scheduled?.activityTaskScheduledEventAttributes?.heartbeatTimeout;
+    await h.stopflow.abort(instanceId, { reason: 'test' });
+    expect((await h.stopflow.result(instanceId)).phase).toBe('stopped');
+    return Number(timeout?.seconds ?? Number.NaN);
+  };
+  const byDefault = await harness();
+  expect(await scheduledTimeoutSeconds(byDefault, await stuckStop(byDefault))).toBe(300);
+  const configured = await harness({ watchHeartbeatTimeoutMs: 45_000 });
+  expect(await scheduledTimeoutSeconds(configured, await stuckStop(configured))).toBe(45);
 });
 
 test('the list heartbeats each wait: `stopflow status` shows its checks, and a lost worker would be noticed', async () => {
@@ -158,11 +177,11 @@ test('an operator who pauses a watched wait pauses it: the list lets go at its n
 
 /** What the list said to the server, by task token; each method can be told to throw. */
 class FakeCompletion {
-  readonly said: { call: string; arg?: unknown }[] = [];
+  readonly said: { call: string; arg?: unknown; token?: number | undefined; at?: number }[] = [];
   heartbeatError: (() => Error) | undefined;
   completeErrors: Error[] = [];
-  async heartbeat(_token: Uint8Array, details?: unknown): Promise<void> {
-    this.said.push({ call: 'heartbeat', arg: details });
+  async heartbeat(token: Uint8Array, details?: unknown): Promise<void> {
+    this.said.push({ call: 'heartbeat', arg: details, token: token[0], at: Date.now() });
     if (this.heartbeatError) throw this.heartbeatError();
   }
   async complete(_token: Uint8Array, result: unknown): Promise<void> {
@@ -248,6 +267,43 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
     expect(w.completion.calls('fail')).toHaveLength(0);
   });
 
+  test('waits taken over in one burst beat at phases of their own, each within one interval of its start', async () => {
+    const w = await watched();
+    const everyMs = 3_000;
+    const watch = new DetachWatch(w.completion as unknown as AsyncCompletionClient, new ForcedVolumes(), {
+      pollIntervalMs: 1_000,
+      maxPollIntervalMs: 1_000,
+      heartbeatEveryMs: everyMs,
+    });
+    const registeredAt = Date.now();
+    const tokens = Array.from({ length: 12 }, (_, i) => i + 1);
+    for (const token of tokens) {
+      watch.watch({
+        taskToken: new Uint8Array([token]),
+        backend: new Backend(w.sim),
+        target: { instanceId: w.instanceId, volume: { volumeId: stuck.volumeId } },
+        lostAfterMs: 60_000,
+        attemptDeadlineMs: Date.now() + 3_600_000,
+        heartbeatTimeoutMs: 120_000,
+        beat: { checks: 0, state: 'detaching', since: new Date().toISOString() },
+        announce: false, // no beat after the first check: only the schedule's
+      });
+    }
+    const firstBeats = await eventually(async () => {
+      const first = new Map<number, number>();
+      for (const c of w.completion.calls('heartbeat')) {
+        if (c.token !== undefined && c.at !== undefined && !first.has(c.token)) first.set(c.token, c.at - registeredAt);
+      }
+      return first.size === tokens.length ? [...first.values()] : undefined;
+    }, 'every wait’s first heartbeat');
+    await watch.release();
+    // All twelve at the interval's end (the old schedule) would put them within a few ms of each other; drawn at
+    // random over 3 s, twelve fall within half a second of each other once in tens of millions of runs.
+    expect(Math.max(...firstBeats) - Math.min(...firstBeats)).toBeGreaterThan(500);
+    // Within one interval, give or take a loaded machine's late timers: well inside the server's timeout (1.5 intervals).
+    expect(Math.max(...firstBeats)).toBeLessThan(everyMs * 1.4);
+  });
+
   test('release hands a wait back with its latest details, and a wait offered after it is refused', async () => {
     const w = await watched();
     w.start();
@@ -262,6 +318,21 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
     });
     expect(w.start()).toBe(false);
   });
+});
+
+test('the workflow holds a worker’s heartbeat timeout to 10 s-30 min, and takes 5 min from a worker that says nothing', () => {
+  const answer = (ms?: number) =>
+    watchHeartbeatTimeoutMs({
+      requests: 1,
+      state: 'detaching',
+      ...(ms === undefined ? {} : { watchHeartbeatTimeoutMs: ms }),
+    });
+  expect(answer()).toBe(DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS);
+  expect(DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS).toBe(300_000);
+  expect(answer(45_000)).toBe(45_000);
+  expect(answer(1)).toBe(10_000);
+  expect(answer(24 * 3_600_000)).toBe(1_800_000);
+  expect(answer(Number.NaN)).toBe(DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS);
 });
 
 async function unstickSim(sim: SimulatedProvider, instanceId: string): Promise<void> {

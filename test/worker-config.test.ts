@@ -38,6 +38,7 @@ describe('worker configuration', () => {
       pollIntervalMs: 5_000,
       detachHoldMs: 15_000,
       maxPollIntervalMs: 60_000,
+      watchHeartbeatTimeoutMs: 300_000,
       // Metrics on loopback unless configured: they name instances and volumes.
       metricsAddress: '127.0.0.1:9464',
       shutdownGraceMs: 20_000,
@@ -58,6 +59,7 @@ describe('worker configuration', () => {
       STOPFLOW_POLL_INTERVAL: '2s',
       STOPFLOW_DETACH_HOLD: '30s',
       STOPFLOW_MAX_POLL_INTERVAL: '2m',
+      STOPFLOW_WATCH_HEARTBEAT_TIMEOUT: '90s',
       STOPFLOW_METRICS_ADDRESS: 'off',
       STOPFLOW_SHUTDOWN_GRACE: '45s',
       STOPFLOW_MAX_CONCURRENT_ACTIVITIES: '500',
@@ -75,6 +77,7 @@ describe('worker configuration', () => {
       pollIntervalMs: 2_000,
       detachHoldMs: 30_000,
       maxPollIntervalMs: 120_000,
+      watchHeartbeatTimeoutMs: 90_000,
       metricsAddress: null,
       shutdownGraceMs: 45_000,
       maxConcurrentActivities: 500,
@@ -304,6 +307,16 @@ describe('worker configuration', () => {
     ['STOPFLOW_POLL_INTERVAL', '500ms', 'STOPFLOW_POLL_INTERVAL: must be a duration such as "5s" (1s-20s)'],
     ['STOPFLOW_POLL_INTERVAL', 'fast', 'STOPFLOW_POLL_INTERVAL: must be a duration such as "5s" (1s-20s)'],
     ['STOPFLOW_DETACH_HOLD', '1h', 'STOPFLOW_DETACH_HOLD: must be a duration such as "15s" (1s-5m)'],
+    [
+      'STOPFLOW_WATCH_HEARTBEAT_TIMEOUT',
+      '5s',
+      'STOPFLOW_WATCH_HEARTBEAT_TIMEOUT: must be a duration such as "5m" (10s-30m)',
+    ],
+    [
+      'STOPFLOW_WATCH_HEARTBEAT_TIMEOUT',
+      '1h',
+      'STOPFLOW_WATCH_HEARTBEAT_TIMEOUT: must be a duration such as "5m" (10s-30m)',
+    ],
     ['STOPFLOW_SHUTDOWN_GRACE', '0s', 'STOPFLOW_SHUTDOWN_GRACE: must be a duration such as "20s" (1s-10m)'],
     [
       'STOPFLOW_PROVIDERS',

@@ -25,6 +25,7 @@ import { simStatePath } from '../activities/providers/simulated';
 import { describeTracing, tracingProblems } from '../client/tracing';
 import { formatDuration, parseDuration } from '../common/duration';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
+import { DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS, WATCH_HEARTBEAT_TIMEOUT_RANGE_MS } from '../common/stop-activities';
 import { DEFAULT_DETACH_HOLD_MS, DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
@@ -38,6 +39,7 @@ export const POLL_INTERVAL_RANGE_MS = [1_000, 20_000] as const;
 export const DETACH_HOLD_RANGE_MS = [1_000, 300_000] as const;
 export const MAX_POLL_INTERVAL_RANGE_MS = [1_000, 600_000] as const;
 export const SHUTDOWN_GRACE_RANGE_MS = [1_000, 600_000] as const;
+export { WATCH_HEARTBEAT_TIMEOUT_RANGE_MS };
 
 export interface TemporalSettings {
   address: string;
@@ -69,6 +71,8 @@ export interface WorkerConfig {
   pollIntervalMs: number;
   detachHoldMs: number;
   maxPollIntervalMs: number;
+  /** The heartbeat timeout of watched waits (STOPFLOW_WATCH_HEARTBEAT_TIMEOUT): a killed worker's waits move after it. */
+  watchHeartbeatTimeoutMs: number;
   metricsAddress: string | null;
   shutdownGraceMs: number;
   maxConcurrentActivities: number;
@@ -342,6 +346,10 @@ const envSchema = z
       blankToUndefined,
       durationVar('60s', MAX_POLL_INTERVAL_RANGE_MS).default(60_000),
     ),
+    STOPFLOW_WATCH_HEARTBEAT_TIMEOUT: z.preprocess(
+      blankToUndefined,
+      durationVar('5m', WATCH_HEARTBEAT_TIMEOUT_RANGE_MS).default(DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS),
+    ),
     // Loopback unless told otherwise: metrics name instances and volumes (a container sets 0.0.0.0 itself).
     STOPFLOW_METRICS_ADDRESS: z.preprocess(blankToUndefined, metricsAddress.default('127.0.0.1:9464')),
     STOPFLOW_SHUTDOWN_GRACE: z.preprocess(
@@ -495,6 +503,7 @@ export function loadWorkerConfig(env: Env = process.env): WorkerConfig {
     pollIntervalMs: e.STOPFLOW_POLL_INTERVAL,
     detachHoldMs: e.STOPFLOW_DETACH_HOLD,
     maxPollIntervalMs: e.STOPFLOW_MAX_POLL_INTERVAL,
+    watchHeartbeatTimeoutMs: e.STOPFLOW_WATCH_HEARTBEAT_TIMEOUT,
     metricsAddress: e.STOPFLOW_METRICS_ADDRESS,
     shutdownGraceMs: e.STOPFLOW_SHUTDOWN_GRACE,
     maxConcurrentActivities: e.STOPFLOW_MAX_CONCURRENT_ACTIVITIES,
@@ -661,6 +670,7 @@ export function describeWorkerConfig(config: WorkerConfig, env: Env = process.en
     pollInterval: formatDuration(config.pollIntervalMs),
     detachHold: formatDuration(config.detachHoldMs),
     maxPollInterval: formatDuration(config.maxPollIntervalMs),
+    watchHeartbeatTimeout: formatDuration(config.watchHeartbeatTimeoutMs),
     metrics: config.metricsAddress ? `http://${config.metricsAddress}/metrics` : 'off',
     shutdownGrace: formatDuration(config.shutdownGraceMs),
     maxConcurrentActivities: config.maxConcurrentActivities,

@@ -207,6 +207,7 @@ async function serve(
       pollIntervalMs: config.pollIntervalMs,
       holdMs: config.detachHoldMs,
       maxPollIntervalMs: config.maxPollIntervalMs,
+      watchHeartbeatTimeoutMs: config.watchHeartbeatTimeoutMs,
       maxConcurrentWaits: config.maxConcurrentWaits,
       refuseHeldVolumes: config.refuseHeldVolumes,
       ...(config.events ? { completionEvents: { url: config.events.url, secret: config.events.secret } } : {}),

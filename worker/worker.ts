@@ -47,9 +47,14 @@ export interface StopflowWorkerOptions {
   maxPollIntervalMs?: number;
   /**
    * How often the watch list heartbeats each wait it answers for (activities/detach-watch.ts), at most: a cancel
-   * reaches it within this long. Default: two thirds of the wait's heartbeat timeout (80 s).
+   * reaches it within this long. Default: two thirds of the wait's heartbeat timeout (200 s of the default 5 min).
    */
   watchHeartbeatMs?: number;
+  /**
+   * The heartbeat timeout stops schedule their watched waits with (workflow version 9; STOPFLOW_WATCH_HEARTBEAT_TIMEOUT):
+   * how long a worker killed without a shutdown keeps its waits. Default DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS (5 min).
+   */
+  watchHeartbeatTimeoutMs?: number;
   /** Slots of the waits task queue. Default DEFAULT_MAX_CONCURRENT_WAITS. */
   maxConcurrentWaits?: number;
   observe?: ActivityDeps['observe'];
@@ -162,6 +167,8 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
   if (options.observe) activityDeps.observe = options.observe;
   activityDeps.holdMs = options.holdMs ?? DEFAULT_DETACH_HOLD_MS;
   if (options.maxPollIntervalMs !== undefined) activityDeps.maxPollIntervalMs = options.maxPollIntervalMs;
+  if (options.watchHeartbeatTimeoutMs !== undefined)
+    activityDeps.watchHeartbeatTimeoutMs = options.watchHeartbeatTimeoutMs;
   // One Backends for both Workers: a provider's call budget and its batched checks are per process.
   const backends = options.backends ?? new Backends(activityDeps);
   for (const provider of options.providers) {

@@ -36,7 +36,7 @@ export const force: ActivityOptions = {
 export const wait: ActivityOptions = { ...urgent, startToCloseTimeout: '10m', heartbeatTimeout: '30s' };
 /**
  * A wait as version 8 schedules it (`watched-waits`): its worker's watch list answers for it by task token
- * (activities/detach-watch.ts) and heartbeats it every 80 s. The heartbeat timeout is how soon a lost worker's
+ * (activities/detach-watch.ts) and heartbeats it every 80 s (two thirds of 2 min; version 9: watchedWaitTimed). The heartbeat timeout is how soon a lost worker's
  * waits move to another; an attempt lasts up to an hour (the list hands it back a minute or two before). A cancel (an
  * escalation, the stop's cancel) settles it at once (TRY_CANCEL): the list hears of it at its next heartbeat, up to
  * 80 s later, and the stop's end must not wait that long for a read-only wait (it waited up to 30 s before).
@@ -47,6 +47,14 @@ export const watchedWait: ActivityOptions = {
   retry: UNLIMITED,
   cancellationType: ActivityCancellationType.TRY_CANCEL,
 };
+
+/**
+ * A watched wait as version 9 schedules it (`worker-timed-watch`): with the heartbeat timeout the requesting worker's
+ * operator chose (5 min by default, common/stop-activities.ts): its list beats at two thirds of it.
+ */
+export function watchedWaitTimed(heartbeatTimeoutMs: number): ActivityOptions {
+  return { ...watchedWait, heartbeatTimeout: heartbeatTimeoutMs };
+}
 
 /** Activities carry a per-call summary, so the Temporal UI reads as an audit log. */
 export function activities(summary: string, options: ActivityOptions): StopActivities {

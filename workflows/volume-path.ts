@@ -16,8 +16,8 @@ import {
 import { StopForcedKey } from '../common/names';
 import { MAX_VOLUMES, type VolumeRef } from '../common/request';
 import type { Escalation, VolumeState, VolumeStatus } from '../common/status';
-import { type VolumeTarget, waitsTaskQueue } from '../common/stop-activities';
-import { activities, BOUNDED, force, urgent, wait, watchedWait } from './activity-options';
+import { type VolumeTarget, waitsTaskQueue, watchHeartbeatTimeoutMs } from '../common/stop-activities';
+import { activities, BOUNDED, force, urgent, wait, watchedWait, watchedWaitTimed } from './activity-options';
 import { failureMessage, settled } from './settled';
 import { fail } from './stop-end';
 import { countForce, describe, say } from './stop-report';
@@ -25,6 +25,8 @@ import { canMove, interrupted, type StopState } from './stop-state';
 
 /** Workflow version 8: waits scheduled for the worker's watch list (workflows/activity-options.ts watchedWait). */
 const WATCHED_WAITS = 'watched-waits';
+/** Workflow version 9: a watched wait's heartbeat timeout is the requesting worker's setting (watchedWaitTimed). */
+const WORKER_TIMED_WATCH = 'worker-timed-watch';
 
 /** Adds the volumes (found attached again: back to `attached`) and detaches them all in parallel. */
 export async function detachAll(state: StopState, refs: VolumeRef[]): Promise<void> {
@@ -184,10 +186,17 @@ async function detachGracefully(state: StopState, volume: VolumeStatus, target: 
     volume.attempts += requested.requests;
     if (requested.state === 'detached') return;
     // WATCHED_WAITS: the wait holds no slot and its attempt does not end every hold window; its worker's watch list
-    // answers for it (and heartbeats it every 80 s).
+    // answers for it (and heartbeats it at two thirds of its heartbeat timeout).
     const watched = patched(WATCHED_WAITS);
+    // WORKER_TIMED_WATCH: the operator's trade of a lost worker's recovery time against the server's work per stuck
+    // volume (a heartbeat every two thirds of it), as the worker that sent the request reported it.
+    const options = !watched
+      ? wait
+      : patched(WORKER_TIMED_WATCH)
+        ? watchedWaitTimed(watchHeartbeatTimeoutMs(requested))
+        : watchedWait;
     const waited = await activities(say.wait(id), {
-      ...(watched ? watchedWait : wait),
+      ...options,
       taskQueue: waitsTaskQueue(workflowInfo().taskQueue),
     }).awaitDetached(watched ? { ...target, rerequests, watched } : { ...target, rerequests });
     if (waited.outcome === 'detached') return;

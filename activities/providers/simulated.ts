@@ -283,6 +283,7 @@ export class SimulatedProvider implements Provider {
       if (v.behavior.force === 'fails') {
         throw new TransientProviderError(
           `simulated force-detach of ${v.volumeId} failed: volume still held by the host`,
+          true,
         );
       }
       failIfScheduled(v, 'force-detach');

@@ -124,7 +124,15 @@ export interface WorkerProcessOptions {
    * this long before it reaches the backend: a force in progress to crash into.
    */
   forceDelayMs?: number;
+  /**
+   * The heartbeat timeout stops schedule their watched waits with (STOPFLOW_WATCH_HEARTBEAT_TIMEOUT). Default 20 s,
+   * not production's 5 min: a SIGKILLed worker's waits then move to another within a test's patience.
+   */
+  watchHeartbeatTimeoutMs?: number;
 }
+
+/** The watched waits' heartbeat timeout of the robustness workers (WorkerProcessOptions.watchHeartbeatTimeoutMs). */
+export const ROBUSTNESS_WATCH_HEARTBEAT_TIMEOUT_MS = 20_000;
 
 export interface WorkerProcess {
   kind: 'test' | 'production';
@@ -183,6 +191,9 @@ export function spawnWorkerProcess(options: WorkerProcessOptions & { kind?: 'tes
           STOPFLOW_HOLD_MS: String(options.holdMs ?? 2_000),
           STOPFLOW_MAX_POLL_INTERVAL: String(options.maxPollIntervalMs ?? 1_000),
           STOPFLOW_FORCE_DELAY_MS: String(options.forceDelayMs ?? 0),
+          STOPFLOW_WATCH_HEARTBEAT_TIMEOUT_MS: String(
+            options.watchHeartbeatTimeoutMs ?? ROBUSTNESS_WATCH_HEARTBEAT_TIMEOUT_MS,
+          ),
         }
       : {
           ...common,
@@ -190,6 +201,9 @@ export function spawnWorkerProcess(options: WorkerProcessOptions & { kind?: 'tes
           STOPFLOW_POLL_INTERVAL: ms(Math.max(1_000, options.pollIntervalMs ?? 1_000)),
           STOPFLOW_DETACH_HOLD: ms(Math.max(1_000, options.holdMs ?? 3_000)),
           STOPFLOW_MAX_POLL_INTERVAL: ms(Math.max(1_000, options.maxPollIntervalMs ?? 2_000)),
+          STOPFLOW_WATCH_HEARTBEAT_TIMEOUT: ms(
+            options.watchHeartbeatTimeoutMs ?? ROBUSTNESS_WATCH_HEARTBEAT_TIMEOUT_MS,
+          ),
           STOPFLOW_METRICS_ADDRESS: 'off',
           STOPFLOW_SHUTDOWN_GRACE: '2s',
           STOPFLOW_LOG_LEVEL: 'info',

@@ -5,7 +5,7 @@
  * Configured like the production worker, by environment:
  *   TEMPORAL_ADDRESS, STOPFLOW_TASK_QUEUE, STOPFLOW_SIM_STATE,
  *   STOPFLOW_WORKFLOW_BUNDLE (a pre-built bundle), STOPFLOW_POLL_INTERVAL,
- *   STOPFLOW_HOLD_MS, STOPFLOW_MAX_POLL_INTERVAL (ms), and
+ *   STOPFLOW_HOLD_MS, STOPFLOW_MAX_POLL_INTERVAL, STOPFLOW_WATCH_HEARTBEAT_TIMEOUT_MS (ms), and
  *   STOPFLOW_FORCE_DELAY_MS: the force-detach of a volume whose id starts
  *   with "slow-force" waits this long before it reaches the backend, so a
  *   test can kill the worker in the middle of one.
@@ -80,6 +80,7 @@ const worker = await createStopflowWorker({
   pollIntervalMs: milliseconds('STOPFLOW_POLL_INTERVAL', 250),
   holdMs: milliseconds('STOPFLOW_HOLD_MS', 2_000),
   maxPollIntervalMs: milliseconds('STOPFLOW_MAX_POLL_INTERVAL', 1_000),
+  watchHeartbeatTimeoutMs: milliseconds('STOPFLOW_WATCH_HEARTBEAT_TIMEOUT_MS', 20_000),
   workflowBundle: { codePath: required('STOPFLOW_WORKFLOW_BUNDLE') },
   tuning: { shutdownGraceTime: '2s' },
 });
