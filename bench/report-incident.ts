@@ -180,7 +180,7 @@ export function renderIncident(line: Line, inc: IncidentResult, tuned: TunedInci
   line();
   if (inc.rows.some((r) => r.calls?.temporal)) {
     line(
-      "What they ask of the Temporal server over the same window: requests its frontend received, by its own counters (`service_requests`), from every client (the worker's polls, completions and heartbeats; the benchmark's own few). A wait the watch list answers for (workflow version 8) is one activity task when it starts, then one `RecordActivityTaskHeartbeat` every 80 s, sent by the list; before version 8, each attempt of a wait was one activity task and, past the hold window, one `RespondActivityTaskFailed` (`StillDetaching`, retried by the server later).",
+      "What they ask of the Temporal server over the same window: requests its frontend received, by its own counters (`service_requests`), from every client (the worker's polls, completions and heartbeats; the benchmark's own few). A wait the watch list answers for (workflow version 8) is one activity task when it starts, then one `RecordActivityTaskHeartbeat` every two thirds of its heartbeat timeout, sent by the list at a phase of its own (every 80 s in version 8; every 200 s since version 9, whose timeout is the worker's setting, 5 min by default), so the window sees the steady rate from the start; before version 8, each attempt of a wait was one activity task and, past the hold window, one `RespondActivityTaskFailed` (`StillDetaching`, retried by the server later).",
     );
     line();
     line('| backend | N stuck | Temporal requests/s while waiting | per stuck volume, per minute | largest (/s) |');
