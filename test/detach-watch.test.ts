@@ -137,7 +137,7 @@ test('a worker that shuts down hands its watched waits back: another worker take
   await first.close();
   harnesses.splice(harnesses.indexOf(first), 1);
   const second = await harness({ taskQueue: first.taskQueue, sim: first.sim });
-  // Within the 2 min heartbeat timeout a dead worker's wait would need: handed back, retried within a second.
+  // Well within the 5 min heartbeat timeout a dead worker's wait would need: handed back, retried within a second.
   await eventually(async () => second.worker.watch.size === 1, 'the second worker to watch the wait', 60_000);
   const progress = await second.stopflow.progress(instanceId);
   expect(progress.volumes[0]?.work?.attempt).toBeGreaterThanOrEqual(2);

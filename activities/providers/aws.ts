@@ -439,7 +439,8 @@ export class AwsProvider implements Provider {
         // A detach under way (ours, retried, or anyone's) or nothing to detach: the state check follows it.
         return;
       case 'attaching':
-        throw new TransientProviderError(`${what}: IncorrectState: ${message} (retried once attached)`);
+        // Refused, nothing done: a force refused so is not counted as sent (activities/index.ts forceDetachVolume).
+        throw new TransientProviderError(`${what}: IncorrectState: ${message} (retried once attached)`, true);
       case 'unknown': {
         // A message this code does not know: ask EC2 what state the attachment is in.
         const state = await this.getAttachmentState(instanceId, volume, { signal });
@@ -464,7 +465,10 @@ export class AwsProvider implements Provider {
     // Gone or terminating: EC2 detaches every volume of a terminated instance; the state check confirms it.
     if (state === undefined || state === 'terminated' || state === 'shutting-down') return;
     if (state === 'pending' || state === 'stopping') {
-      throw new TransientProviderError(`${what}: IncorrectInstanceState: ${message} (instance is ${state}; retried)`);
+      throw new TransientProviderError(
+        `${what}: IncorrectInstanceState: ${message} (instance is ${state}; retried)`,
+        true,
+      );
     }
     throw new PermanentProviderError(
       `${what}: IncorrectInstanceState: ${message} (instance is ${state}: EC2 does not detach the root volume or a volume with an AWS Marketplace product code from a running instance; stop the instance first)`,
