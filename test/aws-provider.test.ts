@@ -295,8 +295,10 @@ describe('aws provider: errors read by operation (IncorrectInstanceState, Incorr
     expect((error as Error).message).toMatch(/root volume or a volume with an AWS Marketplace product code/);
 
     server.instance(instanceId).state = 'stopping';
+    // Retried, and a refusal: nothing was done (a force refused so is not counted as sent).
     await expect(provider.detachVolume(instanceId, { volumeId })).rejects.toSatisfy(
-      (err: unknown) => err instanceof TransientProviderError && /instance is stopping/.test(err.message),
+      (err: unknown) =>
+        err instanceof TransientProviderError && err.refused && /instance is stopping/.test(err.message),
     );
     server.instance(instanceId).state = 'stopped';
     await provider.detachVolume(instanceId, { volumeId });
@@ -330,6 +332,8 @@ describe('aws provider: errors read by operation (IncorrectInstanceState, Incorr
       );
       if (expected === 'ok') expect(outcome, message).toBe('ok');
       else expect(outcome, message).toBeInstanceOf(expected);
+      // 'attaching' is a refusal EC2 answered: retried, and nothing was done.
+      if (expected === TransientProviderError) expect((outcome as TransientProviderError).refused, message).toBe(true);
     }
   });
 });
