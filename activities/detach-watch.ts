@@ -286,7 +286,6 @@ export function carriedBeat(previous: Partial<WaitHeartbeat> | undefined, schedu
     since: previous?.since ?? new Date(scheduledAtMs).toISOString(),
   };
   if (previous?.attachedSince) beat.attachedSince = previous.attachedSince;
-  if (previous?.forceSentAt) beat.forceSentAt = previous.forceSentAt;
   return beat;
 }
 

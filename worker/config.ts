@@ -39,7 +39,6 @@ export const POLL_INTERVAL_RANGE_MS = [1_000, 20_000] as const;
 export const DETACH_HOLD_RANGE_MS = [1_000, 300_000] as const;
 export const MAX_POLL_INTERVAL_RANGE_MS = [1_000, 600_000] as const;
 export const SHUTDOWN_GRACE_RANGE_MS = [1_000, 600_000] as const;
-export { WATCH_HEARTBEAT_TIMEOUT_RANGE_MS };
 
 export interface TemporalSettings {
   address: string;
