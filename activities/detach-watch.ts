@@ -98,13 +98,17 @@ export class DetachWatch {
   watch(wait: WatchedWait): boolean {
     if (this.released) return false;
     const controller = new AbortController();
-    const run = this.root
-      .runInAsyncScope(() => this.follow(wait, controller))
-      .catch((error: unknown) => {
-        // The wait is left to its heartbeat timeout: the server retries it on a worker (this one included).
-        this.warn('the watch of a wait broke; the server retries the wait after its heartbeat timeout', wait, error);
-      })
-      .finally(() => this.watching.delete(controller));
+    // The whole chain is built in the list's own context: a promise made in the activity's context carries its
+    // async-local store, and the list keeps this one for as long as the volume is stuck. That store holds the SDK's
+    // context of the ended attempt (its Activity, logger, cancellation), several KB per stuck volume.
+    const run = this.root.runInAsyncScope(() =>
+      this.follow(wait, controller)
+        .catch((error: unknown) => {
+          // The wait is left to its heartbeat timeout: the server retries it on a worker (this one included).
+          this.warn('the watch of a wait broke; the server retries the wait after its heartbeat timeout', wait, error);
+        })
+        .finally(() => this.watching.delete(controller)),
+    );
     this.watching.set(controller, run);
     return true;
   }

@@ -5,7 +5,10 @@
  * when its worker shuts down, for another worker to take at once. Then, against a fake server, the answers it
  * gives to what the server says (paused, reset, cancelled, unreachable).
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import {
   ActivityCancelledError,
   ActivityPausedError,
@@ -214,10 +217,11 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
       heartbeatEveryMs: 100,
       warn: (message) => warnings.push(message),
     });
+    const backend = new Backend(sim);
     const start = () =>
       watch.watch({
         taskToken: new Uint8Array([1]),
-        backend: new Backend(sim),
+        backend,
         target: { instanceId, volume: { volumeId: stuck.volumeId } },
         lostAfterMs: 60_000,
         attemptDeadlineMs: Date.now() + 3_600_000,
@@ -304,6 +308,34 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
     expect(Math.max(...firstBeats)).toBeLessThan(everyMs * 1.4);
   });
 
+  test('the list keeps nothing of the attempt that registered a wait: its async-local context is let go', async () => {
+    // The SDK's activity context (Activity, logger, cancellation) rides in an async-local store; a promise the list
+    // keeps for a stuck volume must not have been made in it. Modelled with a store of our own, held only weakly here.
+    const w = await watched();
+    const store = new AsyncLocalStorage<{ attempt: Uint8Array }>();
+    let collected = false;
+    // Not a WeakRef: V8 keeps a WeakRef's target alive until the job that made it ends, which a test cannot wait for.
+    const collection = new FinalizationRegistry(() => {
+      collected = true;
+    });
+    store.run({ attempt: new Uint8Array(1024) }, () => {
+      collection.register(store.getStore() ?? {}, undefined);
+      expect(w.start()).toBe(true);
+    });
+    await eventually(async () => w.completion.calls('heartbeat').length > 0, 'the list to check and beat');
+    const gc = collectGarbage();
+    await eventually(
+      async () => {
+        gc();
+        return collected;
+      },
+      'the registering attempt’s context to be collected',
+      10_000,
+    );
+    expect(w.watch.size).toBe(1);
+    await w.watch.release();
+  });
+
   test('release hands a wait back with its latest details, and a wait offered after it is refused', async () => {
     const w = await watched();
     w.start();
@@ -339,4 +371,10 @@ async function unstickSim(sim: SimulatedProvider, instanceId: string): Promise<v
   await sim.store.mutate((cloud) => {
     for (const v of cloud.instances[instanceId]?.volumes ?? []) v.behavior.hang = false;
   });
+}
+
+/** V8's collector, callable without starting the test process with --expose-gc. */
+function collectGarbage(): () => void {
+  setFlagsFromString('--expose_gc');
+  return runInNewContext('gc') as () => void;
 }
