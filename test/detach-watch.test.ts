@@ -133,6 +133,22 @@ test('a cancel of the stop reaches its watched wait at the next heartbeat: the s
   expect(cloud?.volumes[0]?.forceCalls).toBe(0);
 });
 
+test('a terminated stop’s watched wait is let go at the next heartbeat: the server no longer knows it, and nothing is answered', async () => {
+  const h = await harness();
+  const instanceId = await stuckStop(h);
+  await eventually(async () => h.worker.watch.size === 1, 'the wait in the watch list');
+  await h.client.workflow.getHandle(workflowIdFor(instanceId)).terminate('operator gave up');
+  await eventually(async () => h.worker.watch.size === 0, 'the list to let the terminated stop’s wait go');
+  // No more checks of the volume for a stop that is gone (one may have been under way when it went).
+  const checks = () => h.sim.calls.get('getAttachmentStates') ?? 0;
+  const checksWhenLetGo = checks();
+  await new Promise((resolve) => setTimeout(resolve, 1_500));
+  expect(checks()).toBeLessThanOrEqual(checksWhenLetGo + 1);
+  const cloud = await h.sim.instance(instanceId);
+  expect(cloud?.state).toBe('running');
+  expect(cloud?.volumes[0]?.forceCalls).toBe(0);
+});
+
 test('a worker that shuts down hands its watched waits back: another worker takes them before any timeout', async () => {
   const first = await harness();
   const instanceId = await stuckStop(first);
