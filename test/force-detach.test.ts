@@ -12,7 +12,7 @@ import { type CallOptions, ThrottledProviderError } from '../activities/provider
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import { workflowIdFor } from '../common/names';
 import type { VolumeRef } from '../common/request';
-import { eventually, startHarness } from './helpers';
+import { eventually, type Harness, startHarness } from './helpers';
 
 /** One attempt of forceDetachVolume on vol-1 of i-1 (stuck: it never detaches by itself). */
 async function forceOnce(sim: SimulatedProvider) {
@@ -89,7 +89,7 @@ class UnansweredForceCloud extends SimulatedProvider {
 test('a force cut off before its answer is reported by the next attempt as forced: the audit never hides a force', async () => {
   const sim = new UnansweredForceCloud(new MemorySimStore());
   const first = await startHarness({ sim });
-  const second = await startHarness({ sim, taskQueue: first.taskQueue });
+  let second: Harness | undefined;
   try {
     const instanceId = first.instanceId('cut-off-force');
     await sim.addInstance(instanceId, [{ volumeId: 'vol-stuck', behavior: { hang: true } }]);
@@ -99,8 +99,11 @@ test('a force cut off before its answer is reported by the next attempt as force
       'waiting',
     );
     await first.stopflow.abort(instanceId, { reason: 'test' });
+    // The first worker is the only one yet, so the force runs there (with both polling, it could run on the second,
+    // which would then hold the unanswered call until the attempt's 5 min start-to-close).
     await eventually(async () => sim.forceCalls === 1, 'the force to reach the cloud');
-    // The worker running the force goes away mid-call; the force's next attempt runs wherever the server sends it.
+    second = await startHarness({ sim, taskQueue: first.taskQueue });
+    // The worker running the force goes away mid-call; the force's next attempt runs on the second.
     await first.close();
     const status = await second.stopflow.result(instanceId);
     expect(status.phase).toBe('stopped');
@@ -116,7 +119,7 @@ test('a force cut off before its answer is reported by the next attempt as force
       .map((e) => e.activityTaskStartedEventAttributes?.attempt ?? 0);
     expect(Math.max(...forceAttempts)).toBeGreaterThanOrEqual(2);
   } finally {
-    await second.close();
+    await second?.close();
     await first.close().catch(() => undefined);
   }
 });

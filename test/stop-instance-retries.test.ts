@@ -38,7 +38,13 @@ async function stopOnce(cloud: ScriptedStopCloud, attempt = 1) {
     defaultProvider: cloud.name,
     pollIntervalMs: 100,
   });
-  const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000, attempt });
+  // The activity's own start-to-close (15 min), not the test environment's 1 s: the stop call is bounded by it.
+  const env = new MockActivityEnvironment({
+    heartbeatTimeoutMs: 10_000,
+    startToCloseTimeoutMs: 15 * 60_000,
+    currentAttemptScheduledTimestampMs: Date.now(),
+    attempt,
+  });
   return env.run(activities.stopInstanceIfDetached, { instanceId: 'i-1' });
 }
 
@@ -49,6 +55,8 @@ test('a throttled stop call was refused, not made: it is sent again without aski
   expect(await stopOnce(cloud)).toEqual({ stopped: true, instanceId: 'i-1' });
   expect(cloud.stopCalls).toBe(3);
   expect(cloud.stoppedReads).toBe(0);
+  // Each try listed what is attached before its stop call.
+  expect(cloud.calls.get('listAttachedVolumes')).toBe(3);
   expect((await cloud.instance('i-1'))?.state).toBe('stopped');
 });
 
@@ -58,6 +66,7 @@ test('a stop call whose answer was lost is not sent again once the instance read
   expect(await stopOnce(cloud)).toEqual({ stopped: true, instanceId: 'i-1' });
   expect(cloud.stopCalls).toBe(1);
   expect(cloud.stoppedReads).toBe(1);
+  expect(cloud.calls.get('listAttachedVolumes')).toBe(2);
 });
 
 test('a retried attempt asks first: an instance its earlier attempt stopped gets no second call, one still running does', async () => {
@@ -77,7 +86,7 @@ test('a retried attempt asks first: an instance its earlier attempt stopped gets
   expect((await stillRunning.instance('i-1'))?.state).toBe('stopped');
 });
 
-test('a retried attempt that finds a volume attached stops nothing, however the instance reads', async () => {
+test('a retried attempt that finds a volume attached stops nothing, and does not ask whether the instance stopped', async () => {
   const cloud = new ScriptedStopCloud([]);
   await cloud.addInstance('i-1', [{ volumeId: 'vol-1' }]);
   const outcome = await stopOnce(cloud, 2);
