@@ -133,7 +133,7 @@ test('a cancel of the stop reaches its watched wait at the next heartbeat: the s
   expect(cloud?.volumes[0]?.forceCalls).toBe(0);
 });
 
-test('a terminated stop’s watched wait is let go at the next heartbeat: the server no longer knows it, and nothing is answered', async () => {
+test('a terminated stop’s watched wait is let go at the next heartbeat: the server no longer knows it, and its volume is checked no more', async () => {
   const h = await harness();
   const instanceId = await stuckStop(h);
   await eventually(async () => h.worker.watch.size === 1, 'the wait in the watch list');

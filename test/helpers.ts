@@ -99,6 +99,13 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
   };
 }
 
+/** A real attempt's timing for MockActivityEnvironment (its default info has an attempt that ended in 1970). */
+export const activityAttemptInfo = () => ({
+  heartbeatTimeoutMs: 10_000,
+  startToCloseTimeoutMs: 15 * 60_000,
+  currentAttemptScheduledTimestampMs: Date.now(),
+});
+
 /** Polls `fn` until it returns a truthy value; for waiting on workflow state without fixed sleeps. */
 export async function eventually<T>(
   fn: () => Promise<T | undefined | null | false>,

@@ -10,6 +10,7 @@ import { expect, test } from 'vitest';
 import { createActivities } from '../activities';
 import { type CallOptions, ThrottledProviderError, TransientProviderError } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
+import { activityAttemptInfo } from './helpers';
 
 type StopAnswer = 'throttled' | 'lost' | 'ok';
 
@@ -39,12 +40,7 @@ async function stopOnce(cloud: ScriptedStopCloud, attempt = 1) {
     pollIntervalMs: 100,
   });
   // The activity's own start-to-close (15 min), not the test environment's 1 s: the stop call is bounded by it.
-  const env = new MockActivityEnvironment({
-    heartbeatTimeoutMs: 10_000,
-    startToCloseTimeoutMs: 15 * 60_000,
-    currentAttemptScheduledTimestampMs: Date.now(),
-    attempt,
-  });
+  const env = new MockActivityEnvironment({ ...activityAttemptInfo(), attempt });
   return env.run(activities.stopInstanceIfDetached, { instanceId: 'i-1' });
 }
 

@@ -10,13 +10,7 @@ import { expect, test } from 'vitest';
 import { createActivities } from '../activities';
 import type { CallOptions } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
-
-/** A real attempt's timing (the environment's default info has an attempt that ended in 1970). */
-const attemptInfo = () => ({
-  heartbeatTimeoutMs: 10_000,
-  startToCloseTimeoutMs: 15 * 60_000,
-  currentAttemptScheduledTimestampMs: Date.now(),
-});
+import { activityAttemptInfo } from './helpers';
 
 /** A cloud whose instance stop takes 2 s (its wait for `stopped`), and says whether the call was aborted. */
 class SlowStopCloud extends SimulatedProvider {
@@ -44,7 +38,7 @@ async function stopInstanceOf(sim: SimulatedProvider, info: Partial<Info> = {}) 
     defaultProvider: sim.name,
     pollIntervalMs: 100,
   });
-  const env = new MockActivityEnvironment({ ...attemptInfo(), ...info });
+  const env = new MockActivityEnvironment({ ...activityAttemptInfo(), ...info });
   const outcome = env.run(activities.stopInstanceIfDetached, { instanceId: 'i-1' }).then(
     (value) => ({ value }),
     (error: unknown) => ({ error }),
