@@ -25,6 +25,7 @@ import { ApplicationFailureCategory } from '@temporalio/common';
 import type { VolumeTarget, WaitHeartbeat, WaitResult } from '../common/stop-activities';
 import type { Backend } from './backend';
 import { ForcedVolumes } from './forced-volumes';
+import type { AttachmentState } from './provider';
 
 /** What the list needs to answer for a wait: who it is (its task token) and its attempt's bounds. */
 export interface WatchedWait {
@@ -74,20 +75,40 @@ const RELEASE_BOUND_MS = 10_000;
 /** A heartbeat that failed (not a refusal: the server could not be reached) is sent again this soon, once. */
 const BEAT_RETRY_MS = 5_000;
 
-export class DetachWatch {
-  private readonly watching = new Map<AbortController, Promise<void>>();
-  private released: Promise<void> | undefined;
+/** What a wait in the list uses of it. */
+interface WatchList {
+  readonly completion: AsyncCompletionClient;
+  readonly forced: ForcedVolumes;
+  readonly options: DetachWatchOptions;
   /**
    * The context the list was built in (the worker's), not the registering activity's: the list outlives that
    * attempt, and must not carry its cancellation, log attributes or trace span into checks made for later ones.
    */
-  private readonly root = new AsyncResource('StopflowDetachWatch');
+  readonly root: AsyncResource;
+  /** The wait has been answered for (or let go): it leaves the list. */
+  left(watched: Watched): void;
+  warn(message: string, wait: WatchedWait, error?: unknown): void;
+}
 
-  constructor(
-    private readonly completion: AsyncCompletionClient,
-    private readonly forced: ForcedVolumes,
-    private readonly options: DetachWatchOptions,
-  ) {}
+export class DetachWatch {
+  private readonly watching = new Set<Watched>();
+  private released: Promise<void> | undefined;
+  private readonly list: WatchList;
+
+  constructor(completion: AsyncCompletionClient, forced: ForcedVolumes, options: DetachWatchOptions) {
+    this.list = {
+      completion,
+      forced,
+      options,
+      root: new AsyncResource('StopflowDetachWatch'),
+      left: (watched) => this.watching.delete(watched),
+      warn: (message, wait, error) => {
+        const meta = { volumeId: wait.target.volume.volumeId, instanceId: wait.target.instanceId, error };
+        if (options.warn) options.warn(message, meta);
+        else console.error(`stopflow: ${message}`, meta);
+      },
+    };
+  }
 
   /** Waits the list answers for now. */
   get size(): number {
@@ -97,19 +118,14 @@ export class DetachWatch {
   /** Takes a wait over; false once the worker is shutting down (the activity then hands it back itself). */
   watch(wait: WatchedWait): boolean {
     if (this.released) return false;
-    const controller = new AbortController();
-    // The whole chain is built in the list's own context: a promise made in the activity's context carries its
-    // async-local store, and the list keeps this one for as long as the volume is stuck. That store holds the SDK's
-    // context of the ended attempt (its Activity, logger, cancellation), several KB per stuck volume.
-    const run = this.root.runInAsyncScope(() =>
-      this.follow(wait, controller)
-        .catch((error: unknown) => {
-          // The wait is left to its heartbeat timeout: the server retries it on a worker (this one included).
-          this.warn('the watch of a wait broke; the server retries the wait after its heartbeat timeout', wait, error);
-        })
-        .finally(() => this.watching.delete(controller)),
-    );
-    this.watching.set(controller, run);
+    // Built in the list's own context, as is everything a wait schedules from then on: a timer or promise made in
+    // the activity's context carries its async-local store, which holds the SDK's context of the ended attempt
+    // (its Activity, logger, cancellation), several KB per stuck volume kept for as long as the volume is stuck.
+    this.list.root.runInAsyncScope(() => {
+      const watched = new Watched(this.list, wait);
+      this.watching.add(watched);
+      watched.start();
+    });
     return true;
   }
 
@@ -120,146 +136,249 @@ export class DetachWatch {
    */
   release(): Promise<void> {
     this.released ??= (async () => {
-      for (const controller of this.watching.keys()) controller.abort();
+      const answers = [...this.watching].map((watched) => watched.end({ kind: 'handback' }));
       const bound = sleep(RELEASE_BOUND_MS, undefined, { ref: false });
-      await Promise.race([Promise.allSettled([...this.watching.values()]), bound]);
+      await Promise.race([Promise.allSettled(answers), bound]);
     })();
     return this.released;
   }
+}
 
-  private warn(message: string, wait: WatchedWait, error?: unknown): void {
-    const meta = { volumeId: wait.target.volume.volumeId, instanceId: wait.target.instanceId, error };
-    if (this.options.warn) this.options.warn(message, meta);
-    else console.error(`stopflow: ${message}`, meta);
+/**
+ * One wait in the list, as a small state machine driven by its timers and its checks' answers: a check, then a pause
+ * (doubling up to the longest), until the volume detaches, looks lost, errs for good, or the attempt is over; beats on
+ * a timer of its own meanwhile. No async function, sleep promise or abort signal per wait or per pause: thousands of
+ * these live for as long as their volumes are stuck, and whatever waits through a pause outlives the collections of
+ * the young generation and is copied into the old one, for the old generation's collections to find.
+ */
+class Watched {
+  private readonly key: string;
+  private readonly handBackAt: number;
+  private pauseMs: number;
+  private lastBeatAt = Date.now();
+  /** Set once: why the list stops answering for the wait. */
+  private ending: Ending | undefined;
+  private answered: Promise<void> | undefined;
+  private checking = false;
+  /** A force's news came during a check: that answer may predate the force, so check again without a pause. */
+  private recheck = false;
+  private announce: boolean;
+  private pause: NodeJS.Timeout | undefined;
+  private beats: NodeJS.Timeout | undefined;
+  private beatRetry: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly list: WatchList,
+    private readonly wait: WatchedWait,
+  ) {
+    this.key = ForcedVolumes.key(wait.backend.provider.name, wait.target);
+    this.handBackAt = Math.max(Date.now() + 1_000, wait.attemptDeadlineMs - ANSWER_MARGIN_MS);
+    this.pauseMs = list.options.pollIntervalMs;
+    this.announce = wait.announce;
   }
 
-  private async follow(wait: WatchedWait, controller: AbortController): Promise<void> {
-    let heard: Ending | undefined;
-    const end = (ending: Ending) => {
-      heard ??= ending;
-      controller.abort();
-    };
-    let lastBeatAt = Date.now();
-    let retry: NodeJS.Timeout | undefined;
-    // The wait's heartbeat, apart from its checks: a check may wait long for budget tokens under throttling.
-    const beat = (again = true) => {
-      this.completion.heartbeat(wait.taskToken, wait.beat).then(
-        () => {
-          lastBeatAt = Date.now();
-        },
-        (err: unknown) => {
-          const said = serverSays(err);
-          if (said) return end({ kind: 'heard', said });
-          if (Date.now() - lastBeatAt >= wait.heartbeatTimeoutMs) {
-            this.warn('no heartbeat of a wait reached Temporal for its heartbeat timeout: it is retried', wait, err);
-            return end({ kind: 'lapsed' });
-          }
-          // One missed beat must not time the attempt out: the next is two thirds of the timeout away.
-          if (again && !controller.signal.aborted) retry = setTimeout(() => beat(false), BEAT_RETRY_MS);
-        },
-      );
-    };
-    const timeoutShare = Math.max(1_000, Math.floor((wait.heartbeatTimeoutMs * 2) / 3));
-    const everyMs = Math.min(this.options.heartbeatEveryMs ?? Number.POSITIVE_INFINITY, timeoutShare);
+  start(): void {
+    const timeoutShare = Math.max(1_000, Math.floor((this.wait.heartbeatTimeoutMs * 2) / 3));
+    const everyMs = Math.min(this.list.options.heartbeatEveryMs ?? Number.POSITIVE_INFINITY, timeoutShare);
     // Each wait beats at a phase of its own, drawn at random: waits registered in one burst (an incident, a worker
     // restart) spread their beats over the whole interval at once, instead of all beating together an interval later.
-    let beats: NodeJS.Timeout | undefined;
-    const phase = setTimeout(
+    this.beats = setTimeout(
       () => {
-        beat();
-        beats = setInterval(beat, everyMs);
+        this.beat();
+        this.beats = setInterval(this.beat, everyMs);
       },
       Math.floor(everyMs * Math.random()),
     );
-    let ending: Ending;
-    try {
-      // A first attempt says at once what it found, for `stopflow status`; later ones carry their details on.
-      ending = await this.until(wait, controller.signal, wait.announce ? () => beat() : undefined);
-    } finally {
-      // A beat in flight that fails after this must not schedule another for an ended watch.
-      controller.abort();
-      clearTimeout(phase);
-      clearInterval(beats);
-      clearTimeout(retry);
+    this.list.forced.listen(this.key, this.onForced);
+    this.check();
+  }
+
+  /** Stops the wait's timers and checks, and answers for it once; the answer settles when it is said (or given up). */
+  end(ending: Ending): Promise<void> {
+    if (this.answered) return this.answered;
+    this.ending = ending;
+    clearTimeout(this.pause);
+    clearTimeout(this.beats); // a timeout or an interval alike
+    clearTimeout(this.beatRetry);
+    this.list.forced.unlisten(this.key, this.onForced);
+    this.answered = this.list.root.runInAsyncScope(() =>
+      this.answer(ending)
+        .catch((error: unknown) => {
+          // The wait is left to its heartbeat timeout: the server retries it on a worker (this one included).
+          this.list.warn(
+            'the watch of a wait broke; the server retries the wait after its heartbeat timeout',
+            this.wait,
+            error,
+          );
+        })
+        .finally(() => this.list.left(this)),
+    );
+    return this.answered;
+  }
+
+  private readonly withdrawn = () => this.ending !== undefined;
+
+  private check(): void {
+    this.pause = undefined;
+    if (this.ending) return;
+    this.checking = true;
+    this.recheck = false;
+    this.wait.backend.states.check(this.wait.target, this.withdrawn).then(this.onState, this.onCheckError);
+  }
+
+  private readonly onState = (state: AttachmentState) => {
+    this.checking = false;
+    if (this.ending) return;
+    const { beat } = this.wait;
+    beat.state = state;
+    beat.checks++;
+    if (state === 'detached')
+      return void this.end({ kind: 'done', result: { outcome: 'detached', checks: beat.checks } });
+    this.announceOnce();
+    if (looksLost(beat, this.wait.lostAfterMs)) {
+      return void this.end({ kind: 'done', result: { outcome: 'lost', checks: beat.checks } });
     }
-    ending = heard ?? ending;
-    const { taskToken } = wait;
-    await this.answer(taskToken, async () => {
+    this.pauseThenCheck();
+  };
+
+  private readonly onCheckError = (err: unknown) => {
+    this.checking = false;
+    if (this.ending) return;
+    // A final answer (an unknown volume) is the workflow's to decide; a transient one costs a check.
+    if (!(err instanceof ApplicationFailure) || err.nonRetryable) return void this.end({ kind: 'failed', error: err });
+    this.announceOnce();
+    this.pauseThenCheck();
+  };
+
+  /** A first attempt says at once what it found, for `stopflow status`; later ones carry their details on. */
+  private announceOnce(): void {
+    if (!this.announce) return;
+    this.announce = false;
+    this.beat();
+  }
+
+  private pauseThenCheck(): void {
+    if (this.recheck) {
+      this.check();
+      return;
+    }
+    if (Date.now() + this.pauseMs > this.handBackAt) {
+      void this.end({ kind: 'handback' });
+      return;
+    }
+    this.pause = setTimeout(this.onPaused, this.pauseMs);
+    this.pauseMs = Math.min(this.pauseMs * 2, this.list.options.maxPollIntervalMs);
+  }
+
+  private readonly onPaused = () => this.check();
+
+  /** The volume was forced in this worker: look again now rather than at the end of the pause. */
+  private readonly onForced = () => {
+    if (this.ending) return;
+    if (this.checking) {
+      this.recheck = true;
+      return;
+    }
+    clearTimeout(this.pause);
+    // In the list's context, not the force activity's (the news comes from there).
+    this.list.root.runInAsyncScope(() => this.check());
+  };
+
+  /** The wait's heartbeat, apart from its checks: a check may wait long for budget tokens under throttling. */
+  private readonly beat = () => {
+    this.list.completion.heartbeat(this.wait.taskToken, this.wait.beat).then(this.onBeaten, this.onBeatFailed);
+  };
+
+  private readonly beatAgain = () => {
+    this.beatRetry = undefined;
+    if (this.ending) return;
+    this.list.completion.heartbeat(this.wait.taskToken, this.wait.beat).then(this.onBeaten, this.onRetryFailed);
+  };
+
+  private readonly onBeaten = () => {
+    this.lastBeatAt = Date.now();
+  };
+
+  private readonly onBeatFailed = (err: unknown) => {
+    // One missed beat must not time the attempt out: the next is two thirds of the timeout away.
+    if (!this.heardFrom(err) && !this.ending && !this.beatRetry) {
+      this.beatRetry = setTimeout(this.beatAgain, BEAT_RETRY_MS);
+    }
+  };
+
+  private readonly onRetryFailed = (err: unknown) => {
+    this.heardFrom(err);
+  };
+
+  /** What a failed beat says: the server's news ends the wait, as does a whole heartbeat timeout without a beat. */
+  private heardFrom(err: unknown): boolean {
+    const said = serverSays(err);
+    if (said) {
+      void this.end({ kind: 'heard', said });
+      return true;
+    }
+    if (!this.ending && Date.now() - this.lastBeatAt >= this.wait.heartbeatTimeoutMs) {
+      this.list.warn(
+        'no heartbeat of a wait reached Temporal for its heartbeat timeout: it is retried',
+        this.wait,
+        err,
+      );
+      void this.end({ kind: 'lapsed' });
+      return true;
+    }
+    return false;
+  }
+
+  private async answer(ending: Ending): Promise<void> {
+    const { taskToken } = this.wait;
+    const { completion } = this.list;
+    await this.send(async () => {
       switch (ending.kind) {
         case 'done':
-          return this.completion.complete(taskToken, ending.result);
+          return completion.complete(taskToken, ending.result);
         case 'failed':
-          return this.completion.fail(taskToken, ending.error);
+          return completion.fail(taskToken, ending.error);
         case 'heard':
-          return this.acknowledge(taskToken, ending.said);
+          return this.acknowledge(ending.said);
         case 'lapsed':
           return;
         case 'handback':
           // The next attempt reads the latest details: checks counted on, and how long the request looks lost.
-          await this.completion.heartbeat(taskToken, wait.beat);
-          return this.completion.fail(taskToken, stillDetaching(wait, HANDBACK_RETRY_MS));
+          await completion.heartbeat(taskToken, this.wait.beat);
+          return completion.fail(taskToken, stillDetaching(this.wait, HANDBACK_RETRY_MS));
       }
     });
   }
 
   /** What the SDK's worker answers to the same news for an activity it runs. */
-  private async acknowledge(taskToken: Uint8Array, said: ServerSaid): Promise<void> {
-    if (said === 'cancelled') await this.completion.reportCancellation(taskToken);
+  private async acknowledge(said: ServerSaid): Promise<void> {
+    const { taskToken } = this.wait;
+    const { completion } = this.list;
+    if (said === 'cancelled') await completion.reportCancellation(taskToken);
     else if (said === 'paused')
-      await this.completion.fail(taskToken, new ApplicationFailure('Activity paused', 'ActivityPause'));
+      await completion.fail(taskToken, new ApplicationFailure('Activity paused', 'ActivityPause'));
     else if (said === 'reset')
-      await this.completion.fail(taskToken, new ApplicationFailure('Activity reset', 'ActivityReset'));
+      await completion.fail(taskToken, new ApplicationFailure('Activity reset', 'ActivityReset'));
   }
 
   /**
    * Sends the list's answer, a few times if the server cannot be reached: a detach it failed to report would only be
    * seen after the heartbeat timeout. A refusal ends it, or turns it into the answer that news calls for.
    */
-  private async answer(taskToken: Uint8Array, send: () => Promise<void>): Promise<void> {
+  private async send(say: () => Promise<void>): Promise<void> {
     for (let tries = 1; ; tries++) {
       try {
-        return await send();
+        return await say();
       } catch (err) {
         const said = serverSays(err);
         if (said) {
           // Heard while answering (a cancel, say): acknowledged as such, once; the stop may have ended already.
-          if (said !== 'gone') await this.acknowledge(taskToken, said).catch(() => undefined);
+          if (said !== 'gone') await this.acknowledge(said).catch(() => undefined);
           return;
         }
         if (tries >= 3) throw err;
         await sleep(1_000 * 2 ** (tries - 1));
       }
-    }
-  }
-
-  /** Checks the volume until it detaches, looks lost, errs for good, or the attempt is over. */
-  private async until(wait: WatchedWait, stop: AbortSignal, afterFirstCheck?: () => void): Promise<Ending> {
-    const { backend, target, beat } = wait;
-    const handBackAt = Math.max(Date.now() + 1_000, wait.attemptDeadlineMs - ANSWER_MARGIN_MS);
-    let pauseMs = this.options.pollIntervalMs;
-    for (;;) {
-      if (stop.aborted) return { kind: 'handback' };
-      let answered = false;
-      try {
-        beat.state = await backend.states.check(target, stop);
-        beat.checks++;
-        answered = true;
-      } catch (err) {
-        if (stop.aborted) return { kind: 'handback' };
-        // A final answer (an unknown volume) is the workflow's to decide; a transient one costs a check.
-        if (!(err instanceof ApplicationFailure) || err.nonRetryable) return { kind: 'failed', error: err };
-      }
-      if (beat.state === 'detached') return { kind: 'done', result: { outcome: 'detached', checks: beat.checks } };
-      afterFirstCheck?.();
-      afterFirstCheck = undefined;
-      if (answered && looksLost(beat, wait.lostAfterMs)) {
-        return { kind: 'done', result: { outcome: 'lost', checks: beat.checks } };
-      }
-      if (Date.now() + pauseMs > handBackAt) return { kind: 'handback' };
-      await this.forced
-        .pause(ForcedVolumes.key(backend.provider.name, target), sleep(pauseMs, undefined, { signal: stop }))
-        .catch(() => undefined);
-      pauseMs = Math.min(pauseMs * 2, this.options.maxPollIntervalMs);
     }
   }
 }

@@ -14,7 +14,18 @@ export class ForcedVolumes {
 
   forced(key: string): void {
     for (const wake of this.waiting.get(key) ?? []) wake();
-    this.waiting.delete(key);
+  }
+
+  /** Calls `wake` at each force of the volume here, until `unlisten`: the watch list listens for a wait's whole stay. */
+  listen(key: string, wake: () => void): void {
+    const wakes = this.waiting.get(key);
+    if (wakes) wakes.add(wake);
+    else this.waiting.set(key, new Set([wake]));
+  }
+
+  unlisten(key: string, wake: () => void): void {
+    const wakes = this.waiting.get(key);
+    if (wakes?.delete(wake) && wakes.size === 0) this.waiting.delete(key);
   }
 
   /** Resolves when the volume is forced here, or when `sleeping` does; rejects when it rejects first (a cancel). */
@@ -23,15 +34,12 @@ export class ForcedVolumes {
     const news = new Promise<void>((resolve) => {
       wake = resolve;
     });
-    const set = this.waiting.get(key) ?? new Set();
-    set.add(wake);
-    this.waiting.set(key, set);
+    this.listen(key, wake);
     sleeping.catch(() => undefined); // when the news wins, a later cancel of the sleep is nobody's business
     try {
       await Promise.race([sleeping, news]);
     } finally {
-      set.delete(wake);
-      if (set.size === 0 && this.waiting.get(key) === set) this.waiting.delete(key);
+      this.unlisten(key, wake);
     }
   }
 }

@@ -18,6 +18,13 @@ interface PendingCheck {
   urgent: boolean;
   resolve(state: AttachmentState): void;
   reject(err: unknown): void;
+  /** Asked when the check is taken into a batch: true leaves it out (its wait has ended). */
+  withdrawn?: () => boolean;
+}
+
+/** A check left out of its batch because its caller said it was withdrawn: nobody is waiting for its answer. */
+export class CheckWithdrawn extends Error {
+  override readonly name = 'CheckWithdrawn';
 }
 
 /** Runs one provider call under the budget, with errors mapped; see Backend.call in activities/backend.ts. */
@@ -58,13 +65,20 @@ export class StateChecks {
    * blocked on it: right after a request, before a force) goes into the next urgent batch, which
    * starts at once, without a gathering pause and without waiting for a routine batch in flight;
    * a wait's routine check waits for others to gather.
+   *
+   * `cancel` is an activity's signal (a cancelled check leaves its batch at once, rejected with the
+   * signal's reason), or, for the watch list's thousands of checks, a question asked when the check is
+   * taken into a batch: it costs no listener per check, and a withdrawn check is rejected then
+   * (CheckWithdrawn), without a backend call.
    */
   check(
     target: VolumeOfInstance,
-    signal?: AbortSignal,
+    cancel?: AbortSignal | (() => boolean),
     priority: 'urgent' | 'routine' = 'routine',
   ): Promise<AttachmentState> {
+    const signal = typeof cancel === 'function' ? undefined : cancel;
     if (this.maxBatch === 1) {
+      if (typeof cancel === 'function' && cancel()) return Promise.reject(new CheckWithdrawn('check withdrawn'));
       return this.call(
         'getAttachmentState',
         (options) => this.provider.getAttachmentState(target.instanceId, target.volume, { ...options, signal }),
@@ -75,25 +89,25 @@ export class StateChecks {
     }
     const urgent = priority === 'urgent';
     return new Promise<AttachmentState>((resolve, reject) => {
-      // A cancelled wait leaves the batch at once; the batch itself goes on for the others.
-      const onAbort = () => {
-        this.pending = this.pending.filter((p) => p !== entry);
-        this.urgentPending = this.urgentPending.filter((p) => p !== entry);
-        reject(signal?.reason);
-      };
-      const entry: PendingCheck = {
-        target,
-        urgent,
-        resolve: (state) => {
-          signal?.removeEventListener('abort', onAbort);
+      const entry: PendingCheck = { target, urgent, resolve, reject };
+      if (typeof cancel === 'function') entry.withdrawn = cancel;
+      else if (signal) {
+        // A cancelled wait leaves the batch at once; the batch itself goes on for the others.
+        const onAbort = () => {
+          this.pending = this.pending.filter((p) => p !== entry);
+          this.urgentPending = this.urgentPending.filter((p) => p !== entry);
+          reject(signal.reason);
+        };
+        entry.resolve = (state) => {
+          signal.removeEventListener('abort', onAbort);
           resolve(state);
-        },
-        reject: (err) => {
-          signal?.removeEventListener('abort', onAbort);
+        };
+        entry.reject = (err) => {
+          signal.removeEventListener('abort', onAbort);
           reject(err);
-        },
-      };
-      signal?.addEventListener('abort', onAbort, { once: true });
+        };
+        signal.addEventListener('abort', onAbort, { once: true });
+      }
       if (urgent) {
         this.urgentPending.push(entry);
         if (!this.urgentFlushing) void this.flushUrgent();
@@ -127,6 +141,7 @@ export class StateChecks {
       while (this.urgentPending.length > 0) {
         const batch = this.takeBatch(this.urgentPending);
         const room = this.maxBatch - batch.length;
+        if (room > 0) dropWithdrawn(this.pending);
         if (room > 0 && this.pending.length > 0) {
           const riders = this.pending.slice(0, room);
           if (this.cost([...batch, ...riders]) <= this.cost(batch)) {
@@ -147,6 +162,7 @@ export class StateChecks {
    * the burst's tokens). The checks left over stay at the front, in order.
    */
   private takeBatch(from: PendingCheck[]): PendingCheck[] {
+    dropWithdrawn(from);
     const batch = from.splice(0, this.maxBatch);
     const burst = this.provider.budget?.burst;
     if (burst === undefined) return batch;
@@ -165,6 +181,7 @@ export class StateChecks {
 
   /** One batch call, its answers handed out; never throws (every check of the batch is settled). */
   private async runBatch(batch: PendingCheck[], lane: 'urgent' | 'routine'): Promise<void> {
+    if (batch.length === 0) return; // every check of it was withdrawn
     try {
       const getStates = this.provider.getAttachmentStates?.bind(this.provider);
       if (!getStates) throw new Error('unreachable: batching without getAttachmentStates');
@@ -204,4 +221,14 @@ export class StateChecks {
       }
     }
   }
+}
+
+/** Takes the withdrawn checks out of `from`, in place and in order, and settles them. */
+function dropWithdrawn(from: PendingCheck[]): void {
+  let kept = 0;
+  for (const p of from) {
+    if (p.withdrawn?.()) p.reject(new CheckWithdrawn('check withdrawn'));
+    else from[kept++] = p;
+  }
+  from.length = kept;
 }

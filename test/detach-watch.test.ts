@@ -19,6 +19,7 @@ import { afterEach, describe, expect, test } from 'vitest';
 import { Backend } from '../activities/backend';
 import { DetachWatch } from '../activities/detach-watch';
 import { ForcedVolumes } from '../activities/forced-volumes';
+import type { CallOptions, VolumeOfInstance } from '../activities/provider';
 import { MemorySimStore, type SeedVolume, SimulatedProvider } from '../activities/providers/simulated';
 import { workflowIdFor } from '../common/names';
 import { DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS, watchHeartbeatTimeoutMs } from '../common/stop-activities';
@@ -348,6 +349,105 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
         return collected;
       },
       'the registering attempt’s context to be collected',
+      10_000,
+    );
+    expect(w.watch.size).toBe(1);
+    await w.watch.release();
+  });
+
+  /** A wait watched with a minute's pause (no second check within a test), over a cloud whose answers can be held. */
+  async function watchedSlowly() {
+    class HeldAnswers extends SimulatedProvider {
+      hold: Promise<void> | undefined;
+      batches = 0;
+      override async getAttachmentStates(targets: readonly VolumeOfInstance[], options?: CallOptions) {
+        this.batches++;
+        const states = await super.getAttachmentStates(targets, options);
+        await this.hold; // read first: a held answer is as old as the read
+        return states;
+      }
+    }
+    const sim = new HeldAnswers(new MemorySimStore());
+    const instanceId = `i-${randomUUID().slice(0, 8)}`;
+    await sim.addInstance(instanceId, [stuck]);
+    await sim.detachVolume(instanceId, { volumeId: stuck.volumeId });
+    const completion = new FakeCompletion();
+    const forced = new ForcedVolumes();
+    const watch = new DetachWatch(completion as unknown as AsyncCompletionClient, forced, {
+      pollIntervalMs: 60_000,
+      maxPollIntervalMs: 60_000,
+      heartbeatEveryMs: 60_000,
+    });
+    const backend = new Backend(sim);
+    const target = { instanceId, volume: { volumeId: stuck.volumeId } };
+    const start = () =>
+      watch.watch({
+        taskToken: new Uint8Array([1]),
+        backend,
+        target,
+        lostAfterMs: 3_600_000,
+        attemptDeadlineMs: Date.now() + 3_600_000,
+        heartbeatTimeoutMs: 300_000,
+        beat: { checks: 0, state: 'detaching', since: new Date().toISOString() },
+        announce: false,
+      });
+    /** The worker's news of a force of the volume, as forceDetachVolume tells it. */
+    const tell = () => forced.forced(ForcedVolumes.key(sim.name, target));
+    /** Forces the volume in the cloud, then tells the news. */
+    const force = async () => {
+      await sim.forceDetachVolume(instanceId, { volumeId: stuck.volumeId });
+      tell();
+    };
+    return { sim, completion, watch, start, force, tell };
+  }
+
+  test('a force while the wait pauses: the list looks again at once, and answers detached', async () => {
+    const w = await watchedSlowly();
+    w.start();
+    await eventually(async () => w.sim.batches === 1, 'the first check');
+    await w.force();
+    await eventually(async () => w.watch.size === 0, 'the list to answer (its pause is a minute)', 10_000);
+    expect(w.completion.calls('complete').map((c) => c.arg)).toEqual([{ outcome: 'detached', checks: 2 }]);
+  });
+
+  test('a force while a check is out: its answer may predate the force, so the list looks again without a pause', async () => {
+    const w = await watchedSlowly();
+    let answer = () => {};
+    w.sim.hold = new Promise<void>((resolve) => {
+      answer = resolve;
+    });
+    w.start();
+    await eventually(async () => w.sim.batches === 1, 'the first check to be out');
+    await w.force(); // the check out read `detaching` before this
+    w.sim.hold = undefined;
+    answer();
+    await eventually(async () => w.watch.size === 0, 'the list to answer (its pause is a minute)', 10_000);
+    expect(w.completion.calls('complete').map((c) => c.arg)).toEqual([{ outcome: 'detached', checks: 2 }]);
+  });
+
+  test('a force’s news, told in the forcing activity’s context, leaves nothing of that context in the list', async () => {
+    const w = await watchedSlowly();
+    w.start();
+    await eventually(async () => w.sim.batches === 1, 'the first check');
+    // News while the volume still reads stuck (a force that did not take yet): the list checks, then pauses again, and
+    // that pause must not have been scheduled in the news's context.
+    const store = new AsyncLocalStorage<{ attempt: Uint8Array }>();
+    let collected = false;
+    const collection = new FinalizationRegistry(() => {
+      collected = true;
+    });
+    store.run({ attempt: new Uint8Array(1024) }, () => {
+      collection.register(store.getStore() ?? {}, undefined);
+      w.tell();
+    });
+    await eventually(async () => w.sim.batches === 2, 'the check the news asked for');
+    const gc = collectGarbage();
+    await eventually(
+      async () => {
+        gc();
+        return collected;
+      },
+      'the forcing activity’s context to be collected',
       10_000,
     );
     expect(w.watch.size).toBe(1);

@@ -18,6 +18,7 @@ import {
   type VolumeOfInstance,
 } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
+import { CheckWithdrawn } from '../activities/state-checks';
 import { StopflowClient } from '../client/stopflow-client';
 import { createStopflowWorker, type StopflowWorker } from '../worker/worker';
 import { connectClient, eventually, installQuietRuntime } from './helpers';
@@ -187,6 +188,33 @@ describe('coalesced state checks', () => {
     expect(sim.calls.get('getAttachmentState')).toBeUndefined();
     const oneByOne = await Promise.all(volumes.map((v) => sim.getAttachmentState('i-batch', v)));
     expect(states).toEqual(oneByOne);
+  });
+
+  test('a check withdrawn before its batch is taken leaves no volume in the backend call, and is settled', async () => {
+    const sim = new SimulatedProvider(new MemorySimStore(), {}, { maxBatch: 20 });
+    const volumes = [{ volumeId: 'vol-kept' }, { volumeId: 'vol-withdrawn' }];
+    await sim.addInstance('i-withdraw', volumes);
+    const asked: string[][] = [];
+    const batch = sim.getAttachmentStates.bind(sim);
+    sim.getAttachmentStates = (targets, options) => {
+      asked.push(targets.map((t) => t.volume.volumeId));
+      return batch(targets, options);
+    };
+    const backend = new Backend(sim);
+    let ended = false;
+    const kept = backend.states.check({ instanceId: 'i-withdraw', volume: { volumeId: 'vol-kept' } });
+    const withdrawn = backend.states.check(
+      { instanceId: 'i-withdraw', volume: { volumeId: 'vol-withdrawn' } },
+      () => ended,
+    );
+    ended = true; // the wait ended while its check gathered with others
+    await expect(kept).resolves.toBe('attached');
+    await expect(withdrawn).rejects.toBeInstanceOf(CheckWithdrawn);
+    expect(asked).toEqual([['vol-kept']]);
+    // All withdrawn: no backend call at all.
+    const alone = backend.states.check({ instanceId: 'i-withdraw', volume: { volumeId: 'vol-kept' } }, () => true);
+    await expect(alone).rejects.toBeInstanceOf(CheckWithdrawn);
+    expect(asked).toHaveLength(1);
   });
 
   test('a batch call that never answers is given up at its timeout, and the checks after it are answered', async () => {
