@@ -15,7 +15,7 @@ import {
   ThrottledProviderError,
   TransientProviderError,
 } from './provider';
-import { StateChecks } from './state-checks';
+import { CheckWithdrawn, StateChecks } from './state-checks';
 import { traceProviderCall } from './tracing';
 
 export type ProviderEvent =
@@ -113,7 +113,8 @@ export class Backend {
   }
 
   private translate(operation: string, err: unknown, signal: AbortSignal | undefined): Error {
-    if (err instanceof CancelledFailure) return err;
+    // Not the provider's error: nothing was asked of it (activities/state-checks.ts).
+    if (err instanceof CancelledFailure || err instanceof CheckWithdrawn) return err;
     // The activity was cancelled: whatever the SDK or child process threw is that cancellation.
     if (signal?.aborted) return signal.reason instanceof Error ? signal.reason : new CancelledFailure('cancelled');
     const error = err instanceof Error ? err : new Error(String(err));

@@ -195,12 +195,13 @@ class Watched {
 
   /** Stops the wait's timers and checks, and answers for it once; the answer settles when it is said (or given up). */
   end(ending: Ending): Promise<void> {
-    if (this.answered) return this.answered;
+    if (this.ending) return this.answered ?? Promise.resolve();
     this.ending = ending;
     clearTimeout(this.pause);
     clearTimeout(this.beats); // a timeout or an interval alike
     clearTimeout(this.beatRetry);
     this.list.forced.unlisten(this.key, this.onForced);
+    if (this.checking) this.wait.backend.states.sweepWithdrawn();
     this.answered = this.list.root.runInAsyncScope(() =>
       this.answer(ending)
         .catch((error: unknown) => {
@@ -235,7 +236,9 @@ class Watched {
     if (state === 'detached')
       return void this.end({ kind: 'done', result: { outcome: 'detached', checks: beat.checks } });
     this.announceOnce();
-    if (looksLost(beat, this.wait.lostAfterMs)) {
+    // Taken into the clock, but not decided on: an answer that may predate a force heard while it was out.
+    const lost = looksLost(beat, this.wait.lostAfterMs);
+    if (lost && !this.recheck) {
       return void this.end({ kind: 'done', result: { outcome: 'lost', checks: beat.checks } });
     }
     this.pauseThenCheck();
@@ -258,12 +261,13 @@ class Watched {
   }
 
   private pauseThenCheck(): void {
-    if (this.recheck) {
-      this.check();
+    // A re-check runs at once: only a pause would take the wait past its hand-back time.
+    if (this.recheck ? Date.now() >= this.handBackAt : Date.now() + this.pauseMs > this.handBackAt) {
+      void this.end({ kind: 'handback' });
       return;
     }
-    if (Date.now() + this.pauseMs > this.handBackAt) {
-      void this.end({ kind: 'handback' });
+    if (this.recheck) {
+      this.check();
       return;
     }
     this.pause = setTimeout(this.onPaused, this.pauseMs);
@@ -272,7 +276,10 @@ class Watched {
 
   private readonly onPaused = () => this.check();
 
-  /** The volume was forced in this worker: look again now rather than at the end of the pause. */
+  /**
+   * The volume was forced in this worker: look again now rather than at the end of the pause. Told inside the
+   * forcing activity, so it only schedules: the check runs on its own turn, in the list's context.
+   */
   private readonly onForced = () => {
     if (this.ending) return;
     if (this.checking) {
@@ -280,8 +287,7 @@ class Watched {
       return;
     }
     clearTimeout(this.pause);
-    // In the list's context, not the force activity's (the news comes from there).
-    this.list.root.runInAsyncScope(() => this.check());
+    this.pause = this.list.root.runInAsyncScope(() => setTimeout(this.onPaused, 0));
   };
 
   /** The wait's heartbeat, apart from its checks: a check may wait long for budget tokens under throttling. */

@@ -49,6 +49,7 @@ export class StateChecks {
   private urgentPending: PendingCheck[] = [];
   private flushing = false;
   private urgentFlushing = false;
+  private sweeping = false;
   readonly maxBatch: number;
 
   constructor(
@@ -78,10 +79,18 @@ export class StateChecks {
   ): Promise<AttachmentState> {
     const signal = typeof cancel === 'function' ? undefined : cancel;
     if (this.maxBatch === 1) {
-      if (typeof cancel === 'function' && cancel()) return Promise.reject(new CheckWithdrawn('check withdrawn'));
       return this.call(
         'getAttachmentState',
-        (options) => this.provider.getAttachmentState(target.instanceId, target.volume, { ...options, signal }),
+        (options) => {
+          // Asked once the budget gave the call its token: a check withdrawn while it waited is not made.
+          if (typeof cancel === 'function' && cancel()) return Promise.reject(new CheckWithdrawn('check withdrawn'));
+          // Without a signal of its own the call keeps the one it was given (a shared call's timeout).
+          return this.provider.getAttachmentState(
+            target.instanceId,
+            target.volume,
+            signal ? { ...options, signal } : options,
+          );
+        },
         false,
         1,
         priority,
@@ -115,6 +124,20 @@ export class StateChecks {
         this.pending.push(entry);
         if (!this.flushing) void this.flushRoutine();
       }
+    });
+  }
+
+  /**
+   * Lets go of withdrawn checks before their batch is taken (which a throttled budget may put off for a minute):
+   * a check keeps its caller's wait alive. Once a tick however many waits end in it, so a mass end costs one pass.
+   */
+  sweepWithdrawn(): void {
+    if (this.sweeping || this.maxBatch === 1) return;
+    this.sweeping = true;
+    setImmediate(() => {
+      this.sweeping = false;
+      dropWithdrawn(this.pending);
+      dropWithdrawn(this.urgentPending);
     });
   }
 

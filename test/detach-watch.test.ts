@@ -372,7 +372,19 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
     await sim.addInstance(instanceId, [stuck]);
     await sim.detachVolume(instanceId, { volumeId: stuck.volumeId });
     const completion = new FakeCompletion();
-    const forced = new ForcedVolumes();
+    /** Counts the listeners the list keeps: one per wait, for as long as it watches the wait. */
+    class CountedForced extends ForcedVolumes {
+      listening = 0;
+      override listen(key: string, wake: () => void): void {
+        this.listening++;
+        super.listen(key, wake);
+      }
+      override unlisten(key: string, wake: () => void): void {
+        this.listening--;
+        super.unlisten(key, wake);
+      }
+    }
+    const forced = new CountedForced();
     const watch = new DetachWatch(completion as unknown as AsyncCompletionClient, forced, {
       pollIntervalMs: 60_000,
       maxPollIntervalMs: 60_000,
@@ -398,7 +410,7 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
       await sim.forceDetachVolume(instanceId, { volumeId: stuck.volumeId });
       tell();
     };
-    return { sim, completion, watch, start, force, tell };
+    return { sim, completion, watch, start, force, tell, forced };
   }
 
   test('a force while the wait pauses: the list looks again at once, and answers detached', async () => {
@@ -429,8 +441,8 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
     const w = await watchedSlowly();
     w.start();
     await eventually(async () => w.sim.batches === 1, 'the first check');
-    // News while the volume still reads stuck (a force that did not take yet): the list checks, then pauses again, and
-    // that pause must not have been scheduled in the news's context.
+    // News while the volume still reads stuck (a force that did not take yet) and the wait pauses: the list checks,
+    // then pauses again, and neither the check nor that pause may have been scheduled in the news's context.
     const store = new AsyncLocalStorage<{ attempt: Uint8Array }>();
     let collected = false;
     const collection = new FinalizationRegistry(() => {
@@ -451,7 +463,15 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
       10_000,
     );
     expect(w.watch.size).toBe(1);
+    // The list listens for the wait's whole stay: a second force is heard too.
+    w.tell();
+    await eventually(async () => w.sim.batches === 3, 'the check the second news asked for');
     await w.watch.release();
+    expect(w.forced.listening).toBe(0);
+    // And news after that asks for nothing: a check would gather and reach the cloud within a few tens of ms.
+    w.tell();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(w.sim.batches).toBe(3);
   });
 
   test('release hands a wait back with its latest details, and a wait offered after it is refused', async () => {

@@ -217,6 +217,58 @@ describe('coalesced state checks', () => {
     expect(asked).toHaveLength(1);
   });
 
+  test('a wait that ends while its check queues behind a batch still out lets go of the check at once', async () => {
+    // The first batch's answer is held: the next check waits behind it, as behind a throttled budget.
+    let answer = () => {};
+    const held = new Promise<void>((resolve) => {
+      answer = resolve;
+    });
+    class FirstBatchHeld extends SimulatedProvider {
+      batches = 0;
+      override async getAttachmentStates(targets: readonly VolumeOfInstance[], options?: CallOptions) {
+        if (++this.batches === 1) await held;
+        return super.getAttachmentStates(targets, options);
+      }
+    }
+    const sim = new FirstBatchHeld(new MemorySimStore(), {}, { maxBatch: 20 });
+    await sim.addInstance('i-sweep', [{ volumeId: 'vol-1' }, { volumeId: 'vol-2' }]);
+    const backend = new Backend(sim);
+    const first = backend.states.check({ instanceId: 'i-sweep', volume: { volumeId: 'vol-1' } });
+    await eventually(async () => sim.batches === 1, 'the first batch to be out');
+    let ended = false;
+    const queued = backend.states.check({ instanceId: 'i-sweep', volume: { volumeId: 'vol-2' } }, () => ended);
+    ended = true;
+    backend.states.sweepWithdrawn();
+    await expect(queued).rejects.toBeInstanceOf(CheckWithdrawn); // while the first batch is still out
+    expect(sim.batches).toBe(1);
+    answer();
+    await expect(first).resolves.toBe('attached');
+  });
+
+  test('one volume per call: a check withdrawn while it waited for its token is not made, and a call keeps its timeout', async () => {
+    const sim = new SimulatedProvider(new MemorySimStore(), {}, { maxBatch: 1 });
+    await sim.addInstance('i-one', [{ volumeId: 'vol-1' }]);
+    const signals: Array<AbortSignal | undefined> = [];
+    const one = sim.getAttachmentState.bind(sim);
+    sim.getAttachmentState = (instanceId, volume, options) => {
+      signals.push(options?.signal);
+      return one(instanceId, volume, options);
+    };
+    const backend = new Backend(sim);
+    expect(backend.states.maxBatch).toBe(1);
+    const target = { instanceId: 'i-one', volume: { volumeId: 'vol-1' } };
+    // Outside an activity (the watch list's checks): the call is shared, and its timeout's signal reaches the provider.
+    await expect(backend.states.check(target, () => false)).resolves.toBe('attached');
+    expect(signals).toHaveLength(1);
+    expect(signals[0]).toBeInstanceOf(AbortSignal);
+    let ended = false;
+    const withdrawn = backend.states.check(target, () => ended);
+    ended = true; // the wait ended while its check waited for a budget token
+    // Not a provider error: the Backend passes it on as it is, and reports no error of the provider.
+    await expect(withdrawn).rejects.toBeInstanceOf(CheckWithdrawn);
+    expect(signals).toHaveLength(1);
+  });
+
   test('a batch call that never answers is given up at its timeout, and the checks after it are answered', async () => {
     // The first batch call never settles and does not listen to its signal: a provider bug, or a hung host.
     class FirstBatchHangs extends SimulatedProvider {
