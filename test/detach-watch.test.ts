@@ -331,26 +331,9 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
     // The SDK's activity context (Activity, logger, cancellation) rides in an async-local store; a promise the list
     // keeps for a stuck volume must not have been made in it. Modelled with a store of our own, held only weakly here.
     const w = await watched();
-    const store = new AsyncLocalStorage<{ attempt: Uint8Array }>();
-    let collected = false;
-    // Not a WeakRef: V8 keeps a WeakRef's target alive until the job that made it ends, which a test cannot wait for.
-    const collection = new FinalizationRegistry(() => {
-      collected = true;
-    });
-    store.run({ attempt: new Uint8Array(1024) }, () => {
-      collection.register(store.getStore() ?? {}, undefined);
-      expect(w.start()).toBe(true);
-    });
+    const collected = runInAStoreOfItsOwn(() => expect(w.start()).toBe(true));
     await eventually(async () => w.completion.calls('heartbeat').length > 0, 'the list to check and beat');
-    const gc = collectGarbage();
-    await eventually(
-      async () => {
-        gc();
-        return collected;
-      },
-      'the registering attempt’s context to be collected',
-      10_000,
-    );
+    await collected('the registering attempt’s context to be collected');
     expect(w.watch.size).toBe(1);
     await w.watch.release();
   });
@@ -443,25 +426,9 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
     await eventually(async () => w.sim.batches === 1, 'the first check');
     // News while the volume still reads stuck (a force that did not take yet) and the wait pauses: the list checks,
     // then pauses again, and neither the check nor that pause may have been scheduled in the news's context.
-    const store = new AsyncLocalStorage<{ attempt: Uint8Array }>();
-    let collected = false;
-    const collection = new FinalizationRegistry(() => {
-      collected = true;
-    });
-    store.run({ attempt: new Uint8Array(1024) }, () => {
-      collection.register(store.getStore() ?? {}, undefined);
-      w.tell();
-    });
+    const collected = runInAStoreOfItsOwn(() => w.tell());
     await eventually(async () => w.sim.batches === 2, 'the check the news asked for');
-    const gc = collectGarbage();
-    await eventually(
-      async () => {
-        gc();
-        return collected;
-      },
-      'the forcing activity’s context to be collected',
-      10_000,
-    );
+    await collected('the forcing activity’s context to be collected');
     expect(w.watch.size).toBe(1);
     // The list listens for the wait's whole stay: a second force is heard too.
     w.tell();
@@ -509,6 +476,33 @@ async function unstickSim(sim: SimulatedProvider, instanceId: string): Promise<v
   await sim.store.mutate((cloud) => {
     for (const v of cloud.instances[instanceId]?.volumes ?? []) v.behavior.hang = false;
   });
+}
+
+/**
+ * Runs `fn` inside an async-local store of its own, held here only by a FinalizationRegistry (not a WeakRef: V8 keeps
+ * a WeakRef's target alive until the job that made it ends, which a test cannot wait for). The function returned
+ * collects garbage until the store is gone.
+ */
+function runInAStoreOfItsOwn(fn: () => void): (what: string) => Promise<boolean> {
+  const store = new AsyncLocalStorage<{ attempt: Uint8Array }>();
+  let collected = false;
+  const collection = new FinalizationRegistry(() => {
+    collected = true;
+  });
+  store.run({ attempt: new Uint8Array(1024) }, () => {
+    collection.register(store.getStore() ?? {}, undefined);
+    fn();
+  });
+  const gc = collectGarbage();
+  return (what) =>
+    eventually(
+      async () => {
+        gc();
+        return collected;
+      },
+      what,
+      10_000,
+    );
 }
 
 /** V8's collector, callable without starting the test process with --expose-gc. */
