@@ -25,6 +25,7 @@ import {
   Runtime,
   Worker,
 } from '@temporalio/worker';
+import { z } from 'zod';
 import type { AttachmentState, CallBudget, CallOptions, Provider } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import type { VolumeRef } from '../common/request';
@@ -208,13 +209,15 @@ async function main(): Promise<void> {
     },
   });
   // Nothing but what `stopflow worker` passes with an empty environment (no tuning, default timings), and
-  // the probes' moment above.
+  // the probes' moment above; and what an operator set by hand to look inside a row (never in committed rows).
+  const { maxCachedWorkflows, watchHeartbeatTimeoutMs } = optionsByHand();
   const worker = await createStopflowWorker({
     connection,
     taskQueue: config.taskQueue,
     providers: [provider],
     workflowBundle: { codePath: config.bundlePath },
-    tuning: { interceptors: { activity: [forceStarted] } },
+    tuning: { interceptors: { activity: [forceStarted] }, ...(maxCachedWorkflows ? { maxCachedWorkflows } : {}) },
+    ...(watchHeartbeatTimeoutMs ? { watchHeartbeatTimeoutMs } : {}),
   });
   // Temporal's floor beside it, in the same process (idle but for the floor's own samples).
   const floorWorker = config.floor
@@ -292,3 +295,19 @@ main().catch((err: unknown) => {
   process.stderr.write(`incident-worker: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   process.exit(1);
 });
+
+/**
+ * STOPFLOW_BENCH_WORKER_OPTIONS sets worker options by hand, to test what bounds a row: `{"maxCachedWorkflows":6000}`
+ * (no stuck stop evicted for a healthy one), `{"watchHeartbeatTimeoutMs":1800000}` (a sixth of the heartbeats).
+ * Like STOPFLOW_BENCH_WORKER_FLAGS, for looking inside a row; BENCHMARKS.md's rows are measured without it.
+ */
+function optionsByHand(): { maxCachedWorkflows?: number | undefined; watchHeartbeatTimeoutMs?: number | undefined } {
+  const raw = process.env.STOPFLOW_BENCH_WORKER_OPTIONS;
+  if (!raw) return {};
+  return z
+    .strictObject({
+      maxCachedWorkflows: z.number().int().positive().optional(),
+      watchHeartbeatTimeoutMs: z.number().int().positive().optional(),
+    })
+    .parse(JSON.parse(raw));
+}
