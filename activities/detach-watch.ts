@@ -5,11 +5,12 @@
  * budgeted checks and completes each wait by its task token as soon as the volume reads `detached` (or the request
  * looks lost).
  *
- * Each wait still heartbeats, from here, at two thirds of its heartbeat timeout (200 s of the default 5 min, the
- * worker's STOPFLOW_WATCH_HEARTBEAT_TIMEOUT since workflow version 9; 80 s of 2 min in version 8): that is how the
- * server notices a lost worker (the wait is retried on another within the timeout) and how this list hears of a
- * cancel (the heartbeat's answer). One request per stuck volume per 200 s, where a wait polling in place cost two
- * per hold window and pause (docs/worker.md "Isolation"). A worker that shuts down hands its waits back at once.
+ * Each wait still heartbeats, from here, a little before its heartbeat timeout (beatEveryMs: 13 min of the worker's
+ * default 15 min, STOPFLOW_WATCH_HEARTBEAT_TIMEOUT, since 0.2.8; 200 s of 5 min before; 80 s of version 8's 2 min):
+ * that is how the server notices a lost worker (the wait is retried on another within the timeout) and how this list
+ * hears of a cancel (the heartbeat's answer). It is the only thing a stuck volume costs the server while it waits, so
+ * it is as rare as the timeout allows: at 5,000 stuck volumes, a beat every 200 s was the server's largest load
+ * (docs/worker.md "Sizing"). A worker that shuts down hands its waits back at once.
  */
 import { AsyncResource } from 'node:async_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -36,7 +37,7 @@ export interface WatchedWait {
   lostAfterMs: number;
   /** The attempt's start-to-close deadline (epoch ms): the list hands the wait back well before it. */
   attemptDeadlineMs: number;
-  /** The attempt's heartbeat timeout; the list beats at two thirds of it. */
+  /** The attempt's heartbeat timeout; the list beats a little before it (beatEveryMs). */
   heartbeatTimeoutMs: number;
   /** What the server shows of the wait (its heartbeat details), carried on from earlier attempts. */
   beat: WaitHeartbeat;
@@ -48,10 +49,25 @@ export interface DetachWatchOptions {
   /** Pause between the checks of a volume at first; it doubles up to maxPollIntervalMs. */
   pollIntervalMs: number;
   maxPollIntervalMs: number;
-  /** Heartbeat each wait at least this often (default: two thirds of its heartbeat timeout). */
+  /** Heartbeat each wait at least this often (default: beatEveryMs of its heartbeat timeout). */
   heartbeatEveryMs?: number;
   /** Where a watch that broke is reported (the worker's logger); stderr by default. */
   warn?: (message: string, meta: Record<string, unknown>) => void;
+}
+
+/**
+ * The most a beat is sent before the heartbeat timeout would lapse: room for a failed beat's retry (BEAT_RETRY_MS) and
+ * a loaded worker's late timers, many times over. Up to 6 min timeouts a third of the timeout is less, and is kept.
+ */
+const BEAT_MARGIN_MS = 120_000;
+
+/**
+ * How often the list beats a wait scheduled with `heartbeatTimeoutMs`: a third of the timeout early, but never more
+ * than BEAT_MARGIN_MS. So 80 s of 2 min and 200 s of 5 min as ever, and 13 min of 15 min (28 of 30), where two thirds
+ * would beat every 10 min: the longer timeout is chosen to make beats rare, and the margin need not grow with it.
+ */
+export function beatEveryMs(heartbeatTimeoutMs: number): number {
+  return Math.max(1_000, heartbeatTimeoutMs - Math.min(Math.floor(heartbeatTimeoutMs / 3), BEAT_MARGIN_MS));
 }
 
 /** How long before its attempt's start-to-close the list hands a stuck volume back (the next attempt takes it again). */
@@ -178,8 +194,10 @@ class Watched {
   }
 
   start(): void {
-    const timeoutShare = Math.max(1_000, Math.floor((this.wait.heartbeatTimeoutMs * 2) / 3));
-    const everyMs = Math.min(this.list.options.heartbeatEveryMs ?? Number.POSITIVE_INFINITY, timeoutShare);
+    const everyMs = Math.min(
+      this.list.options.heartbeatEveryMs ?? Number.POSITIVE_INFINITY,
+      beatEveryMs(this.wait.heartbeatTimeoutMs),
+    );
     // Each wait beats at a phase of its own, drawn at random: waits registered in one burst (an incident, a worker
     // restart) spread their beats over the whole interval at once, instead of all beating together an interval later.
     this.beats = setTimeout(
@@ -306,7 +324,7 @@ class Watched {
   };
 
   private readonly onBeatFailed = (err: unknown) => {
-    // One missed beat must not time the attempt out: the next is two thirds of the timeout away.
+    // One missed beat must not time the attempt out: the next is almost a whole timeout away.
     if (!this.heardFrom(err) && !this.ending && !this.beatRetry) {
       this.beatRetry = setTimeout(this.beatAgain, BEAT_RETRY_MS);
     }

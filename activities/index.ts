@@ -57,7 +57,7 @@ export interface ActivityDeps {
   maxPollIntervalMs?: number;
   /**
    * The heartbeat timeout watched waits are scheduled with (reported by requestDetach, workflow version 9): how long
-   * a killed worker's waits stay with it. Default DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS (5 min).
+   * a killed worker's waits stay with it. Default DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS (15 min).
    */
   watchHeartbeatTimeoutMs?: number;
   /** Called on every provider call and error, for metrics. Must not throw. */

@@ -54,19 +54,25 @@ export interface RequestResult {
    * Workflow version 9 (`worker-timed-watch`): the heartbeat timeout, ms, the worker's operator chose for watched
    * waits (STOPFLOW_WATCH_HEARTBEAT_TIMEOUT): the workflow schedules this volume's wait with it. It is the one
    * setting that trades a lost worker's recovery time against the server's work per stuck volume, and only the
-   * operator knows which matters more. Absent from older workers: DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS.
+   * operator knows which matters more. Absent from older workers: UNSAID_WATCH_HEARTBEAT_TIMEOUT_MS.
    */
   watchHeartbeatTimeoutMs?: number;
 }
 
 /**
- * The heartbeat timeout of a watched wait, by default. Its watch list beats at two thirds of it (200 s): one write
- * on the server per stuck volume per 200 s, which is what a few thousand stuck volumes cost the server while they
- * wait (BENCHMARKS.md, incident scale). A worker killed without a shutdown leaves its waits this long.
+ * The heartbeat timeout a worker gives watched waits unless its operator chose one (STOPFLOW_WATCH_HEARTBEAT_TIMEOUT;
+ * 15 min since 0.2.8, was 5 min). Its watch list beats each wait 2 min before it (every 13 min): one write on the
+ * server per stuck volume per 13 min, which is what a few thousand stuck volumes cost the server while they wait
+ * (BENCHMARKS.md, incident scale). A worker killed without a shutdown leaves its waits this long.
  */
-export const DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS = 300_000;
+export const DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS = 900_000;
 /**
- * What a watched wait's heartbeat timeout may be: at least 10 s (the list beats at two thirds of it), at most 30 min
+ * What the workflow schedules a watched wait with when the worker that sent its detach request does not say (a worker
+ * older than 0.2.5): that release's default. It is workflow logic, so it stays what recorded histories were made with.
+ */
+export const UNSAID_WATCH_HEARTBEAT_TIMEOUT_MS = 300_000;
+/**
+ * What a watched wait's heartbeat timeout may be: at least 10 s (the list beats a third of it early), at most 30 min
  * (an attempt lasts an hour and is handed back a minute or two before it ends, after a last beat).
  */
 export const WATCH_HEARTBEAT_TIMEOUT_RANGE_MS = [10_000, 1_800_000] as const;
@@ -75,7 +81,7 @@ export const WATCH_HEARTBEAT_TIMEOUT_RANGE_MS = [10_000, 1_800_000] as const;
 export function watchHeartbeatTimeoutMs(requested: RequestResult): number {
   const [min, max] = WATCH_HEARTBEAT_TIMEOUT_RANGE_MS;
   const ms = requested.watchHeartbeatTimeoutMs;
-  if (ms === undefined || !Number.isFinite(ms)) return DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS;
+  if (ms === undefined || !Number.isFinite(ms)) return UNSAID_WATCH_HEARTBEAT_TIMEOUT_MS;
   return Math.min(max, Math.max(min, Math.round(ms)));
 }
 

@@ -257,7 +257,7 @@ try {
     taskQueue,
     providers: [sim],
     pollIntervalMs: 200,
-    // Not the default (5 min): the histories show the wait scheduled with the worker's own setting (version 9).
+    // Not the default (15 min): the histories show the wait scheduled with the worker's own setting (version 9).
     watchHeartbeatTimeoutMs: 90_000,
     refuseHeldVolumes: true,
     completionEvents,

@@ -17,12 +17,16 @@ import {
 } from '@temporalio/client';
 import { afterEach, describe, expect, test } from 'vitest';
 import { Backend } from '../activities/backend';
-import { DetachWatch } from '../activities/detach-watch';
+import { beatEveryMs, DetachWatch } from '../activities/detach-watch';
 import { ForcedVolumes } from '../activities/forced-volumes';
 import type { CallOptions, VolumeOfInstance } from '../activities/provider';
 import { MemorySimStore, type SeedVolume, SimulatedProvider } from '../activities/providers/simulated';
 import { workflowIdFor } from '../common/names';
-import { DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS, watchHeartbeatTimeoutMs } from '../common/stop-activities';
+import {
+  DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS,
+  UNSAID_WATCH_HEARTBEAT_TIMEOUT_MS,
+  watchHeartbeatTimeoutMs,
+} from '../common/stop-activities';
 import { eventually, type Harness, type HarnessOptions, startHarness } from './helpers';
 
 const harnesses: Harness[] = [];
@@ -92,7 +96,7 @@ test('stuck volumes hold no wait slot: with one slot, three waits are watched at
   await eventually(async () => h.worker.watch.size === 0, 'the forced volumes to leave the watch list');
 });
 
-test('a watched wait is scheduled with its worker’s heartbeat timeout (version 9): 5 min by default, or the operator’s', async () => {
+test('a watched wait is scheduled with its worker’s heartbeat timeout (version 9): 15 min by default, or the operator’s', async () => {
   const scheduledTimeoutSeconds = async (h: Harness, instanceId: string) => {
     await eventually(async () => h.worker.watch.size === 1, 'the wait in the watch list');
     const events = (await h.client.workflow.getHandle(workflowIdFor(instanceId)).fetchHistory()).events ?? [];
@@ -105,7 +109,7 @@ test('a watched wait is scheduled with its worker’s heartbeat timeout (version
     return Number(timeout?.seconds ?? Number.NaN);
   };
   const byDefault = await harness();
-  expect(await scheduledTimeoutSeconds(byDefault, await stuckStop(byDefault))).toBe(300);
+  expect(await scheduledTimeoutSeconds(byDefault, await stuckStop(byDefault))).toBe(900);
   const configured = await harness({ watchHeartbeatTimeoutMs: 45_000 });
   expect(await scheduledTimeoutSeconds(configured, await stuckStop(configured))).toBe(45);
 });
@@ -159,7 +163,7 @@ test('a worker that shuts down hands its watched waits back: another worker take
   await first.close();
   harnesses.splice(harnesses.indexOf(first), 1);
   const second = await harness({ taskQueue: first.taskQueue, sim: first.sim });
-  // Well within the 5 min heartbeat timeout a dead worker's wait would need: handed back, retried within a second.
+  // Well within the 15 min heartbeat timeout a dead worker's wait would need: handed back, retried within a second.
   await eventually(async () => second.worker.watch.size === 1, 'the second worker to watch the wait', 60_000);
   const progress = await second.stopflow.progress(instanceId);
   expect(progress.volumes[0]?.work?.attempt).toBeGreaterThanOrEqual(2);
@@ -464,12 +468,27 @@ test('the workflow holds a worker’s heartbeat timeout to 10 s-30 min, and take
       state: 'detaching',
       ...(ms === undefined ? {} : { watchHeartbeatTimeoutMs: ms }),
     });
-  expect(answer()).toBe(DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS);
-  expect(DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS).toBe(300_000);
+  // What 0.2.5-0.2.7 recorded histories were made with: the worker's default moved (15 min), this must not.
+  expect(answer()).toBe(UNSAID_WATCH_HEARTBEAT_TIMEOUT_MS);
+  expect(UNSAID_WATCH_HEARTBEAT_TIMEOUT_MS).toBe(300_000);
+  expect(answer(DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS)).toBe(900_000);
   expect(answer(45_000)).toBe(45_000);
   expect(answer(1)).toBe(10_000);
   expect(answer(24 * 3_600_000)).toBe(1_800_000);
-  expect(answer(Number.NaN)).toBe(DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS);
+  expect(answer(Number.NaN)).toBe(UNSAID_WATCH_HEARTBEAT_TIMEOUT_MS);
+});
+
+test('the list beats a third of a short heartbeat timeout early, and 2 min early for a long one: beats stay rare', () => {
+  // Up to 6 min, as before 0.2.8: version 8's 2 min and 0.2.5-0.2.7's 5 min beat as their waits always have.
+  expect(beatEveryMs(120_000)).toBe(80_000);
+  expect(beatEveryMs(300_000)).toBe(200_000);
+  expect(beatEveryMs(360_000)).toBe(240_000);
+  // Past it, two thirds would beat every 10 min of 15, half again as often as the timeout needs.
+  expect(beatEveryMs(DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS)).toBe(780_000);
+  expect(beatEveryMs(1_800_000)).toBe(1_680_000);
+  // The smallest timeouts (10 s, the range's floor; tests' 1 s) still leave the beat inside the timeout.
+  expect(beatEveryMs(10_000)).toBe(6_667);
+  expect(beatEveryMs(1_000)).toBe(1_000);
 });
 
 async function unstickSim(sim: SimulatedProvider, instanceId: string): Promise<void> {

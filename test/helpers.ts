@@ -32,7 +32,7 @@ export interface HarnessOptions {
   /** Passed through to createStopflowWorker. */
   maxConcurrentWaits?: number;
   watchHeartbeatMs?: number;
-  /** Passed through to createStopflowWorker (the production default, 5 min, when unset). */
+  /** Passed through to createStopflowWorker (the production default, 15 min, when unset). */
   watchHeartbeatTimeoutMs?: number;
   /** The task queue of another harness: a second worker for the same stops. */
   taskQueue?: string;
@@ -76,7 +76,7 @@ export async function startHarness(options: HarnessOptions = {}): Promise<Harnes
       : { workflowStackTraces: options.workflowStackTraces }),
     ...(options.extraActivities ? { extraActivities: options.extraActivities } : {}),
     ...(options.maxConcurrentWaits !== undefined ? { maxConcurrentWaits: options.maxConcurrentWaits } : {}),
-    // Watched waits heartbeat every second (200 s in production): `stopflow status` and cancels keep up with tests.
+    // Watched waits heartbeat every second (13 min in production): `stopflow status` and cancels keep up with tests.
     watchHeartbeatMs: options.watchHeartbeatMs ?? 1_000,
     ...(options.watchHeartbeatTimeoutMs !== undefined
       ? { watchHeartbeatTimeoutMs: options.watchHeartbeatTimeoutMs }

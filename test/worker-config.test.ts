@@ -38,7 +38,7 @@ describe('worker configuration', () => {
       pollIntervalMs: 5_000,
       detachHoldMs: 15_000,
       maxPollIntervalMs: 60_000,
-      watchHeartbeatTimeoutMs: 300_000,
+      watchHeartbeatTimeoutMs: 900_000,
       // Metrics on loopback unless configured: they name instances and volumes.
       metricsAddress: '127.0.0.1:9464',
       shutdownGraceMs: 20_000,
@@ -310,12 +310,12 @@ describe('worker configuration', () => {
     [
       'STOPFLOW_WATCH_HEARTBEAT_TIMEOUT',
       '5s',
-      'STOPFLOW_WATCH_HEARTBEAT_TIMEOUT: must be a duration such as "5m" (10s-30m)',
+      'STOPFLOW_WATCH_HEARTBEAT_TIMEOUT: must be a duration such as "15m" (10s-30m)',
     ],
     [
       'STOPFLOW_WATCH_HEARTBEAT_TIMEOUT',
       '1h',
-      'STOPFLOW_WATCH_HEARTBEAT_TIMEOUT: must be a duration such as "5m" (10s-30m)',
+      'STOPFLOW_WATCH_HEARTBEAT_TIMEOUT: must be a duration such as "15m" (10s-30m)',
     ],
     ['STOPFLOW_SHUTDOWN_GRACE', '0s', 'STOPFLOW_SHUTDOWN_GRACE: must be a duration such as "20s" (1s-10m)'],
     [

@@ -347,7 +347,7 @@ const envSchema = z
     ),
     STOPFLOW_WATCH_HEARTBEAT_TIMEOUT: z.preprocess(
       blankToUndefined,
-      durationVar('5m', WATCH_HEARTBEAT_TIMEOUT_RANGE_MS).default(DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS),
+      durationVar('15m', WATCH_HEARTBEAT_TIMEOUT_RANGE_MS).default(DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS),
     ),
     // Loopback unless told otherwise: metrics name instances and volumes (a container sets 0.0.0.0 itself).
     STOPFLOW_METRICS_ADDRESS: z.preprocess(blankToUndefined, metricsAddress.default('127.0.0.1:9464')),

@@ -47,12 +47,12 @@ export interface StopflowWorkerOptions {
   maxPollIntervalMs?: number;
   /**
    * How often the watch list heartbeats each wait it answers for (activities/detach-watch.ts), at most: a cancel
-   * reaches it within this long. Default: two thirds of the wait's heartbeat timeout (200 s of the default 5 min).
+   * reaches it within this long. Default: a little before the wait's heartbeat timeout (13 min of the default 15 min).
    */
   watchHeartbeatMs?: number;
   /**
    * The heartbeat timeout stops schedule their watched waits with (workflow version 9; STOPFLOW_WATCH_HEARTBEAT_TIMEOUT):
-   * how long a worker killed without a shutdown keeps its waits. Default DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS (5 min).
+   * how long a worker killed without a shutdown keeps its waits. Default DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS (15 min).
    */
   watchHeartbeatTimeoutMs?: number;
   /** Slots of the waits task queue. Default DEFAULT_MAX_CONCURRENT_WAITS. */

@@ -51,7 +51,7 @@ export const watchedWait: ActivityOptions = {
 
 /**
  * A watched wait as version 9 schedules it (`worker-timed-watch`): with the heartbeat timeout the requesting worker's
- * operator chose (5 min by default, common/stop-activities.ts): its list beats at two thirds of it.
+ * operator chose (15 min by default since 0.2.8, common/stop-activities.ts): its list beats a little before it.
  */
 export function watchedWaitTimed(heartbeatTimeoutMs: number): ActivityOptions {
   return { ...watchedWait, heartbeatTimeout: heartbeatTimeoutMs };

@@ -186,10 +186,10 @@ async function detachGracefully(state: StopState, volume: VolumeStatus, target: 
     volume.attempts += requested.requests;
     if (requested.state === 'detached') return;
     // WATCHED_WAITS: the wait holds no slot and its attempt does not end every hold window; its worker's watch list
-    // answers for it (and heartbeats it at two thirds of its heartbeat timeout).
+    // answers for it (and heartbeats it a little before its heartbeat timeout).
     const watched = patched(WATCHED_WAITS);
     // WORKER_TIMED_WATCH: the operator's trade of a lost worker's recovery time against the server's work per stuck
-    // volume (a heartbeat every two thirds of it), as the worker that sent the request reported it.
+    // volume (a heartbeat a little before each lapses), as the worker that sent the request reported it.
     const options = !watched
       ? wait
       : patched(WORKER_TIMED_WATCH)

@@ -16,7 +16,7 @@
  * simulated cloud with this test. An activity running at the kill is retried
  * only after its heartbeat timeout: 10 s for urgent work, and for a wait the
  * dead worker's watch list answered for, the watch heartbeat timeout these
- * workers are configured with (20 s; production's default is 5 min).
+ * workers are configured with (20 s; production's default is 15 min).
  */
 import { mkdtempSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';

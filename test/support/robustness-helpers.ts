@@ -126,7 +126,7 @@ export interface WorkerProcessOptions {
   forceDelayMs?: number;
   /**
    * The heartbeat timeout stops schedule their watched waits with (STOPFLOW_WATCH_HEARTBEAT_TIMEOUT). Default 20 s,
-   * not production's 5 min: a SIGKILLed worker's waits then move to another within a test's patience.
+   * not production's 15 min: a SIGKILLed worker's waits then move to another within a test's patience.
    */
   watchHeartbeatTimeoutMs?: number;
 }
