@@ -56,8 +56,8 @@ export interface DetachWatchOptions {
 }
 
 /**
- * The most a beat is sent before the heartbeat timeout would lapse: room for a failed beat's retry (BEAT_RETRY_MS) and
- * a loaded worker's late timers, many times over. Up to 6 min timeouts a third of the timeout is less, and is kept.
+ * The most a beat is sent before the heartbeat timeout would lapse: room for a missed beat's tries (5, 10, 20 and
+ * 40 s after it) and a loaded worker's late timers. Up to 6 min timeouts a third of the timeout is less, and is kept.
  */
 const BEAT_MARGIN_MS = 120_000;
 
@@ -88,7 +88,7 @@ type ServerSaid = 'cancelled' | 'gone' | 'paused' | 'reset';
 
 /** Longest a shutdown waits for the waits to be handed back: past it, they go back at their heartbeat timeout. */
 const RELEASE_BOUND_MS = 10_000;
-/** A heartbeat that failed (not a refusal: the server could not be reached) is sent again this soon, once. */
+/** A heartbeat that failed (not a refusal: the server could not be reached) is first sent again this soon. */
 const BEAT_RETRY_MS = 5_000;
 
 /** What a wait in the list uses of it. */
@@ -182,6 +182,8 @@ class Watched {
   private pause: NodeJS.Timeout | undefined;
   private beats: NodeJS.Timeout | undefined;
   private beatRetry: NodeJS.Timeout | undefined;
+  /** Tries of a missed beat since the last that got through (onBeatFailed). */
+  private beatRetries = 0;
 
   constructor(
     private readonly list: WatchList,
@@ -315,23 +317,26 @@ class Watched {
 
   private readonly beatAgain = () => {
     this.beatRetry = undefined;
-    if (this.ending) return;
-    this.list.completion.heartbeat(this.wait.taskToken, this.wait.beat).then(this.onBeaten, this.onRetryFailed);
+    if (!this.ending) this.beat();
   };
 
   private readonly onBeaten = () => {
     this.lastBeatAt = Date.now();
+    this.beatRetries = 0;
   };
 
+  /**
+   * A beat the server did not get is sent again, backing off from BEAT_RETRY_MS, until one gets through or the
+   * heartbeat timeout has run out since the last one that did: the last try comes at that moment, and its failure
+   * lets the wait go (`lapsed`). The next regular beat is almost a whole timeout away: without the tries, a beat
+   * missed in a minute's outage of the server would time the attempt out, and the list would keep the wait it no
+   * longer answers for until that beat (then watching its volume twice, once the server retries it here).
+   */
   private readonly onBeatFailed = (err: unknown) => {
-    // One missed beat must not time the attempt out: the next is almost a whole timeout away.
-    if (!this.heardFrom(err) && !this.ending && !this.beatRetry) {
-      this.beatRetry = setTimeout(this.beatAgain, BEAT_RETRY_MS);
-    }
-  };
-
-  private readonly onRetryFailed = (err: unknown) => {
-    this.heardFrom(err);
+    if (this.heardFrom(err) || this.ending || this.beatRetry) return;
+    const lapsesInMs = this.lastBeatAt + this.wait.heartbeatTimeoutMs - Date.now();
+    const backoffMs = BEAT_RETRY_MS * 2 ** this.beatRetries++;
+    this.beatRetry = setTimeout(this.beatAgain, Math.max(0, Math.min(backoffMs, lapsesInMs)));
   };
 
   /** What a failed beat says: the server's news ends the wait, as does a whole heartbeat timeout without a beat. */

@@ -15,7 +15,7 @@ import {
   ActivityResetError,
   type AsyncCompletionClient,
 } from '@temporalio/client';
-import { afterEach, describe, expect, test } from 'vitest';
+import { afterEach, describe, expect, test, vi } from 'vitest';
 import { Backend } from '../activities/backend';
 import { beatEveryMs, DetachWatch } from '../activities/detach-watch';
 import { ForcedVolumes } from '../activities/forced-volumes';
@@ -327,7 +327,8 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
     // All twelve at the interval's end (the old schedule) would put them within a few ms of each other; drawn at
     // random over 3 s, twelve fall within half a second of each other once in tens of millions of runs.
     expect(Math.max(...firstBeats) - Math.min(...firstBeats)).toBeGreaterThan(500);
-    // Within one interval, give or take a loaded machine's late timers: well inside the server's timeout (1.5 intervals).
+    // Within one interval, give or take a loaded machine's late timers: well inside the server's timeout (1.5 intervals
+    // of a 2 min timeout's 80 s beats).
     expect(Math.max(...firstBeats)).toBeLessThan(everyMs * 1.4);
   });
 
@@ -343,13 +344,13 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
   });
 
   /** A wait watched with a minute's pause (no second check within a test), over a cloud whose answers can be held. */
-  async function watchedSlowly() {
+  async function watchedSlowly(options: { lostAfterMs?: number; attemptDeadlineMs?: number } = {}) {
     class HeldAnswers extends SimulatedProvider {
       hold: Promise<void> | undefined;
       batches = 0;
       override async getAttachmentStates(targets: readonly VolumeOfInstance[], options?: CallOptions) {
-        this.batches++;
         const states = await super.getAttachmentStates(targets, options);
+        this.batches++; // counted once read: a force after this is one the answer cannot have seen
         await this.hold; // read first: a held answer is as old as the read
         return states;
       }
@@ -384,8 +385,8 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
         taskToken: new Uint8Array([1]),
         backend,
         target,
-        lostAfterMs: 3_600_000,
-        attemptDeadlineMs: Date.now() + 3_600_000,
+        lostAfterMs: options.lostAfterMs ?? 3_600_000,
+        attemptDeadlineMs: options.attemptDeadlineMs ?? Date.now() + 3_600_000,
         heartbeatTimeoutMs: 300_000,
         beat: { checks: 0, state: 'detaching', since: new Date().toISOString() },
         announce: false,
@@ -397,7 +398,7 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
       await sim.forceDetachVolume(instanceId, { volumeId: stuck.volumeId });
       tell();
     };
-    return { sim, completion, watch, start, force, tell, forced };
+    return { sim, completion, watch, start, force, tell, forced, target };
   }
 
   test('a force while the wait pauses: the list looks again at once, and answers detached', async () => {
@@ -424,6 +425,62 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
     expect(w.completion.calls('complete').map((c) => c.arg)).toEqual([{ outcome: 'detached', checks: 2 }]);
   });
 
+  /** Holds the next check's answer (read first, answered on `answer()`), as a slow cloud does. */
+  function holdAnswers(w: Awaited<ReturnType<typeof watchedSlowly>>): () => void {
+    let answer = () => {};
+    w.sim.hold = new Promise<void>((resolve) => {
+      answer = resolve;
+    });
+    return () => {
+      w.sim.hold = undefined;
+      answer();
+    };
+  }
+
+  test('an answer that may predate a force decides nothing of "lost": the list reads again, and answers detached', async () => {
+    // lostAfterMs 0: the first `attached` read would report the request lost, and the stop would send it again.
+    const w = await watchedSlowly({ lostAfterMs: 0 });
+    await w.sim.store.mutate((cloud) => {
+      const volume = cloud.instances[w.target.instanceId]?.volumes[0];
+      if (volume) volume.state = 'attached'; // the backend dropped the request
+    });
+    const answer = holdAnswers(w);
+    w.start();
+    await eventually(async () => w.sim.batches === 1, 'the first check to be out');
+    await w.force(); // the check out read `attached` before this
+    answer();
+    await eventually(async () => w.watch.size === 0, 'the list to answer (its pause is a minute)', 10_000);
+    expect(w.completion.calls('complete').map((c) => c.arg)).toEqual([{ outcome: 'detached', checks: 2 }]);
+  });
+
+  test('a re-check asked for before the attempt’s hand-back time reads at once, though a pause would pass it', async () => {
+    // Hand-back in 30 s, a pause of a minute: a pause would hand the wait back, the re-check has the time.
+    const w = await watchedSlowly({ attemptDeadlineMs: Date.now() + 90_000 });
+    const answer = holdAnswers(w);
+    w.start();
+    await eventually(async () => w.sim.batches === 1, 'the first check to be out');
+    await w.force();
+    answer();
+    await eventually(async () => w.watch.size === 0, 'the list to answer', 10_000);
+    expect(w.completion.calls('complete').map((c) => c.arg)).toEqual([{ outcome: 'detached', checks: 2 }]);
+    expect(w.completion.calls('fail')).toHaveLength(0);
+  });
+
+  test('a re-check asked for past the attempt’s hand-back time hands the wait back instead: the next attempt reads', async () => {
+    // Its hand-back time is a second away (the soonest the list allows): the held check answers after it.
+    const w = await watchedSlowly({ attemptDeadlineMs: Date.now() });
+    const answer = holdAnswers(w);
+    w.start();
+    await eventually(async () => w.sim.batches === 1, 'the first check to be out');
+    await w.force();
+    await new Promise((resolve) => setTimeout(resolve, 1_200));
+    answer();
+    await eventually(async () => w.watch.size === 0, 'the list to hand the wait back', 10_000);
+    expect(w.completion.calls('fail')[0]?.arg).toMatchObject({ type: 'StillDetaching', nextRetryDelay: 1_000 });
+    expect(w.completion.calls('complete')).toHaveLength(0);
+    expect(w.sim.batches).toBe(1);
+  });
+
   test('a force’s news, told in the forcing activity’s context, leaves nothing of that context in the list', async () => {
     const w = await watchedSlowly();
     w.start();
@@ -443,6 +500,63 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
     w.tell();
     await new Promise((resolve) => setTimeout(resolve, 500));
     expect(w.sim.batches).toBe(3);
+  });
+
+  test('a 15 min timeout: beats 13 min apart, a missed beat tried again until the timeout has run out, then let go', async () => {
+    const w = await watchedSlowly();
+    holdAnswers(w); // the first check never answers: only the beats' timers run
+    const warnings: string[] = [];
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
+    vi.spyOn(Math, 'random').mockReturnValue(0.999); // the first beat at the end of its interval
+    try {
+      const watch = new DetachWatch(w.completion as unknown as AsyncCompletionClient, new ForcedVolumes(), {
+        pollIntervalMs: 60_000,
+        maxPollIntervalMs: 60_000,
+        warn: (message) => warnings.push(message),
+      });
+      const t0 = Date.now();
+      watch.watch({
+        taskToken: new Uint8Array([1]),
+        backend: new Backend(w.sim),
+        target: w.target,
+        lostAfterMs: 3_600_000,
+        attemptDeadlineMs: t0 + 3_600_000,
+        heartbeatTimeoutMs: DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS,
+        beat: { checks: 0, state: 'detaching', since: new Date(t0).toISOString() },
+        announce: false,
+      });
+      const beats = () => w.completion.calls('heartbeat').map((c) => (c.at ?? Number.NaN) - t0);
+      const until = (ms: number) => vi.advanceTimersByTimeAsync(t0 + ms - Date.now());
+      // Two thirds (10 min) would have beaten twice by 21 min; 13 min apart, the first at 0.999 of 13 min.
+      await until(1_300_000);
+      expect(beats()).toEqual([779_220]);
+      await until(1_559_300);
+      expect(beats()).toEqual([779_220, 1_559_220]);
+      // A short outage over the third beat (2,339 s): it and its first try fail, the second try gets through.
+      w.completion.heartbeatError = () => new Error('14 UNAVAILABLE: connection reset');
+      await until(2_346_000);
+      w.completion.heartbeatError = undefined;
+      await until(2_400_000);
+      expect(beats().slice(2)).toEqual([2_339_220, 2_344_220, 2_354_220]);
+      expect(watch.size).toBe(1);
+      // Then the server cannot be reached at all: the fourth beat (3,119 s) and its tries fail.
+      w.completion.heartbeatError = () => new Error('14 UNAVAILABLE: no connection');
+      const lapsesAt = 2_354_220 + DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS;
+      await until(lapsesAt - 1_000);
+      expect(watch.size).toBe(1);
+      expect(beats().slice(5)).toEqual([3_119_220, 3_124_220, 3_134_220, 3_154_220, 3_194_220]);
+      expect(warnings).toEqual([]);
+      // The last try at the very end of the timeout since the last beat that got through: its failure lets go.
+      await until(lapsesAt + 1_000);
+      expect(beats().at(-1)).toBe(lapsesAt);
+      expect(watch.size).toBe(0);
+      expect(warnings.join('\n')).toMatch(/no heartbeat of a wait reached Temporal/);
+      expect(w.completion.calls('complete')).toHaveLength(0);
+      expect(w.completion.calls('fail')).toHaveLength(0);
+    } finally {
+      vi.useRealTimers();
+      vi.restoreAllMocks();
+    }
   });
 
   test('release hands a wait back with its latest details, and a wait offered after it is refused', async () => {
@@ -486,7 +600,7 @@ test('the list beats a third of a short heartbeat timeout early, and 2 min early
   // Past it, two thirds would beat every 10 min of 15, half again as often as the timeout needs.
   expect(beatEveryMs(DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS)).toBe(780_000);
   expect(beatEveryMs(1_800_000)).toBe(1_680_000);
-  // The smallest timeouts (10 s, the range's floor; tests' 1 s) still leave the beat inside the timeout.
+  // The smallest timeouts: 10 s (the range's floor) beats a third early; a test's 1 s is held to the 1 s floor.
   expect(beatEveryMs(10_000)).toBe(6_667);
   expect(beatEveryMs(1_000)).toBe(1_000);
 });
