@@ -298,7 +298,7 @@ main().catch((err: unknown) => {
 
 /**
  * STOPFLOW_BENCH_WORKER_OPTIONS sets worker options by hand, to test what bounds a row: `{"maxCachedWorkflows":6000}`
- * (no stuck stop evicted for a healthy one), `{"watchHeartbeatTimeoutMs":1800000}` (a sixth of the heartbeats).
+ * (no stuck stop evicted for a healthy one), `{"watchHeartbeatTimeoutMs":1800000}` (about half the default's heartbeats).
  * Like STOPFLOW_BENCH_WORKER_FLAGS, for looking inside a row; BENCHMARKS.md's rows are measured without it.
  */
 function optionsByHand(): { maxCachedWorkflows?: number | undefined; watchHeartbeatTimeoutMs?: number | undefined } {
