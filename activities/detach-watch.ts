@@ -8,9 +8,10 @@
  * Each wait still heartbeats, from here, a little before its heartbeat timeout (beatEveryMs: 13 min of the worker's
  * default 15 min, STOPFLOW_WATCH_HEARTBEAT_TIMEOUT, since 0.2.8; 200 s of 5 min before; 80 s of version 8's 2 min):
  * that is how the server notices a lost worker (the wait is retried on another within the timeout) and how this list
- * hears of a cancel (the heartbeat's answer). It is the only thing a stuck volume costs the server while it waits, so
- * it is as rare as the timeout allows: at 5,000 stuck volumes, a beat every 200 s was the server's largest load
- * (docs/worker.md "Sizing"). A worker that shuts down hands its waits back at once.
+ * hears of a cancel (the heartbeat's answer). With the attempt's hand-back once an hour (at a moment drawn over its
+ * last quarter hour) it is all a stuck volume costs the server while it waits, so it is as rare as the timeout
+ * allows: at 5,000 stuck volumes, a beat every 200 s was most of the server's requests (docs/worker.md "Sizing").
+ * A worker that shuts down hands its waits back at once.
  */
 import { AsyncResource } from 'node:async_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -56,8 +57,9 @@ export interface DetachWatchOptions {
 }
 
 /**
- * The most a beat is sent before the heartbeat timeout would lapse: room for a missed beat's tries (5, 10, 20 and
- * 40 s after it) and a loaded worker's late timers. Up to 6 min timeouts a third of the timeout is less, and is kept.
+ * The most a beat is sent before the heartbeat timeout would lapse: room for a missed beat's tries (5, 15, 35 s after
+ * it, then every 20 s, the last 10 s before the timeout) and a loaded worker's late timers. Up to 6 min timeouts a
+ * third of the timeout is less, and is kept.
  */
 const BEAT_MARGIN_MS = 120_000;
 
@@ -72,6 +74,12 @@ export function beatEveryMs(heartbeatTimeoutMs: number): number {
 
 /** How long before its attempt's start-to-close the list hands a stuck volume back (the next attempt takes it again). */
 const ANSWER_MARGIN_MS = 60_000;
+/**
+ * The most a wait is handed back earlier still, drawn at random per attempt (at most a quarter of what is left of
+ * it): waits registered in one burst (an incident) would otherwise all be handed back, and take their next attempts,
+ * in one burst an hour later, and every hour after, three requests to the server each.
+ */
+const HANDBACK_SPREAD_MS = 15 * 60_000;
 /** Retry delay of an attempt handed back (attempt over, worker shutting down): the volume was just checked. */
 export const HANDBACK_RETRY_MS = 1_000;
 
@@ -82,7 +90,7 @@ type Ending =
   | { kind: 'handback' }
   /** The server said the wait is no longer this list's: what it said decides what the list answers, if anything. */
   | { kind: 'heard'; said: ServerSaid }
-  /** No heartbeat got through for a whole heartbeat timeout: the server has timed the attempt out and retries it. */
+  /** No heartbeat got through up to the last try before the heartbeat timeout: the server times the attempt out. */
   | { kind: 'lapsed' };
 type ServerSaid = 'cancelled' | 'gone' | 'paused' | 'reset';
 
@@ -90,6 +98,15 @@ type ServerSaid = 'cancelled' | 'gone' | 'paused' | 'reset';
 const RELEASE_BOUND_MS = 10_000;
 /** A heartbeat that failed (not a refusal: the server could not be reached) is first sent again this soon. */
 const BEAT_RETRY_MS = 5_000;
+/** The longest pause between the tries of a missed beat. */
+const MAX_BEAT_RETRY_MS = 20_000;
+/**
+ * The last try of a missed beat comes this long before the heartbeat timeout, counted from when the last beat that
+ * got through was sent (the server recorded it later): a try at the timeout itself would race the server's timer.
+ */
+function lastTryMarginMs(heartbeatTimeoutMs: number): number {
+  return Math.min(10_000, Math.floor(heartbeatTimeoutMs / 6));
+}
 
 /** What a wait in the list uses of it. */
 interface WatchList {
@@ -171,6 +188,7 @@ class Watched {
   private readonly key: string;
   private readonly handBackAt: number;
   private pauseMs: number;
+  /** When the last beat that got through was sent: the server's heartbeat timeout runs from a moment after it. */
   private lastBeatAt = Date.now();
   /** Set once: why the list stops answering for the wait. */
   private ending: Ending | undefined;
@@ -190,7 +208,9 @@ class Watched {
     private readonly wait: WatchedWait,
   ) {
     this.key = ForcedVolumes.key(wait.backend.provider.name, wait.target);
-    this.handBackAt = Math.max(Date.now() + 1_000, wait.attemptDeadlineMs - ANSWER_MARGIN_MS);
+    const lastAnswerAt = wait.attemptDeadlineMs - ANSWER_MARGIN_MS;
+    const spreadMs = Math.min(HANDBACK_SPREAD_MS, Math.max(0, (lastAnswerAt - Date.now()) / 4));
+    this.handBackAt = Math.max(Date.now() + 1_000, Math.floor(lastAnswerAt - spreadMs * Math.random()));
     this.pauseMs = list.options.pollIntervalMs;
     this.announce = wait.announce;
   }
@@ -312,7 +332,11 @@ class Watched {
 
   /** The wait's heartbeat, apart from its checks: a check may wait long for budget tokens under throttling. */
   private readonly beat = () => {
-    this.list.completion.heartbeat(this.wait.taskToken, this.wait.beat).then(this.onBeaten, this.onBeatFailed);
+    const sentAt = Date.now();
+    this.list.completion.heartbeat(this.wait.taskToken, this.wait.beat).then(() => {
+      this.lastBeatAt = Math.max(this.lastBeatAt, sentAt);
+      this.beatRetries = 0;
+    }, this.onBeatFailed);
   };
 
   private readonly beatAgain = () => {
@@ -320,33 +344,34 @@ class Watched {
     if (!this.ending) this.beat();
   };
 
-  private readonly onBeaten = () => {
-    this.lastBeatAt = Date.now();
-    this.beatRetries = 0;
-  };
-
   /**
-   * A beat the server did not get is sent again, backing off from BEAT_RETRY_MS, until one gets through or the
-   * heartbeat timeout has run out since the last one that did: the last try comes at that moment, and its failure
-   * lets the wait go (`lapsed`). The next regular beat is almost a whole timeout away: without the tries, a beat
-   * missed in a minute's outage of the server would time the attempt out, and the list would keep the wait it no
-   * longer answers for until that beat (then watching its volume twice, once the server retries it here).
+   * A beat the server did not get is tried again, from BEAT_RETRY_MS doubling up to MAX_BEAT_RETRY_MS, until one gets
+   * through or the last try, just before the heartbeat timeout runs out (lastTryMarginMs), fails too: then the wait
+   * is let go (`lapsed`). The next regular beat is almost a whole timeout away: without the tries, a beat missed in a
+   * minute's outage of the server would time the attempt out, and the list would keep the wait it no longer answers
+   * for until that beat (then watching its volume twice, once the server retries it here).
    */
   private readonly onBeatFailed = (err: unknown) => {
     if (this.heardFrom(err) || this.ending || this.beatRetry) return;
-    const lapsesInMs = this.lastBeatAt + this.wait.heartbeatTimeoutMs - Date.now();
-    const backoffMs = BEAT_RETRY_MS * 2 ** this.beatRetries++;
-    this.beatRetry = setTimeout(this.beatAgain, Math.max(0, Math.min(backoffMs, lapsesInMs)));
+    const lastTryInMs = this.lapsesAt() - Date.now();
+    const backoffMs = Math.min(BEAT_RETRY_MS * 2 ** this.beatRetries++, MAX_BEAT_RETRY_MS);
+    this.beatRetry = setTimeout(this.beatAgain, Math.max(0, Math.min(backoffMs, lastTryInMs)));
   };
 
-  /** What a failed beat says: the server's news ends the wait, as does a whole heartbeat timeout without a beat. */
+  /** When a failed beat lets the wait go: the last try's moment. */
+  private lapsesAt(): number {
+    const timeoutMs = this.wait.heartbeatTimeoutMs;
+    return this.lastBeatAt + timeoutMs - lastTryMarginMs(timeoutMs);
+  }
+
+  /** What a failed beat says: the server's news ends the wait, as does the failure of the last try (lapsesAt). */
   private heardFrom(err: unknown): boolean {
     const said = serverSays(err);
     if (said) {
       void this.end({ kind: 'heard', said });
       return true;
     }
-    if (!this.ending && Date.now() - this.lastBeatAt >= this.wait.heartbeatTimeoutMs) {
+    if (!this.ending && Date.now() >= this.lapsesAt()) {
       this.list.warn(
         'no heartbeat of a wait reached Temporal for its heartbeat timeout: it is retried',
         this.wait,

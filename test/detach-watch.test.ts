@@ -502,22 +502,44 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
     expect(w.sim.batches).toBe(3);
   });
 
-  test('a 15 min timeout: beats 13 min apart, a missed beat tried again until the timeout has run out, then let go', async () => {
-    const w = await watchedSlowly();
-    holdAnswers(w); // the first check never answers: only the beats' timers run
-    const warnings: string[] = [];
-    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
-    vi.spyOn(Math, 'random').mockReturnValue(0.999); // the first beat at the end of its interval
+  /** Runs `body` on fake timers (real setImmediate and I/O), with Math.random pinned, and puts both back after. */
+  async function onFakeTimers(
+    random: number,
+    body: (until: (ms: number) => Promise<void>, t0: number) => Promise<void>,
+  ) {
+    const pinned = vi.spyOn(Math, 'random');
     try {
+      vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
+      pinned.mockReturnValue(random);
+      const t0 = Date.now();
+      // In steps of a second, each followed by a turn of the real event loop: a check's batch and its answer are
+      // promises and real immediates between the fake timers.
+      const until = async (ms: number) => {
+        while (Date.now() < t0 + ms) {
+          await vi.advanceTimersByTimeAsync(Math.min(1_000, t0 + ms - Date.now()));
+          await new Promise((resolve) => setImmediate(resolve));
+        }
+      };
+      await body(until, t0);
+    } finally {
+      vi.useRealTimers();
+      pinned.mockRestore();
+    }
+  }
+
+  test('a 15 min timeout: beats 13 min apart, a missed beat tried again until just before the timeout, then let go', async () => {
+    const w = await watchedSlowly();
+    holdAnswers(w); // the first check never answers (nor times out, below): only the beats' timers run
+    const warnings: string[] = [];
+    await onFakeTimers(0.999, async (until, t0) => {
       const watch = new DetachWatch(w.completion as unknown as AsyncCompletionClient, new ForcedVolumes(), {
         pollIntervalMs: 60_000,
         maxPollIntervalMs: 60_000,
         warn: (message) => warnings.push(message),
       });
-      const t0 = Date.now();
       watch.watch({
         taskToken: new Uint8Array([1]),
-        backend: new Backend(w.sim),
+        backend: new Backend(w.sim, undefined, 86_400_000),
         target: w.target,
         lostAfterMs: 3_600_000,
         attemptDeadlineMs: t0 + 3_600_000,
@@ -526,11 +548,10 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
         announce: false,
       });
       const beats = () => w.completion.calls('heartbeat').map((c) => (c.at ?? Number.NaN) - t0);
-      const until = (ms: number) => vi.advanceTimersByTimeAsync(t0 + ms - Date.now());
       // Two thirds (10 min) would have beaten twice by 21 min; 13 min apart, the first at 0.999 of 13 min.
       await until(1_300_000);
       expect(beats()).toEqual([779_220]);
-      await until(1_559_300);
+      await until(1_560_000);
       expect(beats()).toEqual([779_220, 1_559_220]);
       // A short outage over the third beat (2,339 s): it and its first try fail, the second try gets through.
       w.completion.heartbeatError = () => new Error('14 UNAVAILABLE: connection reset');
@@ -539,24 +560,54 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
       await until(2_400_000);
       expect(beats().slice(2)).toEqual([2_339_220, 2_344_220, 2_354_220]);
       expect(watch.size).toBe(1);
-      // Then the server cannot be reached at all: the fourth beat (3,119 s) and its tries fail.
+      // Then the server cannot be reached at all: the fourth beat (3,119 s) and its tries fail, 20 s apart at most.
       w.completion.heartbeatError = () => new Error('14 UNAVAILABLE: no connection');
-      const lapsesAt = 2_354_220 + DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS;
-      await until(lapsesAt - 1_000);
+      const lastTryAt = 2_354_220 + DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS - 10_000; // from when that beat was sent
+      await until(lastTryAt - 1_000);
       expect(watch.size).toBe(1);
-      expect(beats().slice(5)).toEqual([3_119_220, 3_124_220, 3_134_220, 3_154_220, 3_194_220]);
+      expect(beats().slice(5)).toEqual([
+        3_119_220, 3_124_220, 3_134_220, 3_154_220, 3_174_220, 3_194_220, 3_214_220, 3_234_220,
+      ]);
       expect(warnings).toEqual([]);
-      // The last try at the very end of the timeout since the last beat that got through: its failure lets go.
-      await until(lapsesAt + 1_000);
-      expect(beats().at(-1)).toBe(lapsesAt);
+      // The last try, 10 s before the server's timeout would lapse: its failure lets go, and nothing beats after.
+      await until(lastTryAt + 1_000);
+      expect(beats().at(-1)).toBe(lastTryAt);
       expect(watch.size).toBe(0);
       expect(warnings.join('\n')).toMatch(/no heartbeat of a wait reached Temporal/);
+      const beaten = beats().length;
+      await until(lastTryAt + DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS);
+      expect(beats()).toHaveLength(beaten);
       expect(w.completion.calls('complete')).toHaveLength(0);
       expect(w.completion.calls('fail')).toHaveLength(0);
-    } finally {
-      vi.useRealTimers();
-      vi.restoreAllMocks();
-    }
+    });
+  });
+
+  test('an attempt is handed back at a moment drawn over its last quarter hour: a burst of waits is not handed back as one', async () => {
+    const w = await watched();
+    await onFakeTimers(0.999, async (until, t0) => {
+      const watch = new DetachWatch(w.completion as unknown as AsyncCompletionClient, new ForcedVolumes(), {
+        pollIntervalMs: 60_000,
+        maxPollIntervalMs: 60_000,
+      });
+      watch.watch({
+        taskToken: new Uint8Array([1]),
+        backend: new Backend(w.sim),
+        target: { instanceId: w.instanceId, volume: { volumeId: stuck.volumeId } },
+        lostAfterMs: 3_600_000,
+        attemptDeadlineMs: t0 + 3_600_000,
+        heartbeatTimeoutMs: DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS,
+        beat: { checks: 0, state: 'detaching', since: new Date(t0).toISOString() },
+        announce: false,
+      });
+      // The last answer is due at 59 min; drawn at 0.999 of 14.75 min (a quarter of it) before that: 44.26 min, so
+      // the check at about 44 min, whose pause would pass it, hands the wait back.
+      await until(2_580_000);
+      expect(watch.size).toBe(1);
+      await until(2_700_000);
+      expect(watch.size).toBe(0);
+      expect(w.completion.calls('fail')[0]?.arg).toMatchObject({ type: 'StillDetaching', nextRetryDelay: 1_000 });
+      expect(w.completion.calls('complete')).toHaveLength(0);
+    });
   });
 
   test('release hands a wait back with its latest details, and a wait offered after it is refused', async () => {
@@ -597,7 +648,7 @@ test('the list beats a third of a short heartbeat timeout early, and 2 min early
   expect(beatEveryMs(120_000)).toBe(80_000);
   expect(beatEveryMs(300_000)).toBe(200_000);
   expect(beatEveryMs(360_000)).toBe(240_000);
-  // Past it, two thirds would beat every 10 min of 15, half again as often as the timeout needs.
+  // Past it, two thirds would beat every 10 min of 15: 1.3 times as often as 13 min, for a margin nothing needs.
   expect(beatEveryMs(DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS)).toBe(780_000);
   expect(beatEveryMs(1_800_000)).toBe(1_680_000);
   // The smallest timeouts: 10 s (the range's floor) beats a third early; a test's 1 s is held to the 1 s floor.
