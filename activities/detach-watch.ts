@@ -57,9 +57,9 @@ export interface DetachWatchOptions {
 }
 
 /**
- * The most a beat is sent before the heartbeat timeout would lapse: room for a missed beat's tries (5, 15, 35 s after
- * it, then every 20 s, the last 10 s before the timeout) and a loaded worker's late timers. Up to 6 min timeouts a
- * third of the timeout is less, and is kept.
+ * The most a beat is sent before the heartbeat timeout would lapse: room for a missed beat's tries (5, 10 and 20 s
+ * after each failed one, then every 20 s; the connection's own retries of an unreachable server come on top) and a
+ * loaded worker's late timers. Up to 6 min timeouts a third of the timeout is less, and is kept.
  */
 const BEAT_MARGIN_MS = 120_000;
 
@@ -101,8 +101,9 @@ const BEAT_RETRY_MS = 5_000;
 /** The longest pause between the tries of a missed beat. */
 const MAX_BEAT_RETRY_MS = 20_000;
 /**
- * The last try of a missed beat comes this long before the heartbeat timeout, counted from when the last beat that
- * got through was sent (the server recorded it later): a try at the timeout itself would race the server's timer.
+ * The last try of a missed beat is sent this long before the heartbeat timeout, counted from when the last beat that
+ * got through was sent (the server recorded it later): a try sent at the timeout itself could not be in time. One
+ * that the connection keeps retrying past the timeout is answered "not found", and the wait is let go as `gone`.
  */
 function lastTryMarginMs(heartbeatTimeoutMs: number): number {
   return Math.min(10_000, Math.floor(heartbeatTimeoutMs / 6));
@@ -188,7 +189,11 @@ class Watched {
   private readonly key: string;
   private readonly handBackAt: number;
   private pauseMs: number;
-  /** When the last beat that got through was sent: the server's heartbeat timeout runs from a moment after it. */
+  /**
+   * When the last beat that got through was sent: the server's heartbeat timeout runs from a moment after it. It
+   * starts at the registration, a little after the attempt's start, from which the server counts the first timeout:
+   * the beat margin (two minutes at 15 min) covers that.
+   */
   private lastBeatAt = Date.now();
   /** Set once: why the list stops answering for the wait. */
   private ending: Ending | undefined;
@@ -336,6 +341,8 @@ class Watched {
     this.list.completion.heartbeat(this.wait.taskToken, this.wait.beat).then(() => {
       this.lastBeatAt = Math.max(this.lastBeatAt, sentAt);
       this.beatRetries = 0;
+      clearTimeout(this.beatRetry); // the server is reached again: no try is needed
+      this.beatRetry = undefined;
     }, this.onBeatFailed);
   };
 
@@ -345,11 +352,11 @@ class Watched {
   };
 
   /**
-   * A beat the server did not get is tried again, from BEAT_RETRY_MS doubling up to MAX_BEAT_RETRY_MS, until one gets
-   * through or the last try, just before the heartbeat timeout runs out (lastTryMarginMs), fails too: then the wait
-   * is let go (`lapsed`). The next regular beat is almost a whole timeout away: without the tries, a beat missed in a
-   * minute's outage of the server would time the attempt out, and the list would keep the wait it no longer answers
-   * for until that beat (then watching its volume twice, once the server retries it here).
+   * A beat the server did not get is tried again, BEAT_RETRY_MS after it failed, doubling up to MAX_BEAT_RETRY_MS,
+   * until one gets through or the last try, sent just before the heartbeat timeout runs out (lastTryMarginMs), fails:
+   * then the wait is let go (`lapsed`). The next regular beat is almost a whole timeout away: without the tries, a
+   * beat missed in a minute's outage of the server would time the attempt out, and the list would keep the wait it no
+   * longer answers for until that beat (then watching its volume twice, once the server retries it here).
    */
   private readonly onBeatFailed = (err: unknown) => {
     if (this.heardFrom(err) || this.ending || this.beatRetry) return;

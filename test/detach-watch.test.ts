@@ -25,6 +25,7 @@ import { workflowIdFor } from '../common/names';
 import {
   DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS,
   UNSAID_WATCH_HEARTBEAT_TIMEOUT_MS,
+  type VolumeTarget,
   watchHeartbeatTimeoutMs,
 } from '../common/stop-activities';
 import { eventually, type Harness, type HarnessOptions, startHarness } from './helpers';
@@ -454,7 +455,7 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
   });
 
   test('a re-check asked for before the attempt’s hand-back time reads at once, though a pause would pass it', async () => {
-    // Hand-back in 30 s, a pause of a minute: a pause would hand the wait back, the re-check has the time.
+    // Hand-back in 22.5 to 30 s (drawn), a pause of a minute: a pause would hand the wait back, the re-check has the time.
     const w = await watchedSlowly({ attemptDeadlineMs: Date.now() + 90_000 });
     const answer = holdAnswers(w);
     w.start();
@@ -502,15 +503,19 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
     expect(w.sim.batches).toBe(3);
   });
 
-  /** Runs `body` on fake timers (real setImmediate and I/O), with Math.random pinned, and puts both back after. */
+  /**
+   * Runs `body` on fake timers (real immediates and I/O) with Math.random answering `randoms` in turn (then the last
+   * of them), and puts both back after, whatever happened. `until(ms)` moves the clock to `ms` after the start.
+   */
   async function onFakeTimers(
-    random: number,
+    randoms: number[],
     body: (until: (ms: number) => Promise<void>, t0: number) => Promise<void>,
   ) {
     const pinned = vi.spyOn(Math, 'random');
     try {
       vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
-      pinned.mockReturnValue(random);
+      let drawn = 0;
+      pinned.mockImplementation(() => randoms[Math.min(drawn++, randoms.length - 1)] ?? 0);
       const t0 = Date.now();
       // In steps of a second, each followed by a turn of the real event loop: a check's batch and its answer are
       // promises and real immediates between the fake timers.
@@ -527,86 +532,105 @@ describe('the watch list’s answers (a fake server, a simulated cloud)', () => 
     }
   }
 
+  /** A wait of a 15 min heartbeat timeout and an hour's attempt, registered at `t0`. */
+  function watchFor(watch: DetachWatch, backend: Backend, target: VolumeTarget, t0: number, token = 1) {
+    watch.watch({
+      taskToken: new Uint8Array([token]),
+      backend,
+      target,
+      lostAfterMs: 3_600_000,
+      attemptDeadlineMs: t0 + 3_600_000,
+      heartbeatTimeoutMs: DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS,
+      beat: { checks: 0, state: 'detaching', since: new Date(t0).toISOString() },
+      announce: false,
+    });
+  }
+
   test('a 15 min timeout: beats 13 min apart, a missed beat tried again until just before the timeout, then let go', async () => {
     const w = await watchedSlowly();
-    holdAnswers(w); // the first check never answers (nor times out, below): only the beats' timers run
+    holdAnswers(w); // the first check never answers (nor times out: a day's call timeout): only the beats run
     const warnings: string[] = [];
-    await onFakeTimers(0.999, async (until, t0) => {
+    // The first draw is the hand-back moment (no check answers, so no hand-back), the second the beats' phase.
+    await onFakeTimers([0.5, 0.999], async (until, t0) => {
       const watch = new DetachWatch(w.completion as unknown as AsyncCompletionClient, new ForcedVolumes(), {
         pollIntervalMs: 60_000,
         maxPollIntervalMs: 60_000,
         warn: (message) => warnings.push(message),
       });
-      watch.watch({
-        taskToken: new Uint8Array([1]),
-        backend: new Backend(w.sim, undefined, 86_400_000),
-        target: w.target,
-        lostAfterMs: 3_600_000,
-        attemptDeadlineMs: t0 + 3_600_000,
-        heartbeatTimeoutMs: DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS,
-        beat: { checks: 0, state: 'detaching', since: new Date(t0).toISOString() },
-        announce: false,
-      });
-      const beats = () => w.completion.calls('heartbeat').map((c) => (c.at ?? Number.NaN) - t0);
-      // Two thirds (10 min) would have beaten twice by 21 min; 13 min apart, the first at 0.999 of 13 min.
-      await until(1_300_000);
-      expect(beats()).toEqual([779_220]);
-      await until(1_560_000);
-      expect(beats()).toEqual([779_220, 1_559_220]);
-      // A short outage over the third beat (2,339 s): it and its first try fail, the second try gets through.
-      w.completion.heartbeatError = () => new Error('14 UNAVAILABLE: connection reset');
-      await until(2_346_000);
-      w.completion.heartbeatError = undefined;
-      await until(2_400_000);
-      expect(beats().slice(2)).toEqual([2_339_220, 2_344_220, 2_354_220]);
-      expect(watch.size).toBe(1);
-      // Then the server cannot be reached at all: the fourth beat (3,119 s) and its tries fail, 20 s apart at most.
-      w.completion.heartbeatError = () => new Error('14 UNAVAILABLE: no connection');
-      const lastTryAt = 2_354_220 + DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS - 10_000; // from when that beat was sent
-      await until(lastTryAt - 1_000);
-      expect(watch.size).toBe(1);
-      expect(beats().slice(5)).toEqual([
-        3_119_220, 3_124_220, 3_134_220, 3_154_220, 3_174_220, 3_194_220, 3_214_220, 3_234_220,
-      ]);
-      expect(warnings).toEqual([]);
-      // The last try, 10 s before the server's timeout would lapse: its failure lets go, and nothing beats after.
-      await until(lastTryAt + 1_000);
-      expect(beats().at(-1)).toBe(lastTryAt);
-      expect(watch.size).toBe(0);
-      expect(warnings.join('\n')).toMatch(/no heartbeat of a wait reached Temporal/);
-      const beaten = beats().length;
-      await until(lastTryAt + DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS);
-      expect(beats()).toHaveLength(beaten);
-      expect(w.completion.calls('complete')).toHaveLength(0);
-      expect(w.completion.calls('fail')).toHaveLength(0);
+      try {
+        watchFor(watch, new Backend(w.sim, undefined, 86_400_000), w.target, t0);
+        const beats = () => w.completion.calls('heartbeat').map((c) => (c.at ?? Number.NaN) - t0);
+        // Two thirds (10 min) would have beaten twice by 21 min; 13 min apart, the first at 0.999 of 13 min.
+        await until(1_300_000);
+        expect(beats()).toEqual([779_220]);
+        await until(1_560_000);
+        expect(beats()).toEqual([779_220, 1_559_220]);
+        // A short outage over the third beat (2,339 s): it and its first try fail, the second try gets through.
+        w.completion.heartbeatError = () => new Error('14 UNAVAILABLE: connection reset');
+        await until(2_346_000);
+        w.completion.heartbeatError = undefined;
+        await until(2_400_000);
+        expect(beats().slice(2)).toEqual([2_339_220, 2_344_220, 2_354_220]);
+        expect(watch.size).toBe(1);
+        // Then the server cannot be reached at all: the fourth beat (3,119 s) and its tries fail, 20 s apart at most.
+        w.completion.heartbeatError = () => new Error('14 UNAVAILABLE: no connection');
+        const lastTryAt = 2_354_220 + DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS - 10_000; // from when that beat was sent
+        await until(lastTryAt - 1_000);
+        expect(watch.size).toBe(1);
+        expect(beats().slice(5)).toEqual([
+          3_119_220, 3_124_220, 3_134_220, 3_154_220, 3_174_220, 3_194_220, 3_214_220, 3_234_220,
+        ]);
+        expect(warnings).toEqual([]);
+        // The last try, 10 s before the server's timeout would lapse: its failure lets go, and nothing beats after.
+        await until(lastTryAt + 1_000);
+        expect(beats().at(-1)).toBe(lastTryAt);
+        expect(watch.size).toBe(0);
+        expect(warnings.join('\n')).toMatch(/no heartbeat of a wait reached Temporal/);
+        const beaten = beats().length;
+        await until(lastTryAt + DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS);
+        expect(beats()).toHaveLength(beaten);
+        expect(w.completion.calls('complete')).toHaveLength(0);
+        expect(w.completion.calls('fail')).toHaveLength(0);
+      } finally {
+        w.completion.heartbeatError = undefined;
+        await watch.release();
+      }
     });
   });
 
-  test('an attempt is handed back at a moment drawn over its last quarter hour: a burst of waits is not handed back as one', async () => {
+  test('attempts are handed back at moments drawn over their last quarter hour: a burst of waits is not handed back as one', async () => {
     const w = await watched();
-    await onFakeTimers(0.999, async (until, t0) => {
+    const target = { instanceId: w.instanceId, volume: { volumeId: stuck.volumeId } };
+    // Draws in turn: the first wait's hand-back moment (0.999), its beats' phase, the second's (0), its phase.
+    await onFakeTimers([0.999, 0.5, 0, 0.5], async (until, t0) => {
       const watch = new DetachWatch(w.completion as unknown as AsyncCompletionClient, new ForcedVolumes(), {
         pollIntervalMs: 60_000,
         maxPollIntervalMs: 60_000,
       });
-      watch.watch({
-        taskToken: new Uint8Array([1]),
-        backend: new Backend(w.sim),
-        target: { instanceId: w.instanceId, volume: { volumeId: stuck.volumeId } },
-        lostAfterMs: 3_600_000,
-        attemptDeadlineMs: t0 + 3_600_000,
-        heartbeatTimeoutMs: DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS,
-        beat: { checks: 0, state: 'detaching', since: new Date(t0).toISOString() },
-        announce: false,
-      });
-      // The last answer is due at 59 min; drawn at 0.999 of 14.75 min (a quarter of it) before that: 44.26 min, so
-      // the check at about 44 min, whose pause would pass it, hands the wait back.
-      await until(2_580_000);
-      expect(watch.size).toBe(1);
-      await until(2_700_000);
-      expect(watch.size).toBe(0);
-      expect(w.completion.calls('fail')[0]?.arg).toMatchObject({ type: 'StillDetaching', nextRetryDelay: 1_000 });
-      expect(w.completion.calls('complete')).toHaveLength(0);
+      try {
+        const backend = new Backend(w.sim);
+        watchFor(watch, backend, target, t0, 1);
+        watchFor(watch, backend, target, t0, 2);
+        // Their last answers are due at 59 min. The first's moment: 0.999 of 14.75 min (a quarter of it) before, at
+        // 44.26 min, so its check at about 44 min, whose pause would pass it, hands it back. The second's: 59 min, so
+        // its check at about 58 min.
+        await until(2_580_000);
+        expect(watch.size).toBe(2);
+        await until(2_700_000);
+        expect(watch.size).toBe(1);
+        await until(3_420_000);
+        expect(watch.size).toBe(1);
+        await until(3_540_000);
+        expect(watch.size).toBe(0);
+        const handedBack = w.completion.calls('fail').map((c) => c.arg);
+        expect(handedBack).toEqual([
+          expect.objectContaining({ type: 'StillDetaching', nextRetryDelay: 1_000 }),
+          expect.objectContaining({ type: 'StillDetaching', nextRetryDelay: 1_000 }),
+        ]);
+        expect(w.completion.calls('complete')).toHaveLength(0);
+      } finally {
+        await watch.release();
+      }
     });
   });
 

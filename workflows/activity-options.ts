@@ -38,7 +38,7 @@ export const wait: ActivityOptions = { ...urgent, startToCloseTimeout: '10m', he
  * A wait as version 8 schedules it (`watched-waits`): its worker's watch list answers for it by task token
  * (activities/detach-watch.ts) and heartbeats it every 80 s (two thirds of 2 min; version 9: watchedWaitTimed). The
  * heartbeat timeout is how soon a lost worker's waits move to another; an attempt lasts up to an hour (the list hands
- * it back a minute or two before). A cancel (an escalation, the stop's cancel) settles it at once (TRY_CANCEL): the
+ * it back a minute to a quarter of an hour before). A cancel (an escalation, the stop's cancel) settles it at once (TRY_CANCEL): the
  * list hears of it at its next heartbeat, up to 80 s later, and the stop's end must not wait that long for a
  * read-only wait (it waited up to 30 s before).
  */
