@@ -49,6 +49,16 @@ export interface IncidentSample {
   watchedWaits?: number;
   /** The worker's main-thread event-loop delay since the previous sample, ms (absent from older runs). */
   eventLoopDelay?: { p50Ms: number; p99Ms: number; maxMs: number };
+  /**
+   * The worker's main-thread garbage collections since the previous sample (absent from older runs): how many,
+   * their summed and longest pause, ms, and each one of 5 ms or more with its moment (epoch ms) and kind.
+   */
+  gc?: {
+    count: number;
+    totalMs: number;
+    maxMs: number;
+    long: Array<{ at: number; ms: number; kind: 'minor' | 'major' }>;
+  };
 }
 
 export type ToIncidentWorker = { type: 'sample'; id: number } | { type: 'shutdown' };

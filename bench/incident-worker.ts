@@ -16,7 +16,7 @@
  * healthy and abort-probe stops only (a message per stuck stop would itself
  * load the worker).
  */
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { monitorEventLoopDelay, PerformanceObserver, constants as perfConstants } from 'node:perf_hooks';
 import {
   type ActivityInterceptorsFactory,
   DefaultLogger,
@@ -236,6 +236,26 @@ async function main(): Promise<void> {
   // workflow thread, so a stall here delays a workflow task the server has already handed over.
   const loopDelay = monitorEventLoopDelay({ resolution: 5 });
   loopDelay.enable();
+  // The main thread's garbage collections since the previous sample (the workflow thread's are its own isolate's,
+  // out of this observer's sight): a pause stops everything the loop does, like a stall.
+  let collections = freshCollections();
+  const gcObserver = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) {
+      const ms = entry.duration;
+      collections.count++;
+      collections.totalMs += ms;
+      collections.maxMs = Math.max(collections.maxMs, ms);
+      if (ms >= LONG_PAUSE_MS && collections.long.length < MAX_LONG_PAUSES) {
+        const kind = (entry as { detail?: { kind?: number } }).detail?.kind;
+        collections.long.push({
+          at: Math.round(performance.timeOrigin + entry.startTime),
+          ms: Math.round(ms * 10) / 10,
+          kind: kind === perfConstants.NODE_PERFORMANCE_GC_MINOR ? 'minor' : 'major',
+        });
+      }
+    }
+  });
+  gcObserver.observe({ entryTypes: ['gc'] });
 
   const sample = (): IncidentSample => {
     const mem = process.memoryUsage();
@@ -256,6 +276,10 @@ async function main(): Promise<void> {
       urgentActivities: main.numInFlightActivities,
       waitActivities: waits.numInFlightActivities,
       watchedWaits: worker.watch.size,
+      gc: ((taken) => {
+        collections = freshCollections();
+        return { ...taken, totalMs: Math.round(taken.totalMs * 10) / 10, maxMs: Math.round(taken.maxMs * 10) / 10 };
+      })(collections),
       eventLoopDelay: ((ms) => {
         const figure = {
           p50Ms: ms(loopDelay.percentile(50)),
@@ -289,6 +313,14 @@ async function main(): Promise<void> {
     process.exit(1);
   });
   send({ type: 'ready' });
+}
+
+/** A collection at least this long is listed with its moment, so a slow stop can be matched with it. */
+const LONG_PAUSE_MS = 5;
+const MAX_LONG_PAUSES = 500;
+
+function freshCollections(): NonNullable<IncidentSample['gc']> {
+  return { count: 0, totalMs: 0, maxMs: 0, long: [] };
 }
 
 main().catch((err: unknown) => {

@@ -118,8 +118,28 @@ export interface HealthyFigure {
   p50: number;
   p99: number;
   max: number;
-  /** From the server's event times: the median stop's split, and the slowest stops' (absent from older runs). */
-  split?: { median: RunSplit & { latencyMs: number }; slowest: Array<RunSplit & { latencyMs: number }> };
+  /**
+   * From the server's event times: the median stop's split, and the slowest stops' (absent from older runs);
+   * `mainThreadGcMs`: the worker's main-thread collections of 5 ms or more during that stop, summed.
+   */
+  split?: {
+    median: HealthySplit;
+    slowest: HealthySplit[];
+  };
+  /** The worker's main-thread event-loop delay over the healthy phase, ms (absent from older runs). */
+  eventLoopDelay?: IncidentSample['eventLoopDelay'];
+  /** The worker's main-thread garbage collections over the healthy phase (absent from older runs). */
+  mainThreadGc?: CollectionsFigure;
+}
+
+export type HealthySplit = RunSplit & { latencyMs: number; mainThreadGcMs?: number };
+
+/** Garbage collections on the worker's main thread over a phase: how many, summed and longest pause (ms), and how many of 5 ms or more. */
+export interface CollectionsFigure {
+  count: number;
+  totalMs: number;
+  maxMs: number;
+  longCount: number;
 }
 
 /** A signal's path by segment, ms (see bench/history-spans.ts); `toCode` is the activity's task to its code running. */
@@ -174,6 +194,8 @@ export interface AbortFigure {
   callsPerSecond?: number;
   /** The stopflow worker's main-thread event-loop delay over the abort phase, ms (absent from older runs). */
   eventLoopDelay?: IncidentSample['eventLoopDelay'];
+  /** The worker's main-thread garbage collections over the abort phase (absent from older runs). */
+  mainThreadGc?: CollectionsFigure;
 }
 
 export interface IncidentResult {
@@ -382,7 +404,7 @@ function describeRow(row: IncidentRow): string {
         .map(([k, v]) => `${k} ${v.p50}/${v.p99}`)
         .join(', ');
     parts.push(
-      `\n    stopflow path p50/p99: ${seg(row.abort.paths.stopflow)}; loop delay ${JSON.stringify(row.abort.eventLoopDelay)}`,
+      `\n    stopflow path p50/p99: ${seg(row.abort.paths.stopflow)}; loop delay ${JSON.stringify(row.abort.eventLoopDelay)}; main-thread GC ${JSON.stringify(row.abort.mainThreadGc)}`,
     );
     parts.push(`\n    floor path p50/p99:    ${seg(row.abort.paths.floor)}`);
     parts.push(
@@ -391,6 +413,9 @@ function describeRow(row: IncidentRow): string {
     for (const p of row.abort.paths.slowest) parts.push(`\n    slow probe ${p.ms} ms: ${JSON.stringify(p)}`);
   }
   if (row.healthy?.split) {
+    parts.push(
+      `\n    healthy: loop delay ${JSON.stringify(row.healthy.eventLoopDelay)}; main-thread GC ${JSON.stringify(row.healthy.mainThreadGc)}`,
+    );
     parts.push(`\n    healthy median split: ${JSON.stringify(row.healthy.split.median)}`);
     for (const h of row.healthy.split.slowest) parts.push(`\n    slow healthy: ${JSON.stringify(h)}`);
   }
@@ -573,7 +598,7 @@ async function measureRow(ctx: BenchContext, spec: RowSpec, options: RowOptions)
 
     if (options.healthyStops > 0) {
       try {
-        row.healthy = await healthyPhase(ctx, taskQueue, prefix, options, started);
+        row.healthy = await healthyPhase(ctx, taskQueue, prefix, options, started, child);
       } catch (err) {
         fail('healthy stops', err);
       }
@@ -614,7 +639,10 @@ async function healthyPhase(
   prefix: string,
   options: RowOptions,
   started: string[],
+  child: IncidentProcess,
 ): Promise<HealthyFigure> {
+  await child.sample(); // the worker's loop delay and collections are counted from here
+  const windows: Array<{ from: number; to: number }> = [];
   const t0 = Date.now();
   const capAt = t0 + options.healthyStops * HEALTHY_SPACING_MS + options.healthyCapMs;
   let unfinished = 0;
@@ -633,15 +661,24 @@ async function healthyPhase(
       result.catch(() => undefined);
       const cap = sleep(Math.max(0, capAt - Date.now())).then(() => null);
       const ms = await Promise.race([result, cap]);
+      windows[i] = { from: sentAt, to: Date.now() };
       if (ms !== null) return ms;
       unfinished++;
       return Date.now() - sentAt; // censored: it had waited at least this long
     }),
   );
+  const after = await child.sample();
+  // The main thread's collections during each stop: a pause there holds its activities and workflow tasks.
+  const pausedMs = (i: number) =>
+    round(
+      (after.gc?.long ?? [])
+        .filter((p) => p.at < (windows[i]?.to ?? 0) && p.at + p.ms > (windows[i]?.from ?? 0))
+        .reduce((sum, p) => sum + p.ms, 0),
+    );
   // Every healthy stop's split by the server's event times, read once the phase is over. A failed read costs
   // the split only: the latencies are measured already.
-  let median: (RunSplit & { latencyMs: number }) | undefined;
-  let byLatency: Array<RunSplit & { latencyMs: number }> = [];
+  let median: HealthySplit | undefined;
+  let byLatency: HealthySplit[] = [];
   try {
     const splits = await mapLimit(
       latencies.map((latencyMs, i) => ({ latencyMs, i })),
@@ -649,6 +686,7 @@ async function healthyPhase(
       async ({ latencyMs, i }) => ({
         latencyMs,
         ...runSplit(await timeline(ctx.client, workflowIdFor(healthyId(prefix, i)))),
+        ...(after.gc ? { mainThreadGcMs: pausedMs(i) } : {}),
       }),
     );
     byLatency = [...splits].sort((a, b) => a.latencyMs - b.latencyMs);
@@ -665,7 +703,14 @@ async function healthyPhase(
     p99: round(percentile(latencies, 99)),
     max: round(Math.max(...latencies)),
     ...(median ? { split: { median, slowest: byLatency.slice(-3).reverse() } } : {}),
+    ...(after.eventLoopDelay ? { eventLoopDelay: after.eventLoopDelay } : {}),
+    ...(after.gc ? { mainThreadGc: collectionsFigure(after.gc) } : {}),
   };
+}
+
+/** A phase's main-thread collections, without the list of long ones. */
+function collectionsFigure(gc: NonNullable<IncidentSample['gc']>): CollectionsFigure {
+  return { count: gc.count, totalMs: gc.totalMs, maxMs: gc.maxMs, longCount: gc.long.length };
 }
 
 /**
@@ -732,6 +777,7 @@ async function abortPhase(
     ...(paths ? { paths } : {}),
     callsPerSecond: round(calls / ((after.at - before.at) / 1000), 2),
     ...(after.eventLoopDelay ? { eventLoopDelay: after.eventLoopDelay } : {}),
+    ...(after.gc ? { mainThreadGc: collectionsFigure(after.gc) } : {}),
   };
 }
 
