@@ -51,13 +51,15 @@ export interface IncidentSample {
   eventLoopDelay?: { p50Ms: number; p99Ms: number; maxMs: number };
   /**
    * The worker's main-thread garbage collections since the previous sample (absent from older runs): how many,
-   * their summed and longest pause, ms, and each one of 5 ms or more with its moment (epoch ms) and kind.
+   * their summed and longest pause, ms, how many of 5 ms or more, and each of those (up to 500) with its moment
+   * (epoch ms, from the worker's clock) and kind.
    */
   gc?: {
     count: number;
     totalMs: number;
     maxMs: number;
-    long: Array<{ at: number; ms: number; kind: 'minor' | 'major' }>;
+    longCount: number;
+    long: Array<{ at: number; ms: number; kind: 'minor' | 'major' | 'incremental' | 'weakcb' | 'other' }>;
   };
 }
 

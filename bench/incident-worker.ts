@@ -245,12 +245,13 @@ async function main(): Promise<void> {
       collections.count++;
       collections.totalMs += ms;
       collections.maxMs = Math.max(collections.maxMs, ms);
+      if (ms >= LONG_PAUSE_MS) collections.longCount++;
       if (ms >= LONG_PAUSE_MS && collections.long.length < MAX_LONG_PAUSES) {
         const kind = (entry as { detail?: { kind?: number } }).detail?.kind;
         collections.long.push({
           at: Math.round(performance.timeOrigin + entry.startTime),
           ms: Math.round(ms * 10) / 10,
-          kind: kind === perfConstants.NODE_PERFORMANCE_GC_MINOR ? 'minor' : 'major',
+          kind: GC_KINDS.get(kind ?? -1) ?? 'other',
         });
       }
     }
@@ -320,8 +321,15 @@ const LONG_PAUSE_MS = 5;
 const MAX_LONG_PAUSES = 500;
 
 function freshCollections(): NonNullable<IncidentSample['gc']> {
-  return { count: 0, totalMs: 0, maxMs: 0, long: [] };
+  return { count: 0, totalMs: 0, maxMs: 0, longCount: 0, long: [] };
 }
+
+const GC_KINDS = new Map<number, 'minor' | 'major' | 'incremental' | 'weakcb'>([
+  [perfConstants.NODE_PERFORMANCE_GC_MINOR, 'minor'],
+  [perfConstants.NODE_PERFORMANCE_GC_MAJOR, 'major'],
+  [perfConstants.NODE_PERFORMANCE_GC_INCREMENTAL, 'incremental'],
+  [perfConstants.NODE_PERFORMANCE_GC_WEAKCB, 'weakcb'],
+]);
 
 main().catch((err: unknown) => {
   process.stderr.write(`incident-worker: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);

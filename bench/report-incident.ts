@@ -5,8 +5,7 @@
  * run: the N = 0 row, and Temporal's signal → activity floor measured beside
  * each row.
  */
-import type { RunSplit } from './history-spans';
-import type { IncidentResult, IncidentRow, PathSummary } from './scenarios/incident';
+import type { HealthySplit, IncidentResult, IncidentRow, PathSummary } from './scenarios/incident';
 
 /** The incident rows again on the tuned server (`incidentTuned`). */
 type TunedIncident = IncidentResult & { dynamicConfig: Record<string, number | boolean> };
@@ -278,20 +277,35 @@ function renderSplits(line: Line, inc: IncidentResult): void {
       "Where a healthy stop's time goes, by its history: from its first event to its last, the time its workflow tasks waited to be handed to a worker (the server's queue, or a worker with no free slot), ran (on the worker, until the completion reached the server), and its activities' first attempts waited likewise (summed: the two detaches overlap). The median stop, and the slowest (its split covers what it did by the time it was read, if it was not done by the cap):",
     );
     line();
+    // Runs since the worker's main-thread collections were recorded also show those that fell within each stop.
+    const gc = withSplits.some((r) => r.healthy?.mainThreadGc);
     line(
-      '| backend | N stuck | stop | start → result | first → last event | workflow tasks (n) | tasks waited | tasks ran | activities waited |',
+      `| backend | N stuck | stop | start → result | first → last event | workflow tasks (n) | tasks waited | tasks ran | activities waited |${gc ? ' main-thread GC pauses during it |' : ''}`,
     );
-    line('|---|---|---|---|---|---|---|---|---|');
+    line(`|---|---|---|---|---|---|---|---|---|${gc ? '---|' : ''}`);
     for (const r of withSplits) {
       const split = r.healthy?.split;
       if (!split) continue;
-      const cells = (s: RunSplit) =>
-        `${ms(s.total)} | ${s.workflowTasks} | ${ms(s.workflowTasksQueued)} | ${ms(s.workflowTasksRan)} | ${ms(s.activitiesQueued)}`;
+      const cells = (s: HealthySplit) =>
+        `${ms(s.total)} | ${s.workflowTasks} | ${ms(s.workflowTasksQueued)} | ${ms(s.workflowTasksRan)} | ${ms(s.activitiesQueued)}${gc ? ` | ${s.mainThreadGcMs === undefined ? '' : ms(s.mainThreadGcMs)}` : ''}`;
       line(`| ${r.provider} | ${n0(r.stops)} | median | ${ms(split.median.latencyMs)} | ${cells(split.median)} |`);
       const slowest = split.slowest[0];
       if (slowest) line(`| | | slowest | ${ms(slowest.latencyMs)} | ${cells(slowest)} |`);
     }
     line();
+    if (gc) {
+      const phases = withSplits
+        .filter((r) => r.healthy?.mainThreadGc)
+        .map((r) => {
+          const g = r.healthy?.mainThreadGc;
+          const d = r.healthy?.eventLoopDelay;
+          return `${rowName(r)}: ${n0(g?.count ?? 0)} collections, ${n0(g?.longCount ?? 0)} of 5 ms or more, the longest ${ms(g?.maxMs ?? 0)}${d ? `; event-loop delay p99 ${ms(d.p99Ms)}, max ${ms(d.maxMs)}` : ''}`;
+        });
+      line(
+        `The worker's main thread (the activities, provider calls and the SDK's hand-offs to the workflow thread) over each healthy phase, by Node's own GC records (its workflow thread's collections are its own isolate's, not counted): ${phases.join('; ')}. "Main-thread GC pauses during it" sums the pauses of 5 ms or more that overlapped the stop.`,
+      );
+      line();
+    }
   }
 }
 
@@ -362,6 +376,12 @@ export function renderIncidentBounds(
       why.push(
         `by its history, the slowest healthy stop at this N (${ms(slow.latencyMs)}) had its workflow tasks wait ${ms(slow.workflowTasksQueued)} and its activities ${ms(slow.activitiesQueued)} to be handed to a worker (the server's queue, or no free slot), and its workflow tasks run ${ms(slow.workflowTasksRan)} (on the worker); the slowest stop of N = 0 (${ms(typical.latencyMs)}): ${ms(typical.workflowTasksQueued)}, ${ms(typical.activitiesQueued)} and ${ms(typical.workflowTasksRan)}. ${ranOver >= waitedOver ? `More of the excess (${ms(ranOver)} against ${ms(waitedOver)}) is in its workflow tasks' runs on the stopflow worker than in hand-offs` : `More of the excess (${ms(waitedOver)} against ${ms(ranOver)}) is in hand-offs than in its workflow tasks' runs`}`,
       );
+      const delay = r?.healthy?.eventLoopDelay;
+      if (slow.mainThreadGcMs !== undefined && delay) {
+        why.push(
+          `not the worker's main thread (activities, provider calls, the hand-offs to the workflow thread): its collections of 5 ms or more paused it for ${ms(slow.mainThreadGcMs)} in all during that stop, and over the whole healthy phase its event loop was never late by more than ${ms(delay.maxMs)}. What is left is the workflow thread (whose collections this benchmark cannot see), the SDK's core and the server's answer to each completion, on a machine whose two cores the server and the benchmark share`,
+        );
+      }
     }
     const floorNow = r?.abort?.floor.p99;
     const floorIdle = zero?.abort?.floor.p99;

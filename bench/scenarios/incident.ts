@@ -710,7 +710,7 @@ async function healthyPhase(
 
 /** A phase's main-thread collections, without the list of long ones. */
 function collectionsFigure(gc: NonNullable<IncidentSample['gc']>): CollectionsFigure {
-  return { count: gc.count, totalMs: gc.totalMs, maxMs: gc.maxMs, longCount: gc.long.length };
+  return { count: gc.count, totalMs: gc.totalMs, maxMs: gc.maxMs, longCount: gc.longCount };
 }
 
 /**
