@@ -18,7 +18,7 @@
  * worker), its later attempts only when they must (pollUntilDetached), and it
  * hears of a cancel at its attempt's end.
  */
-import { ApplicationFailure, CompleteAsyncError, Context } from '@temporalio/activity';
+import { ApplicationFailure, CancelledFailure, CompleteAsyncError, Context } from '@temporalio/activity';
 import { ApplicationFailureCategory } from '@temporalio/common';
 import type { VolumeRef } from '../common/request';
 import {
@@ -113,6 +113,43 @@ export class Backends {
     }
     return backend;
   }
+}
+
+/**
+ * A force-detach attempt that fails after a force went out (its own, or an earlier attempt's it was told of) carries
+ * that force's moment in its failure's details (a WaitHeartbeat): the workflow reads no heartbeat details of a failed
+ * activity, and after the last attempt it reads the volume once more. A volume it then finds detached was forced,
+ * and is reported so (workflow version 10, `force-sent-audited`). The failure is otherwise the one thrown: its type,
+ * retry, delay, category, cause and stack.
+ */
+function sayingForceSent(err: unknown, forceSentAt: string | undefined): unknown {
+  if (!forceSentAt) return err;
+  const said: Partial<WaitHeartbeat> = { forceSentAt };
+  if (err instanceof CancelledFailure) {
+    // A worker shutting down ends the attempt as a retryable failure of its own, without these details: said here.
+    // The stop's cancel, a pause or a reset is passed on as it is (none is how the last attempt ends). The SDK cancels
+    // for a shutdown with that reason, and with the details only when the core asked for it.
+    const shuttingDown = Context.current().cancellationDetails?.workerShutdown || err.message === 'WORKER_SHUTDOWN';
+    if (!shuttingDown) return err;
+    return ApplicationFailure.create({
+      message: `the worker shut down during this attempt, after a force it sent at ${forceSentAt}`,
+      type: 'WorkerShutdown',
+      nonRetryable: false,
+      details: [said],
+    });
+  }
+  const failure = err instanceof ApplicationFailure ? err : ApplicationFailure.fromError(err);
+  const saying = new ApplicationFailure(
+    failure.message,
+    failure.type,
+    failure.nonRetryable,
+    [said, ...(failure.details ?? [])],
+    failure.cause,
+    failure.nextRetryDelay,
+    failure.category,
+  );
+  if (failure.stack) saying.stack = failure.stack;
+  return saying;
 }
 
 /**
@@ -423,44 +460,49 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       const sentEarlier = (ctx.info.heartbeatDetails as Partial<WaitHeartbeat> | undefined)?.forceSentAt;
       // Kept in every heartbeat of this attempt (a failed attempt's last details are what the next one reads).
       let said: Partial<WaitHeartbeat> | undefined = sentEarlier ? { forceSentAt: sentEarlier } : undefined;
-      // Force may lose data: never on a volume the backend already reads detached (the graceful detach won).
-      const before = await heartbeating(
-        () => said,
-        () => briefly(() => backend.states.check(target, ctx.cancellationSignal, 'urgent')),
-      );
-      // The audit must not hide a force: a volume forced by an earlier attempt is `force_detached`, not `detached`.
-      if (before === 'detached') return { forced: sentEarlier !== undefined, attempts: ctx.info.attempt, checks: 1 };
-      await heartbeating(
-        () => said,
-        // One force per attempt, never repeated in place: force may lose data, and its tries are counted (5).
-        // A throttled one was refused, not done: it is sent again once the budget's pause is over.
-        () =>
-          untilNotThrottled(() =>
-            backend.call('forceDetachVolume', async (o) => {
-              // Said before the request leaves, for the next attempt if this one never hears how it went (see above).
-              const prior = said;
-              said = { forceSentAt: new Date().toISOString() };
-              ctx.heartbeat(said);
-              try {
-                return await backend.provider.forceDetachVolume(target.instanceId, target.volume, o);
-              } catch (err) {
-                // A refusal (throttled, a device still held, unsupported) forced nothing. Anything else (a timeout, a
-                // 5xx, the attempt cut off mid-call) may have been applied: it counts, the safe side for an audit.
-                if (refusedRequest(err)) {
-                  said = prior;
-                  ctx.heartbeat(said);
+      try {
+        // Force may lose data: never on a volume the backend already reads detached (the graceful detach won).
+        const before = await heartbeating(
+          () => said,
+          () => briefly(() => backend.states.check(target, ctx.cancellationSignal, 'urgent')),
+        );
+        // The audit must not hide a force: a volume forced by an earlier attempt is `force_detached`, not `detached`.
+        if (before === 'detached') return { forced: sentEarlier !== undefined, attempts: ctx.info.attempt, checks: 1 };
+        await heartbeating(
+          () => said,
+          // One force per attempt, never repeated in place: force may lose data, and its tries are counted (5).
+          // A throttled one was refused, not done: it is sent again once the budget's pause is over.
+          () =>
+            untilNotThrottled(() =>
+              backend.call('forceDetachVolume', async (o) => {
+                // Said before the request leaves, for the next attempt if this one never hears how it went (see above).
+                const prior = said;
+                said = { forceSentAt: new Date().toISOString() };
+                ctx.heartbeat(said);
+                try {
+                  return await backend.provider.forceDetachVolume(target.instanceId, target.volume, o);
+                } catch (err) {
+                  // A refusal (throttled, a device still held, unsupported) forced nothing. Anything else (a timeout, a
+                  // 5xx, the attempt cut off mid-call) may have been applied: it counts, the safe side for an audit.
+                  if (refusedRequest(err)) {
+                    said = prior;
+                    ctx.heartbeat(said);
+                  }
+                  throw err;
                 }
-                throw err;
-              }
-            }),
-          ),
-      );
-      backends.forcedVolumes.forced(ForcedVolumes.key(backend.provider.name, target));
-      const { checks } = await pollUntilDetached(backend, target, {
-        attemptHoldMs: FORCE_HOLD_MS,
-        forceSentAt: said?.forceSentAt,
-      });
-      return { forced: true, attempts: ctx.info.attempt, checks: checks + 1 };
+              }),
+            ),
+        );
+        backends.forcedVolumes.forced(ForcedVolumes.key(backend.provider.name, target));
+        const { checks } = await pollUntilDetached(backend, target, {
+          attemptHoldMs: FORCE_HOLD_MS,
+          forceSentAt: said?.forceSentAt,
+        });
+        return { forced: true, attempts: ctx.info.attempt, checks: checks + 1 };
+      } catch (err) {
+        // After a force went out the volume may be detaching because of it: the failure says so (see sayingForceSent).
+        throw sayingForceSent(err, said?.forceSentAt);
+      }
     },
 
     async readAttachmentState(target: VolumeTarget): Promise<BackendState> {

@@ -32,6 +32,15 @@ export interface WaitHeartbeat {
   forceSentAt?: string;
 }
 
+/**
+ * When a force went out for the volume, as a failed force-detach carries it (its failure's first detail, or the last
+ * heartbeat details of an attempt that timed out: a WaitHeartbeat either way); undefined when it says none did.
+ */
+export function forceSentAt(details: unknown): string | undefined {
+  if (typeof details !== 'object' || details === null || !('forceSentAt' in details)) return undefined;
+  return typeof details.forceSentAt === 'string' ? details.forceSentAt : undefined;
+}
+
 /** What a wait is asked: the volume, and how many times its request was already found lost and sent again. */
 export interface WaitTarget extends VolumeTarget {
   rerequests?: number;

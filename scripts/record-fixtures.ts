@@ -197,6 +197,13 @@ const scenarios: Scenario[] = [
     request: { volumes: [{ volumeId: 'vol-pinned' }], maxStopDuration: '1s' },
   },
   {
+    // Every force call fails as a timeout would, and the fifth, the last attempt's, is the one applied: the read after
+    // the five attempts finds the volume detached by it (version 10: `force_detached`, was `detached`).
+    name: 'forced-after-last-attempt',
+    volumes: [{ volumeId: 'vol-late', behavior: { hang: true, force: 'answer-lost', forceTakesEffectAt: 5 } }],
+    request: { volumes: [{ volumeId: 'vol-late' }], maxStopDuration: '1s' },
+  },
+  {
     // Its listing fails for good before it asked the worker anything: it asks about completion events at its end.
     name: 'list-failed',
     volumes: [],

@@ -5,6 +5,7 @@
  * volume up as `failed`. Then what a next attempt reports of a force an earlier one sent: a force cut off before its
  * answer (through stops on the dev server, a worker going away mid-call) counts; one the backend refused does not.
  */
+import { ActivityCancellationDetails, ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { expect, test } from 'vitest';
 import { createActivities } from '../activities';
@@ -12,6 +13,7 @@ import { type CallOptions, ThrottledProviderError } from '../activities/provider
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import { workflowIdFor } from '../common/names';
 import type { VolumeRef } from '../common/request';
+import { forceSentAt } from '../common/stop-activities';
 import { eventually, type Harness, startHarness } from './helpers';
 
 /** One attempt of forceDetachVolume on vol-1 of i-1 (stuck: it never detaches by itself). */
@@ -31,9 +33,10 @@ async function forceOnce(sim: SimulatedProvider) {
 /** A cloud whose forced detaches take effect 1.5 s after they are accepted, as real ones may. */
 class SlowForceCloud extends SimulatedProvider {
   forceCalls = 0;
-  override async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void> {
+  override async forceDetachVolume(instanceId: string, volume: VolumeRef, _options?: CallOptions): Promise<void> {
     this.forceCalls++;
-    setTimeout(() => void super.forceDetachVolume(instanceId, volume, options), 1_500);
+    // Accepted: applied later whatever becomes of the call that sent it (its caller cancelled, say).
+    setTimeout(() => void super.forceDetachVolume(instanceId, volume).catch(() => undefined), 1_500);
   }
 }
 
@@ -157,4 +160,104 @@ test('a force the backend refused is not counted: a volume that then detaches by
     heartbeatDetails: beats.at(-1),
   });
   expect(await afterRefusal.run(activities.forceDetachVolume, target)).toMatchObject({ forced: false, attempts: 2 });
+});
+
+test('a failed force attempt says in its failure whether a force went out: a refusal says none, a lost answer says one', async () => {
+  const sim = new SimulatedProvider(new MemorySimStore());
+  await sim.addInstance('i-1', [
+    { volumeId: 'vol-refused', behavior: { hang: true, force: 'fails' } },
+    { volumeId: 'vol-lost', behavior: { hang: true, force: 'answer-lost', forceTakesEffectAt: 99 } },
+    { volumeId: 'vol-pinned', behavior: { hang: true, force: 'unsupported' } },
+  ]);
+  const activities = createActivities({
+    providers: new Map([[sim.name, sim]]),
+    defaultProvider: sim.name,
+    pollIntervalMs: 100,
+  });
+  const target = (volumeId: string) => ({ instanceId: 'i-1', volume: { volumeId } });
+  const failureOf = async (volumeId: string, heartbeatDetails?: unknown) => {
+    const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000, attempt: 2, heartbeatDetails });
+    const err = await env.run(activities.forceDetachVolume, target(volumeId)).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(ApplicationFailure);
+    return err as ApplicationFailure;
+  };
+  // Refused: nothing was forced, and the failure is as the backend's answer made it.
+  const refused = await failureOf('vol-refused');
+  expect(refused.message).toMatch(/still held by the host/);
+  expect(refused.details ?? []).toEqual([]);
+  // No answer: the force may have been applied. The failure keeps its type and retry, and says when it went out.
+  const lost = await failureOf('vol-lost');
+  expect(lost).toMatchObject({ type: 'TransientProviderError', nonRetryable: false });
+  expect(forceSentAt(lost.details?.[0])).toEqual(expect.any(String));
+  // A refusal after an earlier attempt's force: that force still went out, and the failure carries its moment.
+  const earlier = '2026-12-02T01:00:00.000Z';
+  const refusedAfter = await failureOf('vol-refused', { forceSentAt: earlier });
+  expect(forceSentAt(refusedAfter.details?.[0])).toBe(earlier);
+  expect(refusedAfter).toMatchObject({ type: 'TransientProviderError', nonRetryable: false });
+  // A failure that ends the attempts stays final: the backend cannot force this volume, whatever went out before.
+  const unsupported = await failureOf('vol-pinned', { forceSentAt: earlier });
+  expect(unsupported).toMatchObject({ type: 'ForceUnsupported', nonRetryable: true });
+  expect(forceSentAt(unsupported.details?.[0])).toBe(earlier);
+});
+
+test('a worker shutting down during a force attempt says the force went out: the server keeps no details of that end', async () => {
+  const sim = new SlowForceCloud(new MemorySimStore());
+  await sim.addInstance('i-1', [
+    { volumeId: 'vol-1', behavior: { hang: true } },
+    { volumeId: 'vol-2', behavior: { hang: true } },
+  ]);
+  const activities = createActivities({
+    providers: new Map([[sim.name, sim]]),
+    defaultProvider: sim.name,
+    pollIntervalMs: 100,
+  });
+  const run = (volumeId: string, cancel: ActivityCancellationDetails) => {
+    const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000 });
+    // The context's `cancelled` promise rejects on a cancel; the activity listens to its signal instead.
+    env.context.cancelled.catch(() => undefined);
+    const attempt = env.run(activities.forceDetachVolume, { instanceId: 'i-1', volume: { volumeId } }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    // Once the force went out (it takes effect 1.5 s later), while the attempt waits for the volume to leave.
+    setTimeout(() => env.cancel(cancel.workerShutdown ? 'WORKER_SHUTDOWN' : 'CANCELLED', cancel), 300);
+    return attempt;
+  };
+  const shutDown = await run('vol-1', new ActivityCancellationDetails({ workerShutdown: true }));
+  expect(shutDown).toBeInstanceOf(ApplicationFailure);
+  expect(shutDown).toMatchObject({ type: 'WorkerShutdown', nonRetryable: false });
+  expect(forceSentAt((shutDown as ApplicationFailure).details?.[0])).toEqual(expect.any(String));
+  // The stop's own cancel is passed on as a cancel: the stop has decided, and no attempt follows.
+  const cancelled = await run('vol-2', new ActivityCancellationDetails({ cancelRequested: true }));
+  expect(cancelled).toBeInstanceOf(CancelledFailure);
+});
+
+test('a volume that detaches only after its five force attempts failed, one of which went out, is `force_detached` (version 10)', async () => {
+  const sim = new SimulatedProvider(new MemorySimStore());
+  const h = await startHarness({ sim });
+  try {
+    const instanceId = h.instanceId('forced-late');
+    // Every force call fails as a timeout would; the fifth, the last attempt's, is the one the backend applied.
+    await sim.addInstance(instanceId, [
+      { volumeId: 'vol-late', behavior: { hang: true, force: 'answer-lost', forceTakesEffectAt: 5 } },
+    ]);
+    await h.stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-late' }] });
+    await eventually(async () => (await h.stopflow.status(instanceId)).volumes[0]?.state === 'detaching', 'waiting');
+    await h.stopflow.abort(instanceId, { reason: 'test' });
+    const status = await h.stopflow.result(instanceId);
+    expect(status.phase).toBe('stopped');
+    // Five attempts failed; the read after them found the volume detached, by the force the last one sent.
+    expect(status.volumes[0]).toMatchObject({ volumeId: 'vol-late', state: 'force_detached' });
+    expect((await sim.instance(instanceId))?.volumes[0]).toMatchObject({ forceCalls: 5, forced: true });
+    const events = (await h.client.workflow.getHandle(workflowIdFor(instanceId)).fetchHistory()).events ?? [];
+    const patches = events
+      .flatMap((e) => e.markerRecordedEventAttributes?.details?.['patch-data']?.payloads ?? [])
+      .map((p) => (JSON.parse(Buffer.from(p.data ?? new Uint8Array()).toString()) as { id?: string }).id);
+    expect(patches).toContain('force-sent-audited');
+  } finally {
+    await h.close();
+  }
 });

@@ -2,15 +2,15 @@
 import { ActivityFailure, CancellationScope, condition, isCancellation } from '@temporalio/workflow';
 
 export const INTERRUPTED = 'interrupted by escalation or cancel';
-export type Settled<T> = { ok: true; value: T } | { ok: false; why: string };
+export type Settled<T> = { ok: true; value: T } | { ok: false; why: string; failure?: ActivityFailure };
 
-/** An activity's outcome as a value: its value, or the innermost message of its failure. */
+/** An activity's outcome as a value: its value, or the innermost message of its failure (and the failure). */
 export async function settled<T>(call: Promise<T>): Promise<Settled<T>> {
   try {
     return { ok: true, value: await call };
   } catch (err) {
     if (!(err instanceof ActivityFailure)) throw err;
-    return { ok: false, why: failureMessage(err) };
+    return { ok: false, why: failureMessage(err), failure: err };
   }
 }
 

@@ -6,17 +6,19 @@
  */
 import {
   ActivityFailure,
+  ApplicationFailure,
   CancellationScope,
   condition,
   isCancellation,
   patched,
+  TimeoutFailure,
   upsertSearchAttributes,
   workflowInfo,
 } from '@temporalio/workflow';
 import { StopForcedKey } from '../common/names';
 import { MAX_VOLUMES, type VolumeRef } from '../common/request';
 import type { Escalation, VolumeState, VolumeStatus } from '../common/status';
-import { type VolumeTarget, waitsTaskQueue, watchHeartbeatTimeoutMs } from '../common/stop-activities';
+import { forceSentAt, type VolumeTarget, waitsTaskQueue, watchHeartbeatTimeoutMs } from '../common/stop-activities';
 import { activities, BOUNDED, force, urgent, wait, watchedWait, watchedWaitTimed } from './activity-options';
 import { failureMessage, settled } from './settled';
 import { fail } from './stop-end';
@@ -27,6 +29,8 @@ import { canMove, interrupted, type StopState } from './stop-state';
 const WATCHED_WAITS = 'watched-waits';
 /** Workflow version 9: a watched wait's heartbeat timeout is the requesting worker's setting (watchedWaitTimed). */
 const WORKER_TIMED_WATCH = 'worker-timed-watch';
+/** Workflow version 10: a volume found detached after its force attempts failed, when a force went out, was forced. */
+const FORCE_SENT_AUDITED = 'force-sent-audited';
 
 /** Adds the volumes (found attached again: back to `attached`) and detaches them all in parallel. */
 export async function detachAll(state: StopState, refs: VolumeRef[]): Promise<void> {
@@ -231,11 +235,25 @@ async function forceDetach(
     activities(say.confirm(volume.volumeId), { ...urgent, retry: BOUNDED }).readAttachmentState(target),
   );
   if (confirmed.ok && confirmed.value === 'detached') {
-    settle(state, volume, 'detached');
+    // FORCE_SENT_AUDITED: the audit must not hide a force. The last attempt's failure says whether a force went out
+    // (this attempt's or an earlier one's); one that did may be what detached the volume, however late it took.
+    const forcedLate = forceWentOut(forced.failure) && patched(FORCE_SENT_AUDITED);
+    settle(state, volume, forcedLate ? 'force_detached' : 'detached');
     return;
   }
   volume.lastError = forced.why;
   settle(state, volume, 'failed');
+}
+
+/**
+ * Whether a failed force-detach says a force went out (activities/index.ts sayingForceSent): in its last attempt's
+ * failure details, or, for an attempt that timed out (its worker lost), in the heartbeat details it last sent.
+ */
+function forceWentOut(failure: ActivityFailure | undefined): boolean {
+  const cause = failure?.cause;
+  if (cause instanceof ApplicationFailure) return forceSentAt(cause.details?.[0]) !== undefined;
+  if (cause instanceof TimeoutFailure) return forceSentAt(cause.lastHeartbeatDetails) !== undefined;
+  return false;
 }
 
 /** A volume's next state, checked against the contract's table (stop-state.ts); a bad move is a bug. */

@@ -22,7 +22,11 @@ import {
   type VolumeOfInstance,
 } from '../provider';
 
-export type ForceBehavior = 'ok' | 'unsupported' | 'fails';
+/**
+ * `fails`: refused, the device still held (nothing forced). `answer-lost`: every force call fails as a timeout does,
+ * after the backend acted on it or not (`forceTakesEffectAt`): the caller cannot tell.
+ */
+export type ForceBehavior = 'ok' | 'unsupported' | 'fails' | 'answer-lost';
 
 export interface SimVolumeBehavior {
   /** Time from the detach request to `detached`; 0 = at once. */
@@ -32,6 +36,8 @@ export interface SimVolumeBehavior {
   /** The first N calls on this volume fail with a transient error. */
   failFirst: number;
   force: ForceBehavior;
+  /** `answer-lost`: the force call (1 = the first) that detaches the volume; the calls before it change nothing. */
+  forceTakesEffectAt?: number;
 }
 
 export interface SimVolume {
@@ -284,6 +290,15 @@ export class SimulatedProvider implements Provider {
         throw new TransientProviderError(
           `simulated force-detach of ${v.volumeId} failed: volume still held by the host`,
           true,
+        );
+      }
+      if (v.behavior.force === 'answer-lost') {
+        if (v.forceCalls >= (v.behavior.forceTakesEffectAt ?? 1) && v.state !== 'detached') {
+          v.state = 'detached';
+          v.forced = true;
+        }
+        throw new TransientProviderError(
+          `simulated force-detach of ${v.volumeId}: no answer (it may have been applied)`,
         );
       }
       failIfScheduled(v, 'force-detach');
