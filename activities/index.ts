@@ -132,10 +132,12 @@ function sayingForceSent(err: unknown, forceSentAt: string | undefined): unknown
     const shuttingDown = Context.current().cancellationDetails?.workerShutdown || err.message === 'WORKER_SHUTDOWN';
     if (!shuttingDown) return err;
     return ApplicationFailure.create({
-      message: `the worker shut down during this attempt, after a force it sent at ${forceSentAt}`,
+      message: `the worker shut down during this attempt, after a force sent at ${forceSentAt}`,
       type: 'WorkerShutdown',
       nonRetryable: false,
       details: [said],
+      // As the SDK's own end for a shutdown: expected, logged and counted as no error.
+      category: ApplicationFailureCategory.BENIGN,
     });
   }
   const failure = err instanceof ApplicationFailure ? err : ApplicationFailure.fromError(err);

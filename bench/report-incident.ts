@@ -379,7 +379,7 @@ export function renderIncidentBounds(
       const delay = r?.healthy?.eventLoopDelay;
       if (slow.mainThreadGcMs !== undefined && delay) {
         why.push(
-          `not the worker's main thread (activities, provider calls, the hand-offs to the workflow thread): its collections of 5 ms or more paused it for ${ms(slow.mainThreadGcMs)} in all during that stop, and over the whole healthy phase its event loop was never late by more than ${ms(delay.maxMs)}. What is left is the workflow thread (whose collections this benchmark cannot see), the SDK's core and the server's answer to each completion, on a machine whose two cores the server and the benchmark share`,
+          `the worker's main thread (activities, provider calls, the hand-offs to the workflow thread) was paused by its collections of 5 ms or more for ${ms(slow.mainThreadGcMs)} in all during that stop, and over the whole healthy phase its event loop was at most ${ms(delay.maxMs)} late at a time (a stop's hand-offs through it each wait at most that, and several can add up; the workflow thread's collections, the SDK's core and the server's answers are not measured here)`,
         );
       }
     }

@@ -5,7 +5,15 @@
  * volume up as `failed`. Then what a next attempt reports of a force an earlier one sent: a force cut off before its
  * answer (through stops on the dev server, a worker going away mid-call) counts; one the backend refused does not.
  */
-import { ActivityCancellationDetails, ApplicationFailure, CancelledFailure } from '@temporalio/common';
+import {
+  ActivityCancellationDetails,
+  ActivityFailure,
+  ApplicationFailure,
+  CancelledFailure,
+  RetryState,
+  TimeoutFailure,
+  TimeoutType,
+} from '@temporalio/common';
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { expect, test } from 'vitest';
 import { createActivities } from '../activities';
@@ -14,6 +22,7 @@ import { MemorySimStore, SimulatedProvider } from '../activities/providers/simul
 import { workflowIdFor } from '../common/names';
 import type { VolumeRef } from '../common/request';
 import { forceSentAt } from '../common/stop-activities';
+import { forceWentOut } from '../workflows/volume-path';
 import { eventually, type Harness, startHarness } from './helpers';
 
 /** One attempt of forceDetachVolume on vol-1 of i-1 (stuck: it never detaches by itself). */
@@ -260,4 +269,17 @@ test('a volume that detaches only after its five force attempts failed, one of w
   } finally {
     await h.close();
   }
+});
+
+test('the workflow reads a force that went out from the last attempt’s failure details, or from a timed-out attempt’s last heartbeat', () => {
+  const ended = (cause: Error) =>
+    new ActivityFailure('force ended', 'forceDetachVolume', '7', RetryState.MAXIMUM_ATTEMPTS_REACHED, 'w', cause);
+  const at = { forceSentAt: '2026-12-02T01:00:00.000Z' };
+  expect(forceWentOut(ended(ApplicationFailure.create({ message: 'no answer', details: [at] })))).toBe(true);
+  expect(forceWentOut(ended(ApplicationFailure.create({ message: 'refused' })))).toBe(false);
+  // The last attempt's worker was lost: the server's timeout carries the details that attempt last heartbeated.
+  expect(forceWentOut(ended(new TimeoutFailure('heartbeat', at, TimeoutType.HEARTBEAT)))).toBe(true);
+  expect(forceWentOut(ended(new TimeoutFailure('heartbeat', undefined, TimeoutType.HEARTBEAT)))).toBe(false);
+  expect(forceWentOut(ended(new CancelledFailure('cancelled', [at])))).toBe(false);
+  expect(forceWentOut(undefined)).toBe(false);
 });

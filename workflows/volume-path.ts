@@ -249,7 +249,7 @@ async function forceDetach(
  * Whether a failed force-detach says a force went out (activities/index.ts sayingForceSent): in its last attempt's
  * failure details, or, for an attempt that timed out (its worker lost), in the heartbeat details it last sent.
  */
-function forceWentOut(failure: ActivityFailure | undefined): boolean {
+export function forceWentOut(failure: ActivityFailure | undefined): boolean {
   const cause = failure?.cause;
   if (cause instanceof ApplicationFailure) return forceSentAt(cause.details?.[0]) !== undefined;
   if (cause instanceof TimeoutFailure) return forceSentAt(cause.lastHeartbeatDetails) !== undefined;

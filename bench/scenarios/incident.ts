@@ -669,12 +669,14 @@ async function healthyPhase(
   );
   const after = await child.sample();
   // The main thread's collections during each stop: a pause there holds its activities and workflow tasks.
-  const pausedMs = (i: number) =>
-    round(
-      (after.gc?.long ?? [])
-        .filter((p) => p.at < (windows[i]?.to ?? 0) && p.at + p.ms > (windows[i]?.from ?? 0))
-        .reduce((sum, p) => sum + p.ms, 0),
+  const pausedMs = (i: number) => {
+    const from = windows[i]?.from ?? 0;
+    const to = windows[i]?.to ?? 0;
+    // The part of each pause inside the stop's window.
+    return round(
+      (after.gc?.long ?? []).reduce((sum, p) => sum + Math.max(0, Math.min(to, p.at + p.ms) - Math.max(from, p.at)), 0),
     );
+  };
   // Every healthy stop's split by the server's event times, read once the phase is over. A failed read costs
   // the split only: the latencies are measured already.
   let median: HealthySplit | undefined;
