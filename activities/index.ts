@@ -25,6 +25,7 @@ import {
   type BackendState,
   DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS,
   type ForceResult,
+  forceSentAt,
   type InstanceTarget,
   type RequestResult,
   type StopActivities,
@@ -459,7 +460,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       // An earlier attempt that sent the force and did not report it forced (its worker died or its attempt was cut
       // off mid-call; the volume was slower than its minute) said so in its heartbeat details: the volume may be
       // detached because of that force.
-      const sentEarlier = (ctx.info.heartbeatDetails as Partial<WaitHeartbeat> | undefined)?.forceSentAt;
+      const sentEarlier = forceSentAt(ctx.info.heartbeatDetails);
       // Kept in every heartbeat of this attempt (a failed attempt's last details are what the next one reads).
       let said: Partial<WaitHeartbeat> | undefined = sentEarlier ? { forceSentAt: sentEarlier } : undefined;
       try {

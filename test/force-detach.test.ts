@@ -25,16 +25,21 @@ import { forceSentAt } from '../common/stop-activities';
 import { forceWentOut } from '../workflows/volume-path';
 import { eventually, type Harness, startHarness } from './helpers';
 
-/** One attempt of forceDetachVolume on vol-1 of i-1 (stuck: it never detaches by itself). */
-async function forceOnce(sim: SimulatedProvider) {
-  await sim.addInstance('i-1', [{ volumeId: 'vol-1', behavior: { hang: true } }]);
-  const activities = createActivities({
+/** The worker's activities over one simulated cloud, checking every 100 ms. */
+function activitiesOver(sim: SimulatedProvider, holdMs?: number) {
+  return createActivities({
     providers: new Map([[sim.name, sim]]),
     defaultProvider: sim.name,
     pollIntervalMs: 100,
-    // The waits give their slot back after 300 ms; a force must not.
-    holdMs: 300,
+    ...(holdMs !== undefined ? { holdMs } : {}),
   });
+}
+
+/** One attempt of forceDetachVolume on vol-1 of i-1 (stuck: it never detaches by itself). */
+async function forceOnce(sim: SimulatedProvider) {
+  await sim.addInstance('i-1', [{ volumeId: 'vol-1', behavior: { hang: true } }]);
+  // The waits give their slot back after 300 ms; a force must not.
+  const activities = activitiesOver(sim, 300);
   const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000 });
   return env.run(activities.forceDetachVolume, { instanceId: 'i-1', volume: { volumeId: 'vol-1' } });
 }
@@ -139,11 +144,7 @@ test('a force cut off before its answer is reported by the next attempt as force
 test('a force the backend refused is not counted: a volume that then detaches by itself is `detached`', async () => {
   const sim = new SimulatedProvider(new MemorySimStore());
   await sim.addInstance('i-1', [{ volumeId: 'vol-1', behavior: { hang: true, force: 'fails' } }]);
-  const activities = createActivities({
-    providers: new Map([[sim.name, sim]]),
-    defaultProvider: sim.name,
-    pollIntervalMs: 100,
-  });
+  const activities = activitiesOver(sim);
   const target = { instanceId: 'i-1', volume: { volumeId: 'vol-1' } };
   const refused = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000 });
   const beats: unknown[] = [];
@@ -178,11 +179,7 @@ test('a failed force attempt says in its failure whether a force went out: a ref
     { volumeId: 'vol-lost', behavior: { hang: true, force: 'answer-lost', forceTakesEffectAt: 99 } },
     { volumeId: 'vol-pinned', behavior: { hang: true, force: 'unsupported' } },
   ]);
-  const activities = createActivities({
-    providers: new Map([[sim.name, sim]]),
-    defaultProvider: sim.name,
-    pollIntervalMs: 100,
-  });
+  const activities = activitiesOver(sim);
   const target = (volumeId: string) => ({ instanceId: 'i-1', volume: { volumeId } });
   const failureOf = async (volumeId: string, heartbeatDetails?: unknown) => {
     const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000, attempt: 2, heartbeatDetails });
@@ -218,11 +215,7 @@ test('a worker shutting down during a force attempt says the force went out: the
     { volumeId: 'vol-1', behavior: { hang: true } },
     { volumeId: 'vol-2', behavior: { hang: true } },
   ]);
-  const activities = createActivities({
-    providers: new Map([[sim.name, sim]]),
-    defaultProvider: sim.name,
-    pollIntervalMs: 100,
-  });
+  const activities = activitiesOver(sim);
   const run = (volumeId: string, cancel: ActivityCancellationDetails) => {
     const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000 });
     // The context's `cancelled` promise rejects on a cancel; the activity listens to its signal instead.

@@ -134,13 +134,8 @@ export interface HealthyFigure {
 
 export type HealthySplit = RunSplit & { latencyMs: number; mainThreadGcMs?: number };
 
-/** Garbage collections on the worker's main thread over a phase: how many, summed and longest pause (ms), and how many of 5 ms or more. */
-export interface CollectionsFigure {
-  count: number;
-  totalMs: number;
-  maxMs: number;
-  longCount: number;
-}
+/** The worker's main-thread garbage collections over a phase, as sampled, without the list of long ones. */
+export type CollectionsFigure = Omit<NonNullable<IncidentSample['gc']>, 'long'>;
 
 /** A signal's path by segment, ms (see bench/history-spans.ts); `toCode` is the activity's task to its code running. */
 export type PathSummary = Record<keyof SignalPath | 'toCode', LatencySummary>;
@@ -711,8 +706,8 @@ async function healthyPhase(
 }
 
 /** A phase's main-thread collections, without the list of long ones. */
-function collectionsFigure(gc: NonNullable<IncidentSample['gc']>): CollectionsFigure {
-  return { count: gc.count, totalMs: gc.totalMs, maxMs: gc.maxMs, longCount: gc.longCount };
+function collectionsFigure({ long: _long, ...figure }: NonNullable<IncidentSample['gc']>): CollectionsFigure {
+  return figure;
 }
 
 /**
