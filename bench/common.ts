@@ -12,6 +12,8 @@ export interface BenchContext {
   memorySizes: number[] | null;
   /** --incident-sizes: stuck stops per row of the incident scenario (simulated rows), overriding its defaults. */
   incidentSizes: number[] | null;
+  /** --incident-aws-sizes: stuck stops per aws row of the incident scenario, overriding its defaults. */
+  incidentAwsSizes: number[] | null;
   address: string;
   /** The dev server's Prometheus endpoint: what it was asked, per operation (bench/server-requests.ts). */
   serverMetricsUrl?: string;

@@ -53,14 +53,15 @@ interface Args {
   only: ScenarioName[] | null;
   memorySizes: number[] | null;
   incidentSizes: number[] | null;
+  incidentAwsSizes: number[] | null;
 }
 
+/** A list of row sizes; an empty one (`--name=`) means no such rows, so one kind of row can run alone. */
 function sizesArg(arg: string, name: string, min: number): number[] {
-  const sizes = arg
-    .slice(`--${name}=`.length)
-    .split(',')
-    .map((v) => Number(v));
-  if (sizes.length === 0 || sizes.some((n) => !Number.isInteger(n) || n < min || n > 20_000)) {
+  const list = arg.slice(`--${name}=`.length);
+  if (list === '') return [];
+  const sizes = list.split(',').map((v) => (v.trim() === '' ? Number.NaN : Number(v)));
+  if (sizes.some((n) => !Number.isInteger(n) || n < min || n > 20_000)) {
     throw new Error(`--${name}: a comma-separated list of whole numbers from ${min} to 20000, e.g. 100,1000`);
   }
   return sizes;
@@ -71,12 +72,14 @@ function parseArgs(argv: string[]): Args {
   let only: ScenarioName[] | null = null;
   let memorySizes: number[] | null = null;
   let incidentSizes: number[] | null = null;
+  let incidentAwsSizes: number[] | null = null;
   let render = false;
   for (const arg of argv) {
     if (arg === '--quick') quick = true;
     else if (arg === '--render') render = true;
     else if (arg.startsWith('--memory-sizes=')) memorySizes = sizesArg(arg, 'memory-sizes', 1);
     else if (arg.startsWith('--incident-sizes=')) incidentSizes = sizesArg(arg, 'incident-sizes', 0);
+    else if (arg.startsWith('--incident-aws-sizes=')) incidentAwsSizes = sizesArg(arg, 'incident-aws-sizes', 1);
     else if (arg.startsWith('--only=')) {
       const names = arg.slice('--only='.length).split(',').filter(Boolean);
       for (const name of names) {
@@ -86,14 +89,14 @@ function parseArgs(argv: string[]): Args {
       only = names as ScenarioName[];
     } else if (arg === '--help' || arg === '-h') {
       log(
-        `usage: npm run bench [-- --quick] [-- --only=${Object.keys(SCENARIOS).join(',')}] [-- --memory-sizes=100,1000,5000] [-- --incident-sizes=0,100,1000] [-- --render]`,
+        `usage: npm run bench [-- --quick] [-- --only=${Object.keys(SCENARIOS).join(',')}] [-- --memory-sizes=100,1000,5000] [-- --incident-sizes=0,100,1000] [-- --incident-aws-sizes=100] [-- --render]`,
       );
       process.exit(0);
     } else {
       throw new Error(`unknown argument "${arg}" (try --help)`);
     }
   }
-  return { render, quick, only, memorySizes, incidentSizes };
+  return { render, quick, only, memorySizes, incidentSizes, incidentAwsSizes };
 }
 
 function packageVersion(name: string): string {
@@ -113,7 +116,7 @@ function cliVersion(path: string | undefined): string {
 }
 
 async function main(): Promise<number> {
-  const { render, quick, only, memorySizes, incidentSizes } = parseArgs(process.argv.slice(2));
+  const { render, quick, only, memorySizes, incidentSizes, incidentAwsSizes } = parseArgs(process.argv.slice(2));
   if (render) {
     const saved = JSON.parse(readFileSync(join(ROOT, 'bench/results/latest.json'), 'utf8')) as BenchResults;
     writeFileSync(join(ROOT, 'BENCHMARKS.md'), renderMarkdown(saved));
@@ -192,6 +195,7 @@ async function main(): Promise<number> {
       quick,
       memorySizes,
       incidentSizes,
+      incidentAwsSizes,
       address: server.address,
       ...(server.metricsUrl ? { serverMetricsUrl: server.metricsUrl } : {}),
       client: new Client({ connection: clientConnection }),

@@ -302,7 +302,7 @@ export async function incident(
   rows: { sizes?: number[]; awsSizes?: number[] } = {},
 ): Promise<IncidentResult> {
   const sizes = rows.sizes ?? ctx.incidentSizes ?? (ctx.quick ? [0, 50, 200] : [0, 100, 1_000, 5_000, 10_000]);
-  const awsSizes = rows.awsSizes ?? (ctx.quick ? [200] : [100, 1_000]);
+  const awsSizes = rows.awsSizes ?? ctx.incidentAwsSizes ?? (ctx.quick ? [200] : [100, 1_000]);
   const healthyStops = ctx.quick ? 10 : 20;
   // 150: the p99 (nearest rank) is then the 2nd slowest probe, not the slowest, as with the 60 of earlier
   // runs, where one 50 ms hand-off of the dev server's task queues on either side decided the comparison.
