@@ -149,7 +149,7 @@ export function renderMarkdown(r: BenchResults): string {
   line('npm run bench -- --only=incident   # a subset: merged into bench/results/latest.json, this file rewritten');
   line('npm run bench -- --memory-sizes=100,1000      # the memory scenario at these sizes only');
   line('npm run bench -- --incident-sizes=0,100,1000  # the incident scenario (simulated rows) at these sizes only');
-  line('npm run bench -- --only=incident --incident-sizes= --incident-aws-sizes=1000  # its aws rows alone (an empty list: none of that kind)');
+  line('npm run bench -- --incident-sizes= --incident-aws-sizes=1000  # its aws rows only (an empty list: none)');
   line('npm run bench -- --render                     # rewrite this file from bench/results/latest.json');
   line('```');
   line();
