@@ -149,7 +149,7 @@ export function renderIncident(line: Line, inc: IncidentResult, tuned: TunedInci
     `3. **waiting**: RSS (no forced GC: the process as it runs), then every backend call over ${n0(inc.windowMs / 1000)} s while nothing but the N waits runs: the simulated provider's own \`calls\` count, or every action the EC2 server received. "Volume states read" counts volumes whose state a call read (one batched call reads many). "Wait slots busy" (and, in brackets, the waits the worker's watch list answers for, holding no slot) and "stuck volumes checked" (at least once since their stop started) show whether the waits fit their slots.`,
   );
   line(
-    `4. **healthy**: ${inc.healthyStops} stops with 2 volumes that detach at once, started one every ${ms(inc.healthySpacingMs)} whether or not the previous one ended; start → result of each. p99 is nearest-rank (with ${inc.healthyStops} samples, the slowest). A stop not done by the cap counts as the time it had waited, a lower bound. The aws rows' stops also wait for \`StopInstances\` to report \`stopped\`: the provider's 5 s stop poll, so their figures are not comparable with the simulated rows'.`,
+    `4. **healthy**: ${inc.healthyStops} stops with 2 volumes that detach at once, started one every ${ms(inc.healthySpacingMs)} whether or not the previous one ended; start → result of each. p99 is nearest-rank (with ${inc.healthyStops} samples, ${rankOf(inc.healthyStops)}). A stop not done by the cap counts as the time it had waited, a lower bound. The aws rows' stops also wait for \`StopInstances\` to report \`stopped\`: the provider's 5 s stop poll, so their figures are not comparable with the simulated rows'.`,
   );
   line(
     `5. **abort**: ${inc.probes} probe stops, ${inc.probeSpacingMs ? `one after another and at most one every ${ms(inc.probeSpacingMs)} (each costs six budgeted calls: back to back they would spend more than the aws budget themselves, and the force would wait for tokens they spent)` : 'one after another'}, each with one stuck volume: once its detach request reached the backend, \`abort\` is sent and timed to its force-detach reaching the backend (Date.now() in the worker, as in "Reaction")${inc.rows.some((r) => r.abort?.activityStarted) ? ', and to its force-detach activity starting (an activity interceptor on the worker: the path the floor measures, before the force reads the volume and takes its budget tokens)' : ''}. After each probe, one sample of Temporal's own floor as in "Reaction": \`signalFloor\` on a baseline worker in the benchmark's process, timed from the signal to its activity, so both see the same server load${inc.rows.some((r) => r.abort?.floorInWorker) ? "; and one more on a baseline worker inside the stopflow worker's process, beside it (`floor in the worker`): it shares that process's main thread, Temporal's Rust core, its connection and the CPU, not stopflow's workflow thread, slots or task queue" : ''}.`,
@@ -364,7 +364,7 @@ export function renderIncidentBounds(
     const typical = zero?.healthy?.split?.slowest[0];
     if (why.length === 0 && r?.calls && r.healthy) {
       const p50 = zero ? healthyRatios(r, zero)?.p50 : undefined;
-      const shared = `with ${r.healthy.samples} samples the p99 is the slowest stop${p50 !== undefined ? ` (the median was ${num(p50, 2)}× N = 0's)` : ''}, and the dev server, the worker (${num(r.calls.workerCpuPercent)}% of a core while the stops waited) and the benchmark share the machine's cores`;
+      const shared = `with ${r.healthy.samples} samples the p99 is ${rankOf(r.healthy.samples)}${p50 !== undefined ? ` (the median was ${num(p50, 2)}× N = 0's)` : ''}, and the dev server, the worker (${num(r.calls.workerCpuPercent)}% of a core while the stops waited) and the benchmark share the machine's cores`;
       why.push(
         `neither the waits task queue nor the call budget was full at this N (all ${n0(r.waiting?.checked ?? 0)} stuck volumes checked, ${num(r.calls.perSecond, 2)} calls/s)${slow && typical ? `; ${shared}` : `, so these figures name no stopflow cause: ${shared}`}`,
       );
@@ -483,9 +483,7 @@ export function renderIncidentBounds(
           .map((r) => `${rowName(r)}: ${ms(r.abort.stopflow.p99 - r.abort.floor.p99)}`)
           .join('; ')}.`
       : '';
-    const rank = Math.ceil(0.99 * inc.probes);
-    const slowest = inc.probes - rank + 1;
-    const rankText = slowest === 1 ? 'the slowest sample' : `the ${ordinal(slowest)} slowest sample`;
+    const rankText = rankOf(inc.probes, 'sample');
     line(
       `**Abort → force-detach while stops wait**: over the floor at the median ${p50}; at p99 ${p99}. Force starts with a state read (force is never sent for a volume already detached): an urgent check, batched apart from the waits' checks and sent at once (\`activities/state-checks.ts\`), but one more backend round trip than the floor's activity makes, and it waits for an urgent batch already under way.${budgetText} ${gatherText}${splitText}${excessBefore}${pathsText}${tunedText} At p99, with ${inc.probes} samples per row the p99 is ${rankText}, and both sides are one hand-off of the dev server's task queues (≈ 50 ms each, see "Reaction") from being slower.`,
     );
@@ -506,6 +504,12 @@ export function renderIncidentBounds(
     );
     line();
   }
+}
+
+/** Which sample a nearest-rank p99 of `samples` is: "the slowest stop", "the 2nd slowest sample". */
+function rankOf(samples: number, noun = 'stop'): string {
+  const fromTop = samples - Math.ceil(0.99 * samples) + 1;
+  return fromTop === 1 ? `the slowest ${noun}` : `the ${ordinal(fromTop)} slowest ${noun}`;
 }
 
 /** 2 → "2nd": for "the 2nd slowest sample". */

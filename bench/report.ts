@@ -14,12 +14,27 @@ import type { LatencyFigure, ReactionResult } from './scenarios/reaction';
 import type { ThroughputResult } from './scenarios/throughput';
 
 /**
- * Why the default workflow cache weighs on throughput: a round's stops all move at once, more of them than the
- * cache holds, so most of a stop's workflow tasks replay it from its first event, and every replay instantiates
- * stopflow's modules again; the minimal workflow's replays are cheap, its bundle small.
+ * The workflow cache is not what bounds this scenario: its stops run a bounded number at a time, fewer than the
+ * worker's default cache holds, so their workflow tasks find them cached (runs before 0.2.10 said otherwise).
  */
 function cacheNote(t: ThroughputResult): string {
-  return `With ${num(t.stopsPerRound, 0)} stops moving at once and the worker's default cache of ${num(DEFAULT_MAX_CACHED_WORKFLOWS, 0)} workflows (set for waiting stops' memory: "Incident scale"), most of a stop's workflow tasks miss the cache and replay it from its first event, instantiating its modules again each time; the minimal workflow runs under the same cache, but its replays are cheap. A worker that runs many stops at once and few waiting ones does better with a larger \`STOPFLOW_MAX_CACHED_WORKFLOWS\` (its workflow thread's heap limit grows with it).`;
+  const inFlight = t.inFlight ?? 50;
+  return `At most ${inFlight} stops run at once, within the worker's default cache of ${num(DEFAULT_MAX_CACHED_WORKFLOWS, 0)} workflows, so a stop's workflow tasks find it cached and nothing is replayed: a larger cache is no lever here (one run with 1,000 gave 0.78, inside this spread).`;
+}
+
+/** What one workflow cost the benchmark's process and the dev server, each side: where the throughput ratio comes from. */
+function cpuNote(t: ThroughputResult): string {
+  const c = t.cpuMsPerStop;
+  if (!c) return '';
+  const s = c.stopflow;
+  const b = c.baseline;
+  if (s.server === null || b.server === null) {
+    return ` CPU per workflow in the benchmark's process (both workers and the client): stopflow ${num(s.benchProcess)} ms, the minimal workflow ${num(b.benchProcess)} ms (the dev server's process was not found).`;
+  }
+  const extraWorker = s.benchProcess - b.benchProcess;
+  const extraServer = s.server - b.server;
+  const sums = (b.benchProcess + b.server) / (s.benchProcess + s.server);
+  return ` Measured per workflow over each side's own batches (CPU time from /proc, median over rounds): a stop cost the benchmark's process (both workers and the client) ${num(s.benchProcess)} ms and the dev server ${num(s.server)} ms; the minimal workflow ${num(b.benchProcess)} and ${num(b.server)} ms. Of stopflow's extra ${num(extraWorker + extraServer)} ms, ${num(extraWorker)} are on the worker's side and ${num(extraServer)} on the server's, and the ratio of the two sums, ${num(sums, 2)}, is about what two busy cores allow.`;
 }
 
 const kb = (bytes: number) => `${Math.round(bytes / 1024).toLocaleString('en-US')} KB`;
@@ -303,7 +318,7 @@ function renderThroughput(line: Line, t: ThroughputResult, from: string): void {
   line(from);
   line();
   line(
-    `${t.stopsPerRound} stops per round, ${t.rounds} rounds, after a warm-up round. Each stop lists its ${t.volumesPerStop} volumes from the simulated cloud (no latency), detaches them in parallel and stops the instance: six activities. The baseline (\`minimalStop\`) runs six no-op activities in the same shape (one, then ${t.volumesPerStop} in parallel, then one). All workflows of a round are started at once (50 starts in flight) and the round ends when the last result is in; default worker settings on both sides. Rounds alternate which side goes first, and the ratio is taken per round, so both sides of a ratio saw the same load. Stops are started with the same search attributes and conflict policy as \`StopflowClient.stop\`, without the describe call it adds to tell a new stop from a joined one.`,
+    `${t.stopsPerRound} stops per round, ${t.rounds} rounds, after a warm-up round. Each stop lists its ${t.volumesPerStop} volumes from the simulated cloud (no latency), detaches them in parallel and stops the instance: six activities. The baseline (\`minimalStop\`) runs six no-op activities in the same shape (one, then ${t.volumesPerStop} in parallel, then one). A round's workflows run ${t.inFlight ?? 50} at a time (each of ${t.inFlight ?? 50} lanes starts one and waits for its result before the next) and the round ends when the last result is in; default worker settings on both sides. Rounds alternate which side goes first, and the ratio is taken per round, so both sides of a ratio saw the same load. Stops are started with the same search attributes and conflict policy as \`StopflowClient.stop\`, without the describe call it adds to tell a new stop from a joined one.`,
   );
   line();
   line('| round | stopflow stops/s | baseline workflows/s | ratio |');
@@ -510,7 +525,7 @@ function renderBounds(line: Line, missed: string[], r: BenchResults): void {
         : " The validation is the smaller part; the rest is stopflow's own work per stop that the minimal workflow does not do: a workflow task per detach result, the per-volume details in the Temporal UI and the search-attribute upsert that makes stops findable. Those are what stopflow is for, so most of this overhead buys its audit trail.";
     const spread = `${num(Math.min(...throughput.ratios), 2)} to ${num(Math.max(...throughput.ratios), 2)}`;
     line(
-      `**Throughput** (ratio ${num(throughput.ratio, 2)} against ${throughput.target}; per round ${spread}). On ${r.machine.cpus} cores shared with the dev server, the worker's CPU per stop decides. A stop costs more worker CPU than six no-op activities: its first workflow task instantiates stopflow's workflow modules for that workflow alone (under the SDK's reused V8 context, module scope is per workflow; only the SDK's own modules are shared), with the parts of zod the request's rules use (\`zod/mini\`, tree-shaken), and builds the request's schemas to validate it; then more workflow tasks (each detach result, the end), every promise its code creates (the SDK records a stack trace for each, for its stack-trace query: in a CPU profile of 200 replays of a stop, the largest single cost), the end-of-stop search-attribute upsert, and ${throughput.eventsPerStop.stopflow} history events against ${throughput.eventsPerStop.baseline}. ${cacheNote(throughput)}${ramp}${lever} Sharing the schemas through the bundler's \`preloadModules\` is no way out: the SDK deep-freezes shared modules and zod then fails with "Cannot assign to read only property 'lastIndex'"; sharing zod alone worked but did not move these figures (both tried while writing this benchmark).`,
+      `**Throughput** (ratio ${num(throughput.ratio, 2)} against ${throughput.target}; per round ${spread}). On ${r.machine.cpus} cores shared with the dev server, the worker's CPU per stop decides. A stop costs more worker CPU than six no-op activities: its first workflow task instantiates stopflow's workflow modules for that workflow alone (under the SDK's reused V8 context, module scope is per workflow; only the SDK's own modules are shared), with the parts of zod the request's rules use (\`zod/mini\`, tree-shaken), and builds the request's schemas to validate it; then more workflow tasks (each detach result, the end), every promise its code creates (the SDK records a stack trace for each, for its stack-trace query: in a CPU profile of 200 replays of a stop, the largest single cost), the end-of-stop search-attribute upsert, and ${throughput.eventsPerStop.stopflow} history events against ${throughput.eventsPerStop.baseline}. ${cacheNote(throughput)}${cpuNote(throughput)}${ramp}${lever} Sharing the schemas through the bundler's \`preloadModules\` is no way out: the SDK deep-freezes shared modules and zod then fails with "Cannot assign to read only property 'lastIndex'"; sharing zod alone worked but did not move these figures (both tried while writing this benchmark).`,
     );
     line();
   }
