@@ -207,10 +207,10 @@ export function renderMarkdown(r: BenchResults): string {
   if (throughput) {
     const v: Verdict =
       throughput.ratio >= throughput.target
-        ? { met: true, text: `**met** (ratio ${num(throughput.ratio, 2)})` }
+        ? { met: true, text: `**met** (ratio ${num(throughput.ratio, 3)})` }
         : {
             met: false,
-            text: `**missed** by ${pct((throughput.target - throughput.ratio) / throughput.target)} (ratio ${num(throughput.ratio, 2)})`,
+            text: `**missed** by ${pct((throughput.target - throughput.ratio) / throughput.target)} (ratio ${num(throughput.ratio, 3)})`,
           };
     if (!v.met) missed.push('throughput');
     line(
@@ -328,7 +328,7 @@ function renderThroughput(line: Line, t: ThroughputResult, from: string): void {
       `| ${i + 1} | ${num(s)} | ${num(t.baselineStopsPerSec[i] ?? Number.NaN)} | ${num(t.ratios[i] ?? Number.NaN, 2)} |`,
     );
   });
-  line(`| **median** | **${num(t.stopflowMedian)}** | **${num(t.baselineMedian)}** | **${num(t.ratio, 2)}** |`);
+  line(`| **median** | **${num(t.stopflowMedian)}** | **${num(t.baselineMedian)}** | **${num(t.ratio, 3)}** |`);
   line();
   line(`History events per workflow: stopflow ${t.eventsPerStop.stopflow}, baseline ${t.eventsPerStop.baseline}.`);
   line();
@@ -525,7 +525,7 @@ function renderBounds(line: Line, missed: string[], r: BenchResults): void {
         : " The validation is the smaller part; the rest is stopflow's own work per stop that the minimal workflow does not do: a workflow task per detach result, the per-volume details in the Temporal UI and the search-attribute upsert that makes stops findable. Those are what stopflow is for, so most of this overhead buys its audit trail.";
     const spread = `${num(Math.min(...throughput.ratios), 2)} to ${num(Math.max(...throughput.ratios), 2)}`;
     line(
-      `**Throughput** (ratio ${num(throughput.ratio, 2)} against ${throughput.target}; per round ${spread}). On ${r.machine.cpus} cores shared with the dev server, the worker's CPU per stop decides. A stop costs more worker CPU than six no-op activities: its first workflow task instantiates stopflow's workflow modules for that workflow alone (under the SDK's reused V8 context, module scope is per workflow; only the SDK's own modules are shared), with the parts of zod the request's rules use (\`zod/mini\`, tree-shaken), and builds the request's schemas to validate it; then more workflow tasks (each detach result, the end), every promise its code creates (the SDK records a stack trace for each, for its stack-trace query: in a CPU profile of 200 replays of a stop, the largest single cost), the end-of-stop search-attribute upsert, and ${throughput.eventsPerStop.stopflow} history events against ${throughput.eventsPerStop.baseline}. ${cacheNote(throughput)}${cpuNote(throughput)}${ramp}${lever} Sharing the schemas through the bundler's \`preloadModules\` is no way out: the SDK deep-freezes shared modules and zod then fails with "Cannot assign to read only property 'lastIndex'"; sharing zod alone worked but did not move these figures (both tried while writing this benchmark).`,
+      `**Throughput** (ratio ${num(throughput.ratio, 3)} against ${throughput.target}; per round ${spread}). On ${r.machine.cpus} cores shared with the dev server, the worker's and the server's CPU per workflow together decide.${cpuNote(throughput)} On the worker's side a stop does more than six no-op activities: its first workflow task instantiates stopflow's workflow modules for that workflow alone (under the SDK's reused V8 context, module scope is per workflow; only the SDK's own modules are shared), with the parts of zod the request's rules use (\`zod/mini\`, tree-shaken), and validates the request; it asks the worker once through a local activity, and its activities pass the call budget and the activity interceptors. On the server's side it has ${throughput.eventsPerStop.stopflow} history events against ${throughput.eventsPerStop.baseline}, among them three patch markers, each with the SDK's own \`TemporalChangeVersion\` upsert, and the upserts that make stops findable (their volumes, their end): visibility writes. ${cacheNote(throughput)}${ramp}${lever} Sharing the schemas through the bundler's \`preloadModules\` is no way out: the SDK deep-freezes shared modules and zod then fails with "Cannot assign to read only property 'lastIndex'"; sharing zod alone worked but did not move these figures (both tried while writing this benchmark).`,
     );
     line();
   }
