@@ -62,6 +62,12 @@ export class Backend {
     cost = 1,
     /** Calls made for an activity are urgent; a batch of waits' checks is routine unless an urgent check rides in it. */
     lane: BudgetLane = ctx ? 'urgent' : 'routine',
+    /**
+     * A step of the caller's own between the budget's token and the request (a force records its moment with the
+     * Temporal server first: activities/index.ts). If it fails, no request is made and nothing is counted: its error
+     * is the caller's, passed on as it is.
+     */
+    beforeRequest?: () => Promise<void>,
   ): Promise<T> {
     const signal = ctx?.cancellationSignal;
     const options: CallOptions = {};
@@ -74,6 +80,7 @@ export class Backend {
     return traceProviderCall(this.provider.name, operation, ctx === null, async () => {
       try {
         await this.budget.take(signal, cost, lane);
+        if (beforeRequest) await beforeRequest().catch((err: unknown) => Promise.reject(new NotTheProviders(err)));
         this.observe?.({ kind: 'call', provider: this.provider.name, operation });
         const value = ctx ? await fn(options) : await this.shared(operation, fn, options, cost);
         this.budget.succeeded();
@@ -113,7 +120,8 @@ export class Backend {
   }
 
   private translate(operation: string, err: unknown, signal: AbortSignal | undefined): Error {
-    // Not the provider's error: nothing was asked of it (activities/state-checks.ts).
+    // Not the provider's error: nothing was asked of it (activities/state-checks.ts; a caller's step before it).
+    if (err instanceof NotTheProviders) return err.error;
     if (err instanceof CancelledFailure || err instanceof CheckWithdrawn) return err;
     // The activity was cancelled: whatever the SDK or child process threw is that cancellation.
     if (signal?.aborted) return signal.reason instanceof Error ? signal.reason : new CancelledFailure('cancelled');
@@ -134,6 +142,14 @@ export class Backend {
       });
     }
     return ApplicationFailure.create({ message: error.message, type: error.name, nonRetryable: false, cause: error });
+  }
+}
+
+/** An error of a call's `beforeRequest` step, kept apart from the provider's own on its way out. */
+class NotTheProviders {
+  readonly error: Error;
+  constructor(err: unknown) {
+    this.error = err instanceof Error ? err : new Error(String(err));
   }
 }
 

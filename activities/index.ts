@@ -37,6 +37,7 @@ import {
 } from '../common/stop-activities';
 import { Backend, type ProviderEvent } from './backend';
 import { carriedBeat, type DetachWatch, HANDBACK_RETRY_MS, looksLost, stillDetaching } from './detach-watch';
+import { type ConfirmHeartbeat, forceNotRecorded, recordForceMoment } from './force-moment';
 import { ForcedVolumes } from './forced-volumes';
 import { type Provider, refusedRequest } from './provider';
 
@@ -63,6 +64,13 @@ export interface ActivityDeps {
   watchHeartbeatTimeoutMs?: number;
   /** Called on every provider call and error, for metrics. Must not throw. */
   observe?: (event: ProviderEvent) => void;
+  /**
+   * Sends one heartbeat of the running attempt straight to the server, resolving once the server has recorded it
+   * (the SDK's own heartbeats are throttled and never confirmed). A force attempt records its moment this way
+   * before the force leaves. The worker passes its client's `activity.heartbeat`; without it (the SDK's mock
+   * activity environment) the SDK's heartbeat alone carries the moment.
+   */
+  confirmHeartbeat?: ConfirmHeartbeat;
 }
 
 /** How often an urgent attempt heartbeats, whatever it is doing: a cancel arrives within about this long. */
@@ -476,25 +484,41 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
           // One force per attempt, never repeated in place: force may lose data, and its tries are counted (5).
           // A throttled one was refused, not done: it is sent again once the budget's pause is over.
           () =>
-            untilNotThrottled(() =>
-              backend.call('forceDetachVolume', async (o) => {
-                // Said before the request leaves, for the next attempt if this one never hears how it went (see above).
-                const prior = said;
-                said = { forceSentAt: new Date().toISOString() };
-                ctx.heartbeat(said);
-                try {
-                  return await backend.provider.forceDetachVolume(target.instanceId, target.volume, o);
-                } catch (err) {
-                  // A refusal (throttled, a device still held, unsupported) forced nothing. Anything else (a timeout, a
-                  // 5xx, the attempt cut off mid-call) may have been applied: it counts, the safe side for an audit.
-                  if (refusedRequest(err)) {
+            untilNotThrottled(() => {
+              const prior = said;
+              return backend.call(
+                'forceDetachVolume',
+                async (o) => {
+                  try {
+                    return await backend.provider.forceDetachVolume(target.instanceId, target.volume, o);
+                  } catch (err) {
+                    // A refusal (throttled, a device still held, unsupported) forced nothing. Anything else (a timeout,
+                    // a 5xx, the attempt cut off mid-call) may have been applied: it counts, the safe side for an audit.
+                    if (refusedRequest(err)) {
+                      said = prior;
+                      ctx.heartbeat(said);
+                    }
+                    throw err;
+                  }
+                },
+                ctx,
+                1,
+                'urgent',
+                // Said before the request leaves, for the next attempt if this one never hears how it went (see
+                // above), and recorded by the server first (./force-moment.ts); if it is not, nothing leaves.
+                async () => {
+                  said = { forceSentAt: new Date().toISOString() };
+                  ctx.heartbeat(said);
+                  try {
+                    await recordForceMoment(ctx, said, deps.confirmHeartbeat);
+                  } catch (err) {
                     said = prior;
                     ctx.heartbeat(said);
+                    throw await forceNotRecorded(ctx, err);
                   }
-                  throw err;
-                }
-              }),
-            ),
+                },
+              );
+            }),
         );
         backends.forcedVolumes.forced(ForcedVolumes.key(backend.provider.name, target));
         const { checks } = await pollUntilDetached(backend, target, {

@@ -4,7 +4,10 @@
  * Every attempt that ends before the volume detached is one more forced detach, and the fifth gives the
  * volume up as `failed`. Then what a next attempt reports of a force an earlier one sent: a force cut off before its
  * answer (through stops on the dev server, a worker going away mid-call) counts; one the backend refused does not.
+ * Last, that the server has recorded a force's moment before the force leaves, and what an attempt does when not.
  */
+
+import { ActivityPausedError, type Client } from '@temporalio/client';
 import {
   ActivityCancellationDetails,
   ActivityFailure,
@@ -23,7 +26,7 @@ import { workflowIdFor } from '../common/names';
 import type { VolumeRef } from '../common/request';
 import { forceSentAt } from '../common/stop-activities';
 import { forceWentOut } from '../workflows/volume-path';
-import { eventually, type Harness, startHarness } from './helpers';
+import { connectClient, eventually, type Harness, startHarness } from './helpers';
 
 /** The worker's activities over one simulated cloud, checking every 100 ms. */
 function activitiesOver(sim: SimulatedProvider, holdMs?: number) {
@@ -275,4 +278,148 @@ test('the workflow reads a force that went out from the last attempt’s failure
   expect(forceWentOut(ended(new TimeoutFailure('heartbeat', undefined, TimeoutType.HEARTBEAT)))).toBe(false);
   expect(forceWentOut(ended(new CancelledFailure('cancelled', [at])))).toBe(false);
   expect(forceWentOut(undefined)).toBe(false);
+});
+
+/** A cloud that accepts a force and applies it only when told: after the worker that sent it is gone. */
+class HeldForceCloud extends SimulatedProvider {
+  forceCalls = 0;
+  override async forceDetachVolume(_instanceId: string, _volume: VolumeRef, _options?: CallOptions): Promise<void> {
+    this.forceCalls++;
+  }
+  apply(instanceId: string, volume: VolumeRef): Promise<void> {
+    return super.forceDetachVolume(instanceId, volume);
+  }
+}
+
+test('a worker shut down mid-force hands the force on through the server: the next worker reports the volume `force_detached`', async () => {
+  const sim = new HeldForceCloud(new MemorySimStore());
+  const first = await startHarness({ sim });
+  let firstOpen = true;
+  let second: Harness | undefined;
+  let client: Client | undefined;
+  try {
+    // The first harness's client closes with its worker; this one reads the server after.
+    client = await connectClient();
+    const instanceId = first.instanceId('force-handover');
+    await sim.addInstance(instanceId, [{ volumeId: 'vol-1', behavior: { hang: true } }]);
+    await first.stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-1' }] });
+    await eventually(
+      async () => (await first.stopflow.status(instanceId)).volumes[0]?.state === 'detaching',
+      'detaching',
+    );
+    await first.stopflow.abort(instanceId, { reason: 'test' });
+    await eventually(async () => sim.forceCalls > 0, 'the force sent');
+    // The SDK cancels the running attempt for the shutdown; the attempt fails saying its force went out.
+    firstOpen = false;
+    await first.close();
+    const handle = client.workflow.getHandle(workflowIdFor(instanceId));
+    const lastFailure = await eventually(async () => {
+      const pending = (await handle.describe()).raw.pendingActivities ?? [];
+      return pending.find((a) => a.activityType?.name === 'forceDetachVolume')?.lastFailure ?? undefined;
+    }, 'the force attempt’s failure on the server');
+    expect(lastFailure.applicationFailureInfo).toMatchObject({ type: 'WorkerShutdown', nonRetryable: false });
+    const said = lastFailure.applicationFailureInfo?.details?.payloads?.[0]?.data;
+    expect(said).toBeDefined();
+    expect(forceSentAt(JSON.parse(Buffer.from(said ?? new Uint8Array()).toString()))).toEqual(expect.any(String));
+    // The backend applies the force now; another worker takes the next attempt and finds the volume detached by it.
+    await sim.apply(instanceId, { volumeId: 'vol-1' });
+    second = await startHarness({ sim, taskQueue: first.taskQueue });
+    const status = await second.stopflow.result(instanceId);
+    expect(status.phase).toBe('stopped');
+    expect(status.volumes[0]).toMatchObject({ volumeId: 'vol-1', state: 'force_detached' });
+    expect(sim.forceCalls).toBe(1);
+  } finally {
+    if (firstOpen) await first.close();
+    await second?.close();
+    await client?.connection.close();
+  }
+});
+
+/**
+ * A cloud that, when a force reaches it, reads what the server holds of the force attempt's heartbeat. Once told
+ * to, its state reads take 1.2 s: the attempt then heartbeats during the read before the force (every second), and
+ * the SDK holds the heartbeat that says the force is leaving for up to a second after that one (its throttle).
+ */
+class ServerWitnessCloud extends SimulatedProvider {
+  seen: unknown[] = [];
+  slowReads = false;
+  constructor(private readonly client: Client) {
+    super(new MemorySimStore());
+  }
+  override async getAttachmentStates(
+    ...args: Parameters<SimulatedProvider['getAttachmentStates']>
+  ): ReturnType<SimulatedProvider['getAttachmentStates']> {
+    if (this.slowReads) await new Promise((resolve) => setTimeout(resolve, 1_200));
+    return super.getAttachmentStates(...args);
+  }
+  override async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void> {
+    const { raw } = await this.client.workflow.getHandle(workflowIdFor(instanceId)).describe();
+    const attempt = raw.pendingActivities?.find((a) => a.activityType?.name === 'forceDetachVolume');
+    const data = attempt?.heartbeatDetails?.payloads?.[0]?.data;
+    this.seen.push(data && data.length > 0 ? JSON.parse(Buffer.from(data).toString()) : null);
+    return super.forceDetachVolume(instanceId, volume, options);
+  }
+}
+
+test('the server has recorded a force attempt’s moment before its force reaches the backend: a worker killed just after leaves word of it', async () => {
+  const client = await connectClient();
+  let h: Harness | undefined;
+  try {
+    const sim = new ServerWitnessCloud(client);
+    h = await startHarness({ sim });
+    const instanceId = h.instanceId('force-recorded');
+    await sim.addInstance(instanceId, [{ volumeId: 'vol-1', behavior: { hang: true } }]);
+    await h.stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-1' }] });
+    const stopflow = h.stopflow;
+    await eventually(async () => (await stopflow.status(instanceId)).volumes[0]?.state === 'detaching', 'detaching');
+    sim.slowReads = true;
+    await h.stopflow.abort(instanceId, { reason: 'test' });
+    const status = await h.stopflow.result(instanceId);
+    expect(status.volumes[0]).toMatchObject({ volumeId: 'vol-1', state: 'force_detached' });
+    expect(sim.seen).toHaveLength(1);
+    expect(forceSentAt(sim.seen[0])).toEqual(expect.any(String));
+  } finally {
+    await h?.close();
+    await client.connection.close();
+  }
+});
+
+test('a force whose moment the server did not record is not sent: a retryable failure that keeps an earlier force’s moment, or the SDK’s answer to the server’s news', async () => {
+  const run = async (volumeId: string, refusal: Error, heartbeatDetails?: unknown) => {
+    const sim = new SimulatedProvider(new MemorySimStore());
+    await sim.addInstance('i-1', [{ volumeId, behavior: { hang: true } }]);
+    let asked = 0;
+    const activities = createActivities({
+      providers: new Map([[sim.name, sim]]),
+      defaultProvider: sim.name,
+      pollIntervalMs: 100,
+      confirmHeartbeat: async () => {
+        asked++;
+        throw refusal;
+      },
+    });
+    const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000, attempt: 2, heartbeatDetails });
+    env.context.cancelled.catch(() => undefined);
+    const failure = await env.run(activities.forceDetachVolume, { instanceId: 'i-1', volume: { volumeId } }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    return { failure, asked, volume: (await sim.instance('i-1'))?.volumes[0] };
+  };
+  // No answer, three times: nothing went out, so the failure carries no moment.
+  const unanswered = await run('vol-1', new Error('14 UNAVAILABLE: no connection'));
+  expect(unanswered.asked).toBe(3);
+  expect(unanswered.failure).toMatchObject({ type: 'ForceNotRecorded', nonRetryable: false });
+  expect(forceSentAt((unanswered.failure as ApplicationFailure).details?.[0])).toBeUndefined();
+  expect(unanswered.volume).toMatchObject({ forceCalls: 0, forced: false });
+  // After an earlier attempt's force, the failure still says that one went out.
+  const earlier = '2026-12-02T01:00:00.000Z';
+  const afterEarlier = await run('vol-2', new Error('14 UNAVAILABLE: no connection'), { forceSentAt: earlier });
+  expect(afterEarlier.failure).toMatchObject({ type: 'ForceNotRecorded' });
+  expect(forceSentAt((afterEarlier.failure as ApplicationFailure).details?.[0])).toBe(earlier);
+  // The server's news is not asked again: paused ends as the SDK ends a paused attempt, and nothing is sent.
+  const paused = await run('vol-3', new ActivityPausedError('paused'));
+  expect(paused.asked).toBe(1);
+  expect(paused.failure).toMatchObject({ type: 'ActivityPause' });
+  expect(paused.volume).toMatchObject({ forceCalls: 0, forced: false });
 });

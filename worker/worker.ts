@@ -15,6 +15,7 @@ import { bundleWorkflowCode, type NativeConnection, Runtime, Worker, type Worker
 import { type ActivityDeps, Backends, createActivities, type StopflowActivities } from '../activities';
 import { type CompletionEventsOptions, createCompletionEventActivities } from '../activities/completion-event';
 import { DetachWatch } from '../activities/detach-watch';
+import { CONFIRM_TIMEOUT_MS } from '../activities/force-moment';
 import type { Provider } from '../activities/provider';
 import { askWorkerActivity, createVolumeHolderActivities } from '../activities/volume-holders';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
@@ -184,6 +185,11 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     namespace,
     ...(tuning.identity !== undefined ? { identity: tuning.identity } : {}),
   });
+  // A force attempt's moment is recorded by the server before the force leaves (activities/force-moment.ts).
+  activityDeps.confirmHeartbeat = (taskToken, details) =>
+    client.connection.withDeadline(Date.now() + CONFIRM_TIMEOUT_MS, () =>
+      client.activity.heartbeat(taskToken, details),
+    );
   const watch = new DetachWatch(client.activity, backends.forcedVolumes, {
     pollIntervalMs: activityDeps.pollIntervalMs,
     maxPollIntervalMs: Math.max(options.maxPollIntervalMs ?? 60_000, activityDeps.pollIntervalMs),
