@@ -64,8 +64,8 @@ export class Backend {
     lane: BudgetLane = ctx ? 'urgent' : 'routine',
     /**
      * A step of the caller's own between the budget's token and the request (a force records its moment with the
-     * Temporal server first: activities/index.ts). If it fails, no request is made and nothing is counted: its error
-     * is the caller's, passed on as it is.
+     * Temporal server first: activities/force-moment.ts). If it fails, no request is made and the call is neither
+     * observed (metrics, logs) nor translated: its error is the caller's, passed on as it is. Its span still shows it.
      */
     beforeRequest?: () => Promise<void>,
   ): Promise<T> {
@@ -80,7 +80,11 @@ export class Backend {
     return traceProviderCall(this.provider.name, operation, ctx === null, async () => {
       try {
         await this.budget.take(signal, cost, lane);
-        if (beforeRequest) await beforeRequest().catch((err: unknown) => Promise.reject(new NotTheProviders(err)));
+        if (beforeRequest) {
+          await beforeRequest().catch((err: unknown) => Promise.reject(new NotTheProviders(err)));
+          // The step may have taken seconds: a throttling pause that began meanwhile holds this request too.
+          await this.budget.pauseOver(signal);
+        }
         this.observe?.({ kind: 'call', provider: this.provider.name, operation });
         const value = ctx ? await fn(options) : await this.shared(operation, fn, options, cost);
         this.budget.succeeded();

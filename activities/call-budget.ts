@@ -123,6 +123,16 @@ export class CallBudgetLimiter {
     });
   }
 
+  /**
+   * Waits out a throttling pause that began after the caller took its token (a step of its own ran in between, see
+   * Backend.call), so its request does not leave in the middle of everyone's pause. Takes no token.
+   */
+  async pauseOver(signal?: AbortSignal): Promise<void> {
+    for (let now = this.clock.now(); this.pausedUntil > now; now = this.clock.now()) {
+      await this.clock.sleep(this.pausedUntil - now, signal);
+    }
+  }
+
   /** The backend throttled a call: everyone pauses, longer each time, with jitter; a Retry-After (up to a minute) wins. */
   throttled(retryAfterMs?: number): void {
     this.stats.throttled++;

@@ -32,10 +32,11 @@ export async function recordForceMoment(ctx: Context, said: unknown, confirm: Co
   if (!confirm) return;
   for (let tries = 1; ; tries++) {
     try {
-      await withTimeout(confirm(ctx.info.taskToken, said), CONFIRM_TIMEOUT_MS);
+      // A cancel ends the wait at once (the connection cannot abort a request it sent).
+      await withTimeout(Promise.race([confirm(ctx.info.taskToken, said), ctx.cancelled]), CONFIRM_TIMEOUT_MS);
       break;
     } catch (err) {
-      if (serverAnswered(err) || tries >= TRIES) throw err;
+      if (err instanceof CancelledFailure || serverAnswered(err) || tries >= TRIES) throw err;
       await ctx.sleep(PAUSE_MS * 2 ** (tries - 1));
     }
   }
@@ -44,13 +45,18 @@ export async function recordForceMoment(ctx: Context, said: unknown, confirm: Co
 }
 
 /**
- * What the attempt ends with when its moment was not recorded (no force was sent). The SDK's own cancel stays a
+ * What the attempt ends with when its moment was not recorded (no force was sent). A cancel the SDK has heard stays a
  * cancel. News the server gave our heartbeat first ends the attempt as the SDK would have ended it on hearing it:
  * paused and reset as the SDK's failures of those names; a cancel as the SDK's cancel, once the SDK has heard of it
- * too (at its next heartbeat). Anything else is a retryable `ForceNotRecorded`: the server did not answer.
+ * too (at its next heartbeat, within a second here; after 3 s we stop waiting). Anything else is a retryable
+ * `ForceNotRecorded`: no answer in three tries, the server saying the attempt is no longer current, a cancel the SDK
+ * did not hear in time, any other error of the call.
  */
 export async function forceNotRecorded(ctx: Context, err: unknown): Promise<Error> {
   if (err instanceof CancelledFailure) return err;
+  // Cancelled while a try failed (the worker shutting down in a Temporal outage, say): the cancel is what ends it.
+  const { reason } = ctx.cancellationSignal;
+  if (ctx.cancellationSignal.aborted && reason instanceof CancelledFailure) return reason;
   if (err instanceof ActivityPausedError) return new ApplicationFailure('Activity paused', 'ActivityPause');
   if (err instanceof ActivityResetError) return new ApplicationFailure('Activity reset', 'ActivityReset');
   if (err instanceof ActivityCancelledError) {

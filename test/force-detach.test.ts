@@ -6,8 +6,13 @@
  * answer (through stops on the dev server, a worker going away mid-call) counts; one the backend refused does not.
  * Last, that the server has recorded a force's moment before the force leaves, and what an attempt does when not.
  */
-
-import { ActivityPausedError, type Client } from '@temporalio/client';
+import {
+  ActivityCancelledError,
+  ActivityNotFoundError,
+  ActivityPausedError,
+  ActivityResetError,
+  type Client,
+} from '@temporalio/client';
 import {
   ActivityCancellationDetails,
   ActivityFailure,
@@ -315,7 +320,7 @@ test('a worker shut down mid-force hands the force on through the server: the ne
     const handle = client.workflow.getHandle(workflowIdFor(instanceId));
     const lastFailure = await eventually(async () => {
       const pending = (await handle.describe()).raw.pendingActivities ?? [];
-      return pending.find((a) => a.activityType?.name === 'forceDetachVolume')?.lastFailure ?? undefined;
+      return pending.find((a) => a.activityType?.name === 'forceDetachVolume')?.lastFailure;
     }, 'the force attempt’s failure on the server');
     expect(lastFailure.applicationFailureInfo).toMatchObject({ type: 'WorkerShutdown', nonRetryable: false });
     const said = lastFailure.applicationFailureInfo?.details?.payloads?.[0]?.data;
@@ -385,41 +390,65 @@ test('the server has recorded a force attempt’s moment before its force reache
 });
 
 test('a force whose moment the server did not record is not sent: a retryable failure that keeps an earlier force’s moment, or the SDK’s answer to the server’s news', async () => {
-  const run = async (volumeId: string, refusal: Error, heartbeatDetails?: unknown) => {
+  const run = async (
+    volumeId: string,
+    answer: (env: MockActivityEnvironment) => Promise<void>,
+    heartbeatDetails?: unknown,
+  ) => {
     const sim = new SimulatedProvider(new MemorySimStore());
     await sim.addInstance('i-1', [{ volumeId, behavior: { hang: true } }]);
     let asked = 0;
+    const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000, attempt: 2, heartbeatDetails });
     const activities = createActivities({
       providers: new Map([[sim.name, sim]]),
       defaultProvider: sim.name,
       pollIntervalMs: 100,
-      confirmHeartbeat: async () => {
+      confirmHeartbeat: () => {
         asked++;
-        throw refusal;
+        return answer(env);
       },
     });
-    const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000, attempt: 2, heartbeatDetails });
-    env.context.cancelled.catch(() => undefined);
     const failure = await env.run(activities.forceDetachVolume, { instanceId: 'i-1', volume: { volumeId } }).then(
       () => undefined,
       (e: unknown) => e,
     );
     return { failure, asked, volume: (await sim.instance('i-1'))?.volumes[0] };
   };
+  const refuse = (err: Error) => async () => {
+    throw err;
+  };
+  const nothingSent = { forceCalls: 0, forced: false };
   // No answer, three times: nothing went out, so the failure carries no moment.
-  const unanswered = await run('vol-1', new Error('14 UNAVAILABLE: no connection'));
+  const unanswered = await run('vol-1', refuse(new Error('14 UNAVAILABLE: no connection')));
   expect(unanswered.asked).toBe(3);
   expect(unanswered.failure).toMatchObject({ type: 'ForceNotRecorded', nonRetryable: false });
   expect(forceSentAt((unanswered.failure as ApplicationFailure).details?.[0])).toBeUndefined();
-  expect(unanswered.volume).toMatchObject({ forceCalls: 0, forced: false });
+  expect(unanswered.volume).toMatchObject(nothingSent);
   // After an earlier attempt's force, the failure still says that one went out.
   const earlier = '2026-12-02T01:00:00.000Z';
-  const afterEarlier = await run('vol-2', new Error('14 UNAVAILABLE: no connection'), { forceSentAt: earlier });
+  const afterEarlier = await run('vol-2', refuse(new Error('14 UNAVAILABLE')), { forceSentAt: earlier });
   expect(afterEarlier.failure).toMatchObject({ type: 'ForceNotRecorded' });
   expect(forceSentAt((afterEarlier.failure as ApplicationFailure).details?.[0])).toBe(earlier);
-  // The server's news is not asked again: paused ends as the SDK ends a paused attempt, and nothing is sent.
-  const paused = await run('vol-3', new ActivityPausedError('paused'));
-  expect(paused.asked).toBe(1);
-  expect(paused.failure).toMatchObject({ type: 'ActivityPause' });
-  expect(paused.volume).toMatchObject({ forceCalls: 0, forced: false });
+  // The server's news is not asked again, and nothing is sent: paused and reset end as the SDK ends such attempts,
+  // an attempt no longer current as ForceNotRecorded.
+  const paused = await run('vol-3', refuse(new ActivityPausedError('paused')));
+  expect(paused).toMatchObject({ asked: 1, failure: { type: 'ActivityPause' }, volume: nothingSent });
+  const reset = await run('vol-4', refuse(new ActivityResetError('reset')));
+  expect(reset).toMatchObject({ asked: 1, failure: { type: 'ActivityReset' }, volume: nothingSent });
+  const gone = await run('vol-5', refuse(new ActivityNotFoundError('not found')));
+  expect(gone).toMatchObject({ asked: 1, failure: { type: 'ForceNotRecorded' }, volume: nothingSent });
+  // A cancel the server told of first ends as the SDK's cancel once the SDK hears of it too.
+  const cancelled = await run('vol-6', async (env) => {
+    setTimeout(() => env.cancel('CANCELLED'), 50);
+    throw new ActivityCancelledError('cancelled');
+  });
+  expect(cancelled).toMatchObject({ asked: 1, volume: nothingSent });
+  expect(cancelled.failure).toBeInstanceOf(CancelledFailure);
+  // A cancel while the server is still being asked ends the attempt at once, with nothing sent.
+  const cutOff = await run('vol-7', (env) => {
+    setTimeout(() => env.cancel('CANCELLED'), 50);
+    return new Promise<void>(() => undefined);
+  });
+  expect(cutOff).toMatchObject({ asked: 1, volume: nothingSent });
+  expect(cutOff.failure).toBeInstanceOf(CancelledFailure);
 });
