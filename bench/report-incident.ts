@@ -441,7 +441,7 @@ export function renderIncidentBounds(
     const split = rows.filter((r) => r.abort.activityStarted);
     const splitText =
       split.length > 0
-        ? ` Split at the force-detach activity's start: abort → the activity starting, the path the floor measures, is over the floor at p99 by ${split.map((r) => `${rowName(r)}: ${ms((r.abort.activityStarted?.p99 ?? 0) - r.abort.floor.p99)}`).join('; ')}; the force's own part (its state read and budget, up to the backend), as the difference of the two medians, is ${split.map((r) => `${rowName(r)}: ${ms(r.abort.stopflow.p50 - (r.abort.activityStarted?.p50 ?? 0))}`).join('; ')}.`
+        ? ` Split at the force-detach activity's start: abort → the activity starting, the path the floor measures, is over the floor at p99 by ${split.map((r) => `${rowName(r)}: ${ms((r.abort.activityStarted?.p99 ?? 0) - r.abort.floor.p99)}`).join('; ')}; the force's own part (its state read, its budget token and, since 0.2.10, the server recording its moment, up to the backend), as the difference of the two medians, is ${split.map((r) => `${rowName(r)}: ${ms(r.abort.stopflow.p50 - (r.abort.activityStarted?.p50 ?? 0))}`).join('; ')}.`
         : '';
     const ownPart = split.map((r) => r.abort.stopflow.p50 - (r.abort.activityStarted?.p50 ?? 0));
     const withPaths = rows.some((r) => r.abort.paths);

@@ -210,7 +210,7 @@ export function renderMarkdown(r: BenchResults): string {
         ? { met: true, text: `**met** (ratio ${num(throughput.ratio, 3)})` }
         : {
             met: false,
-            text: `**missed** by ${pct((throughput.target - throughput.ratio) / throughput.target)} (ratio ${num(throughput.ratio, 3)})`,
+            text: `**missed** by ${num(((throughput.target - throughput.ratio) / throughput.target) * 100, 1)}% (ratio ${num(throughput.ratio, 3)})`,
           };
     if (!v.met) missed.push('throughput');
     line(
