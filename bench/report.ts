@@ -40,7 +40,6 @@ function cpuNote(t: ThroughputResult): string {
 const kb = (bytes: number) => `${Math.round(bytes / 1024).toLocaleString('en-US')} KB`;
 const ms = (value: number) => `${Math.round(value)} ms`;
 const num = (value: number, digits = 1) => value.toLocaleString('en-US', { maximumFractionDigits: digits });
-const pct = (value: number) => `${Math.round(value * 100)}%`;
 /** Events by which stopflow's counts may differ and still be "flat" (workflow-task batching). */
 const FLAT_TOLERANCE = 4;
 
