@@ -92,7 +92,7 @@ type Ending =
   | { kind: 'heard'; said: ServerSaid }
   /** No heartbeat got through up to the last try before the heartbeat timeout: the server times the attempt out. */
   | { kind: 'lapsed' };
-type ServerSaid = 'cancelled' | 'gone' | 'paused' | 'reset';
+export type ServerSaid = 'cancelled' | 'gone' | 'paused' | 'reset';
 
 /** Longest a shutdown waits for the waits to be handed back: past it, they go back at their heartbeat timeout. */
 const RELEASE_BOUND_MS = 10_000;
@@ -416,10 +416,7 @@ class Watched {
     const { taskToken } = this.wait;
     const { completion } = this.list;
     if (said === 'cancelled') await completion.reportCancellation(taskToken);
-    else if (said === 'paused')
-      await completion.fail(taskToken, new ApplicationFailure('Activity paused', 'ActivityPause'));
-    else if (said === 'reset')
-      await completion.fail(taskToken, new ApplicationFailure('Activity reset', 'ActivityReset'));
+    else if (said === 'paused' || said === 'reset') await completion.fail(taskToken, sdkFailureOn(said));
   }
 
   /**
@@ -473,8 +470,15 @@ export function carriedBeat(previous: Partial<WaitHeartbeat> | undefined, schedu
   return beat;
 }
 
-/** What an error from the server says of the wait, when it says the wait is no longer this list's to answer for. */
-function serverSays(err: unknown): ServerSaid | undefined {
+/** The failure the SDK's worker ends an attempt with when the server says it was paused or reset. */
+export function sdkFailureOn(said: 'paused' | 'reset'): ApplicationFailure {
+  return said === 'paused'
+    ? new ApplicationFailure('Activity paused', 'ActivityPause')
+    : new ApplicationFailure('Activity reset', 'ActivityReset');
+}
+
+/** What an error from the server says of an attempt, when it says the attempt is no longer ours to answer for. */
+export function serverSays(err: unknown): ServerSaid | undefined {
   if (err instanceof ActivityCancelledError) return 'cancelled';
   if (err instanceof ActivityNotFoundError) return 'gone';
   if (err instanceof ActivityPausedError) return 'paused';

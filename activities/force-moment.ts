@@ -6,12 +6,7 @@
  * straight to the server by its task token and waits for the answer, one round trip, before the request leaves.
  */
 import { ApplicationFailure, CancelledFailure, type Context } from '@temporalio/activity';
-import {
-  ActivityCancelledError,
-  ActivityNotFoundError,
-  ActivityPausedError,
-  ActivityResetError,
-} from '@temporalio/client';
+import { sdkFailureOn, serverSays } from './detach-watch';
 
 /** Sends one heartbeat of a running attempt to the server by task token; resolves once the server recorded it. */
 export type ConfirmHeartbeat = (taskToken: Uint8Array, details: unknown) => Promise<void>;
@@ -36,7 +31,8 @@ export async function recordForceMoment(ctx: Context, said: unknown, confirm: Co
       await withTimeout(Promise.race([confirm(ctx.info.taskToken, said), ctx.cancelled]), CONFIRM_TIMEOUT_MS);
       break;
     } catch (err) {
-      if (err instanceof CancelledFailure || serverAnswered(err) || tries >= TRIES) throw err;
+      // News from the server of the attempt (cancelled, gone, paused, reset): asking again would hear the same.
+      if (err instanceof CancelledFailure || serverSays(err) !== undefined || tries >= TRIES) throw err;
       await ctx.sleep(PAUSE_MS * 2 ** (tries - 1));
     }
   }
@@ -57,9 +53,9 @@ export async function forceNotRecorded(ctx: Context, err: unknown): Promise<Erro
   // Cancelled while a try failed (the worker shutting down in a Temporal outage, say): the cancel is what ends it.
   const { reason } = ctx.cancellationSignal;
   if (ctx.cancellationSignal.aborted && reason instanceof CancelledFailure) return reason;
-  if (err instanceof ActivityPausedError) return new ApplicationFailure('Activity paused', 'ActivityPause');
-  if (err instanceof ActivityResetError) return new ApplicationFailure('Activity reset', 'ActivityReset');
-  if (err instanceof ActivityCancelledError) {
+  const said = serverSays(err);
+  if (said === 'paused' || said === 'reset') return sdkFailureOn(said);
+  if (said === 'cancelled') {
     const heard = await Promise.race([
       ctx.cancelled.then(
         () => undefined,
@@ -75,16 +71,6 @@ export async function forceNotRecorded(ctx: Context, err: unknown): Promise<Erro
     type: 'ForceNotRecorded',
     nonRetryable: false,
   });
-}
-
-/** The server answered the heartbeat with news of the attempt: asking again would hear the same. */
-function serverAnswered(err: unknown): boolean {
-  return (
-    err instanceof ActivityCancelledError ||
-    err instanceof ActivityPausedError ||
-    err instanceof ActivityResetError ||
-    err instanceof ActivityNotFoundError
-  );
 }
 
 async function withTimeout<T>(work: Promise<T>, ms: number): Promise<T> {

@@ -43,6 +43,20 @@ function activitiesOver(sim: SimulatedProvider, holdMs?: number) {
   });
 }
 
+/** Starts a stop of one volume that never detaches by itself, and waits until its detach is waiting. */
+async function stopUntilDetaching(
+  h: Harness,
+  sim: SimulatedProvider,
+  instanceId: string,
+  volumeId: string,
+  behavior: NonNullable<Parameters<SimulatedProvider['addInstance']>[1][number]['behavior']> = { hang: true },
+): Promise<void> {
+  await sim.addInstance(instanceId, [{ volumeId, behavior }]);
+  await h.stopflow.stop({ instanceId, volumes: [{ volumeId }] });
+  const { stopflow } = h;
+  await eventually(async () => (await stopflow.status(instanceId)).volumes[0]?.state === 'detaching', 'detaching');
+}
+
 /** One attempt of forceDetachVolume on vol-1 of i-1 (stuck: it never detaches by itself). */
 async function forceOnce(sim: SimulatedProvider) {
   await sim.addInstance('i-1', [{ volumeId: 'vol-1', behavior: { hang: true } }]);
@@ -117,12 +131,7 @@ test('a force cut off before its answer is reported by the next attempt as force
   let second: Harness | undefined;
   try {
     const instanceId = first.instanceId('cut-off-force');
-    await sim.addInstance(instanceId, [{ volumeId: 'vol-stuck', behavior: { hang: true } }]);
-    await first.stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-stuck' }] });
-    await eventually(
-      async () => (await first.stopflow.status(instanceId)).volumes[0]?.state === 'detaching',
-      'waiting',
-    );
+    await stopUntilDetaching(first, sim, instanceId, 'vol-stuck');
     await first.stopflow.abort(instanceId, { reason: 'test' });
     // The first worker is the only one yet, so the force runs there (with both polling, it could run on the second,
     // which would then hold the unanswered call until the attempt's 5 min start-to-close).
@@ -251,11 +260,11 @@ test('a volume that detaches only after its five force attempts failed, one of w
   try {
     const instanceId = h.instanceId('forced-late');
     // Every force call fails as a timeout would; the fifth, the last attempt's, is the one the backend applied.
-    await sim.addInstance(instanceId, [
-      { volumeId: 'vol-late', behavior: { hang: true, force: 'answer-lost', forceTakesEffectAt: 5 } },
-    ]);
-    await h.stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-late' }] });
-    await eventually(async () => (await h.stopflow.status(instanceId)).volumes[0]?.state === 'detaching', 'waiting');
+    await stopUntilDetaching(h, sim, instanceId, 'vol-late', {
+      hang: true,
+      force: 'answer-lost',
+      forceTakesEffectAt: 5,
+    });
     await h.stopflow.abort(instanceId, { reason: 'test' });
     const status = await h.stopflow.result(instanceId);
     expect(status.phase).toBe('stopped');
@@ -306,12 +315,7 @@ test('a worker shut down mid-force hands the force on through the server: the ne
     // The first harness's client closes with its worker; this one reads the server after.
     client = await connectClient();
     const instanceId = first.instanceId('force-handover');
-    await sim.addInstance(instanceId, [{ volumeId: 'vol-1', behavior: { hang: true } }]);
-    await first.stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-1' }] });
-    await eventually(
-      async () => (await first.stopflow.status(instanceId)).volumes[0]?.state === 'detaching',
-      'detaching',
-    );
+    await stopUntilDetaching(first, sim, instanceId, 'vol-1');
     await first.stopflow.abort(instanceId, { reason: 'test' });
     await eventually(async () => sim.forceCalls > 0, 'the force sent');
     // The SDK cancels the running attempt for the shutdown; the attempt fails saying its force went out.
@@ -373,10 +377,7 @@ test('the server has recorded a force attempt’s moment before its force reache
     const sim = new ServerWitnessCloud(client);
     h = await startHarness({ sim });
     const instanceId = h.instanceId('force-recorded');
-    await sim.addInstance(instanceId, [{ volumeId: 'vol-1', behavior: { hang: true } }]);
-    await h.stopflow.stop({ instanceId, volumes: [{ volumeId: 'vol-1' }] });
-    const stopflow = h.stopflow;
-    await eventually(async () => (await stopflow.status(instanceId)).volumes[0]?.state === 'detaching', 'detaching');
+    await stopUntilDetaching(h, sim, instanceId, 'vol-1');
     sim.slowReads = true;
     await h.stopflow.abort(instanceId, { reason: 'test' });
     const status = await h.stopflow.result(instanceId);
