@@ -41,6 +41,12 @@ export type BudgetedCall = <T>(
 
 /** How long the first check of a batch waits for others to join it. Short: a lone check should not feel it. */
 const GATHER_MS = 20;
+/**
+ * Most routine checks one urgent batch takes along. They cost no more tokens, but an answer grows with them, and a
+ * force waits for its urgent check: on this machine a DescribeVolumes of 200 volumes took 7 ms to answer and read
+ * (the local EC2 server and the SDK in one process), 1.4 ms for one, 1.7 ms for ten.
+ */
+export const URGENT_RIDERS = 10;
 
 export class StateChecks {
   /** Routine checks (the waits' polls) not yet in a batch. */
@@ -155,15 +161,15 @@ export class StateChecks {
   }
 
   /**
-   * Urgent checks, at once. Routine checks not yet in a batch fill the room left when that costs no
-   * more backend requests (one DescribeVolumes answers 1 volume or 200 for the same token).
+   * Urgent checks, at once. Up to URGENT_RIDERS routine checks not yet in a batch ride along when that
+   * costs no more backend requests (one DescribeVolumes answers 1 volume or 200 for the same token).
    */
   private async flushUrgent(): Promise<void> {
     this.urgentFlushing = true;
     try {
       while (this.urgentPending.length > 0) {
         const batch = this.takeBatch(this.urgentPending);
-        const room = this.maxBatch - batch.length;
+        const room = Math.min(URGENT_RIDERS, this.maxBatch - batch.length);
         if (room > 0) dropWithdrawn(this.pending);
         if (room > 0 && this.pending.length > 0) {
           const riders = this.pending.slice(0, room);

@@ -8,7 +8,7 @@ import { describe, expect, test, vi } from 'vitest';
 import { Backend } from '../activities/backend';
 import { CallBudgetLimiter, urgentReserve } from '../activities/call-budget';
 import type { AttachmentState, CallOptions, Provider, VolumeOfInstance } from '../activities/provider';
-import { type BudgetedCall, StateChecks } from '../activities/state-checks';
+import { type BudgetedCall, StateChecks, URGENT_RIDERS } from '../activities/state-checks';
 import { ManualClock } from './support/manual-clock';
 
 /** A batching provider whose batch calls the test answers by hand (or at once with `autoAnswer`). */
@@ -147,6 +147,18 @@ describe('coalesced state checks: the urgent batch', () => {
     await expect(Promise.all([urgent, routine])).resolves.toEqual(['attached', 'attached']);
     await new Promise((resolve) => setTimeout(resolve, 50)); // past the routine batch's gathering pause
     expect(provider.batches.map((b) => b.targets)).toEqual([['i-urgent', 'i-routine']]);
+  });
+
+  test('an urgent batch takes at most URGENT_RIDERS routine checks along; the rest go in a routine batch', async () => {
+    const provider = new FakeBatchProvider(true);
+    const states = new StateChecks(provider, budgetedCall(new CallBudgetLimiter(undefined)));
+    const routine = Array.from({ length: 30 }, (_, i) => states.check(target(`i-${i}`)));
+    const urgent = states.check(target('i-urgent'), undefined, 'urgent');
+    await expect(Promise.all([urgent, ...routine])).resolves.toEqual(Array(31).fill('attached'));
+    const [first, ...rest] = provider.batches.map((b) => b.targets);
+    // The oldest routine checks ride; a force waiting on the urgent one gets an answer about 11 volumes, not 31.
+    expect(first).toEqual(['i-urgent', ...Array.from({ length: URGENT_RIDERS }, (_, i) => `i-${i}`)]);
+    expect(rest).toEqual([Array.from({ length: 30 - URGENT_RIDERS }, (_, i) => `i-${i + URGENT_RIDERS}`)]);
   });
 });
 
