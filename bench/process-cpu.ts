@@ -4,7 +4,8 @@
  * throughput is bound by their sum. Linux only (it reads /proc); elsewhere the readings are null and
  * the scenario reports no split.
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
+import { devServerPid } from '../devserver/server-pid';
 
 export interface CpuReading {
   /** This process: the workers (main thread, workflow thread, the SDK's core, V8's helpers) and the client. */
@@ -26,28 +27,6 @@ function procCpuMs(pid: number): number | null {
   } catch {
     return null;
   }
-}
-
-/** The dev server listening on `address`'s port: `temporal server start-dev --port <port>`, found in /proc. */
-function devServerPid(address: string): number | null {
-  const port = address.slice(address.lastIndexOf(':') + 1);
-  let entries: string[];
-  try {
-    entries = readdirSync('/proc');
-  } catch {
-    return null;
-  }
-  for (const entry of entries) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const args = readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
-      const at = args.indexOf('--port');
-      if (args.includes('start-dev') && at >= 0 && args[at + 1] === port) return Number(entry);
-    } catch {
-      // The process ended while we looked.
-    }
-  }
-  return null;
 }
 
 /** A reader of both processes' CPU; null where /proc is not there to read. */
