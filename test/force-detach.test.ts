@@ -453,3 +453,45 @@ test('a force whose moment the server did not record is not sent: a retryable fa
   expect(cutOff).toMatchObject({ asked: 1, volume: nothingSent });
   expect(cutOff.failure).toBeInstanceOf(CancelledFailure);
 });
+
+/** A cloud whose first forced detach is refused as throttled (Retry-After 50 ms); later ones go through. */
+class ThrottledOnceCloud extends SimulatedProvider {
+  forceTries = 0;
+  override async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void> {
+    this.forceTries++;
+    if (this.forceTries === 1) throw new ThrottledProviderError('RequestLimitExceeded', 50);
+    return super.forceDetachVolume(instanceId, volume, options);
+  }
+}
+
+test('a throttled force was refused, not sent: its moment is taken back, and it is recorded again before it goes out again', async () => {
+  const sim = new ThrottledOnceCloud(new MemorySimStore());
+  await sim.addInstance('i-1', [{ volumeId: 'vol-1', behavior: { hang: true } }]);
+  // Everything the attempt told of its force, in order: the server's records and the SDK's heartbeats.
+  const told: Array<{ via: 'server' | 'sdk'; forceSentAt: string | undefined }> = [];
+  const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000 });
+  env.on('heartbeat', (details: unknown) => told.push({ via: 'sdk', forceSentAt: forceSentAt(details) }));
+  const activities = createActivities({
+    providers: new Map([[sim.name, sim]]),
+    defaultProvider: sim.name,
+    pollIntervalMs: 100,
+    confirmHeartbeat: async (_taskToken, details) => {
+      told.push({ via: 'server', forceSentAt: forceSentAt(details) });
+    },
+  });
+  const result = await env.run(activities.forceDetachVolume, { instanceId: 'i-1', volume: { volumeId: 'vol-1' } });
+  expect(result).toMatchObject({ forced: true });
+  expect(sim.forceTries).toBe(2);
+  expect((await sim.instance('i-1'))?.volumes[0]).toMatchObject({ forceCalls: 1, forced: true });
+  // Each try's moment reached the server before that try left; the refused one's was taken back in between.
+  const recorded = told.flatMap((t, i) => (t.via === 'server' ? [i] : []));
+  expect(recorded).toHaveLength(2);
+  const [first, second] = recorded.map((i) => told[i]?.forceSentAt);
+  expect(first).toEqual(expect.any(String));
+  expect(second).toEqual(expect.any(String));
+  expect(Date.parse(second ?? '')).toBeGreaterThanOrEqual(Date.parse(first ?? ''));
+  const between = told.slice((recorded[0] ?? 0) + 1, recorded[1]);
+  expect(between).toContainEqual({ via: 'sdk', forceSentAt: undefined });
+  // Until the force went out for good, the attempt's last word is the second moment.
+  expect(told.at(-1)?.forceSentAt).toBe(second);
+});
