@@ -11,7 +11,7 @@ import type { BenchResults, RunInfo, ScenarioName } from './run-results';
 import type { HistoryResult } from './scenarios/history';
 import type { MemoryFigures, MemoryResult, MemoryRow } from './scenarios/memory';
 import type { LatencyFigure, ReactionResult } from './scenarios/reaction';
-import type { ThroughputResult } from './scenarios/throughput';
+import type { CpuPerStop, ThroughputResult } from './scenarios/throughput';
 
 /**
  * The workflow cache is not what bounds this scenario: its stops run a bounded number at a time, fewer than the
@@ -34,7 +34,23 @@ function cpuNote(t: ThroughputResult): string {
   const extraWorker = s.benchProcess - b.benchProcess;
   const extraServer = s.server - b.server;
   const sums = (b.benchProcess + b.server) / (s.benchProcess + s.server);
-  return ` Measured per workflow over each side's own batches (CPU time from /proc, median over rounds): a stop cost the benchmark's process (both workers and the client) ${num(s.benchProcess)} ms and the dev server ${num(s.server)} ms; the minimal workflow ${num(b.benchProcess)} and ${num(b.server)} ms. Of stopflow's extra ${num(extraWorker + extraServer)} ms, ${num(extraWorker)} are on the worker's side and ${num(extraServer)} on the server's, and the ratio of the two sums, ${num(sums, 2)}, is about what two busy cores allow.`;
+  return ` Measured per workflow over each side's own batches (CPU time from /proc, median over rounds): a stop cost the benchmark's process (both workers and the client) ${num(s.benchProcess)} ms and the dev server ${num(s.server)} ms; the minimal workflow ${num(b.benchProcess)} and ${num(b.server)} ms. Of stopflow's extra ${num(extraWorker + extraServer)} ms, ${num(extraWorker)} are on the worker's side and ${num(extraServer)} on the server's, and the ratio of the two sums, ${num(sums, 2)}, is about what two busy cores allow.${serverGrowthNote(t)}`;
+}
+
+/** How the server's CPU per workflow moved from the first counted round to the last, when the run recorded it. */
+function serverGrowthNote(t: ThroughputResult): string {
+  const rounds = t.cpuMsPerStopByRound;
+  const first = (side: CpuPerStop[]) => side[0]?.server;
+  const last = (side: CpuPerStop[]) => side[side.length - 1]?.server;
+  if (!rounds || rounds.stopflow.length < 2) return '';
+  const [s0, s1, b0, b1] = [
+    first(rounds.stopflow),
+    last(rounds.stopflow),
+    first(rounds.baseline),
+    last(rounds.baseline),
+  ];
+  if (s0 == null || s1 == null || b0 == null || b1 == null) return '';
+  return ` The server's share is not steady: from the first round to the last it went from ${num(s0)} to ${num(s1)} ms per stop and from ${num(b0)} to ${num(b1)} ms per minimal workflow, most likely as the dev server's in-memory database filled with the run's closed workflows (${num(t.stopsPerRound * t.rounds * 2, 0)} in all, each stop with its search attributes; not measured further).`;
 }
 
 const kb = (bytes: number) => `${Math.round(bytes / 1024).toLocaleString('en-US')} KB`;
@@ -524,7 +540,7 @@ function renderBounds(line: Line, missed: string[], r: BenchResults): void {
         : " The validation is the smaller part; the rest is stopflow's own work per stop that the minimal workflow does not do: a workflow task per detach result, the per-volume details in the Temporal UI and the search-attribute upsert that makes stops findable. Those are what stopflow is for, so most of this overhead buys its audit trail.";
     const spread = `${num(Math.min(...throughput.ratios), 2)} to ${num(Math.max(...throughput.ratios), 2)}`;
     line(
-      `**Throughput** (ratio ${num(throughput.ratio, 3)} against ${throughput.target}; per round ${spread}). On ${r.machine.cpus} cores shared with the dev server, the worker's and the server's CPU per workflow together decide.${cpuNote(throughput)} On the worker's side a stop does more than six no-op activities: its first workflow task instantiates stopflow's workflow modules for that workflow alone (under the SDK's reused V8 context, module scope is per workflow; only the SDK's own modules are shared), with the parts of zod the request's rules use (\`zod/mini\`, tree-shaken), and validates the request; it asks the worker once through a local activity, and its activities pass the call budget and the activity interceptors. On the server's side it has ${throughput.eventsPerStop.stopflow} history events against ${throughput.eventsPerStop.baseline}, among them three patch markers, each with the SDK's own \`TemporalChangeVersion\` upsert, and the upserts that make stops findable (their volumes, their end): visibility writes. ${cacheNote(throughput)}${ramp}${lever} Sharing the schemas through the bundler's \`preloadModules\` is no way out: the SDK deep-freezes shared modules and zod then fails with "Cannot assign to read only property 'lastIndex'"; sharing zod alone worked but did not move these figures (both tried while writing this benchmark).`,
+      `**Throughput** (ratio ${num(throughput.ratio, 3)} against ${throughput.target}; per round ${spread}). On ${r.machine.cpus} cores shared with the dev server, the worker's and the server's CPU per workflow together decide.${cpuNote(throughput)} On the worker's side a stop does more than six no-op activities: its first workflow task instantiates stopflow's workflow modules for that workflow alone (under the SDK's reused V8 context, module scope is per workflow; only the SDK's own modules are shared), with the parts of zod the request's rules use (\`zod/mini\`; since 0.2.11 the bundle drops the code nothing uses, 37 of zod's 160 schema constructors left), and validates the request; it asks the worker once through a local activity, and its activities pass the call budget and the activity interceptors. On the server's side it has ${throughput.eventsPerStop.stopflow} history events against ${throughput.eventsPerStop.baseline}, among them three patch markers, each with the SDK's own \`TemporalChangeVersion\` upsert, and the upserts that make stops findable (their volumes, their end): visibility writes. ${cacheNote(throughput)}${ramp}${lever} Sharing the schemas through the bundler's \`preloadModules\` is no way out: the SDK deep-freezes shared modules and zod then fails with "Cannot assign to read only property 'lastIndex'"; sharing zod alone worked but did not move these figures (both tried while writing this benchmark).`,
     );
     line();
   }

@@ -35,6 +35,8 @@ export interface ThroughputResult {
    * server's, each side measured over its own batches. Absent where /proc cannot be read, and from older runs.
    */
   cpuMsPerStop?: { stopflow: CpuPerStop; baseline: CpuPerStop };
+  /** The same, round by round (absent from older runs): the server's share grows as its in-memory database fills. */
+  cpuMsPerStopByRound?: { stopflow: CpuPerStop[]; baseline: CpuPerStop[] };
   target: number;
 }
 
@@ -146,7 +148,10 @@ export async function throughput(ctx: BenchContext): Promise<ThroughputResult> {
         baseline: await historyLength(ctx.client, lastBaselineId),
       },
       ...(cpu.stopflow.length > 0 && cpu.baseline.length > 0
-        ? { cpuMsPerStop: { stopflow: medianCost(cpu.stopflow), baseline: medianCost(cpu.baseline) } }
+        ? {
+            cpuMsPerStop: { stopflow: medianCost(cpu.stopflow), baseline: medianCost(cpu.baseline) },
+            cpuMsPerStopByRound: { stopflow: cpu.stopflow.map(rounded), baseline: cpu.baseline.map(rounded) },
+          }
         : {}),
       target: 0.8,
     };
@@ -158,6 +163,10 @@ function perStop(before: CpuReading, after: CpuReading, n: number): CpuPerStop {
     benchProcess: (after.benchMs - before.benchMs) / n,
     server: before.serverMs === null || after.serverMs === null ? null : (after.serverMs - before.serverMs) / n,
   };
+}
+
+function rounded(c: CpuPerStop): CpuPerStop {
+  return { benchProcess: round(c.benchProcess, 1), server: c.server === null ? null : round(c.server, 1) };
 }
 
 function medianCost(costs: CpuPerStop[]): CpuPerStop {
