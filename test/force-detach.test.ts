@@ -454,18 +454,8 @@ test('a force whose moment the server did not record is not sent: a retryable fa
   expect(cutOff.failure).toBeInstanceOf(CancelledFailure);
 });
 
-/** A cloud whose first forced detach is refused as throttled (Retry-After 50 ms); later ones go through. */
-class ThrottledOnceCloud extends SimulatedProvider {
-  forceTries = 0;
-  override async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void> {
-    this.forceTries++;
-    if (this.forceTries === 1) throw new ThrottledProviderError('RequestLimitExceeded', 50);
-    return super.forceDetachVolume(instanceId, volume, options);
-  }
-}
-
 test('a throttled force was refused, not sent: its moment is taken back, and it is recorded again before it goes out again', async () => {
-  const sim = new ThrottledOnceCloud(new MemorySimStore());
+  const sim = new ThrottlingForceCloud(1);
   await sim.addInstance('i-1', [{ volumeId: 'vol-1', behavior: { hang: true } }]);
   // Everything the attempt told of its force, in order: the server's records and the SDK's heartbeats.
   const told: Array<{ via: 'server' | 'sdk'; forceSentAt: string | undefined }> = [];
@@ -481,7 +471,7 @@ test('a throttled force was refused, not sent: its moment is taken back, and it 
   });
   const result = await env.run(activities.forceDetachVolume, { instanceId: 'i-1', volume: { volumeId: 'vol-1' } });
   expect(result).toMatchObject({ forced: true });
-  expect(sim.forceTries).toBe(2);
+  expect(sim.forceCalls).toBe(2);
   expect((await sim.instance('i-1'))?.volumes[0]).toMatchObject({ forceCalls: 1, forced: true });
   // Each try's moment reached the server before that try left; the refused one's was taken back in between.
   const recorded = told.flatMap((t, i) => (t.via === 'server' ? [i] : []));

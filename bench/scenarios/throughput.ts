@@ -35,7 +35,7 @@ export interface ThroughputResult {
    * server's, each side measured over its own batches. Absent where /proc cannot be read, and from older runs.
    */
   cpuMsPerStop?: { stopflow: CpuPerStop; baseline: CpuPerStop };
-  /** The same, round by round (absent from older runs): the server's share grows as its in-memory database fills. */
+  /** The same, round by round (absent from older runs): the server's share moves from round to round. */
   cpuMsPerStopByRound?: { stopflow: CpuPerStop[]; baseline: CpuPerStop[] };
   target: number;
 }
