@@ -11,7 +11,7 @@ import type { BenchResults, RunInfo, ScenarioName } from './run-results';
 import type { HistoryResult } from './scenarios/history';
 import type { MemoryFigures, MemoryResult, MemoryRow } from './scenarios/memory';
 import type { LatencyFigure, ReactionResult } from './scenarios/reaction';
-import type { CpuPerStop, ThroughputResult } from './scenarios/throughput';
+import type { ThroughputResult } from './scenarios/throughput';
 
 /**
  * The workflow cache is not what bounds this scenario: its stops run a bounded number at a time, fewer than the
@@ -34,21 +34,14 @@ function cpuNote(t: ThroughputResult): string {
   const extraWorker = s.benchProcess - b.benchProcess;
   const extraServer = s.server - b.server;
   const sums = (b.benchProcess + b.server) / (s.benchProcess + s.server);
-  return ` Measured per workflow over each side's own batches (CPU time from /proc, median over rounds): a stop cost the benchmark's process (both workers and the client) ${num(s.benchProcess)} ms and the dev server ${num(s.server)} ms; the minimal workflow ${num(b.benchProcess)} and ${num(b.server)} ms. Of stopflow's extra ${num(extraWorker + extraServer)} ms, ${num(extraWorker)} are on the worker's side and ${num(extraServer)} on the server's, and the ratio of the two sums, ${num(sums, 2)}, is about what two busy cores allow.${serverGrowthNote(t)}`;
+  return ` Measured per workflow over each side's own batches (CPU time from /proc, median over rounds): a stop cost the benchmark's process (both workers and the client) ${num(s.benchProcess)} ms and the dev server ${num(s.server)} ms; the minimal workflow ${num(b.benchProcess)} and ${num(b.server)} ms. Of stopflow's extra ${num(extraWorker + extraServer)} ms, ${num(extraWorker)} are on the worker's side and ${num(extraServer)} on the server's, and the ratio of the two sums, ${num(sums, 2)}, is about what two busy cores allow.${serverDriftNote(t)}`;
 }
 
 /** How the server's CPU per workflow moved from the first counted round to the last, when the run recorded it. */
-function serverGrowthNote(t: ThroughputResult): string {
+function serverDriftNote(t: ThroughputResult): string {
   const rounds = t.cpuMsPerStopByRound;
-  const first = (side: CpuPerStop[]) => side[0]?.server;
-  const last = (side: CpuPerStop[]) => side[side.length - 1]?.server;
   if (!rounds || rounds.stopflow.length < 2) return '';
-  const [s0, s1, b0, b1] = [
-    first(rounds.stopflow),
-    last(rounds.stopflow),
-    first(rounds.baseline),
-    last(rounds.baseline),
-  ];
+  const [s0, s1, b0, b1] = [rounds.stopflow, rounds.baseline].flatMap((side) => [side[0]?.server, side.at(-1)?.server]);
   if (s0 == null || s1 == null || b0 == null || b1 == null) return '';
   return ` The server's share moved between rounds: from the first round to the last it went from ${num(s0)} to ${num(s1)} ms per stop and from ${num(b0)} to ${num(b1)} ms per minimal workflow, on one dev server whose in-memory database keeps every workflow the run closed, stops with their search attributes (what moves it was not measured further).`;
 }

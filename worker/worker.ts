@@ -12,7 +12,7 @@
 import { fileURLToPath } from 'node:url';
 import { Client } from '@temporalio/client';
 import { bundleWorkflowCode, type NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
-import MinimizerPlugin from 'minimizer-webpack-plugin';
+import type MinimizerPlugin from 'minimizer-webpack-plugin';
 import { type ActivityDeps, Backends, createActivities, type StopflowActivities } from '../activities';
 import { type CompletionEventsOptions, createCompletionEventActivities } from '../activities/completion-event';
 import { DetachWatch } from '../activities/detach-watch';
@@ -290,7 +290,7 @@ export async function bundleStopflowWorkflows(
   const { code } = await bundleWorkflowCode({
     workflowsPath: WORKFLOWS_PATH,
     ...(modules.length > 0 ? { workflowInterceptorModules: modules } : {}),
-    webpackConfigHook: treeShaken,
+    webpackConfigHook: treeShaken(await deadCodeOnly()),
     logger: quietLogger,
   });
   return { code: options.stackTraces ? code : withoutStackTraces(code) };
@@ -308,8 +308,8 @@ export async function bundleStopflowWorkflows(
  * once; a prebuilt bundle, as `npm run build` writes, not at all.
  */
 type WebpackConfig = Parameters<NonNullable<NonNullable<WorkerOptions['bundlerOptions']>['webpackConfigHook']>>[0];
-function treeShaken(config: WebpackConfig): WebpackConfig {
-  return {
+function treeShaken(minimizer: MinimizerPlugin): (config: WebpackConfig) => WebpackConfig {
+  return (config) => ({
     ...config,
     optimization: {
       ...config.optimization,
@@ -318,25 +318,29 @@ function treeShaken(config: WebpackConfig): WebpackConfig {
       sideEffects: true,
       concatenateModules: true,
       minimize: true,
-      minimizer: [deadCodeOnly],
+      minimizer: [minimizer],
     },
-  };
+  });
 }
 
 /**
  * Terser set to drop unused code and nothing else: every other transform off, nothing renamed, names kept, the
- * layout readable. Licence comments stay in the bundle (not moved to a LICENSE.txt the SDK would not write).
+ * layout readable. Licence comments stay in the bundle (not moved to a LICENSE.txt the SDK would not write). Loaded
+ * when bundling, one per bundle: a worker that runs a prebuilt bundle never loads it.
  */
-const deadCodeOnly = new MinimizerPlugin({
-  extractComments: false,
-  terserOptions: {
-    compress: { defaults: false, unused: true, dead_code: true, side_effects: true },
-    mangle: false,
-    format: { beautify: true, comments: /@license|@preserve|^!/ },
-    keep_classnames: true,
-    keep_fnames: true,
-  },
-});
+async function deadCodeOnly(): Promise<MinimizerPlugin> {
+  const { default: Minimizer } = await import('minimizer-webpack-plugin');
+  return new Minimizer({
+    extractComments: false,
+    terserOptions: {
+      compress: { defaults: false, unused: true, dead_code: true, side_effects: true },
+      mangle: false,
+      format: { beautify: true, comments: /@license|@preserve|^!/ },
+      keep_classnames: true,
+      keep_fnames: true,
+    },
+  });
+}
 
 const noop = () => undefined;
 const quietLogger = { trace: noop, debug: noop, info: noop, warn: noop, error: noop, log: noop };
