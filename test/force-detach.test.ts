@@ -25,6 +25,7 @@ import {
 import { MockActivityEnvironment } from '@temporalio/testing';
 import { expect, test } from 'vitest';
 import { createActivities } from '../activities';
+import type { ConfirmHeartbeat } from '../activities/force-moment';
 import { type CallOptions, ThrottledProviderError } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import { workflowIdFor } from '../common/names';
@@ -33,13 +34,14 @@ import { forceSentAt } from '../common/stop-activities';
 import { forceWentOut } from '../workflows/volume-path';
 import { connectClient, eventually, type Harness, startHarness } from './helpers';
 
-/** The worker's activities over one simulated cloud, checking every 100 ms. */
-function activitiesOver(sim: SimulatedProvider, holdMs?: number) {
+/** The worker's activities over one simulated cloud, checking every 100 ms; `confirmHeartbeat` plays the server. */
+function activitiesOver(sim: SimulatedProvider, holdMs?: number, confirmHeartbeat?: ConfirmHeartbeat) {
   return createActivities({
     providers: new Map([[sim.name, sim]]),
     defaultProvider: sim.name,
     pollIntervalMs: 100,
     ...(holdMs !== undefined ? { holdMs } : {}),
+    ...(confirmHeartbeat ? { confirmHeartbeat } : {}),
   });
 }
 
@@ -400,14 +402,9 @@ test('a force whose moment the server did not record is not sent: a retryable fa
     await sim.addInstance('i-1', [{ volumeId, behavior: { hang: true } }]);
     let asked = 0;
     const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000, attempt: 2, heartbeatDetails });
-    const activities = createActivities({
-      providers: new Map([[sim.name, sim]]),
-      defaultProvider: sim.name,
-      pollIntervalMs: 100,
-      confirmHeartbeat: () => {
-        asked++;
-        return answer(env);
-      },
+    const activities = activitiesOver(sim, undefined, () => {
+      asked++;
+      return answer(env);
     });
     const failure = await env.run(activities.forceDetachVolume, { instanceId: 'i-1', volume: { volumeId } }).then(
       () => undefined,
@@ -461,13 +458,8 @@ test('a throttled force was refused, not sent: its moment is taken back, and it 
   const told: Array<{ via: 'server' | 'sdk'; forceSentAt: string | undefined }> = [];
   const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000 });
   env.on('heartbeat', (details: unknown) => told.push({ via: 'sdk', forceSentAt: forceSentAt(details) }));
-  const activities = createActivities({
-    providers: new Map([[sim.name, sim]]),
-    defaultProvider: sim.name,
-    pollIntervalMs: 100,
-    confirmHeartbeat: async (_taskToken, details) => {
-      told.push({ via: 'server', forceSentAt: forceSentAt(details) });
-    },
+  const activities = activitiesOver(sim, undefined, async (_taskToken, details) => {
+    told.push({ via: 'server', forceSentAt: forceSentAt(details) });
   });
   const result = await env.run(activities.forceDetachVolume, { instanceId: 'i-1', volume: { volumeId: 'vol-1' } });
   expect(result).toMatchObject({ forced: true });
