@@ -267,7 +267,11 @@ function violations(o: Outcome): string[] {
   const cancelled = /cancelled/.test(status.error ?? '');
   for (const r of status.volumes) {
     const v = cloud.volumes.find((c) => c.volumeId === r.volumeId);
-    if (r.state === 'force_detached' && !v?.forced) broken.push(`${r.volumeId} reported force_detached, never forced`);
+    // force_detached says a force went out and the volume is detached, not that the force is what detached it
+    // (docs/contract.md): a force that reached a volume which had just detached, or whose answer was lost, counts.
+    // What must never be: force_detached with no force sent at all.
+    if (r.state === 'force_detached' && !v?.forceCalls)
+      broken.push(`${r.volumeId} reported force_detached, no force ever sent`);
     // Needed force, could have it, and the stop escalated (and was not cancelled first): forced.
     const needsForce = v?.behavior.hang === true && v.behavior.force === 'ok';
     if (needsForce && status.escalation && !cancelled && !v?.forced)
