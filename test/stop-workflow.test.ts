@@ -368,6 +368,24 @@ describe('history stays bounded', () => {
     expect(long.lastFailure).toBe('');
     expect(long.lastHeartbeatMs).toBeGreaterThanOrEqual(long.lastStartedMs);
   });
+
+  test('a stop asks one patch (version 11): one marker and one TemporalChangeVersion upsert, where it had three', async () => {
+    const instanceId = await seeded([{ volumeId: 'vol-p1' }, { volumeId: 'vol-p2' }], 'one-marker');
+    await h.stopflow.stop({ instanceId });
+    expect((await h.stopflow.result(instanceId)).phase).toBe('stopped');
+    const handle = h.client.workflow.getHandle(workflowIdFor(instanceId));
+    const events = (await handle.fetchHistory()).events ?? [];
+    const patchMarkers = events.filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_patch');
+    const versionUpserts = events.filter(
+      (e) => e.upsertWorkflowSearchAttributesEventAttributes?.searchAttributes?.indexedFields?.TemporalChangeVersion,
+    );
+    expect(patchMarkers).toHaveLength(1);
+    expect(versionUpserts).toHaveLength(1);
+    // What visibility shows of the stop's version: a keyword list, read raw (the SDK has no typed key for it).
+    const raw = (await handle.describe()).raw.workflowExecutionInfo?.searchAttributes?.indexedFields;
+    const versions = raw?.TemporalChangeVersion?.data;
+    expect(versions && JSON.parse(Buffer.from(versions).toString('utf8'))).toEqual(['one-marker']);
+  });
 });
 
 describe('bad input', () => {

@@ -49,8 +49,13 @@ import { detachAll } from './volume-path';
 
 /**
  * Patches (test/replay.test.ts replays the histories of every version):
- * RECONCILER — this file. Stops started before it run workflows/legacy/stop-instance-v2.ts.
+ * ONE_MARKER — version 11: a stop started on it asks this patch alone, where it asked the three below, and follows
+ * all three. Each patch asked costs a stop a marker and the SDK's `TemporalChangeVersion` upsert, a visibility write
+ * on the server. Stops started before it replay the three as they ran (the patch is false there: no marker).
+ * Patches asked only on one path (stop-if-detached.ts, local-answers.ts, volume-path.ts) are still asked there.
  */
+const ONE_MARKER = 'one-marker';
+/** RECONCILER — this file. Stops started before it run workflows/legacy/stop-instance-v2.ts. */
 const RECONCILER = 'reconciler';
 /**
  * OWNERSHIP_EVENTS — StopVolumes kept current, a volume another instance's running stop holds refused
@@ -75,7 +80,8 @@ const CANCELLED_WORK_BOUND = '30s';
 /** Rounds of "the backend still lists something attached" before the stop gives up. */
 const MAX_FINAL_CHECKS = 5;
 export async function stopInstance(input: StopRequest): Promise<StopStatus> {
-  if (!patched(RECONCILER)) return legacyStopInstance(input);
+  const oneMarker = patched(ONE_MARKER);
+  if (!oneMarker && !patched(RECONCILER)) return legacyStopInstance(input);
   const request = validate(input);
   const startedAtMs = workflowInfo().runStartTime.getTime();
   const state: StopState = {
@@ -91,7 +97,7 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
     cancelledWork: [],
     interruption: null,
     // Decided once, at the start: a stop started before a patch keeps its rules to the end.
-    features: features(patched(OWNERSHIP_EVENTS)),
+    features: oneMarker ? features(true, true) : features(patched(OWNERSHIP_EVENTS)),
     completionEventsConfigured: null,
   };
   setHandler(statusQuery, () => snapshot(state));
@@ -127,12 +133,13 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
   });
 }
 
-function features(on: boolean): StopState['features'] {
+function features(ownershipEvents: boolean, askWorkerOnce?: true): StopState['features'] {
   return {
-    volumeOwnership: on,
-    completionEvents: on,
-    sharedInterruption: on,
-    askWorkerOnce: on && patched(ASK_WORKER_ONCE),
+    volumeOwnership: ownershipEvents,
+    completionEvents: ownershipEvents,
+    sharedInterruption: ownershipEvents,
+    // Asked only after OWNERSHIP_EVENTS, as before version 11, which follows it unasked.
+    askWorkerOnce: askWorkerOnce ?? (ownershipEvents && patched(ASK_WORKER_ONCE)),
   };
 }
 
