@@ -381,6 +381,13 @@ describe('history stays bounded', () => {
     );
     expect(patchMarkers).toHaveLength(1);
     expect(versionUpserts).toHaveLength(1);
+    // And it follows the three it no longer asks: StopVolumes kept (ownership-events), one askWorker (ask-worker-once).
+    const stopVolumesUpserts = events.filter(
+      (e) => e.upsertWorkflowSearchAttributesEventAttributes?.searchAttributes?.indexedFields?.StopVolumes,
+    );
+    expect(stopVolumesUpserts).toHaveLength(1);
+    const askWorker = events.filter((e) => e.markerRecordedEventAttributes?.markerName === 'core_local_activity');
+    expect(askWorker).toHaveLength(1);
     // What visibility shows of the stop's version: a keyword list, read raw (the SDK has no typed key for it).
     const raw = (await handle.describe()).raw.workflowExecutionInfo?.searchAttributes?.indexedFields;
     const versions = raw?.TemporalChangeVersion?.data;

@@ -53,6 +53,7 @@ import { detachAll } from './volume-path';
  * all three. Each patch asked costs a stop a marker and the SDK's `TemporalChangeVersion` upsert, a visibility write
  * on the server. Stops started before it replay the three as they ran (the patch is false there: no marker).
  * Patches asked only on one path (stop-if-detached.ts, local-answers.ts, volume-path.ts) are still asked there.
+ * Asked here only, and kept: asked again once a replayed older stop runs live, it would say true.
  */
 const ONE_MARKER = 'one-marker';
 /** RECONCILER — this file. Stops started before it run workflows/legacy/stop-instance-v2.ts. */
