@@ -17,7 +17,8 @@
  * its own task queue, so history does not grow while it waits.
  *
  * Beside it: one volume's path (volume-path.ts), the last step (stop-if-detached.ts), how a stop
- * ends (stop-end.ts), its words and metrics (stop-report.ts), its state (stop-state.ts).
+ * ends (stop-end.ts), its words and metrics (stop-report.ts), its state (stop-state.ts), the patches
+ * it asks at its start and the rules they give it (stop-patches.ts).
  */
 import {
   ApplicationFailure,
@@ -41,36 +42,12 @@ import { legacyStopInstance } from './legacy/stop-instance-v2';
 import { untilInterrupted } from './settled';
 import { end, fail } from './stop-end';
 import { stopIfNothingAttached } from './stop-if-detached';
+import { rulesOf, STOP_PATCHES } from './stop-patches';
 import { describe, reportEscalation, say } from './stop-report';
 import { allVolumesSettled, interrupted, iso, type StopState, snapshot } from './stop-state';
 import { invalidUpdate, validate } from './validate';
 import { askWorker, heldMessage, otherHolders, publishVolumes, releaseVolumes, volumeHeld } from './volume-ownership';
 import { detachAll } from './volume-path';
-
-/**
- * Patches (test/replay.test.ts replays the histories of every version):
- * ONE_MARKER — version 11: a stop started on it asks this patch alone, where it asked the three below, and follows
- * all three. Each patch asked costs a stop a marker and the SDK's `TemporalChangeVersion` upsert, a visibility write
- * on the server. Stops started before it replay the three as they ran (the patch is false there: no marker).
- * Patches asked only on one path (stop-if-detached.ts, local-answers.ts, volume-path.ts) are still asked there.
- * Asked here only, and kept: asked again once a replayed older stop runs live, it would say true.
- */
-const ONE_MARKER = 'one-marker';
-/** RECONCILER — this file. Stops started before it run workflows/legacy/stop-instance-v2.ts. */
-const RECONCILER = 'reconciler';
-/**
- * OWNERSHIP_EVENTS — StopVolumes kept current, a volume another instance's running stop holds refused
- * (VolumeHeld), and a completion event handed to a deliverStopEvent child when the stop ends (if the worker
- * has an endpoint), and every volume waiting on one interruption promise (volume-path.ts). One patch for
- * all three: every patch costs a marker and a search-attribute upsert in history.
- */
-const OWNERSHIP_EVENTS = 'ownership-events';
-/**
- * ASK_WORKER_ONCE — the worker's two answers (volume holders, completion events configured) come from one
- * local activity before the first detach, not two: each costs a stop a round trip and an activation (both
- * together about 12 of the 94 ms of CPU a stop took in the throughput benchmark). Only after OWNERSHIP_EVENTS.
- */
-const ASK_WORKER_ONCE = 'ask-worker-once';
 
 /**
  * Longest a stop waits, at its end, for cancelled graceful work to acknowledge: waits scheduled before version 8
@@ -81,8 +58,8 @@ const CANCELLED_WORK_BOUND = '30s';
 /** Rounds of "the backend still lists something attached" before the stop gives up. */
 const MAX_FINAL_CHECKS = 5;
 export async function stopInstance(input: StopRequest): Promise<StopStatus> {
-  const oneMarker = patched(ONE_MARKER);
-  if (!oneMarker && !patched(RECONCILER)) return legacyStopInstance(input);
+  const oneMarker = patched(STOP_PATCHES.oneMarker);
+  if (!oneMarker && !patched(STOP_PATCHES.reconciler)) return legacyStopInstance(input);
   const request = validate(input);
   const startedAtMs = workflowInfo().runStartTime.getTime();
   const state: StopState = {
@@ -98,7 +75,7 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
     cancelledWork: [],
     interruption: null,
     // Decided once, at the start: a stop started before a patch keeps its rules to the end.
-    features: oneMarker ? features(true, true) : features(patched(OWNERSHIP_EVENTS)),
+    features: rulesOf(oneMarker),
     completionEventsConfigured: null,
   };
   setHandler(statusQuery, () => snapshot(state));
@@ -132,16 +109,6 @@ export async function stopInstance(input: StopRequest): Promise<StopStatus> {
     if (state.features.completionEvents) await announceEnd(status, undefined, state.completionEventsConfigured);
     return status;
   });
-}
-
-function features(ownershipEvents: boolean, askWorkerOnce?: true): StopState['features'] {
-  return {
-    volumeOwnership: ownershipEvents,
-    completionEvents: ownershipEvents,
-    sharedInterruption: ownershipEvents,
-    // Asked only after OWNERSHIP_EVENTS, as before version 11, which follows it unasked.
-    askWorkerOnce: askWorkerOnce ?? (ownershipEvents && patched(ASK_WORKER_ONCE)),
-  };
 }
 
 async function runToEnd(state: StopState): Promise<StopStatus> {
