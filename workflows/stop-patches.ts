@@ -1,8 +1,8 @@
 /**
  * The patches a stop asks at its start, and the rules they give it (test/replay.test.ts replays the histories of
- * every version; docs/contract.md "Versions" lists them). stop-instance.ts asks them in this order, once, and keeps
- * the answers in its state. Patches asked only on one path are asked there (stop-if-detached.ts, local-answers.ts,
- * volume-path.ts).
+ * every version; docs/contract.md "Versions" lists them). stop-instance.ts asks `oneMarker` and `reconciler`, then
+ * `rulesOf` asks the rest it needs, in this order, once; the stop's state keeps the rules. Patches asked only on one
+ * path are asked there (stop-if-detached.ts, local-answers.ts, volume-path.ts).
  */
 import { patched } from '@temporalio/workflow';
 import type { StopState } from './stop-state';
@@ -11,8 +11,8 @@ export const STOP_PATCHES = {
   /**
    * Version 11: a stop started on it asks this patch alone, where it asked the three below, and follows all three.
    * Each patch asked costs a stop a marker and the SDK's `TemporalChangeVersion` upsert, a visibility write on the
-   * server. Stops started before it replay the three as they ran (the patch is false there: no marker). Asked once
-   * and kept: asked again once a replayed older stop runs live, it would say true.
+   * server. Stops started before it replay the three as they ran (the patch is false there: no marker). Asked only
+   * at the start of stop-instance.ts, and kept: asked again once a replayed older stop runs live, it would say true.
    */
   oneMarker: 'one-marker',
   /** Version 3: stop-instance.ts. Stops started before it run workflows/legacy/stop-instance-v2.ts. */
