@@ -3,7 +3,7 @@
  * worker and the simulated cloud (a test double of a backend, not of Temporal).
  */
 import { WorkflowFailedError } from '@temporalio/client';
-import type { ApplicationFailure } from '@temporalio/common';
+import { type ApplicationFailure, defaultPayloadConverter } from '@temporalio/common';
 import { optionalTsToMs } from '@temporalio/common/lib/time';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { SeedVolume } from '../activities/providers/simulated';
@@ -390,8 +390,8 @@ describe('history stays bounded', () => {
     expect(askWorker).toHaveLength(1);
     // What visibility shows of the stop's version: a keyword list, read raw (the SDK has no typed key for it).
     const raw = (await handle.describe()).raw.workflowExecutionInfo?.searchAttributes?.indexedFields;
-    const versions = raw?.TemporalChangeVersion?.data;
-    expect(versions && JSON.parse(Buffer.from(versions).toString('utf8'))).toEqual(['one-marker']);
+    const versions = raw?.TemporalChangeVersion;
+    expect(versions && defaultPayloadConverter.fromPayload(versions)).toEqual(['one-marker']);
   });
 });
 
