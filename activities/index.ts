@@ -472,14 +472,20 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
       // Kept in every heartbeat of this attempt (a failed attempt's last details are what the next one reads).
       let said: Partial<WaitHeartbeat> | undefined = sentEarlier ? { forceSentAt: sentEarlier } : undefined;
       try {
-        // Force may lose data: never on a volume the backend already reads detached (the graceful detach won).
-        const before = await heartbeating(
-          () => said,
-          () => briefly(() => backend.states.check(target, ctx.cancellationSignal, 'urgent')),
-        );
+        // Force may lose data: never on a volume the backend already reads detached (the graceful detach won). A
+        // backend that refuses such a force itself is not asked first, unless an earlier attempt's force went out:
+        // then the read is what tells whether that force is done, and no second force follows it.
+        const readFirst = sentEarlier !== undefined || backend.provider.forceRefusesDetached !== true;
+        const before = readFirst
+          ? await heartbeating(
+              () => said,
+              () => briefly(() => backend.states.check(target, ctx.cancellationSignal, 'urgent')),
+            )
+          : undefined;
+        const checked = readFirst ? 1 : 0;
         // The audit must not hide a force: a volume forced by an earlier attempt is `force_detached`, not `detached`.
         if (before === 'detached') return { forced: sentEarlier !== undefined, attempts: ctx.info.attempt, checks: 1 };
-        await heartbeating(
+        const answer = await heartbeating(
           () => said,
           // One force per attempt, never repeated in place: force may lose data, and its tries are counted (5).
           // A throttled one was refused, not done: it is sent again once the budget's pause is over.
@@ -490,7 +496,15 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
                 'forceDetachVolume',
                 async (o) => {
                   try {
-                    return await backend.provider.forceDetachVolume(target.instanceId, target.volume, o);
+                    const answered = await backend.provider.forceDetachVolume(target.instanceId, target.volume, o);
+                    // Refused as not attached: nothing forced, and the moment recorded for it is taken back. Should
+                    // this worker die before the take-back reaches the server, the next attempt reports the volume
+                    // `force_detached`: a force did go out (docs/contract.md), which is the audit's safe side.
+                    if (answered === 'not-attached') {
+                      said = prior;
+                      ctx.heartbeat(said);
+                    }
+                    return answered;
                   } catch (err) {
                     // A refusal (throttled, a device still held, unsupported) forced nothing. Anything else (a timeout,
                     // a 5xx, the attempt cut off mid-call) may have been applied: it counts, the safe side for an audit.
@@ -520,12 +534,16 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
               );
             }),
         );
+        // Detached before this force reached it: by the graceful detach, or by an earlier attempt's force.
+        if (answer === 'not-attached') {
+          return { forced: sentEarlier !== undefined, attempts: ctx.info.attempt, checks: checked };
+        }
         backends.forcedVolumes.forced(ForcedVolumes.key(backend.provider.name, target));
         const { checks } = await pollUntilDetached(backend, target, {
           attemptHoldMs: FORCE_HOLD_MS,
           forceSentAt: said?.forceSentAt,
         });
-        return { forced: true, attempts: ctx.info.attempt, checks: checks + 1 };
+        return { forced: true, attempts: ctx.info.attempt, checks: checks + checked };
       } catch (err) {
         // After a force went out the volume may be detaching because of it: the failure says so (see sayingForceSent).
         throw sayingForceSent(err, said?.forceSentAt);

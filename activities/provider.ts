@@ -16,6 +16,9 @@ import type { VolumeRef } from '../common/request';
  */
 export type AttachmentState = 'attached' | 'detaching' | 'detached';
 
+/** What a force's request got from the backend (Provider.forceDetachVolume). */
+export type ForceAnswer = 'sent' | 'not-attached';
+
 /** Passed to every call: the activity's cancellation, to hand to SDKs and child processes. */
 export interface CallOptions {
   signal?: AbortSignal | undefined;
@@ -51,6 +54,13 @@ export interface Provider {
   /** Whether the backend has a forced detach at all; a volume may still refuse it (ForceUnsupportedError). */
   readonly supportsForce: boolean;
   /**
+   * Whether the backend itself refuses a force of a volume not attached to the instance, and forceDetachVolume
+   * then answers `not-attached`. The force-detach activity then sends a first force without reading the volume
+   * before it (the read keeps a force off a volume the graceful detach already freed; here the backend does): one
+   * call and one budget token fewer between an abort and its force. Omitted: false, the volume is read first.
+   */
+  readonly forceRefusesDetached?: boolean;
+  /**
    * The call budget this backend allows, shared by every stop on this worker. Omitted: no
    * limit (a local backend such as the host's own devices).
    */
@@ -80,8 +90,12 @@ export interface Provider {
     targets: readonly VolumeOfInstance[],
     options?: CallOptions,
   ): Promise<Array<AttachmentState | Error>>;
-  /** Forces the detach; may lose unflushed writes. Idempotent like detachVolume. */
-  forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void>;
+  /**
+   * Forces the detach; may lose unflushed writes. Idempotent like detachVolume. `not-attached`: the backend
+   * refused the force because the volume is not attached to the instance (nothing was forced); `sent`: anything
+   * else that did not throw.
+   */
+  forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<ForceAnswer>;
   /** Stops the instance and returns once the backend reports it stopped. Idempotent. */
   stopInstance(instanceId: string, options?: CallOptions): Promise<void>;
   /**

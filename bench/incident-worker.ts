@@ -26,7 +26,7 @@ import {
   Worker,
 } from '@temporalio/worker';
 import { z } from 'zod';
-import type { AttachmentState, CallBudget, CallOptions, Provider } from '../activities/provider';
+import type { AttachmentState, CallBudget, CallOptions, ForceAnswer, Provider } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import type { VolumeRef } from '../common/request';
 import { createStopflowWorker } from '../worker/worker';
@@ -53,6 +53,7 @@ import {
 class CountingProvider implements Provider {
   readonly name: string;
   readonly supportsForce: boolean;
+  readonly forceRefusesDetached?: boolean;
   readonly budget?: CallBudget;
   readonly maxBatch?: number;
   readonly getAttachmentStates?: NonNullable<Provider['getAttachmentStates']>;
@@ -71,6 +72,7 @@ class CountingProvider implements Provider {
   ) {
     this.name = inner.name;
     this.supportsForce = inner.supportsForce;
+    if (inner.forceRefusesDetached !== undefined) this.forceRefusesDetached = inner.forceRefusesDetached;
     if (inner.budget) this.budget = inner.budget;
     if (inner.maxBatch !== undefined) this.maxBatch = inner.maxBatch;
     this.requested = new Uint8Array(stuck);
@@ -121,7 +123,7 @@ class CountingProvider implements Provider {
     return state;
   }
 
-  forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void> {
+  forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<ForceAnswer> {
     // The moment the force reaches the backend, as bench/instrumented-provider.ts times it for `reaction`.
     this.report('force', instanceId, Date.now());
     return this.inner.forceDetachVolume(instanceId, volume, options);

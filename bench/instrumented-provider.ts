@@ -5,7 +5,7 @@
  * counts how often a stuck volume was checked.
  */
 
-import type { AttachmentState, Provider } from '../activities/provider';
+import type { AttachmentState, ForceAnswer, Provider } from '../activities/provider';
 import type { VolumeRef } from '../common/request';
 
 type Operation = 'detachVolume' | 'getAttachmentState' | 'forceDetachVolume';
@@ -15,6 +15,7 @@ const key = (instanceId: string, volumeId: string) => `${instanceId}/${volumeId}
 export class InstrumentedProvider implements Provider {
   readonly name: string;
   readonly supportsForce: boolean;
+  readonly forceRefusesDetached?: boolean;
   /** First call time per operation and volume. */
   private readonly first = new Map<string, number>();
   private readonly counts = new Map<string, number>();
@@ -23,6 +24,7 @@ export class InstrumentedProvider implements Provider {
   constructor(private readonly inner: Provider) {
     this.name = inner.name;
     this.supportsForce = inner.supportsForce;
+    if (inner.forceRefusesDetached !== undefined) this.forceRefusesDetached = inner.forceRefusesDetached;
   }
 
   private record(operation: Operation, instanceId: string, volumeId: string): void {
@@ -65,7 +67,7 @@ export class InstrumentedProvider implements Provider {
     return this.inner.getAttachmentState(instanceId, volume);
   }
 
-  forceDetachVolume(instanceId: string, volume: VolumeRef): Promise<void> {
+  forceDetachVolume(instanceId: string, volume: VolumeRef): Promise<ForceAnswer> {
     this.record('forceDetachVolume', instanceId, volume.volumeId);
     return this.inner.forceDetachVolume(instanceId, volume);
   }

@@ -6,7 +6,7 @@
  * `shutdown` messages over IPC.
  */
 import { DefaultLogger, makeTelemetryFilterString, NativeConnection, Runtime, Worker } from '@temporalio/worker';
-import type { AttachmentState, Provider } from '../activities/provider';
+import type { AttachmentState, ForceAnswer, Provider } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import type { VolumeRef } from '../common/request';
 import { createStopflowWorker } from '../worker/worker';
@@ -90,7 +90,7 @@ class CountingProvider implements Provider {
     return state;
   }
 
-  forceDetachVolume(instanceId: string, volume: VolumeRef): Promise<void> {
+  forceDetachVolume(instanceId: string, volume: VolumeRef): Promise<ForceAnswer> {
     return this.inner.forceDetachVolume(instanceId, volume);
   }
 

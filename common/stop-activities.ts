@@ -105,7 +105,7 @@ export interface WaitResult {
 }
 
 export interface ForceResult {
-  /** False when the backend already read `detached` and nothing was forced. */
+  /** False when nothing was forced: the backend read `detached` first, or refused the force as not attached. */
   forced: boolean;
   /** Attempt number of the activity that succeeded (1 = first try). */
   attempts: number;

@@ -7,7 +7,9 @@
  * dev server.
  */
 import { EC2Client } from '@aws-sdk/client-ec2';
+import { MockActivityEnvironment } from '@temporalio/testing';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { createActivities } from '../activities';
 import {
   type AttachmentState,
   PermanentProviderError,
@@ -119,7 +121,7 @@ describe('aws provider: what EC2 answers', () => {
     expect(await provider.getAttachmentState(instanceId, { volumeId })).toBe('detaching');
     // Asking again answers IncorrectState ("in the 'busy' state"): classified as already under way.
     await provider.detachVolume(instanceId, { volumeId });
-    await provider.forceDetachVolume(instanceId, { volumeId });
+    expect(await provider.forceDetachVolume(instanceId, { volumeId })).toBe('sent');
     const forced = server
       .callsOf('DetachVolume')
       .filter((c) => c.params.VolumeId === volumeId && c.params.Force === 'true');
@@ -128,7 +130,7 @@ describe('aws provider: what EC2 answers', () => {
     expect(await provider.getAttachmentState(instanceId, { volumeId })).toBe('detached');
   });
 
-  test('already detached is success: volume available, attached elsewhere, or gone', async () => {
+  test('already detached is success, and a force says nothing was forced: volume available, attached elsewhere, or gone', async () => {
     const provider = noRetryProvider();
     const instanceId = nextId('i');
     const other = nextId('i');
@@ -138,7 +140,7 @@ describe('aws provider: what EC2 answers', () => {
     const available = server.addAvailableVolume(nextId('vol')).volumeId;
     for (const volumeId of [available, elsewhere, 'vol-0000000000000gone']) {
       await provider.detachVolume(instanceId, { volumeId });
-      await provider.forceDetachVolume(instanceId, { volumeId });
+      expect(await provider.forceDetachVolume(instanceId, { volumeId })).toBe('not-attached');
       expect(await provider.getAttachmentState(instanceId, { volumeId })).toBe('detached');
     }
     // The volume attached to the other instance was left alone.
@@ -233,6 +235,57 @@ describe('aws provider: what EC2 answers', () => {
   test('checkUsable makes a DryRun call: fine with good credentials, a clear error with bad ones', async () => {
     await new AwsProvider({ endpoint: server.endpoint }).checkUsable();
     await expect(noRetryProvider({ accessKeyId: 'AKIDWRONG' }).checkUsable()).rejects.toThrow(/AuthFailure/);
+  });
+});
+
+describe('aws provider: the force-detach activity', () => {
+  /** The worker's activities over this provider alone, and the EC2 calls one force attempt made. */
+  async function forceAttempt(volumeId: string, instanceId: string, heartbeatDetails?: unknown) {
+    const provider = noRetryProvider();
+    const activities = createActivities({
+      providers: new Map([[provider.name, provider]]),
+      defaultProvider: provider.name,
+      pollIntervalMs: 50,
+    });
+    const env = new MockActivityEnvironment({
+      heartbeatTimeoutMs: 10_000,
+      ...(heartbeatDetails ? { attempt: 2, heartbeatDetails } : {}),
+    });
+    const before = server.calls.length;
+    const result = await env.run(activities.forceDetachVolume, { instanceId, volume: { volumeId }, provider: 'aws' });
+    const calls = server.calls.slice(before).filter((c) => c.params.VolumeId === volumeId || 'VolumeId.1' in c.params);
+    return { result, actions: calls.map((c) => `${c.action}${c.params.Force === 'true' ? ' (Force)' : ''}`) };
+  }
+
+  test('sends its first force unread (EC2 refuses one of a volume not attached): one call fewer before the force', async () => {
+    const instanceId = nextId('i');
+    const stuck = nextId('vol');
+    server.addInstance({ instanceId, volumes: [{ volumeId: stuck, stuck: true }] });
+    await noRetryProvider().detachVolume(instanceId, { volumeId: stuck });
+    const { result, actions } = await forceAttempt(stuck, instanceId);
+    expect(result).toMatchObject({ forced: true, attempts: 1 });
+    expect(actions[0]).toBe('DetachVolume (Force)');
+    expect(server.volume(stuck).forced).toBe(true);
+  });
+
+  test('a volume the graceful detach freed before the force is `detached`: EC2 refused the force, nothing was forced', async () => {
+    const instanceId = nextId('i');
+    server.addInstance({ instanceId, volumes: [] });
+    const available = server.addAvailableVolume(nextId('vol')).volumeId;
+    const { result, actions } = await forceAttempt(available, instanceId);
+    expect(result).toEqual({ forced: false, attempts: 1, checks: 0 });
+    expect(actions).toEqual(['DetachVolume (Force)']);
+    expect(server.volume(available).forced).toBe(false);
+  });
+
+  test('after an earlier attempt’s force went out, the volume is read first and not forced again', async () => {
+    const instanceId = nextId('i');
+    server.addInstance({ instanceId, volumes: [] });
+    const available = server.addAvailableVolume(nextId('vol')).volumeId;
+    const { result, actions } = await forceAttempt(available, instanceId, { forceSentAt: new Date().toISOString() });
+    // That force may be what freed it: `force_detached`, and no second force.
+    expect(result).toEqual({ forced: true, attempts: 2, checks: 1 });
+    expect(actions).toEqual(['DescribeVolumes']);
   });
 });
 

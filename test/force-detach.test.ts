@@ -26,11 +26,11 @@ import { MockActivityEnvironment } from '@temporalio/testing';
 import { expect, test } from 'vitest';
 import { createActivities } from '../activities';
 import type { ConfirmHeartbeat } from '../activities/force-moment';
-import { type CallOptions, ThrottledProviderError } from '../activities/provider';
+import { type CallOptions, type ForceAnswer, ThrottledProviderError } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import { workflowIdFor } from '../common/names';
 import type { VolumeRef } from '../common/request';
-import { forceSentAt } from '../common/stop-activities';
+import { type ForceResult, forceSentAt } from '../common/stop-activities';
 import { forceWentOut } from '../workflows/volume-path';
 import { connectClient, eventually, type Harness, startHarness } from './helpers';
 
@@ -71,10 +71,15 @@ async function forceOnce(sim: SimulatedProvider) {
 /** A cloud whose forced detaches take effect 1.5 s after they are accepted, as real ones may. */
 class SlowForceCloud extends SimulatedProvider {
   forceCalls = 0;
-  override async forceDetachVolume(instanceId: string, volume: VolumeRef, _options?: CallOptions): Promise<void> {
+  override async forceDetachVolume(
+    instanceId: string,
+    volume: VolumeRef,
+    _options?: CallOptions,
+  ): Promise<ForceAnswer> {
     this.forceCalls++;
     // Accepted: applied later whatever becomes of the call that sent it (its caller cancelled, say).
     setTimeout(() => void super.forceDetachVolume(instanceId, volume).catch(() => undefined), 1_500);
+    return 'sent';
   }
 }
 
@@ -93,7 +98,7 @@ class ThrottlingForceCloud extends SimulatedProvider {
   constructor(private readonly throttledForces: number) {
     super(new MemorySimStore());
   }
-  override async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void> {
+  override async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<ForceAnswer> {
     this.forceCalls++;
     if (this.forceCalls <= this.throttledForces) throw new ThrottledProviderError('RequestLimitExceeded', 50);
     return super.forceDetachVolume(instanceId, volume, options);
@@ -115,11 +120,11 @@ test('a force the backend throttles is sent again in its attempt: throttling doe
  */
 class UnansweredForceCloud extends SimulatedProvider {
   forceCalls = 0;
-  override async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void> {
+  override async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<ForceAnswer> {
     this.forceCalls++;
-    await super.forceDetachVolume(instanceId, volume, options);
-    if (this.forceCalls > 1) return;
-    await new Promise<never>((_, reject) => {
+    const answer = await super.forceDetachVolume(instanceId, volume, options);
+    if (this.forceCalls > 1) return answer;
+    return new Promise<never>((_, reject) => {
       const signal = options?.signal;
       if (signal?.aborted) reject(signal.reason);
       signal?.addEventListener('abort', () => reject(signal.reason), { once: true });
@@ -189,6 +194,43 @@ test('a force the backend refused is not counted: a volume that then detaches by
     heartbeatDetails: beats.at(-1),
   });
   expect(await afterRefusal.run(activities.forceDetachVolume, target)).toMatchObject({ forced: false, attempts: 2 });
+});
+
+/** The simulated cloud as a backend that cannot tell a force it refused for a volume not attached. */
+class UnreadableRefusalCloud extends SimulatedProvider {
+  override readonly forceRefusesDetached = false;
+}
+
+test('a first force goes out unread where the backend refuses one of a detached volume; elsewhere the volume is read first', async () => {
+  for (const sim of [new SimulatedProvider(new MemorySimStore()), new UnreadableRefusalCloud(new MemorySimStore())]) {
+    await sim.addInstance('i-1', [{ volumeId: 'vol-1', behavior: { hang: true } }]);
+    // The graceful detach won just before the force.
+    await sim.store.mutate((cloud) => {
+      const v = cloud.instances['i-1']?.volumes[0];
+      if (v) v.state = 'detached';
+    });
+    const env = new MockActivityEnvironment({ heartbeatTimeoutMs: 10_000 });
+    const beats: unknown[] = [];
+    env.on('heartbeat', (details: unknown) => beats.push(details));
+    const result: ForceResult = await env.run(activitiesOver(sim).forceDetachVolume, {
+      instanceId: 'i-1',
+      volume: { volumeId: 'vol-1' },
+    });
+    const volume = (await sim.instance('i-1'))?.volumes[0];
+    expect(volume?.forced).toBe(false);
+    expect(result).toMatchObject({ forced: false, attempts: 1 });
+    if (sim.forceRefusesDetached) {
+      // Sent unread and refused: its moment said, then taken back.
+      expect(result.checks).toBe(0);
+      expect(volume?.forceCalls).toBe(1);
+      expect(sim.calls.get('getAttachmentStates') ?? 0).toBe(0);
+      expect(beats[0]).toMatchObject({ forceSentAt: expect.any(String) });
+      expect(beats.at(-1)).toBeUndefined();
+    } else {
+      expect(result.checks).toBe(1);
+      expect(volume?.forceCalls).toBe(0);
+    }
+  }
 });
 
 test('a failed force attempt says in its failure whether a force went out: a refusal says none, a lost answer says one', async () => {
@@ -299,10 +341,15 @@ test('the workflow reads a force that went out from the last attempt’s failure
 /** A cloud that accepts a force and applies it only when told: after the worker that sent it is gone. */
 class HeldForceCloud extends SimulatedProvider {
   forceCalls = 0;
-  override async forceDetachVolume(_instanceId: string, _volume: VolumeRef, _options?: CallOptions): Promise<void> {
+  override async forceDetachVolume(
+    _instanceId: string,
+    _volume: VolumeRef,
+    _options?: CallOptions,
+  ): Promise<ForceAnswer> {
     this.forceCalls++;
+    return 'sent';
   }
-  apply(instanceId: string, volume: VolumeRef): Promise<void> {
+  apply(instanceId: string, volume: VolumeRef): Promise<ForceAnswer> {
     return super.forceDetachVolume(instanceId, volume);
   }
 }
@@ -363,7 +410,7 @@ class ServerWitnessCloud extends SimulatedProvider {
     if (this.slowReads) await new Promise((resolve) => setTimeout(resolve, 1_200));
     return super.getAttachmentStates(...args);
   }
-  override async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void> {
+  override async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<ForceAnswer> {
     const { raw } = await this.client.workflow.getHandle(workflowIdFor(instanceId)).describe();
     const attempt = raw.pendingActivities?.find((a) => a.activityType?.name === 'forceDetachVolume');
     const data = attempt?.heartbeatDetails?.payloads?.[0]?.data;

@@ -7,7 +7,7 @@
 import { describe, expect, test, vi } from 'vitest';
 import { Backend } from '../activities/backend';
 import { CallBudgetLimiter, urgentReserve } from '../activities/call-budget';
-import type { AttachmentState, CallOptions, Provider, VolumeOfInstance } from '../activities/provider';
+import type { AttachmentState, CallOptions, ForceAnswer, Provider, VolumeOfInstance } from '../activities/provider';
 import { type BudgetedCall, StateChecks, URGENT_RIDERS } from '../activities/state-checks';
 import { ManualClock } from './support/manual-clock';
 
@@ -32,7 +32,9 @@ class FakeBatchProvider implements Provider {
     return [];
   }
   async detachVolume() {}
-  async forceDetachVolume() {}
+  async forceDetachVolume(): Promise<ForceAnswer> {
+    return 'sent';
+  }
   async stopInstance() {}
 }
 

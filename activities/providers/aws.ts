@@ -44,6 +44,7 @@ import {
   type AttachmentState,
   type CallBudget,
   type CallOptions,
+  type ForceAnswer,
   PermanentProviderError,
   type Provider,
   ThrottledProviderError,
@@ -273,6 +274,8 @@ function attachmentState(volume: Volume | undefined, instanceId: string): Attach
 export class AwsProvider implements Provider {
   readonly name: string;
   readonly supportsForce = true;
+  /** DetachVolume names the instance: EC2 refuses it for a volume not attached there, and says so. */
+  readonly forceRefusesDetached = true;
   readonly budget: CallBudget;
   readonly maxBatch: number;
   readonly client: EC2Client;
@@ -326,8 +329,8 @@ export class AwsProvider implements Provider {
     await this.detach(instanceId, volume, false, options.signal);
   }
 
-  async forceDetachVolume(instanceId: string, volume: VolumeRef, options: CallOptions = {}): Promise<void> {
-    await this.detach(instanceId, volume, true, options.signal);
+  async forceDetachVolume(instanceId: string, volume: VolumeRef, options: CallOptions = {}): Promise<ForceAnswer> {
+    return this.detach(instanceId, volume, true, options.signal);
   }
 
   async getAttachmentState(instanceId: string, volume: VolumeRef, options: CallOptions = {}): Promise<AttachmentState> {
@@ -404,7 +407,16 @@ export class AwsProvider implements Provider {
     return classifyAwsError(err, what);
   }
 
-  private async detach(instanceId: string, volume: VolumeRef, force: boolean, signal?: AbortSignal): Promise<void> {
+  /**
+   * DetachVolume, `not-attached` when EC2 refused it because the volume is not attached to the instance (for a force:
+   * nothing was forced, AwsProvider declares forceRefusesDetached), else `sent`.
+   */
+  private async detach(
+    instanceId: string,
+    volume: VolumeRef,
+    force: boolean,
+    signal?: AbortSignal,
+  ): Promise<ForceAnswer> {
     const what = `DetachVolume${force ? ' (Force)' : ''} ${volume.volumeId} from ${instanceId}`;
     try {
       // No Device: the instance id names the attachment, and a stale device name would make EC2
@@ -413,13 +425,15 @@ export class AwsProvider implements Provider {
         new DetachVolumeCommand({ VolumeId: volume.volumeId, InstanceId: instanceId, Force: force }),
         sendOptions(signal),
       );
+      return 'sent';
     } catch (err) {
       if (signal?.aborted) throw this.failure(err, what, signal);
       const code = awsErrorCode(err);
-      if (GONE.has(code)) return; // not attached to this instance (any more): already detached
+      if (GONE.has(code)) return 'not-attached'; // not attached to this instance (any more): already detached
       if (code === 'IncorrectState') return this.onIncorrectState(instanceId, volume, what, errorMessage(err), signal);
       if (code === 'IncorrectInstanceState') {
-        return this.onDetachIncorrectInstanceState(instanceId, what, errorMessage(err), signal);
+        await this.onDetachIncorrectInstanceState(instanceId, what, errorMessage(err), signal);
+        return 'sent';
       }
       throw this.failure(err, what, signal);
     }
@@ -432,19 +446,22 @@ export class AwsProvider implements Provider {
     what: string,
     message: string,
     signal: AbortSignal | undefined,
-  ): Promise<void> {
+  ): Promise<ForceAnswer> {
     switch (readIncorrectState(message)) {
       case 'under-way':
+        // A detach under way (ours, retried, or anyone's): the state check follows it.
+        return 'sent';
       case 'not-attached':
-        // A detach under way (ours, retried, or anyone's) or nothing to detach: the state check follows it.
-        return;
+        // Nothing to detach, so nothing was done.
+        return 'not-attached';
       case 'attaching':
         // Refused, nothing done: a force refused so is not counted as sent (activities/index.ts forceDetachVolume).
         throw new TransientProviderError(`${what}: IncorrectState: ${message} (retried once attached)`, true);
       case 'unknown': {
         // A message this code does not know: ask EC2 what state the attachment is in.
         const state = await this.getAttachmentState(instanceId, volume, { signal });
-        if (state === 'detached' || state === 'detaching') return;
+        if (state === 'detached') return 'not-attached';
+        if (state === 'detaching') return 'sent';
         throw new PermanentProviderError(`${what}: IncorrectState: ${message}`);
       }
     }

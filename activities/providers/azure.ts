@@ -44,6 +44,7 @@ import {
   type AttachmentState,
   type CallBudget,
   type CallOptions,
+  type ForceAnswer,
   ForceUnsupportedError,
   PermanentProviderError,
   type Provider,
@@ -324,8 +325,9 @@ export class AzureProvider implements Provider {
     await this.detach(instanceId, volume.volumeId, false, options.signal);
   }
 
-  async forceDetachVolume(instanceId: string, volume: VolumeRef, options: CallOptions = {}): Promise<void> {
+  async forceDetachVolume(instanceId: string, volume: VolumeRef, options: CallOptions = {}): Promise<ForceAnswer> {
     await this.detach(instanceId, volume.volumeId, true, options.signal);
+    return 'sent';
   }
 
   async getAttachmentState(instanceId: string, volume: VolumeRef, options: CallOptions = {}): Promise<AttachmentState> {

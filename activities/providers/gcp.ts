@@ -40,6 +40,7 @@ import {
   type AttachmentState,
   type CallBudget,
   type CallOptions,
+  type ForceAnswer,
   ForceUnsupportedError,
   PermanentProviderError,
   type Provider,
@@ -487,21 +488,23 @@ export class GcpProvider implements Provider {
     await this.sendDetach(id, disk.deviceName, requestIdFor(options.idempotencyKey, 'detach'), signal);
   }
 
-  async forceDetachVolume(instanceId: string, volume: VolumeRef, options: CallOptions = {}): Promise<void> {
+  async forceDetachVolume(instanceId: string, volume: VolumeRef, options: CallOptions = {}): Promise<ForceAnswer> {
     if (!this.supportsForce)
       throw new ForceUnsupportedError(`${volume.volumeId} on ${instanceId}: ${GCP_FORCE_UNSUPPORTED}`);
     const { signal } = options;
     const id = await this.instanceName(instanceId, signal);
     let instance = await this.getInstance(id, signal);
-    if (!instance || !findDisk(instance, volume)) return;
+    // Not read first (forceRefusesDetached is not declared): `sent` throughout, the audit's safe side.
+    if (!instance || !findDisk(instance, volume)) return 'sent';
     if (instance.status !== TERMINATED) {
       await this.stopAndWait(id, options.idempotencyKey, 'force-stop', true, signal, options.nextRequest);
       instance = await this.getInstance(id, signal);
     }
     // A detach pending on the running instance completes once it is TERMINATED; otherwise detach now.
     const disk = instance && findDisk(instance, volume);
-    if (!instance || !disk?.deviceName) return;
+    if (!instance || !disk?.deviceName) return 'sent';
     await this.sendDetach(id, disk.deviceName, requestIdFor(options.idempotencyKey, 'force-detach'), signal);
+    return 'sent';
   }
 
   async getAttachmentState(instanceId: string, volume: VolumeRef, options: CallOptions = {}): Promise<AttachmentState> {

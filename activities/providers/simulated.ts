@@ -14,6 +14,7 @@ import {
   type AttachmentState,
   type CallBudget,
   type CallOptions,
+  type ForceAnswer,
   ForceUnsupportedError,
   PermanentProviderError,
   type Provider,
@@ -165,6 +166,8 @@ export interface SeedVolume {
 export class SimulatedProvider implements Provider {
   readonly name: string;
   readonly supportsForce = true;
+  /** Its force of a volume already detached answers `not-attached`, as EC2's does. */
+  readonly forceRefusesDetached: boolean = true;
   readonly budget?: CallBudget;
   readonly maxBatch: number;
   /** Calls the backend answered (or throttled), by operation: what a cloud's API would bill or limit. */
@@ -278,11 +281,15 @@ export class SimulatedProvider implements Provider {
     });
   }
 
-  async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void> {
+  async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<ForceAnswer> {
     await this.chaos('forceDetachVolume', options);
-    await this.store.mutate((cloud) => {
+    return this.store.mutate((cloud): ForceAnswer => {
       const v = this.volumeFor(cloud, instanceId, volume.volumeId);
       v.forceCalls++;
+      // Refused, as EC2 refuses it: a volume already detached (a slow detach may have finished by now) is not
+      // forced, whatever its force would do.
+      settleVolume(v, Date.now());
+      if (v.state === 'detached') return 'not-attached';
       if (v.behavior.force === 'unsupported') {
         throw new ForceUnsupportedError(`simulated volume ${v.volumeId} does not support force-detach`);
       }
@@ -293,7 +300,7 @@ export class SimulatedProvider implements Provider {
         );
       }
       if (v.behavior.force === 'answer-lost') {
-        if (v.forceCalls >= (v.behavior.forceTakesEffectAt ?? 1) && v.state !== 'detached') {
+        if (v.forceCalls >= (v.behavior.forceTakesEffectAt ?? 1)) {
           v.state = 'detached';
           v.forced = true;
         }
@@ -302,10 +309,9 @@ export class SimulatedProvider implements Provider {
         );
       }
       failIfScheduled(v, 'force-detach');
-      if (v.state !== 'detached') {
-        v.state = 'detached';
-        v.forced = true;
-      }
+      v.state = 'detached';
+      v.forced = true;
+      return 'sent';
     });
   }
 

@@ -140,7 +140,11 @@ export function describeProviderConformance(
       const missing = fixture.missingVolume;
       expect(await provider.getAttachmentState(instance.instanceId, missing)).toBe('detached');
       await provider.detachVolume(instance.instanceId, missing);
-      if (provider.supportsForce) await provider.forceDetachVolume(instance.instanceId, missing);
+      if (provider.supportsForce) {
+        const answer = await provider.forceDetachVolume(instance.instanceId, missing);
+        // Declared: the force-detach activity sends its first force unread, and trusts this answer.
+        if (provider.forceRefusesDetached) expect(answer).toBe('not-attached');
+      }
       expect(await provider.getAttachmentState(instance.instanceId, missing)).toBe('detached');
     });
 
@@ -168,10 +172,11 @@ export function describeProviderConformance(
         );
         return;
       }
-      await provider.forceDetachVolume(instance.instanceId, stuck);
+      expect(await provider.forceDetachVolume(instance.instanceId, stuck)).toBe('sent');
       await reach(instance.instanceId, stuck, 'detached');
       // Idempotent, and the graceful request that may still be retried is harmless now.
-      await provider.forceDetachVolume(instance.instanceId, stuck);
+      const again = await provider.forceDetachVolume(instance.instanceId, stuck);
+      expect(again).toBe(provider.forceRefusesDetached ? 'not-attached' : 'sent');
       await provider.detachVolume(instance.instanceId, stuck);
       expect(await provider.getAttachmentState(instance.instanceId, stuck)).toBe('detached');
     });
@@ -185,7 +190,7 @@ export function describeProviderConformance(
         );
         return;
       }
-      await provider.forceDetachVolume(instance.instanceId, volume);
+      expect(await provider.forceDetachVolume(instance.instanceId, volume)).toBe('sent');
       await reach(instance.instanceId, volume, 'detached');
     });
 

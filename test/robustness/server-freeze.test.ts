@@ -9,7 +9,7 @@
 import { ApplicationFailure } from '@temporalio/common';
 import type { ActivityInterceptorsFactory } from '@temporalio/worker';
 import { afterAll, expect, inject, test } from 'vitest';
-import type { CallOptions } from '../../activities/provider';
+import type { CallOptions, ForceAnswer } from '../../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../../activities/providers/simulated';
 import type { VolumeRef } from '../../common/request';
 import { forceSentAt } from '../../common/stop-activities';
@@ -30,7 +30,7 @@ import {
 /** A simulated cloud that notes when each forced detach reached it. */
 class ForceTimingCloud extends SimulatedProvider {
   readonly forcedAt: number[] = [];
-  override async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<void> {
+  override async forceDetachVolume(instanceId: string, volume: VolumeRef, options?: CallOptions): Promise<ForceAnswer> {
     this.forcedAt.push(Date.now());
     return super.forceDetachVolume(instanceId, volume, options);
   }
