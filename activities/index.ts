@@ -498,8 +498,8 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
                   try {
                     const answered = await backend.provider.forceDetachVolume(target.instanceId, target.volume, o);
                     // Refused as not attached: nothing forced, and the moment recorded for it is taken back. Should
-                    // this worker die before the take-back reaches the server, the next attempt reports the volume
-                    // `force_detached`: a force did go out (docs/contract.md), which is the audit's safe side.
+                    // this worker die before the take-back reaches the server, the next attempt reads the volume
+                    // detached and reports it `force_detached`: a refused force over-reported, the audit's safe side.
                     if (answered === 'not-attached') {
                       said = prior;
                       ctx.heartbeat(said);

@@ -55,7 +55,8 @@ export interface Provider {
   readonly supportsForce: boolean;
   /**
    * Whether the backend itself refuses a force of a volume not attached to the instance, and forceDetachVolume
-   * then answers `not-attached`. The force-detach activity then sends a first force without reading the volume
+   * then answers `not-attached` (`sent` when an earlier try of the same call may have been applied: the answer may
+   * be that try's own effect). The force-detach activity then sends a first force without reading the volume
    * before it (the read keeps a force off a volume the graceful detach already freed; here the backend does): one
    * call and one budget token fewer between an abort and its force. Omitted: false, the volume is read first.
    */

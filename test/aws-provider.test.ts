@@ -13,6 +13,7 @@ import { createActivities } from '../activities';
 import {
   type AttachmentState,
   PermanentProviderError,
+  refusedRequest,
   ThrottledProviderError,
   TransientProviderError,
   type VolumeOfInstance,
@@ -55,6 +56,11 @@ function noRetryProvider(options: { accessKeyId?: string; maxBatch?: number } = 
     stopPollMs: 20,
     ...(options.maxBatch !== undefined ? { maxBatch: options.maxBatch } : {}),
   });
+}
+
+/** The provider as the worker builds it: its own client, which retries as the SDK does by default (3 tries). */
+function retryingProvider(): AwsProvider {
+  return new AwsProvider({ endpoint: server.endpoint, stopPollMs: 20 });
 }
 
 const pause = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -240,8 +246,12 @@ describe('aws provider: what EC2 answers', () => {
 
 describe('aws provider: the force-detach activity', () => {
   /** The worker's activities over this provider alone, and the EC2 calls one force attempt made. */
-  async function forceAttempt(volumeId: string, instanceId: string, heartbeatDetails?: unknown) {
-    const provider = noRetryProvider();
+  async function forceAttempt(
+    volumeId: string,
+    instanceId: string,
+    heartbeatDetails?: unknown,
+    provider: AwsProvider = noRetryProvider(),
+  ) {
     const activities = createActivities({
       providers: new Map([[provider.name, provider]]),
       defaultProvider: provider.name,
@@ -276,6 +286,35 @@ describe('aws provider: the force-detach activity', () => {
     expect(result).toEqual({ forced: false, attempts: 1, checks: 0 });
     expect(actions).toEqual(['DetachVolume (Force)']);
     expect(server.volume(available).forced).toBe(false);
+  });
+
+  test('a force applied with its answer lost, then retried by the SDK, is counted: EC2 reading it `available` is that force’s effect', async () => {
+    const instanceId = nextId('i');
+    const stuck = nextId('vol');
+    server.addInstance({ instanceId, volumes: [{ volumeId: stuck, stuck: true }] });
+    await noRetryProvider().detachVolume(instanceId, { volumeId: stuck });
+    // The first try is carried out and answered with a 500; the SDK sends it again, and EC2 finds nothing attached.
+    server.inject({ action: 'DetachVolume', status: 500, code: 'InternalError', applied: true });
+    const { result, actions } = await forceAttempt(stuck, instanceId, undefined, retryingProvider());
+    expect(actions.slice(0, 2)).toEqual(['DetachVolume (Force)', 'DetachVolume (Force)']);
+    expect(server.volume(stuck).forced).toBe(true);
+    expect(result).toMatchObject({ forced: true, attempts: 1 });
+  });
+
+  test('after an unanswered try, a refusal is no refusal: the force may have been applied, and is not taken back', async () => {
+    const instanceId = nextId('i');
+    const stuck = nextId('vol');
+    server.addInstance({ instanceId, volumes: [{ volumeId: stuck, stuck: true }] });
+    await noRetryProvider().detachVolume(instanceId, { volumeId: stuck });
+    server.inject({ action: 'DetachVolume', status: 500, code: 'InternalError', applied: true });
+    server.inject({ action: 'DetachVolume', status: 503, code: 'RequestLimitExceeded', times: 2 });
+    const err = await retryingProvider()
+      .forceDetachVolume(instanceId, { volumeId: stuck })
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(TransientProviderError);
+    expect(err).not.toBeInstanceOf(ThrottledProviderError);
+    expect(refusedRequest(err)).toBe(false);
+    expect(server.volume(stuck).forced).toBe(true);
   });
 
   test('after an earlier attempt’s force went out, the volume is read first and not forced again', async () => {

@@ -225,6 +225,12 @@ export function readIncorrectState(message: string): 'under-way' | 'attaching' |
   return 'unknown';
 }
 
+/** How many requests the SDK sent for the call that failed with `err` (its retries included); 1 when it does not say. */
+function sdkTries(err: unknown): number {
+  const attempts = (err as { $metadata?: { attempts?: unknown } } | null)?.$metadata?.attempts;
+  return typeof attempts === 'number' ? attempts : 1;
+}
+
 /** Treated as "not attached" by detach and state checks: nothing is left to detach. */
 const GONE = new Set(['InvalidVolume.NotFound', 'InvalidAttachment.NotFound']);
 
@@ -428,15 +434,38 @@ export class AwsProvider implements Provider {
       return 'sent';
     } catch (err) {
       if (signal?.aborted) throw this.failure(err, what, signal);
-      const code = awsErrorCode(err);
-      if (GONE.has(code)) return 'not-attached'; // not attached to this instance (any more): already detached
-      if (code === 'IncorrectState') return this.onIncorrectState(instanceId, volume, what, errorMessage(err), signal);
-      if (code === 'IncorrectInstanceState') {
-        await this.onDetachIncorrectInstanceState(instanceId, what, errorMessage(err), signal);
+      // The SDK retries a timeout, a reset or a 5xx with a new request (DetachVolume takes no client token): after
+      // such a try a force may have been applied, and what EC2 says now may be that force's own effect. Neither a
+      // `not-attached` nor a refusal then: the audit counts the force.
+      if (!force || sdkTries(err) <= 1) return this.onDetachError(err, instanceId, volume, what, signal);
+      try {
+        await this.onDetachError(err, instanceId, volume, what, signal);
         return 'sent';
+      } catch (answer) {
+        if (signal?.aborted) throw answer;
+        throw new TransientProviderError(
+          `${what}: ${errorMessage(answer)} (after ${sdkTries(err)} tries, an earlier one unanswered: it may have been applied)`,
+        );
       }
-      throw this.failure(err, what, signal);
     }
+  }
+
+  /** What a DetachVolume error means: nothing attached (`not-attached`), under way (`sent`), or the error to throw. */
+  private async onDetachError(
+    err: unknown,
+    instanceId: string,
+    volume: VolumeRef,
+    what: string,
+    signal: AbortSignal | undefined,
+  ): Promise<ForceAnswer> {
+    const code = awsErrorCode(err);
+    if (GONE.has(code)) return 'not-attached'; // not attached to this instance (any more): already detached
+    if (code === 'IncorrectState') return this.onIncorrectState(instanceId, volume, what, errorMessage(err), signal);
+    if (code === 'IncorrectInstanceState') {
+      await this.onDetachIncorrectInstanceState(instanceId, what, errorMessage(err), signal);
+      return 'sent';
+    }
+    throw this.failure(err, what, signal);
   }
 
   /** DetachVolume said the volume is not in a state to detach: which state decides. */

@@ -93,6 +93,8 @@ export interface Fault {
   times?: number;
   /** Extra response headers (e.g. `Retry-After`). */
   headers?: Record<string, string>;
+  /** Carry the call out first, then answer with the error: a 5xx after the fact, an answer lost on its way. */
+  applied?: boolean;
 }
 
 export interface RecordedCall {
@@ -125,6 +127,7 @@ interface ArmedFault {
   message?: string;
   times: number;
   headers: Record<string, string>;
+  applied?: boolean;
 }
 
 export class Ec2QueryServer {
@@ -306,6 +309,10 @@ export class Ec2QueryServer {
       const fault = this.faults.find((f) => f.times > 0 && (f.action === undefined || f.action === action));
       if (fault) {
         fault.times--;
+        if (fault.applied) {
+          this.settle();
+          this.dispatch(action, params);
+        }
         throw new Ec2Error(fault.status, fault.code, fault.message ?? `injected ${fault.code}`, fault.headers);
       }
       if (params.DryRun === 'true') {
