@@ -317,6 +317,23 @@ describe('aws provider: the force-detach activity', () => {
     expect(server.volume(stuck).forced).toBe(true);
   });
 
+  test('a force throttled on every try was refused; throttled, then told nothing is attached, it forced nothing', async () => {
+    const instanceId = nextId('i');
+    const stuck = nextId('vol');
+    server.addInstance({ instanceId, volumes: [{ volumeId: stuck, stuck: true }] });
+    await noRetryProvider().detachVolume(instanceId, { volumeId: stuck });
+    // A refusal, so the attempt may send it again once the budget's pause is over (and every call backs off).
+    server.inject({ action: 'DetachVolume', status: 503, code: 'RequestLimitExceeded', times: 3 });
+    await expect(retryingProvider().forceDetachVolume(instanceId, { volumeId: stuck })).rejects.toBeInstanceOf(
+      ThrottledProviderError,
+    );
+    expect(server.volume(stuck).forced).toBe(false);
+    const available = server.addAvailableVolume(nextId('vol')).volumeId;
+    server.inject({ action: 'DetachVolume', status: 503, code: 'RequestLimitExceeded', times: 1 });
+    expect(await retryingProvider().forceDetachVolume(instanceId, { volumeId: available })).toBe('not-attached');
+    expect(server.callsOf('DetachVolume').filter((c) => c.params.VolumeId === available)).toHaveLength(2);
+  });
+
   test('after an earlier attempt’s force went out, the volume is read first and not forced again', async () => {
     const instanceId = nextId('i');
     server.addInstance({ instanceId, volumes: [] });

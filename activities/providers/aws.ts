@@ -225,10 +225,16 @@ export function readIncorrectState(message: string): 'under-way' | 'attaching' |
   return 'unknown';
 }
 
-/** How many requests the SDK sent for the call that failed with `err` (its retries included); 1 when it does not say. */
-function sdkTries(err: unknown): number {
-  const attempts = (err as { $metadata?: { attempts?: unknown } } | null)?.$metadata?.attempts;
-  return typeof attempts === 'number' ? attempts : 1;
+/**
+ * Whether a try that failed so may have been carried out: no answer (a timeout, a reset) or a 5xx. A throttled try
+ * and a 4xx answer were refused before anything was done.
+ */
+function mayHaveBeenApplied(err: unknown): boolean {
+  if (THROTTLING.has(awsErrorCode(err))) return false;
+  const e = (err ?? {}) as AwsErrorShape;
+  const status = e.$metadata?.httpStatusCode;
+  if (status !== undefined) return status >= 500;
+  return e.$fault !== 'client';
 }
 
 /** Treated as "not attached" by detach and state checks: nothing is left to detach. */
@@ -424,27 +430,42 @@ export class AwsProvider implements Provider {
     signal?: AbortSignal,
   ): Promise<ForceAnswer> {
     const what = `DetachVolume${force ? ' (Force)' : ''} ${volume.volumeId} from ${instanceId}`;
-    try {
-      // No Device: the instance id names the attachment, and a stale device name would make EC2
-      // answer InvalidAttachment.NotFound, which reads as success.
-      await this.client.send(
-        new DetachVolumeCommand({ VolumeId: volume.volumeId, InstanceId: instanceId, Force: force }),
-        sendOptions(signal),
+    // No Device: the instance id names the attachment, and a stale device name would make EC2
+    // answer InvalidAttachment.NotFound, which reads as success.
+    const command = new DetachVolumeCommand({ VolumeId: volume.volumeId, InstanceId: instanceId, Force: force });
+    // The client retries a try that timed out, lost its connection or got a 5xx, with a new request (DetachVolume
+    // takes no client token): after such a try a force may have been applied, and what EC2 answers the next one may
+    // be that force's own effect. Each try's end is seen here, inside the retry loop (a throttled or 4xx try was
+    // refused, not applied).
+    let unansweredTries = 0;
+    if (force) {
+      command.middlewareStack.add(
+        (next) => async (args) => {
+          try {
+            return await next(args);
+          } catch (err) {
+            if (mayHaveBeenApplied(err)) unansweredTries++;
+            throw err;
+          }
+        },
+        { step: 'deserialize', priority: 'high', name: 'stopflowForceTries' },
       );
+    }
+    try {
+      await this.client.send(command, sendOptions(signal));
       return 'sent';
     } catch (err) {
       if (signal?.aborted) throw this.failure(err, what, signal);
-      // The SDK retries a timeout, a reset or a 5xx with a new request (DetachVolume takes no client token): after
-      // such a try a force may have been applied, and what EC2 says now may be that force's own effect. Neither a
-      // `not-attached` nor a refusal then: the audit counts the force.
-      if (!force || sdkTries(err) <= 1) return this.onDetachError(err, instanceId, volume, what, signal);
+      // After a try that may have been applied, neither a `not-attached` nor a refusal: the audit counts the force,
+      // and the attempt does not send it again in place (the next attempt reads the volume first).
+      if (unansweredTries === 0) return this.onDetachError(err, instanceId, volume, what, signal);
       try {
         await this.onDetachError(err, instanceId, volume, what, signal);
         return 'sent';
       } catch (answer) {
         if (signal?.aborted) throw answer;
         throw new TransientProviderError(
-          `${what}: ${errorMessage(answer)} (after ${sdkTries(err)} tries, an earlier one unanswered: it may have been applied)`,
+          `${what}: ${errorMessage(answer)} (after a try that got no answer or a 5xx: the force may have been applied)`,
         );
       }
     }
