@@ -441,7 +441,7 @@ export function renderIncidentBounds(
     const split = rows.filter((r) => r.abort.activityStarted);
     const splitText =
       split.length > 0
-        ? ` Split at the force-detach activity's start: abort → the activity starting, the path the floor measures, is over the floor at p99 by ${split.map((r) => `${rowName(r)}: ${ms((r.abort.activityStarted?.p99 ?? 0) - r.abort.floor.p99)}`).join('; ')}; the force's own part (its state read, its budget token and, since 0.2.10, the server recording its moment, up to the backend), as the difference of the two medians, is ${split.map((r) => `${rowName(r)}: ${ms(r.abort.stopflow.p50 - (r.abort.activityStarted?.p50 ?? 0))}`).join('; ')}.`
+        ? ` Split at the force-detach activity's start: abort → the activity starting, the path the floor measures, is over the floor at p99 by ${split.map((r) => `${rowName(r)}: ${ms((r.abort.activityStarted?.p99 ?? 0) - r.abort.floor.p99)}`).join('; ')}; the force's own part (its budget token, since 0.2.10 the server recording its moment, and until 0.2.13 a state read first, up to the backend), as the difference of the two medians, is ${split.map((r) => `${rowName(r)}: ${ms(r.abort.stopflow.p50 - (r.abort.activityStarted?.p50 ?? 0))}`).join('; ')}.`
         : '';
     const ownPart = split.map((r) => r.abort.stopflow.p50 - (r.abort.activityStarted?.p50 ?? 0));
     const withPaths = rows.some((r) => r.abort.paths);
@@ -485,7 +485,7 @@ export function renderIncidentBounds(
       : '';
     const rankText = rankOf(inc.probes, 'sample');
     line(
-      `**Abort → force-detach while stops wait**: over the floor at the median ${p50}; at p99 ${p99}. Force starts with a state read (force is never sent for a volume already detached): an urgent check, batched apart from the waits' checks and sent at once (\`activities/state-checks.ts\`), but one more backend round trip than the floor's activity makes, and it waits for an urgent batch already under way.${budgetText} ${gatherText}${splitText}${excessBefore}${pathsText}${tunedText} At p99, with ${inc.probes} samples per row the p99 is ${rankText}, and both sides are one hand-off of the dev server's task queues (≈ 50 ms each, see "Reaction") from being slower.`,
+      `**Abort → force-detach while stops wait**: over the floor at the median ${p50}; at p99 ${p99}. Until 0.2.13 a force started with a state read (force is never sent for a volume the backend reads detached): an urgent check, batched apart from the waits' checks and sent at once (\`activities/state-checks.ts\`), but one more backend round trip than the floor's activity makes. Since 0.2.13 a first force goes out unread where the backend refuses a force of a volume not attached (aws and the simulated cloud, both here), so its own part is its budget token, the server recording its moment (\`RecordActivityTaskHeartbeat\`, one round trip) and the call.${budgetText} ${gatherText}${splitText}${excessBefore}${pathsText}${tunedText} At p99, with ${inc.probes} samples per row the p99 is ${rankText}, and both sides are one hand-off of the dev server's task queues (≈ 50 ms each, see "Reaction") from being slower.`,
     );
     line();
   }
