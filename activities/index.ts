@@ -492,6 +492,11 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
           () =>
             untilNotThrottled(() => {
               const prior = said;
+              // Back to what was said before this try: its force was refused, or never left.
+              const takeBack = () => {
+                said = prior;
+                ctx.heartbeat(said);
+              };
               return backend.call(
                 'forceDetachVolume',
                 async (o) => {
@@ -500,18 +505,12 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
                     // Refused as not attached: nothing forced, and the moment recorded for it is taken back. Should
                     // this worker die before the take-back reaches the server, the next attempt reads the volume
                     // detached and reports it `force_detached`: a refused force over-reported, the audit's safe side.
-                    if (answered === 'not-attached') {
-                      said = prior;
-                      ctx.heartbeat(said);
-                    }
+                    if (answered === 'not-attached') takeBack();
                     return answered;
                   } catch (err) {
                     // A refusal (throttled, a device still held, unsupported) forced nothing. Anything else (a timeout,
                     // a 5xx, the attempt cut off mid-call) may have been applied: it counts, the safe side for an audit.
-                    if (refusedRequest(err)) {
-                      said = prior;
-                      ctx.heartbeat(said);
-                    }
+                    if (refusedRequest(err)) takeBack();
                     throw err;
                   }
                 },
@@ -526,8 +525,7 @@ export function createActivities(deps: ActivityDeps, backends = new Backends(dep
                   try {
                     await recordForceMoment(ctx, said, deps.confirmHeartbeat);
                   } catch (err) {
-                    said = prior;
-                    ctx.heartbeat(said);
+                    takeBack();
                     throw await forceNotRecorded(ctx, err);
                   }
                 },

@@ -267,11 +267,17 @@ describe('aws provider: the force-detach activity', () => {
     return { result, actions: calls.map((c) => `${c.action}${c.params.Force === 'true' ? ' (Force)' : ''}`) };
   }
 
-  test('sends its first force unread (EC2 refuses one of a volume not attached): one call fewer before the force', async () => {
+  /** An instance with one volume whose detach request EC2 took and that stays detaching until forced. */
+  async function stuckDetaching() {
     const instanceId = nextId('i');
     const stuck = nextId('vol');
     server.addInstance({ instanceId, volumes: [{ volumeId: stuck, stuck: true }] });
     await noRetryProvider().detachVolume(instanceId, { volumeId: stuck });
+    return { instanceId, stuck };
+  }
+
+  test('sends its first force unread (EC2 refuses one of a volume not attached): one call fewer before the force', async () => {
+    const { instanceId, stuck } = await stuckDetaching();
     const { result, actions } = await forceAttempt(stuck, instanceId);
     expect(result).toMatchObject({ forced: true, attempts: 1 });
     expect(actions[0]).toBe('DetachVolume (Force)');
@@ -289,10 +295,7 @@ describe('aws provider: the force-detach activity', () => {
   });
 
   test('a force applied with its answer lost, then retried by the SDK, is counted: EC2 reading it `available` is that force’s effect', async () => {
-    const instanceId = nextId('i');
-    const stuck = nextId('vol');
-    server.addInstance({ instanceId, volumes: [{ volumeId: stuck, stuck: true }] });
-    await noRetryProvider().detachVolume(instanceId, { volumeId: stuck });
+    const { instanceId, stuck } = await stuckDetaching();
     // The first try is carried out and answered with a 500; the SDK sends it again, and EC2 finds nothing attached.
     server.inject({ action: 'DetachVolume', status: 500, code: 'InternalError', applied: true });
     const { result, actions } = await forceAttempt(stuck, instanceId, undefined, retryingProvider());
@@ -302,10 +305,7 @@ describe('aws provider: the force-detach activity', () => {
   });
 
   test('after an unanswered try, a refusal is no refusal: the force may have been applied, and is not taken back', async () => {
-    const instanceId = nextId('i');
-    const stuck = nextId('vol');
-    server.addInstance({ instanceId, volumes: [{ volumeId: stuck, stuck: true }] });
-    await noRetryProvider().detachVolume(instanceId, { volumeId: stuck });
+    const { instanceId, stuck } = await stuckDetaching();
     server.inject({ action: 'DetachVolume', status: 500, code: 'InternalError', applied: true });
     server.inject({ action: 'DetachVolume', status: 503, code: 'RequestLimitExceeded', times: 2 });
     const err = await retryingProvider()
@@ -318,10 +318,7 @@ describe('aws provider: the force-detach activity', () => {
   });
 
   test('a force throttled on every try was refused; throttled, then told nothing is attached, it forced nothing', async () => {
-    const instanceId = nextId('i');
-    const stuck = nextId('vol');
-    server.addInstance({ instanceId, volumes: [{ volumeId: stuck, stuck: true }] });
-    await noRetryProvider().detachVolume(instanceId, { volumeId: stuck });
+    const { instanceId, stuck } = await stuckDetaching();
     // A refusal, so the attempt may send it again once the budget's pause is over (and every call backs off).
     server.inject({ action: 'DetachVolume', status: 503, code: 'RequestLimitExceeded', times: 3 });
     await expect(retryingProvider().forceDetachVolume(instanceId, { volumeId: stuck })).rejects.toBeInstanceOf(
