@@ -40,6 +40,8 @@ const realClock: BudgetClock = {
 /** First and longest pause after the backend throttled us, when it gave no Retry-After. */
 const BACKOFF_MIN_MS = 1_000;
 const BACKOFF_MAX_MS = 60_000;
+/** At most this share of a Retry-After is added to it, at random (up to the longest backoff). */
+const RETRY_AFTER_JITTER = 0.2;
 
 /**
  * A backend's Retry-After as the worker honours it: at most the longest backoff. A long hint, or an HTTP date
@@ -86,6 +88,8 @@ export class CallBudgetLimiter {
   constructor(
     readonly budget: CallBudget | undefined,
     private readonly clock: BudgetClock = realClock,
+    /** Where a pause's jitter comes from (tests pin it). */
+    private readonly random: () => number = Math.random,
   ) {
     this.tokens = budget?.burst ?? 0;
     this.reserve = budget ? urgentReserve(budget) : 0;
@@ -133,16 +137,20 @@ export class CallBudgetLimiter {
     }
   }
 
-  /** The backend throttled a call: everyone pauses, longer each time, with jitter; a Retry-After (up to a minute) wins. */
+  /** The backend throttled a call: everyone pauses, longer each time, with jitter; a Retry-After (a minute at most) wins. */
   throttled(retryAfterMs?: number): void {
     this.stats.throttled++;
     const now = this.clock.now();
     // Calls already in flight when the pause began are answered "throttled" too: one backoff step for all of them.
     if (now >= this.pausedUntil)
       this.backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.backoffMs * 2));
-    // Full jitter: callers on several workers do not come back in step.
+    // Jittered, so the workers a backend throttled at once do not all come back in step: a Retry-After is kept
+    // (never sooner) plus up to a fifth more, and a backoff step lasts between half of it and all of it.
+    const hinted = honouredRetryAfterMs(retryAfterMs);
     const pause =
-      honouredRetryAfterMs(retryAfterMs) ?? Math.round(this.backoffMs / 2 + Math.random() * (this.backoffMs / 2));
+      hinted !== undefined
+        ? Math.min(BACKOFF_MAX_MS, Math.round(hinted * (1 + RETRY_AFTER_JITTER * this.random())))
+        : Math.round(this.backoffMs / 2 + this.random() * (this.backoffMs / 2));
     this.pausedUntil = Math.max(this.pausedUntil, now + pause);
     // No burst when the pause ends: the bucket starts empty then and refills at its rate.
     this.tokens = 0;
