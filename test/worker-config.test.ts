@@ -44,6 +44,7 @@ describe('worker configuration', () => {
       shutdownGraceMs: 20_000,
       maxConcurrentActivities: 100,
       maxConcurrentWaits: 5_000,
+      maxConcurrentForces: 100,
       maxCachedWorkflows: 100,
       maxConcurrentWorkflowTasks: 40,
       logLevel: 'info',
@@ -64,6 +65,7 @@ describe('worker configuration', () => {
       STOPFLOW_SHUTDOWN_GRACE: '45s',
       STOPFLOW_MAX_CONCURRENT_ACTIVITIES: '500',
       STOPFLOW_MAX_CONCURRENT_WORKFLOW_TASKS: '20',
+      STOPFLOW_MAX_CONCURRENT_FORCES: '20',
       STOPFLOW_MAX_CACHED_WORKFLOWS: '0',
       STOPFLOW_LOG_LEVEL: 'DEBUG',
       STOPFLOW_IDENTITY: 'worker-a',
@@ -82,6 +84,7 @@ describe('worker configuration', () => {
       shutdownGraceMs: 45_000,
       maxConcurrentActivities: 500,
       maxConcurrentWorkflowTasks: 20,
+      maxConcurrentForces: 20,
       maxCachedWorkflows: 0,
       logLevel: 'debug',
       identity: 'worker-a',
@@ -122,6 +125,62 @@ describe('worker configuration', () => {
       linux: { stopCommand: 'systemctl poweroff --no-block', volumeDir: dir },
       aws: { region: 'eu-west-1', endpoint: 'AWS default' },
     });
+  });
+
+  it("STOPFLOW_CALL_BUDGET sets a provider's call budget; the others keep their default", async () => {
+    const config = loadWorkerConfig({
+      ...base,
+      STOPFLOW_PROVIDERS: 'aws,gcp,simulated,linux',
+      STOPFLOW_LINUX_VOLUME_DIR: dir,
+      STOPFLOW_GCP_PROJECT: 'my-project-123',
+      STOPFLOW_GCP_ZONE: 'europe-west1-b',
+      // Three workers sharing an account's 20 calls a second: 6 each, and 2.5 for the simulated cloud.
+      STOPFLOW_CALL_BUDGET: ' aws = 6/30 , simulated=2.5',
+    });
+    expect(config.callBudgets).toEqual({
+      aws: { callsPerSecond: 6, burst: 30 },
+      simulated: { callsPerSecond: 2.5, burst: 13 },
+    });
+    expect(describeWorkerConfig(config, {})).toMatchObject({
+      callBudget: { aws: '6/s, burst 30', gcp: "the provider's default", simulated: '2.5/s, burst 13' },
+    });
+    const [aws, gcp, simulated] = await buildProviders(['aws', 'gcp', 'simulated'], {
+      simStatePath: join(dir, 'sim.json'),
+      callBudgets: config.callBudgets,
+    });
+    expect(aws?.budget).toEqual({ callsPerSecond: 6, burst: 30 });
+    expect(gcp?.budget).toEqual({ callsPerSecond: 10, burst: 50 });
+    expect(simulated?.budget).toEqual({ callsPerSecond: 2.5, burst: 13 });
+    // Unset, the simulated cloud keeps none and the clouds their own.
+    const defaults = await buildProviders(['aws', 'simulated'], { simStatePath: join(dir, 'sim.json') });
+    expect(defaults.map((p) => p.budget)).toEqual([{ callsPerSecond: 10, burst: 50 }, undefined]);
+  });
+
+  it('STOPFLOW_CALL_BUDGET refuses what it cannot keep, naming the entry', () => {
+    const rule =
+      'STOPFLOW_CALL_BUDGET: must be a comma-separated list of provider=CALLS_PER_SECOND/BURST, such as "aws=5/25" (calls per second from 0.1 to 10000; burst a whole number from 1 to 100000, by default five seconds of calls), each a provider in STOPFLOW_PROVIDERS other than linux, at most once';
+    for (const [value, entry] of [
+      ['aws=0/5', 'aws=0/5'],
+      ['aws=5/0', 'aws=5/0'],
+      ['aws=-1', 'aws=-1'],
+      ['aws=fast', 'aws=fast'],
+      ['aws=5/2.5', 'aws=5/2.5'],
+      ['ec2=5/25', 'ec2=5/25'],
+      ['aws=5/25,aws=6/30', 'aws=6/30'],
+      ['aws=20000', 'aws=20000'],
+      ['aws=5,,aws=6', ''],
+      ['AWS=5', 'AWS=5'],
+    ]) {
+      expect(issuesOf({ STOPFLOW_PROVIDERS: 'aws', STOPFLOW_CALL_BUDGET: value as string })).toEqual([
+        `${rule}; not: "${entry}"`,
+      ]);
+    }
+    expect(issuesOf({ STOPFLOW_PROVIDERS: 'aws', STOPFLOW_CALL_BUDGET: 'gcp=5/25' })).toEqual([
+      `${rule}; gcp is not in STOPFLOW_PROVIDERS (aws)`,
+    ]);
+    expect(
+      issuesOf({ STOPFLOW_PROVIDERS: 'linux', STOPFLOW_LINUX_VOLUME_DIR: dir, STOPFLOW_CALL_BUDGET: 'linux=5' }),
+    ).toEqual([`${rule}; linux calls no remote API and keeps no budget`]);
   });
 
   it('azure needs a subscription id; its endpoint must be https; the summary hides the secret', async () => {

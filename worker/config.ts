@@ -14,6 +14,7 @@ import {
   toClientOptions,
 } from '@temporalio/envconfig';
 import { z } from 'zod';
+import type { CallBudget } from '../activities/provider';
 import { isProviderName, PROVIDER_NAMES, type ProviderName, type ProviderSettings } from '../activities/providers';
 import {
   DEFAULT_LINUX_STATE_DIR,
@@ -26,7 +27,12 @@ import { describeTracing, tracingProblems } from '../client/tracing';
 import { formatDuration, parseDuration } from '../common/duration';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
 import { DEFAULT_WATCH_HEARTBEAT_TIMEOUT_MS, WATCH_HEARTBEAT_TIMEOUT_RANGE_MS } from '../common/stop-activities';
-import { DEFAULT_DETACH_HOLD_MS, DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
+import {
+  DEFAULT_DETACH_HOLD_MS,
+  DEFAULT_MAX_CACHED_WORKFLOWS,
+  DEFAULT_MAX_CONCURRENT_FORCES,
+  DEFAULT_MAX_CONCURRENT_WAITS,
+} from './defaults';
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error'] as const;
 /** Backends whose volume ids are unique across instances: held volumes are refused by default there. */
@@ -77,8 +83,12 @@ export interface WorkerConfig {
   maxConcurrentActivities: number;
   /** Slots of the waits task queue (`<taskQueue>-waits`). */
   maxConcurrentWaits: number;
+  /** Slots of the forces task queue (`<taskQueue>-forces`). */
+  maxConcurrentForces: number;
   maxConcurrentWorkflowTasks: number;
   maxCachedWorkflows: number;
+  /** Providers whose call budget the operator set (STOPFLOW_CALL_BUDGET); the others keep their own default. */
+  callBudgets: Partial<Record<ProviderName, CallBudget>>;
   logLevel: LogLevelName;
   identity?: string;
   /** A workflow bundle written by `stopflow worker --write-bundle`; otherwise the worker bundles at start. */
@@ -143,6 +153,29 @@ const providerList = z.string().transform((text, ctx) => {
     return z.NEVER;
   }
   return names as ProviderName[];
+});
+
+const CALL_BUDGET_RULE =
+  'must be a comma-separated list of provider=CALLS_PER_SECOND/BURST, such as "aws=5/25" (calls per second from 0.1 to 10000; burst a whole number from 1 to 100000, by default five seconds of calls), each a provider in STOPFLOW_PROVIDERS other than linux, at most once';
+/** Calls a bucket holds when STOPFLOW_CALL_BUDGET gives a rate alone: five seconds of it, as the clouds' defaults do. */
+const DEFAULT_BURST_SECONDS = 5;
+const callBudgets = z.string().transform((text, ctx) => {
+  const budgets: Partial<Record<ProviderName, CallBudget>> = {};
+  // An empty entry ("aws=5,,gcp=3", a lone comma) is refused like any other that says nothing usable.
+  for (const entry of text.split(',').map((part) => part.trim())) {
+    const match = /^([a-z]+)\s*=\s*(\d+(?:\.\d+)?)\s*(?:\/\s*(\d+))?$/.exec(entry);
+    const name = match?.[1];
+    const callsPerSecond = Number(match?.[2]);
+    const burst =
+      match?.[3] === undefined ? Math.max(1, Math.ceil(callsPerSecond * DEFAULT_BURST_SECONDS)) : Number(match[3]);
+    const fits = callsPerSecond >= 0.1 && callsPerSecond <= 10_000 && burst >= 1 && burst <= 100_000;
+    if (!match || name === undefined || !isProviderName(name) || !fits || name in budgets) {
+      ctx.addIssue({ code: 'custom', message: `${CALL_BUDGET_RULE}; not: "${entry}"` });
+      return z.NEVER;
+    }
+    budgets[name] = { callsPerSecond, burst };
+  }
+  return budgets;
 });
 
 const METRICS_RULE =
@@ -361,10 +394,15 @@ const envSchema = z
       blankToUndefined,
       countVar(1, 100_000).default(DEFAULT_MAX_CONCURRENT_WAITS),
     ),
+    STOPFLOW_MAX_CONCURRENT_FORCES: z.preprocess(
+      blankToUndefined,
+      countVar(1, 10_000).default(DEFAULT_MAX_CONCURRENT_FORCES),
+    ),
     STOPFLOW_MAX_CACHED_WORKFLOWS: z.preprocess(
       blankToUndefined,
       countVar(0, 100_000).default(DEFAULT_MAX_CACHED_WORKFLOWS),
     ),
+    STOPFLOW_CALL_BUDGET: z.preprocess(blankToUndefined, callBudgets.optional()),
     STOPFLOW_LOG_LEVEL: z.preprocess(blankToUndefined, logLevel.default('info')),
     STOPFLOW_IDENTITY: z.preprocess(
       blankToUndefined,
@@ -442,6 +480,18 @@ const envSchema = z
     if (env.STOPFLOW_EVENTS_URL === undefined && secretGiven) {
       ctx.addIssue({ code: 'custom', path: ['STOPFLOW_EVENTS_URL'], message: `${EVENTS_URL_RULE}; a secret is set` });
     }
+    for (const name of Object.keys(env.STOPFLOW_CALL_BUDGET ?? {})) {
+      if (name === 'linux' || !providers.some((p) => p === name)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['STOPFLOW_CALL_BUDGET'],
+          message:
+            name === 'linux'
+              ? `${CALL_BUDGET_RULE}; linux calls no remote API and keeps no budget`
+              : `${CALL_BUDGET_RULE}; ${name} is not in STOPFLOW_PROVIDERS (${providers.join(', ')})`,
+        });
+      }
+    }
     if (env.STOPFLOW_MAX_POLL_INTERVAL < env.STOPFLOW_POLL_INTERVAL) {
       ctx.addIssue({
         code: 'custom',
@@ -507,8 +557,10 @@ export function loadWorkerConfig(env: Env = process.env): WorkerConfig {
     shutdownGraceMs: e.STOPFLOW_SHUTDOWN_GRACE,
     maxConcurrentActivities: e.STOPFLOW_MAX_CONCURRENT_ACTIVITIES,
     maxConcurrentWaits: e.STOPFLOW_MAX_CONCURRENT_WAITS,
+    maxConcurrentForces: e.STOPFLOW_MAX_CONCURRENT_FORCES,
     maxCachedWorkflows: e.STOPFLOW_MAX_CACHED_WORKFLOWS,
     maxConcurrentWorkflowTasks: e.STOPFLOW_MAX_CONCURRENT_WORKFLOW_TASKS,
+    callBudgets: e.STOPFLOW_CALL_BUDGET ?? {},
     logLevel: e.STOPFLOW_LOG_LEVEL,
     // Unset: refuse where a volume id names one volume of the backend (the clouds' ids); the simulated cloud
     // reuses names across instances and a linux worker serves one host, so there it is off unless asked.
@@ -675,7 +727,16 @@ export function describeWorkerConfig(config: WorkerConfig, env: Env = process.en
     maxConcurrentActivities: config.maxConcurrentActivities,
     maxConcurrentWorkflowTasks: config.maxConcurrentWorkflowTasks,
     maxConcurrentWaits: config.maxConcurrentWaits,
+    maxConcurrentForces: config.maxConcurrentForces,
     maxCachedWorkflows: config.maxCachedWorkflows,
+    callBudget: Object.fromEntries(
+      config.providers
+        .filter((p) => p !== 'linux')
+        .map((p) => {
+          const budget = config.callBudgets[p];
+          return [p, budget ? `${budget.callsPerSecond}/s, burst ${budget.burst}` : "the provider's default"];
+        }),
+    ),
     logLevel: config.logLevel,
     identity: config.identity ?? 'SDK default (pid@hostname)',
     workflowBundle: config.workflowBundlePath ?? 'bundled at start',

@@ -159,6 +159,7 @@ async function serve(
 
   const providers = await buildProviders(config.providers, {
     simStatePath: config.simStatePath,
+    callBudgets: config.callBudgets,
     ...linuxProviderSettings(config),
   });
   const report = await runStartupChecks(config.temporal, providers);
@@ -185,7 +186,7 @@ async function serve(
     return WORKER_EXIT.stopped;
   }
 
-  const metrics = providerMetrics(Runtime.instance().metricMeter);
+  const metrics = providerMetrics(Runtime.instance().metricMeter, config.taskQueue);
   const observe = (event: ProviderEvent) => {
     metrics(event);
     logProviderEvent(event);
@@ -209,6 +210,7 @@ async function serve(
       maxPollIntervalMs: config.maxPollIntervalMs,
       watchHeartbeatTimeoutMs: config.watchHeartbeatTimeoutMs,
       maxConcurrentWaits: config.maxConcurrentWaits,
+      maxConcurrentForces: config.maxConcurrentForces,
       refuseHeldVolumes: config.refuseHeldVolumes,
       ...(config.events ? { completionEvents: { url: config.events.url, secret: config.events.secret } } : {}),
       observe,

@@ -3,7 +3,7 @@
  * "Providers", docs/providers.md). Each backend's module is loaded only when
  * it is configured, so a worker without `aws` never loads the AWS SDK.
  */
-import type { Provider } from '../provider';
+import type { CallBudget, Provider } from '../provider';
 import { FileSimStore, SimulatedProvider } from './simulated';
 
 /** Every provider name a worker can be configured with, in the order they are documented. */
@@ -17,6 +17,11 @@ export function isProviderName(name: string): name is ProviderName {
 export interface ProviderSettings {
   /** The simulated cloud's state file, shared with `stopflow sim` (STOPFLOW_SIM_STATE). */
   simStatePath: string;
+  /**
+   * Call budgets chosen by the operator (STOPFLOW_CALL_BUDGET), by provider; the others keep their own default
+   * (docs/worker.md "Isolation and the call budget"). linux calls no remote API and takes none.
+   */
+  callBudgets?: Partial<Record<ProviderName, CallBudget>>;
   /** linux: the command stopInstance runs (STOPFLOW_LINUX_STOP_COMMAND); none = stopping does nothing. */
   linuxStopCommand?: string;
   /** linux: loop devices backed by files under this directory may be touched, and are listed (STOPFLOW_LINUX_VOLUME_DIR). */
@@ -43,9 +48,11 @@ export async function buildProviders(names: readonly ProviderName[], settings: P
 }
 
 async function buildProvider(name: ProviderName, settings: ProviderSettings): Promise<Provider> {
+  const chosen = name === 'linux' ? undefined : settings.callBudgets?.[name];
+  const budget = chosen ? { budget: chosen } : {};
   switch (name) {
     case 'simulated':
-      return new SimulatedProvider(new FileSimStore(settings.simStatePath));
+      return new SimulatedProvider(new FileSimStore(settings.simStatePath), {}, { name: 'simulated', ...budget });
     case 'linux': {
       const { LinuxProvider } = await import('./linux');
       return new LinuxProvider({
@@ -58,16 +65,16 @@ async function buildProvider(name: ProviderName, settings: ProviderSettings): Pr
     }
     case 'aws': {
       const { AwsProvider } = await import('./aws');
-      return new AwsProvider({});
+      return new AwsProvider(budget);
     }
     case 'gcp': {
       const { GcpProvider, gcpOptionsFromEnv } = await import('./gcp');
-      return new GcpProvider(gcpOptionsFromEnv(process.env));
+      return new GcpProvider({ ...gcpOptionsFromEnv(process.env), ...budget });
     }
     case 'azure': {
       const { AzureProvider } = await import('./azure');
       const endpoint = process.env.STOPFLOW_AZURE_ENDPOINT?.trim();
-      return new AzureProvider(endpoint ? { endpoint } : {});
+      return new AzureProvider({ ...(endpoint ? { endpoint } : {}), ...budget });
     }
   }
 }
