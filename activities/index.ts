@@ -3,11 +3,12 @@
  * from the request and reconciles the backend's actual attachment state
  * towards the workflow's desired one (docs/architecture.md).
  *
- * Two kinds, on two task queues with their own slots (docs/worker.md):
- * - urgent work (list, request, force, one state read, stop the instance) on the
+ * Three kinds, on three task queues with their own slots (docs/worker.md):
+ * - urgent work (list, request, one state read, stop the instance) on the
  *   stop's task queue: short calls that a stop is blocked on;
  * - the read-only wait for `detached` (awaitDetached) on the waits queue, so a
- *   thousand stuck volumes never hold a slot that a healthy stop or an abort needs.
+ *   thousand stuck volumes never hold a slot that a healthy stop or an abort needs;
+ * - the force (forceDetachVolume) on the forces queue since workflow version 12.
  *
  * An urgent attempt heartbeats about once a second once it has run a second, and
  * every provider call carries the attempt's cancellation, so a cancel reaches it

@@ -587,7 +587,7 @@ function renderBounds(line: Line, missed: string[], r: BenchResults): void {
     );
     line();
     line(
-      `**Activity slots**: with the default hold window (60 s) a stuck volume's wait holds a slot while it polls in place, then pauses up to 60 s server-side, so each stuck volume occupies a slot about half the time. The memory scenario therefore uses a hold window shorter than the poll (one check per attempt, then the server waits), so that its figures are about memory, not slots. The waits now have a task queue and slots of their own, apart from the ${memory.maxConcurrentActivityTaskExecutions} slots of urgent work; "Incident scale" measures what that does with default settings.`,
+      `**Activity slots**: since workflow version 8 a stuck volume's wait holds no slot while it waits: its attempt hands the volume to the worker's watch list and returns, and the list answers for it. The hold window (\`holdMs\`, 15 s by default) applies only to waits of stops started before version 8, which poll in place on a slot of the waits task queue, so this scenario's short one (1 s) does not change what its stops do. The waits have a task queue and slots of their own, apart from the ${memory.maxConcurrentActivityTaskExecutions} slots of urgent work; "Incident scale" measures what that does with default settings.`,
     );
     line();
   }

@@ -145,3 +145,12 @@ export const VOLUME_ACTIVITY_TYPES = ['requestDetach', 'awaitDetached', 'forceDe
 export function waitsTaskQueue(taskQueue: string): string {
   return `${taskQueue}-waits`;
 }
+
+/**
+ * The forces task queue beside a stop's own (workflow version 12): force-detaches run there, on slots of their own.
+ * An abort's force then never waits for an urgent slot (an instance stop on a cloud keeps one until the instance
+ * reads stopped), and the forces of a mass abort never take the urgent slots healthy stops need.
+ */
+export function forcesTaskQueue(taskQueue: string): string {
+  return `${taskQueue}-forces`;
+}

@@ -7,6 +7,14 @@
 export const DEFAULT_MAX_CONCURRENT_WAITS = 5_000;
 
 /**
+ * Forces that may run at once, on the forces task queue (workflow version 12). A force attempt holds its slot while
+ * it sends the force and watches the volume let go (up to a minute); the provider's call budget, not this number,
+ * paces what reaches the backend. As many as the urgent slots: a mass abort forces at the pace it did before it had
+ * slots of its own, without taking those.
+ */
+export const DEFAULT_MAX_CONCURRENT_FORCES = 100;
+
+/**
  * Workflows kept in memory between tasks. A waiting stop runs no workflow task while it waits (its
  * wait is an activity), so the cache only needs to hold the stops that are moving; replaying one
  * that was evicted costs a few milliseconds. Each cached stop costs the workflow thread about a

@@ -42,7 +42,14 @@ export const METRIC_NAMES = {
  * detach requests (graceful and forced). Labels match the workflow metrics'
  * (`namespace`, `taskQueue`) so both can be joined in one query.
  */
-export function providerMetrics(meter: MetricMeter): (event: ProviderEvent) => void {
+export function providerMetrics(
+  meter: MetricMeter,
+  /**
+   * The stop's task queue this worker serves: the `taskQueue` label of every call, forces (which run on
+   * `<queue>-forces` since workflow version 12) included, so the labels stay the workflow metrics'.
+   */
+  stopTaskQueue?: string,
+): (event: ProviderEvent) => void {
   const calls = meter.createCounter(
     METRIC_NAMES.providerCalls,
     'calls',
@@ -60,7 +67,7 @@ export function providerMetrics(meter: MetricMeter): (event: ProviderEvent) => v
   );
   return (event) => {
     try {
-      const tags = { ...activityTags(), provider: event.provider, operation: event.operation };
+      const tags = { ...activityTags(stopTaskQueue), provider: event.provider, operation: event.operation };
       if (event.kind === 'error') {
         errors.add(1, { ...tags, error_type: event.errorType });
         return;
@@ -68,7 +75,7 @@ export function providerMetrics(meter: MetricMeter): (event: ProviderEvent) => v
       calls.add(1, tags);
       if (event.operation === 'detachVolume' || event.operation === 'forceDetachVolume') {
         const kind = event.operation === 'detachVolume' ? 'graceful' : 'force';
-        detachAttempts.add(1, { ...activityTags(), provider: event.provider, kind });
+        detachAttempts.add(1, { ...activityTags(stopTaskQueue), provider: event.provider, kind });
       }
     } catch {
       // Metrics must never fail a stop.
@@ -76,10 +83,10 @@ export function providerMetrics(meter: MetricMeter): (event: ProviderEvent) => v
   };
 }
 
-function activityTags(): Record<string, string> {
+function activityTags(stopTaskQueue: string | undefined): Record<string, string> {
   try {
     const { namespace, taskQueue } = Context.current().info;
-    return { namespace, taskQueue };
+    return { namespace, taskQueue: stopTaskQueue ?? taskQueue };
   } catch {
     return {};
   }

@@ -1,13 +1,16 @@
 /**
  * Builds a stopflow worker: the one place that wires workflows, activities and
- * providers together. It is two SDK Workers in one process, sharing one
+ * providers together. It is three SDK Workers in one process, sharing one
  * connection and one set of providers (and so one call budget per provider):
  *
  * - the stop's task queue: workflows and the urgent activities (list, request,
- *   force, stop), with their own slots;
+ *   state read, stop), with their own slots;
  * - `<taskQueue>-waits`: only the read-only waits for `detached`, with slots of
  *   their own, so stuck volumes can fill those and never delay a healthy stop
- *   or the force an abort asks for (docs/worker.md "Isolation").
+ *   or the force an abort asks for (docs/worker.md "Isolation");
+ * - `<taskQueue>-forces`: only force-detaches (workflow version 12), with slots
+ *   of their own, so a force never waits for an urgent slot and a mass abort's
+ *   forces never take them.
  */
 import { fileURLToPath } from 'node:url';
 import { Client } from '@temporalio/client';
@@ -21,8 +24,13 @@ import type { Provider } from '../activities/provider';
 import { askWorkerActivity, createVolumeHolderActivities } from '../activities/volume-holders';
 import { DEFAULT_TASK_QUEUE } from '../common/names';
 import type { OwnershipEventActivities } from '../common/ownership-events';
-import { waitsTaskQueue } from '../common/stop-activities';
-import { DEFAULT_DETACH_HOLD_MS, DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_MAX_CONCURRENT_WAITS } from './defaults';
+import { forcesTaskQueue, waitsTaskQueue } from '../common/stop-activities';
+import {
+  DEFAULT_DETACH_HOLD_MS,
+  DEFAULT_MAX_CACHED_WORKFLOWS,
+  DEFAULT_MAX_CONCURRENT_FORCES,
+  DEFAULT_MAX_CONCURRENT_WAITS,
+} from './defaults';
 import { stopflowNexusHandler } from './nexus-handlers';
 import { NO_TRACING_SINKS, TRACING_WORKFLOW_MODULES, type WorkerTracing } from './tracing';
 import { limitNextWorkflowThreadHeap } from './workflow-heap';
@@ -59,6 +67,8 @@ export interface StopflowWorkerOptions {
   watchHeartbeatTimeoutMs?: number;
   /** Slots of the waits task queue. Default DEFAULT_MAX_CONCURRENT_WAITS. */
   maxConcurrentWaits?: number;
+  /** Slots of the forces task queue. Default DEFAULT_MAX_CONCURRENT_FORCES. */
+  maxConcurrentForces?: number;
   observe?: ActivityDeps['observe'];
   /** Refuse a volume another instance's running stop holds (VolumeHeld). Default false: activities/volume-holders.ts. */
   refuseHeldVolumes?: boolean;
@@ -100,13 +110,15 @@ export interface StopflowWorkerOptions {
   >;
 }
 
-/** The two Workers of one stopflow worker, run and shut down together. */
+/** The three Workers of one stopflow worker, run and shut down together. */
 export class StopflowWorker {
   constructor(
     /** Workflows and urgent activities, on the stop's task queue. */
     readonly main: Worker,
     /** Waits for `detached`, on the waits task queue. */
     readonly waits: Worker,
+    /** Force-detaches, on the forces task queue (workflow version 12; forces scheduled before it run on the stop's queue). */
+    readonly forces: Worker,
     /** The volumes whose waits this worker answers for (activities/detach-watch.ts). */
     readonly watch: DetachWatch,
     /** The workflow thread's heap limit this worker set (worker/workflow-heap.ts); undefined: the operator's. */
@@ -121,15 +133,15 @@ export class StopflowWorker {
     return this.main.getState();
   }
 
-  /** Runs both until shutdown; if one fails, the other is shut down too and the failure is thrown. */
+  /** Runs all three until shutdown; if one fails, the others are shut down too and the failure is thrown. */
   async run(): Promise<void> {
-    const both = [this.main, this.waits].map((w) =>
+    const all = [this.main, this.waits, this.forces].map((w) =>
       w.run().catch((err: unknown) => {
         this.shutdown();
         throw err;
       }),
     );
-    const results = await Promise.allSettled(both);
+    const results = await Promise.allSettled(all);
     // Before the caller closes the connection: the watched waits go back to the server for another worker.
     await this.watch.release();
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -137,7 +149,7 @@ export class StopflowWorker {
   }
 
   shutdown(): void {
-    for (const w of [this.main, this.waits]) if (w.getState() === 'RUNNING') w.shutdown();
+    for (const w of [this.main, this.waits, this.forces]) if (w.getState() === 'RUNNING') w.shutdown();
     void this.watch.release();
   }
 
@@ -171,7 +183,7 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
   if (options.maxPollIntervalMs !== undefined) activityDeps.maxPollIntervalMs = options.maxPollIntervalMs;
   if (options.watchHeartbeatTimeoutMs !== undefined)
     activityDeps.watchHeartbeatTimeoutMs = options.watchHeartbeatTimeoutMs;
-  // One Backends for both Workers: a provider's call budget and its batched checks are per process.
+  // One Backends for all three Workers: a provider's call budget and its batched checks are per process.
   const backends = options.backends ?? new Backends(activityDeps);
   for (const provider of options.providers) {
     if (backends.resolve(provider.name).provider !== provider) {
@@ -267,7 +279,14 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     // heartbeating every second would be five thousand calls a second to Temporal.
     maxHeartbeatThrottleInterval: '20s',
   });
-  return new StopflowWorker(main, waits, watch, workflowHeapLimitMb);
+  const forces = await Worker.create({
+    ...shared,
+    taskQueue: forcesTaskQueue(taskQueue),
+    // The main worker's (an embedded worker's own, if it gave one): the same activity on either queue.
+    activities: { forceDetachVolume: mainActivities.forceDetachVolume },
+    maxConcurrentActivityTaskExecutions: options.maxConcurrentForces ?? DEFAULT_MAX_CONCURRENT_FORCES,
+  });
+  return new StopflowWorker(main, waits, forces, watch, workflowHeapLimitMb);
 }
 
 /**

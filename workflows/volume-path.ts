@@ -18,7 +18,13 @@ import {
 import { StopForcedKey } from '../common/names';
 import { MAX_VOLUMES, type VolumeRef } from '../common/request';
 import type { Escalation, VolumeState, VolumeStatus } from '../common/status';
-import { forceSentAt, type VolumeTarget, waitsTaskQueue, watchHeartbeatTimeoutMs } from '../common/stop-activities';
+import {
+  forceSentAt,
+  forcesTaskQueue,
+  type VolumeTarget,
+  waitsTaskQueue,
+  watchHeartbeatTimeoutMs,
+} from '../common/stop-activities';
 import { activities, BOUNDED, force, urgent, wait, watchedWait, watchedWaitTimed } from './activity-options';
 import { failureMessage, settled } from './settled';
 import { fail } from './stop-end';
@@ -31,6 +37,8 @@ const WATCHED_WAITS = 'watched-waits';
 const WORKER_TIMED_WATCH = 'worker-timed-watch';
 /** Workflow version 10: a volume found detached after its force attempts failed, when a force went out, was forced. */
 const FORCE_SENT_AUDITED = 'force-sent-audited';
+/** Workflow version 12: forces run on the forces task queue, on slots of their own (common/stop-activities.ts). */
+const FORCE_LANE = 'force-lane';
 
 /** Adds the volumes (found attached again: back to `attached`) and detaches them all in parallel. */
 export async function detachAll(state: StopState, refs: VolumeRef[]): Promise<void> {
@@ -222,8 +230,9 @@ async function forceDetach(
     upsertSearchAttributes([{ key: StopForcedKey, value: true }]);
   }
   move(state, volume, 'force_detaching');
+  const lane = patched(FORCE_LANE) ? { ...force, taskQueue: forcesTaskQueue(workflowInfo().taskQueue) } : force;
   const forced = await settled(
-    activities(say.force(state, escalation, volume.volumeId), force).forceDetachVolume(target),
+    activities(say.force(state, escalation, volume.volumeId), lane).forceDetachVolume(target),
   );
   if (forced.ok) {
     volume.attempts += forced.value.attempts;
