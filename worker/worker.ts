@@ -133,9 +133,13 @@ export class StopflowWorker {
     return this.main.getState();
   }
 
+  private get workers(): readonly Worker[] {
+    return [this.main, this.waits, this.forces];
+  }
+
   /** Runs all three until shutdown; if one fails, the others are shut down too and the failure is thrown. */
   async run(): Promise<void> {
-    const all = [this.main, this.waits, this.forces].map((w) =>
+    const all = this.workers.map((w) =>
       w.run().catch((err: unknown) => {
         this.shutdown();
         throw err;
@@ -149,7 +153,7 @@ export class StopflowWorker {
   }
 
   shutdown(): void {
-    for (const w of [this.main, this.waits, this.forces]) if (w.getState() === 'RUNNING') w.shutdown();
+    for (const w of this.workers) if (w.getState() === 'RUNNING') w.shutdown();
     void this.watch.release();
   }
 
@@ -254,9 +258,40 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
       stackTraces: options.workflowStackTraces ?? false,
       interceptorModules: tuning.interceptors?.workflowModules ?? [],
     }));
+  // Three Workers on one connection: if a later one cannot be created, the earlier ones let the connection go
+  // (a Worker created and never run keeps its hold on it, and the caller could not close it). The main Worker comes
+  // last, so a failed start never starts its workflow thread only to tear it down.
+  const created: Worker[] = [];
+  const create = async (workerOptions: WorkerOptions): Promise<Worker> => {
+    try {
+      const worker = await Worker.create(workerOptions);
+      created.push(worker);
+      return worker;
+    } catch (err) {
+      // Whatever the release meets, the caller hears why the start failed.
+      await Promise.allSettled(created.map(releaseUnstarted));
+      throw err;
+    }
+  };
+  const waits = await create({
+    ...shared,
+    taskQueue: waitsTaskQueue(taskQueue),
+    activities: { awaitDetached },
+    maxConcurrentActivityTaskExecutions: options.maxConcurrentWaits ?? DEFAULT_MAX_CONCURRENT_WAITS,
+    // A wait is read-only and abandoned when cancelled: it needs no prompt cancel, and five thousand of them
+    // heartbeating every second would be five thousand calls a second to Temporal.
+    maxHeartbeatThrottleInterval: '20s',
+  });
+  const forces = await create({
+    ...shared,
+    taskQueue: forcesTaskQueue(taskQueue),
+    // The main worker's (an embedded worker's own, if it gave one): the same activity on either queue.
+    activities: { forceDetachVolume: mainActivities.forceDetachVolume },
+    maxConcurrentActivityTaskExecutions: options.maxConcurrentForces ?? DEFAULT_MAX_CONCURRENT_FORCES,
+  });
   // Set just before the SDK starts the workflow thread: its heap follows the cache (worker/workflow-heap.ts).
   const workflowHeapLimitMb = limitNextWorkflowThreadHeap(tuning.maxCachedWorkflows ?? DEFAULT_MAX_CACHED_WORKFLOWS);
-  const main = await Worker.create({
+  const main = await create({
     ...shared,
     taskQueue,
     // askWorker first: an embedded worker's own (in extraActivities) wins, as every other activity does.
@@ -270,23 +305,22 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
     interceptors: { ...tuning.interceptors, activity: activityInterceptors, workflowModules: [] },
     sinks: options.tracing?.sinks ?? NO_TRACING_SINKS,
   });
-  const waits = await Worker.create({
-    ...shared,
-    taskQueue: waitsTaskQueue(taskQueue),
-    activities: { awaitDetached },
-    maxConcurrentActivityTaskExecutions: options.maxConcurrentWaits ?? DEFAULT_MAX_CONCURRENT_WAITS,
-    // A wait is read-only and abandoned when cancelled: it needs no prompt cancel, and five thousand of them
-    // heartbeating every second would be five thousand calls a second to Temporal.
-    maxHeartbeatThrottleInterval: '20s',
-  });
-  const forces = await Worker.create({
-    ...shared,
-    taskQueue: forcesTaskQueue(taskQueue),
-    // The main worker's (an embedded worker's own, if it gave one): the same activity on either queue.
-    activities: { forceDetachVolume: mainActivities.forceDetachVolume },
-    maxConcurrentActivityTaskExecutions: options.maxConcurrentForces ?? DEFAULT_MAX_CONCURRENT_FORCES,
-  });
   return new StopflowWorker(main, waits, forces, watch, workflowHeapLimitMb);
+}
+
+/**
+ * Runs a Worker that was created but not started straight into its shutdown: only then does it let its connection
+ * go. Bounded: a Worker that does not drain within 10 s is left behind rather than hold up the error it is released for.
+ */
+async function releaseUnstarted(worker: Worker): Promise<void> {
+  const running = worker.run().catch(() => undefined);
+  if (worker.getState() === 'RUNNING') worker.shutdown();
+  let timer: NodeJS.Timeout | undefined;
+  const given = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, 10_000);
+  });
+  await Promise.race([running, given]);
+  clearTimeout(timer);
 }
 
 /**
