@@ -77,6 +77,8 @@ export class CallBudgetLimiter {
   /** Calls wait until this time after a throttling answer. */
   private pausedUntil = 0;
   private backoffMs = 0;
+  /** The current pause's jitter draw, from 0 to 1 (see throttled). */
+  private pauseSpread = 0;
   /** Routine callers queue in order; urgent ones in a lane of their own that routine ones give way to. */
   private queue: Promise<void> = Promise.resolve();
   private urgentQueue: Promise<void> = Promise.resolve();
@@ -142,15 +144,20 @@ export class CallBudgetLimiter {
     this.stats.throttled++;
     const now = this.clock.now();
     // Calls already in flight when the pause began are answered "throttled" too: one backoff step for all of them.
-    if (now >= this.pausedUntil)
-      this.backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.backoffMs * 2));
+    const newPause = now >= this.pausedUntil;
+    if (newPause) this.backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.backoffMs * 2));
     // Jittered, so the workers a backend throttled at once do not all come back in step: a Retry-After is kept
-    // (never sooner) plus up to a fifth more, and a backoff step lasts between half of it and all of it.
+    // (never sooner) plus up to a fifth more, and a backoff step lasts between half of it and all of it. One draw
+    // per pause, kept for the answers that arrive during it: were each to draw, a hundred throttled calls in flight
+    // would push every pause to the top of its range, and were they to add none, every worker's pause would end
+    // exactly a Retry-After after its last answer, in step again.
     const hinted = honouredRetryAfterMs(retryAfterMs);
+    if (newPause) this.pauseSpread = this.random();
+    const spread = this.pauseSpread;
     const pause =
       hinted !== undefined
-        ? Math.min(BACKOFF_MAX_MS, Math.round(hinted * (1 + RETRY_AFTER_JITTER * this.random())))
-        : Math.round(this.backoffMs / 2 + this.random() * (this.backoffMs / 2));
+        ? Math.min(BACKOFF_MAX_MS, Math.round(hinted * (1 + RETRY_AFTER_JITTER * spread)))
+        : Math.round(this.backoffMs / 2 + spread * (this.backoffMs / 2));
     this.pausedUntil = Math.max(this.pausedUntil, now + pause);
     // No burst when the pause ends: the bucket starts empty then and refills at its rate.
     this.tokens = 0;
