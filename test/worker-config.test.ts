@@ -154,6 +154,9 @@ describe('worker configuration', () => {
     // Unset, the simulated cloud keeps none and the clouds their own.
     const defaults = await buildProviders(['aws', 'simulated'], { simStatePath: join(dir, 'sim.json') });
     expect(defaults.map((p) => p.budget)).toEqual([{ callsPerSecond: 10, burst: 50 }, undefined]);
+    // And the start-up summary says so.
+    const unset = loadWorkerConfig({ ...base, STOPFLOW_PROVIDERS: 'aws,simulated' });
+    expect(describeWorkerConfig(unset, {}).callBudget).toEqual({ aws: "the provider's default", simulated: 'none' });
   });
 
   it('STOPFLOW_CALL_BUDGET refuses what it cannot keep, naming the entry', () => {

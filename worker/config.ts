@@ -734,7 +734,9 @@ export function describeWorkerConfig(config: WorkerConfig, env: Env = process.en
         .filter((p) => p !== 'linux')
         .map((p) => {
           const budget = config.callBudgets[p];
-          return [p, budget ? `${budget.callsPerSecond}/s, burst ${budget.burst}` : "the provider's default"];
+          if (budget) return [p, `${budget.callsPerSecond}/s, burst ${budget.burst}`];
+          // The simulated back end keeps no budget of its own; the clouds' adapters each declare one.
+          return [p, p === 'simulated' ? 'none' : "the provider's default"];
         }),
     ),
     logLevel: config.logLevel,
