@@ -22,7 +22,7 @@ import {
 } from '../activities/provider';
 import { MemorySimStore, SimulatedProvider } from '../activities/providers/simulated';
 import { CheckWithdrawn } from '../activities/state-checks';
-import { StopflowClient } from '../client/stopflow-client';
+import { StopFailedError, StopflowClient } from '../client/stopflow-client';
 import { workflowIdFor } from '../common/names';
 import { forcesTaskQueue, waitsTaskQueue } from '../common/stop-activities';
 import { startDevServer } from '../devserver/server';
@@ -111,6 +111,45 @@ describe('call budget', () => {
     expect(await resumesAfter(0, 3_000)).toBe(3_000);
     expect(await resumesAfter(0.5, 3_000)).toBe(3_300);
     expect(await resumesAfter(1, 3_000)).toBe(3_600);
+  });
+
+  test('one draw per pause: the throttled answers that arrive during it do not push it to the top of its range', async () => {
+    // The first answer draws the least jitter there is; the hundred calls it was in flight with, the most.
+    const draws = [0, ...Array<number>(100).fill(1)];
+    const resumes = async (retryAfterMs?: number): Promise<number> => {
+      const clock = new ManualClock();
+      const budget = new CallBudgetLimiter(undefined, clock, () => draws.shift() ?? 1);
+      budget.throttled(retryAfterMs);
+      for (let i = 0; i < 100; i++) budget.throttled(retryAfterMs);
+      let at = -1;
+      void budget.take().then(() => {
+        at = clock.now();
+      });
+      for (let t = 0; at < 0 && t < 10_000; t += 50) await clock.advance(50);
+      draws.splice(0, draws.length, 0, ...Array<number>(100).fill(1));
+      return at;
+    };
+    expect(await resumes(3_000)).toBe(3_000);
+    expect(await resumes()).toBe(500);
+    // Answers that trickle in during the pause, or ask for longer, extend it with the pause's own draw: each worker's
+    // pause still ends at its own moment, not a bare Retry-After after its last answer.
+    const trickled = async (later: number): Promise<number> => {
+      const clock = new ManualClock();
+      draws.splice(0, draws.length, 1, 0, 0);
+      const budget = new CallBudgetLimiter(undefined, clock, () => draws.shift() ?? 0);
+      budget.throttled(1_000);
+      await clock.advance(200);
+      budget.throttled(later);
+      let at = -1;
+      void budget.take().then(() => {
+        at = clock.now();
+      });
+      for (let t = 0; at < 0 && t < 10_000; t += 50) await clock.advance(50);
+      return at;
+    };
+    // The pause's draw is the most there is (1 s and a fifth); an answer 200 ms in extends it by as much.
+    expect(await trickled(1_000)).toBe(200 + 1_200);
+    expect(await trickled(5_000)).toBe(200 + 6_000);
   });
 
   test("a call's further requests (a stop's polls) each take a token of the budget", async () => {
@@ -428,14 +467,15 @@ describe('through the workflow', () => {
   });
 
   /**
-   * The promise, or a failure naming what did not end after 90 s: urgent work stuck behind the held waits would
-   * wait out their ten minutes. Generous for a loaded machine; the point is minutes, not milliseconds.
+   * The promise, or a failure naming what did not end after 90 s: urgent work stuck behind held waits would wait out
+   * their ten minutes, and behind held forces for ever. Generous for a loaded machine; the point is minutes, not
+   * milliseconds.
    */
   async function within<T>(promise: Promise<T>, what: string): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<never>((_, reject) => {
       timer = setTimeout(
-        () => reject(new Error(`${what} did not end within 90 s while every wait slot was held`)),
+        () => reject(new Error(`${what} did not end within 90 s, its slots held by other stops' work`)),
         90_000,
       );
     });
@@ -459,7 +499,6 @@ describe('through the workflow', () => {
   }
   const { PENDING_ACTIVITY_STATE_STARTED: STARTED, PENDING_ACTIVITY_STATE_SCHEDULED: SCHEDULED } =
     temporal.api.enums.v1.PendingActivityState;
-
   test(
     'with every wait slot held and a wait queued, a healthy stop still stops and an abort forces at once',
     {
@@ -586,6 +625,167 @@ describe('through the workflow', () => {
     },
   );
 
+  describe('with few force slots', () => {
+    // A worker of its own, with two force slots, so the other tests' aborts keep the outer worker's hundred.
+    const FORCE_SLOTS = 2;
+    const laneQueue = `incident-forces-${randomUUID()}`;
+    // A cloud whose forces work, and one whose forces never return (until cancelled): each holds a force slot.
+    const laneSim = new SimulatedProvider(new MemorySimStore(), {}, 'lane-sim');
+    const hangForce = new SimulatedProvider(
+      new MemorySimStore(),
+      { hangCalls: new Set(['forceDetachVolume']) },
+      'hang-force',
+    );
+    let lane: StopflowWorker;
+    let laneRunning: Promise<void>;
+    let laneStopflow: StopflowClient;
+
+    beforeAll(async () => {
+      laneStopflow = new StopflowClient({ client, taskQueue: laneQueue });
+      lane = await createStopflowWorker({
+        connection,
+        taskQueue: laneQueue,
+        providers: [laneSim, hangForce],
+        pollIntervalMs: 1_000,
+        maxConcurrentForces: FORCE_SLOTS,
+        workflowBundle: { codePath: inject('workflowBundlePath') },
+      });
+      laneRunning = lane.run();
+    });
+    afterAll(async () => {
+      lane?.shutdown();
+      await laneRunning;
+    });
+
+    /** The state of this workflow's pending force, if it has one (a cancelled wait may be listed beside it). */
+    async function forceState(handle: WorkflowHandle) {
+      const described = await handle.describe();
+      return described.raw.pendingActivities?.find((a) => a.activityType?.name === 'forceDetachVolume')?.state;
+    }
+    /** Starts a stop of a new instance with one volume stuck in `detaching`, and waits until it is. */
+    async function stuckStop(provider: SimulatedProvider, prefix: string): Promise<string> {
+      const id = `${prefix}-${randomUUID().slice(0, 6)}`;
+      await provider.addInstance(id, [{ volumeId: 'vol-stuck', behavior: { hang: true } }]);
+      await laneStopflow.stop({ instanceId: id, provider: provider.name, volumes: [{ volumeId: 'vol-stuck' }] });
+      await eventually(
+        async () => (await laneStopflow.status(id)).volumes[0]?.state === 'detaching',
+        `${id}'s volume to be detaching`,
+      );
+      return id;
+    }
+
+    test(
+      'with every force slot held by forces that do not return, a healthy stop stops; a cancel keeps the force it queued, a terminate drops it',
+      {
+        timeout: 240_000,
+      },
+      async () => {
+        const holding: string[] = [];
+        for (let i = 0; i < FORCE_SLOTS; i++) holding.push(await stuckStop(hangForce, `force-held-${i}`));
+        const toCancel = await stuckStop(laneSim, 'force-queued-cancel');
+        const toTerminate = await stuckStop(laneSim, 'force-queued-terminate');
+        const holdingStops = holding.map((id) => client.workflow.getHandle(workflowIdFor(id)));
+        const cancelled = client.workflow.getHandle(workflowIdFor(toCancel));
+        const terminated = client.workflow.getHandle(workflowIdFor(toTerminate));
+        try {
+          for (const id of holding) await laneStopflow.abort(id, { reason: 'incident drill' });
+          await eventually(
+            async () =>
+              (await Promise.all(holdingStops.map(forceState))).every((state) => state === STARTED) &&
+              lane.forces.getStatus().numInFlightActivities === FORCE_SLOTS,
+            'every force slot held by a force that does not return',
+          );
+          await laneStopflow.abort(toCancel);
+          await laneStopflow.abort(toTerminate);
+          await eventually(
+            async () => (await forceState(cancelled)) === SCHEDULED && (await forceState(terminated)) === SCHEDULED,
+            'two more forces queued for a force slot',
+          );
+
+          // Forces have their own slots: a full force lane holds up no other stop's urgent work.
+          const healthy = `healthy-${randomUUID().slice(0, 6)}`;
+          await laneSim.addInstance(healthy, [{ volumeId: 'vol-a' }, { volumeId: 'vol-b' }]);
+          await laneStopflow.stop({ instanceId: healthy, provider: 'lane-sim' });
+          expect((await within(laneStopflow.result(healthy), 'the healthy stop')).phase).toBe('stopped');
+
+          // A cancel forces nothing more, but a force already asked for is not abandoned (docs/contract.md), even
+          // one still queued: the stop goes on waiting for it.
+          await cancelled.cancel();
+          await eventually(
+            async () =>
+              ((await cancelled.fetchHistory()).events ?? []).some(
+                (e) => e.workflowExecutionCancelRequestedEventAttributes,
+              ),
+            'the cancel to be recorded',
+          );
+          expect((await cancelled.describe()).status.name).toBe('RUNNING');
+          expect(await forceState(cancelled)).toBe(SCHEDULED);
+          // A terminate is Temporal's hard stop: its queued force goes with it, and the instance stays as it was.
+          await terminated.terminate('incident drill');
+          expect((await terminated.describe()).status.name).toBe('TERMINATED');
+        } finally {
+          await Promise.allSettled(holdingStops.map((h) => h.terminate('test over')));
+        }
+        // Their stops gone, the hung forces hear of it at their next heartbeat and give their slots back; the
+        // cancelled stop's force then runs, and the stop ends cancelled, its instance not stopped.
+        const failure = await within(
+          laneStopflow.result(toCancel).then(
+            () => undefined,
+            (err: unknown) => err,
+          ),
+          'the cancelled stop',
+        );
+        expect(failure).toBeInstanceOf(StopFailedError);
+        const status = (failure as StopFailedError).status;
+        expect(status?.phase).toBe('failed');
+        expect(status?.instanceStopped).toBe(false);
+        expect(status?.error).toMatch(/cancelled/);
+        expect(status?.volumes[0]?.state).toBe('force_detached');
+        expect((await laneSim.instance(toCancel))?.state).toBe('running');
+        // The terminated stop's force never ran: its volume is still stuck, its instance running.
+        const left = await laneSim.instance(toTerminate);
+        expect(left?.state).toBe('running');
+        expect(left?.volumes[0]).toMatchObject({ state: 'detaching', forceCalls: 0, forced: false });
+        await eventually(
+          async () => lane.forces.getStatus().numInFlightActivities === 0,
+          'the force slots to be given back',
+          90_000,
+        );
+      },
+    );
+
+    test(
+      'an abort of more stuck stops than there are force slots forces them all, and healthy stops go on meanwhile',
+      {
+        timeout: 240_000,
+      },
+      async () => {
+        const stuck: string[] = [];
+        for (let i = 0; i < 3 * FORCE_SLOTS; i++) stuck.push(await stuckStop(laneSim, `mass-abort-${i}`));
+        const healthy = Array.from({ length: 2 }, (_, i) => `mass-healthy-${i}-${randomUUID().slice(0, 6)}`);
+        for (const id of healthy) await laneSim.addInstance(id, [{ volumeId: 'vol-a' }, { volumeId: 'vol-b' }]);
+        await Promise.all([
+          ...stuck.map((id) => laneStopflow.abort(id, { reason: 'incident drill' })),
+          ...healthy.map((instanceId) => laneStopflow.stop({ instanceId, provider: 'lane-sim' })),
+        ]);
+        const [stuckResults, healthyResults] = await Promise.all([
+          within(Promise.all(stuck.map((id) => laneStopflow.result(id))), 'the aborted stops'),
+          within(Promise.all(healthy.map((id) => laneStopflow.result(id))), 'the healthy stops'),
+        ]);
+        for (const r of healthyResults) expect(r.phase).toBe('stopped');
+        for (const r of stuckResults) {
+          expect(r.phase).toBe('stopped');
+          expect(r.volumes[0]?.state).toBe('force_detached');
+        }
+        for (const id of [...stuck, ...healthy]) {
+          const instance = await laneSim.instance(id);
+          expect(instance?.state).toBe('stopped');
+          expect(instance?.leakedAtStop).toEqual([]);
+        }
+      },
+    );
+  });
+
   test('backend calls per second keep to the budget while many volumes are stuck', async () => {
     // Started all at once, on a backend that throttles nothing and a provider that checks one volume per call:
     // without the budget, sixty detach requests, their checks and the watch list's checks reach it in a few seconds
@@ -674,4 +874,34 @@ describe('on a server with default settings (no task priority)', () => {
       }
     },
   );
+});
+
+describe('a worker that cannot be created', () => {
+  test.each([
+    // The forces Worker, after the waits one: a slot pool of none leaves it no poller, which the SDK refuses.
+    ['its forces lane', { maxConcurrentForces: 0 }, /poller behavior must be at least 1/],
+    // The main Worker, created last: a workflow bundle that is not there.
+    ['its main Worker', { workflowBundle: { codePath: '/nonexistent/workflow-bundle.js' } }, /ENOENT|no such file/],
+  ] as const)('fails at %s, and the Workers created before it let the connection go', async (_, failing, error) => {
+    installQuietRuntime();
+    const connection = await NativeConnection.connect({ address: inject('temporalAddress') });
+    let closed = false;
+    try {
+      await expect(
+        createStopflowWorker({
+          connection,
+          taskQueue: `unmade-${randomUUID()}`,
+          providers: [new SimulatedProvider(new MemorySimStore())],
+          workflowBundle: { codePath: inject('workflowBundlePath') },
+          ...failing,
+        }),
+      ).rejects.toThrow(error);
+      // Refused while a Worker still holds it ("Cannot close connection while Workers hold a reference to it").
+      await connection.close();
+      closed = true;
+    } finally {
+      if (!closed) await connection.close().catch(() => undefined);
+    }
+    expect(closed).toBe(true);
+  });
 });
