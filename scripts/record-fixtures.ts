@@ -4,6 +4,12 @@
  * test/replay.test.ts replays them against the current workflow code. Record a
  * new set whenever workflow logic changes (behind `patched()`), and keep the
  * old sets: they are what stops already in flight look like.
+ *
+ * `npm run record-fixtures -- <label> --started-on=<bundle.js>` records the
+ * rollout scenarios instead (`rollout-*.json`, beside the label's others): a
+ * stop starts on a worker running that bundle (the previous version's, built
+ * from its commit), the worker shuts down, and a worker with the current code
+ * takes the stop over and finishes it, as in a rolling upgrade.
  */
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
@@ -24,8 +30,17 @@ import { startDevServer } from '../devserver/server';
 import { createStopflowWorker } from '../worker/worker';
 
 const label = process.argv[2];
-if (!label || !/^[a-z0-9-]+$/.test(label)) {
-  console.error('usage: npm run record-fixtures -- <label>   (a folder name such as v2-await-cancelled-detach)');
+const [startedOnArg, ...unknownArgs] = process.argv.slice(3);
+const startedOn = startedOnArg?.startsWith('--started-on=') ? startedOnArg.slice('--started-on='.length) : undefined;
+if (
+  !label ||
+  !/^[a-z0-9-]+$/.test(label) ||
+  unknownArgs.length > 0 ||
+  (startedOnArg !== undefined && !startedOn?.endsWith('.js'))
+) {
+  console.error(
+    'usage: npm run record-fixtures -- <label> [--started-on=<workflow bundle .js>]   (a folder name such as v2-await-cancelled-detach)',
+  );
   process.exit(2);
 }
 const OUT = new URL(`../test/fixtures/${label}/`, import.meta.url);
@@ -66,6 +81,40 @@ const cancelWhileStopIsRetried = async (stopflow: StopflowClient, instanceId: st
   await new Promise((resolve) => setTimeout(resolve, 3_000));
   sim.failingStops.delete(instanceId);
 };
+
+/** Rollout scenarios: begun on the `--started-on` bundle's worker, taken over by the current code's after `handOver`. */
+interface RolloutScenario {
+  name: string;
+  volumes: SeedVolume[];
+  request: Omit<StopRequest, 'instanceId'>;
+  /** On the old worker, after the start: what the stop must have reached before that worker shuts down. */
+  handOver: (stopflow: StopflowClient, instanceId: string) => Promise<void>;
+  /** On the new worker. */
+  drive?: (stopflow: StopflowClient, instanceId: string) => Promise<void>;
+}
+
+const rollouts: RolloutScenario[] = [
+  {
+    // Stuck when its worker is upgraded; the abort comes after: the force is the new version's (version 12 schedules
+    // it on the forces task queue, with the patch's marker in the middle of a history begun without it).
+    name: 'rollout-abort',
+    volumes: [{ volumeId: 'vol-ok' }, { volumeId: 'vol-stuck', behavior: stuck }],
+    request: { volumes: [{ volumeId: 'vol-ok' }, { volumeId: 'vol-stuck' }] },
+    // Once the stuck volume's wait runs on the old worker and the other volume is detached: the history holds the
+    // old version's whole graceful part, and the shutdown interrupts no request.
+    handOver: async (stopflow, id) => {
+      for (;;) {
+        const { volumes } = await stopflow.progress(id);
+        const waiting = volumes.some((v) => v.work?.activityType === 'awaitDetached' && v.work.state === 'started');
+        if (waiting && volumes.find((v) => v.volumeId === 'vol-ok')?.state === 'detached') return;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    },
+    drive: async (stopflow, id) => {
+      await stopflow.abort(id, { reason: 'fixture', requestedBy: 'record-fixtures' });
+    },
+  },
+];
 
 const scenarios: Scenario[] = [
   {
@@ -259,26 +308,61 @@ try {
     ...createVolumeHolderActivities(client, { refuse: true }),
     ...createCompletionEventActivities(completionEvents),
   });
-  const worker = await createStopflowWorker({
-    connection,
-    taskQueue,
-    providers: [sim],
-    pollIntervalMs: 200,
-    // Not the default (15 min): the histories show the wait scheduled with the worker's own setting (version 9).
-    watchHeartbeatTimeoutMs: 90_000,
-    refuseHeldVolumes: true,
-    completionEvents,
-    extraActivities: {
-      async askWorker(input: FindVolumeHoldersInput) {
-        if (input.workflowId === ASK_FAILS) throw new Error('the worker could not answer (fixture)');
-        if (input.workflowId === ASK_HANGS) await Context.current().sleep(60_000); // cancelled at its timeout
-        return askWorker(input);
+  const workerOn = (workflowBundle?: { codePath: string }) =>
+    createStopflowWorker({
+      connection,
+      taskQueue,
+      ...(workflowBundle ? { workflowBundle } : {}),
+      providers: [sim],
+      pollIntervalMs: 200,
+      // Not the default (15 min): the histories show the wait scheduled with the worker's own setting (version 9).
+      watchHeartbeatTimeoutMs: 90_000,
+      refuseHeldVolumes: true,
+      completionEvents,
+      extraActivities: {
+        async askWorker(input: FindVolumeHoldersInput) {
+          if (input.workflowId === ASK_FAILS) throw new Error('the worker could not answer (fixture)');
+          if (input.workflowId === ASK_HANGS) await Context.current().sleep(60_000); // cancelled at its timeout
+          return askWorker(input);
+        },
       },
-    },
-  });
+    });
   const stopflow = new StopflowClient({ client, taskQueue });
-  await worker.runUntil(async () => {
-    mkdirSync(OUT, { recursive: true });
+  /** The history as a user gets it from `temporal workflow show --output json`, saved under the scenario's name. */
+  const save = (name: string, instanceId: string, outcome: string) => {
+    const json = execFileSync(
+      cliPath,
+      ['workflow', 'show', '--workflow-id', workflowIdFor(instanceId), '--output', 'json', '--address', server.address],
+      { encoding: 'utf8' },
+    );
+    writeFileSync(new URL(`${name}.json`, OUT), json);
+    const events = (JSON.parse(json) as { events: unknown[] }).events.length;
+    console.log(`${name}: ${outcome}, ${events} events`);
+  };
+  const outcomeOf = (instanceId: string) =>
+    stopflow.result(instanceId).then(
+      (s) => s.phase,
+      (err: Error) => `failed (${err.message})`,
+    );
+  mkdirSync(OUT, { recursive: true });
+  if (startedOn) {
+    for (const rollout of rollouts) {
+      const instanceId = `i-${rollout.name}`;
+      await sim.addInstance(instanceId, rollout.volumes);
+      const before = await workerOn({ codePath: startedOn });
+      await before.runUntil(async () => {
+        await stopflow.stop({ instanceId, ...rollout.request });
+        await rollout.handOver(stopflow, instanceId);
+      });
+      const after = await workerOn();
+      await after.runUntil(async () => {
+        await rollout.drive?.(stopflow, instanceId);
+        save(rollout.name, instanceId, await outcomeOf(instanceId));
+      });
+    }
+  }
+  const worker = startedOn ? undefined : await workerOn();
+  await worker?.runUntil(async () => {
     for (const scenario of scenarios) {
       const instanceId = `i-${scenario.name}`;
       if (scenario.seed !== false) await sim.addInstance(instanceId, scenario.volumes);
@@ -293,29 +377,9 @@ try {
         await stopflow.stop({ instanceId, ...scenario.request });
       }
       await scenario.drive?.(stopflow, instanceId);
-      const outcome = await stopflow.result(instanceId).then(
-        (s) => s.phase,
-        (err: Error) => `failed (${err.message})`,
-      );
+      const outcome = await outcomeOf(instanceId);
       await scenario.after?.(stopflow, instanceId);
-      // The same JSON a user gets from `temporal workflow show --output json`.
-      const json = execFileSync(
-        cliPath,
-        [
-          'workflow',
-          'show',
-          '--workflow-id',
-          workflowIdFor(instanceId),
-          '--output',
-          'json',
-          '--address',
-          server.address,
-        ],
-        { encoding: 'utf8' },
-      );
-      writeFileSync(new URL(`${scenario.name}.json`, OUT), json);
-      const events = (JSON.parse(json) as { events: unknown[] }).events.length;
-      console.log(`${scenario.name}: ${outcome}, ${events} events`);
+      save(scenario.name, instanceId, outcome);
     }
   });
 } finally {

@@ -53,3 +53,47 @@ test('every recorded history replays without nondeterminism', async () => {
   expect(failures).toEqual([]);
   expect(replayed).toBe(names.length);
 });
+
+type RecordedEvent = Record<string, unknown> & { eventId: string };
+
+/** Each workflow task's completion: its event id and the build id (SDK and workflow bundle) of the worker that ran it. */
+function taskBuilds(events: readonly RecordedEvent[]): Array<{ task: number; build: string }> {
+  return events.flatMap((event) => {
+    const done = event.workflowTaskCompletedEventAttributes as { workerVersion?: { buildId?: string } } | undefined;
+    return done ? [{ task: Number(event.eventId), build: done.workerVersion?.buildId ?? '' }] : [];
+  });
+}
+
+/** The patches a history's markers record, each with the workflow task that recorded it. */
+function patchMarkers(events: readonly RecordedEvent[]): Array<{ id: string; task: number }> {
+  return events.flatMap((event) => {
+    const marker = event.markerRecordedEventAttributes as
+      | {
+          markerName?: string;
+          workflowTaskCompletedEventId?: string;
+          details?: Record<string, { payloads?: Array<{ data?: string }> }>;
+        }
+      | undefined;
+    const data = marker?.markerName === 'core_patch' ? marker.details?.['patch-data']?.payloads?.[0]?.data : undefined;
+    if (data === undefined) return [];
+    const { id } = JSON.parse(Buffer.from(data, 'base64').toString('utf8')) as { id: string };
+    return [{ id, task: Number(marker?.workflowTaskCompletedEventId) }];
+  });
+}
+
+// A rollout history (`record-fixtures -- <version> --started-on=<old bundle>`) began on an older workflow bundle and
+// was finished by its folder's: its workflow tasks were run by two builds, the old one first, and the patch its folder
+// adds is recorded by the new one. So the replay above takes the old branches first and the new one after them.
+test.each(names.filter((n) => n.split('/')[1]?.startsWith('rollout-')))(
+  '%s was begun by one workflow bundle and patched by the next',
+  (name) => {
+    const { events } = JSON.parse(readFileSync(new URL(name, FIXTURES), 'utf8')) as { events: RecordedEvent[] };
+    const tasks = taskBuilds(events);
+    const builds = [...new Set(tasks.map((t) => t.build))];
+    expect(builds).toHaveLength(2);
+    const handedOver = tasks.findIndex((t) => t.build === builds[1]);
+    expect(tasks.slice(handedOver).every((t) => t.build === builds[1])).toBe(true);
+    const newest = patchMarkers(events).at(-1);
+    expect(tasks.find((t) => t.task === newest?.task)?.build).toBe(builds[1]);
+  },
+);
