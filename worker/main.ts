@@ -241,7 +241,10 @@ async function serve(
     });
   } catch (err) {
     logger.error({ err }, `cannot create the worker: ${(err as Error).message}`);
-    await connection.close();
+    // A Worker that did not let the connection go within its bound keeps it open; the exit code still says why.
+    await connection
+      .close()
+      .catch((closeErr: unknown) => logger.warn({ err: closeErr }, 'the connection did not close'));
     removeSignalHandlers();
     return WORKER_EXIT.failed;
   }

@@ -268,8 +268,19 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
       created.push(worker);
       return worker;
     } catch (err) {
-      // Whatever the release meets, the caller hears why the start failed.
-      await Promise.allSettled(created.map(releaseUnstarted));
+      // Released first: a Worker run only to be shut down can still be handed a task by a poll already out, and a
+      // wait it takes then finds the list closed and hands itself back instead of staying watched.
+      const handedBack = watch.release();
+      const released = await Promise.allSettled(created.map(releaseUnstarted));
+      await handedBack;
+      for (const outcome of released) {
+        if (outcome.status === 'rejected') {
+          Runtime.instance().logger.warn('a Worker created before the failed one did not shut down cleanly', {
+            error: String(outcome.reason),
+          });
+        }
+      }
+      // Whatever the release met, the caller hears why the start failed.
       throw err;
     }
   };
@@ -314,6 +325,8 @@ export async function createStopflowWorker(options: StopflowWorkerOptions): Prom
  */
 async function releaseUnstarted(worker: Worker): Promise<void> {
   const running = worker.run().catch(() => undefined);
+  // run() sets RUNNING before its first await (SDK 1.24, no plugin wrapping runWorker); a plugin that starts the
+  // Worker later leaves it INITIALIZED here, and then the bound below is what ends the wait.
   if (worker.getState() === 'RUNNING') worker.shutdown();
   let timer: NodeJS.Timeout | undefined;
   const given = new Promise<void>((resolve) => {
