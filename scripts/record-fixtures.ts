@@ -103,7 +103,8 @@ const rollouts: RolloutScenario[] = [
     // Once the stuck volume's wait runs on the old worker and the other volume is detached: the history holds the
     // old version's whole graceful part, and the shutdown interrupts no request.
     handOver: async (stopflow, id) => {
-      for (;;) {
+      for (const deadline = Date.now() + 120_000; ; ) {
+        if (Date.now() > deadline) throw new Error(`${id}: not waiting on vol-stuck with vol-ok detached after 120 s`);
         const { volumes } = await stopflow.progress(id);
         const waiting = volumes.some((v) => v.work?.activityType === 'awaitDetached' && v.work.state === 'started');
         if (waiting && volumes.find((v) => v.volumeId === 'vol-ok')?.state === 'detached') return;

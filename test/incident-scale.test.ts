@@ -7,9 +7,10 @@
  */
 import { randomUUID } from 'node:crypto';
 import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Client, WorkflowHandle } from '@temporalio/client';
 import { temporal } from '@temporalio/proto';
-import { NativeConnection, Worker } from '@temporalio/worker';
+import { type ActivityInterceptorsFactory, NativeConnection, Worker } from '@temporalio/worker';
 import { afterAll, beforeAll, describe, expect, inject, test } from 'vitest';
 import { Backend } from '../activities/backend';
 import { CallBudgetLimiter } from '../activities/call-budget';
@@ -639,6 +640,25 @@ describe('through the workflow', () => {
     let lane: StopflowWorker;
     let laneRunning: Promise<void>;
     let laneStopflow: StopflowClient;
+    // Forces running at once, and the most seen. A force waits (30 s at most) until as many run as there are force
+    // slots, so a mass abort must fill them, whatever the machine's pace; more than that means the lane let more in.
+    const forcesRunning = { now: 0, most: 0 };
+    const forcesSeen: ActivityInterceptorsFactory = (ctx) => ({
+      inbound: {
+        async execute(input, next) {
+          if (ctx.info.activityType !== 'forceDetachVolume') return next(input);
+          forcesRunning.now++;
+          forcesRunning.most = Math.max(forcesRunning.most, forcesRunning.now);
+          try {
+            const deadline = Date.now() + 30_000;
+            while (forcesRunning.most < FORCE_SLOTS && Date.now() < deadline) await sleep(50);
+            return await next(input);
+          } finally {
+            forcesRunning.now--;
+          }
+        },
+      },
+    });
 
     beforeAll(async () => {
       laneStopflow = new StopflowClient({ client, taskQueue: laneQueue });
@@ -648,6 +668,9 @@ describe('through the workflow', () => {
         providers: [laneSim, hangForce],
         pollIntervalMs: 1_000,
         maxConcurrentForces: FORCE_SLOTS,
+        // As few urgent slots as force slots: were forces run on the stop's own queue, the hung ones would take
+        // every urgent slot and no healthy stop could list, detach or stop.
+        tuning: { maxConcurrentActivityTaskExecutions: FORCE_SLOTS, interceptors: { activity: [forcesSeen] } },
         workflowBundle: { codePath: inject('workflowBundlePath') },
       });
       laneRunning = lane.run();
@@ -711,13 +734,11 @@ describe('through the workflow', () => {
           // A cancel forces nothing more, but a force already asked for is not abandoned (docs/contract.md), even
           // one still queued: the stop goes on waiting for it.
           await cancelled.cancel();
-          await eventually(
-            async () =>
-              ((await cancelled.fetchHistory()).events ?? []).some(
-                (e) => e.workflowExecutionCancelRequestedEventAttributes,
-              ),
-            'the cancel to be recorded',
-          );
+          await eventually(async () => {
+            const events = (await cancelled.fetchHistory()).events ?? [];
+            const requested = events.findIndex((e) => e.workflowExecutionCancelRequestedEventAttributes);
+            return requested >= 0 && events.slice(requested).some((e) => e.workflowTaskCompletedEventAttributes);
+          }, 'the cancel to be recorded and a workflow task to have run on it');
           expect((await cancelled.describe()).status.name).toBe('RUNNING');
           expect(await forceState(cancelled)).toBe(SCHEDULED);
           // A terminate is Temporal's hard stop: its queued force goes with it, and the instance stays as it was.
@@ -762,6 +783,7 @@ describe('through the workflow', () => {
       async () => {
         const stuck: string[] = [];
         for (let i = 0; i < 3 * FORCE_SLOTS; i++) stuck.push(await stuckStop(laneSim, `mass-abort-${i}`));
+        forcesRunning.most = 0;
         const healthy = Array.from({ length: 2 }, (_, i) => `mass-healthy-${i}-${randomUUID().slice(0, 6)}`);
         for (const id of healthy) await laneSim.addInstance(id, [{ volumeId: 'vol-a' }, { volumeId: 'vol-b' }]);
         await Promise.all([
@@ -773,6 +795,8 @@ describe('through the workflow', () => {
           within(Promise.all(healthy.map((id) => laneStopflow.result(id))), 'the healthy stops'),
         ]);
         for (const r of healthyResults) expect(r.phase).toBe('stopped');
+        // The forces filled the lane and never ran past it: the rest queued for a slot.
+        expect(forcesRunning.most).toBe(FORCE_SLOTS);
         for (const r of stuckResults) {
           expect(r.phase).toBe('stopped');
           expect(r.volumes[0]?.state).toBe('force_detached');
