@@ -32,6 +32,16 @@ import { connectClient, eventually, installQuietRuntime } from './helpers';
 import { ManualClock } from './support/manual-clock';
 import type { holdWaitSlot } from './support/wait-slot-holder';
 
+/** When the budget lets the next call go, on a manual clock advanced 50 ms at a time (-1: not within 10 s). */
+async function nextCallAt(budget: CallBudgetLimiter, clock: ManualClock): Promise<number> {
+  let at = -1;
+  void budget.take().then(() => {
+    at = clock.now();
+  });
+  for (let t = 0; at < 0 && t < 10_000; t += 50) await clock.advance(50);
+  return at;
+}
+
 describe('call budget', () => {
   test('calls per second keep to the budget however many callers wait', async () => {
     const clock = new ManualClock();
@@ -97,12 +107,7 @@ describe('call budget', () => {
       const clock = new ManualClock();
       const budget = new CallBudgetLimiter(undefined, clock, () => draw);
       budget.throttled(retryAfterMs);
-      let at = -1;
-      void budget.take().then(() => {
-        at = clock.now();
-      });
-      for (let t = 0; at < 0 && t < 10_000; t += 50) await clock.advance(50);
-      return at;
+      return nextCallAt(budget, clock);
     }
     // The first step is 1 s: from 0.5 s to 1 s.
     expect(await resumesAfter(0)).toBe(500);
@@ -122,11 +127,7 @@ describe('call budget', () => {
       const budget = new CallBudgetLimiter(undefined, clock, () => draws.shift() ?? 1);
       budget.throttled(retryAfterMs);
       for (let i = 0; i < 100; i++) budget.throttled(retryAfterMs);
-      let at = -1;
-      void budget.take().then(() => {
-        at = clock.now();
-      });
-      for (let t = 0; at < 0 && t < 10_000; t += 50) await clock.advance(50);
+      const at = await nextCallAt(budget, clock);
       draws.splice(0, draws.length, 0, ...Array<number>(100).fill(1));
       return at;
     };
@@ -141,12 +142,7 @@ describe('call budget', () => {
       budget.throttled(1_000);
       await clock.advance(200);
       budget.throttled(later);
-      let at = -1;
-      void budget.take().then(() => {
-        at = clock.now();
-      });
-      for (let t = 0; at < 0 && t < 10_000; t += 50) await clock.advance(50);
-      return at;
+      return nextCallAt(budget, clock);
     };
     // The pause's draw is the most there is (1 s and a fifth); an answer 200 ms in extends it by as much.
     expect(await trickled(1_000)).toBe(200 + 1_200);
