@@ -474,9 +474,28 @@ export function renderIncidentBounds(
       inWorkflowThread.length > 0
         ? ` In ${inWorkflowThread.map(rowName).join(', ')}, a workflow task's run, the stopflow worker's own time, is slower at p99 than the floor's in the same process, and the process's main thread never stalled that long (event-loop delay at most ${inWorkflowThread.map((r) => ms(r.abort.eventLoopDelay?.maxMs ?? Number.NaN)).join(', ')}): what delays it is in stopflow's workflow thread, which the floor does not share. That thread holds the stops cached (${n0(d.maxCachedWorkflows)} at most, ${inWorkflowThread.map((r) => n0(r.waiting?.cachedWorkflows ?? 0)).join(', ')} here) and creates each new stop afresh. A likely cause, not measured by this benchmark: its garbage collections. On this machine (\`--trace-gc\` on the incident worker, one quick aws 200 row, 2026-11-30) they paused that thread for 8 to 30 ms at a time, several times a minute while probes started, and a task that lands in one waits it out.`
         : '';
+    // Rows that miss where stopflow's workflow task run is within the target of the in-worker floor's at p99, and the
+    // in-worker floor's own run grew from its N = 0 figure: a minimal workflow on the same process pays it too.
+    const idleRun = (r: IncidentRow) =>
+      abortRows(inc).find((z) => z.provider === r.provider && z.stops === 0)?.abort.paths?.floorInWorker.workflowTask
+        .p99;
+    const inProcess = rows.filter((r) => {
+      const p = r.abort.paths;
+      const idle = idleRun(r);
+      if (!p || idle === undefined || r.stops === 0) return false;
+      if (r.abort.stopflow.p99 - r.abort.floor.p99 <= inc.targets.abortOverFloorMs) return false;
+      return (
+        p.stopflow.workflowTask.p99 - p.floorInWorker.workflowTask.p99 <= inc.targets.abortOverFloorMs &&
+        p.floorInWorker.workflowTask.p99 > idle
+      );
+    });
+    const processText =
+      inProcess.length > 0
+        ? ` In ${inProcess.map(rowName).join(', ')}, the minimal workflow run inside the stopflow worker's process took longer over its workflow task too: p99 ${inProcess.map((r) => `${ms(idleRun(r) ?? Number.NaN)} at N = 0, ${ms(r.abort.paths?.floorInWorker.workflowTask.p99 ?? Number.NaN)} here`).join('; ')}, with stopflow's within ${inProcess.map((r) => ms((r.abort.paths?.stopflow.workflowTask.p99 ?? 0) - (r.abort.paths?.floorInWorker.workflowTask.p99 ?? 0))).join(', ')} of it. So the excess is what a process holding the N waits (its watch list's timers, checks and heartbeats on the main thread every workflow task passes through, and their garbage) costs any workflow task run there, not stopflow's workflow code; the floor's own worker runs in a process with no waits. Running the waits in a process of their own would take it off the urgent path; stopflow does not do that today.`
+        : '';
     const pathsText =
       pathText.length > 0
-        ? ` By the server's event times, the part of the path whose p99 is furthest over the floor's, where a row misses: ${pathText.join('; ')}.${gcText}`
+        ? ` By the server's event times, the part of the path whose p99 is furthest over the floor's, where a row misses: ${pathText.join('; ')}.${gcText}${processText}`
         : '';
     const tunedText = tuned
       ? ` On the tuned server, abort p99 over the floor: ${abortRows(tuned)
