@@ -142,7 +142,11 @@ describe('worker configuration', () => {
       simulated: { callsPerSecond: 2.5, burst: 13 },
     });
     expect(describeWorkerConfig(config, {})).toMatchObject({
-      callBudget: { aws: '6/s, burst 30', gcp: "the provider's default", simulated: '2.5/s, burst 13' },
+      callBudget: {
+        aws: '6/s, burst 30',
+        gcp: "10/s, burst 50 (the provider's default)",
+        simulated: '2.5/s, burst 13',
+      },
     });
     const [aws, gcp, simulated] = await buildProviders(['aws', 'gcp', 'simulated'], {
       simStatePath: join(dir, 'sim.json'),
@@ -156,7 +160,10 @@ describe('worker configuration', () => {
     expect(defaults.map((p) => p.budget)).toEqual([{ callsPerSecond: 10, burst: 50 }, undefined]);
     // And the start-up summary says so.
     const unset = loadWorkerConfig({ ...base, STOPFLOW_PROVIDERS: 'aws,simulated' });
-    expect(describeWorkerConfig(unset, {}).callBudget).toEqual({ aws: "the provider's default", simulated: 'none' });
+    expect(describeWorkerConfig(unset, {}).callBudget).toEqual({
+      aws: "10/s, burst 50 (the provider's default)",
+      simulated: 'none',
+    });
   });
 
   it('STOPFLOW_CALL_BUDGET refuses what it cannot keep, naming the entry', () => {

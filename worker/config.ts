@@ -16,6 +16,7 @@ import {
 import { z } from 'zod';
 import type { CallBudget } from '../activities/provider';
 import { isProviderName, PROVIDER_NAMES, type ProviderName, type ProviderSettings } from '../activities/providers';
+import { defaultCallBudget } from '../activities/providers/budgets';
 import {
   DEFAULT_LINUX_STATE_DIR,
   isLinuxInstanceId,
@@ -733,10 +734,10 @@ export function describeWorkerConfig(config: WorkerConfig, env: Env = process.en
       config.providers
         .filter((p) => p !== 'linux')
         .map((p) => {
-          const budget = config.callBudgets[p];
-          if (budget) return [p, `${budget.callsPerSecond}/s, burst ${budget.burst}`];
-          // The simulated back end keeps no budget of its own; the clouds' adapters each declare one.
-          return [p, p === 'simulated' ? 'none' : "the provider's default"];
+          const set = config.callBudgets[p];
+          const budget = set ?? defaultCallBudget(p);
+          if (!budget) return [p, 'none'];
+          return [p, `${budget.callsPerSecond}/s, burst ${budget.burst}${set ? '' : " (the provider's default)"}`];
         }),
     ),
     logLevel: config.logLevel,

@@ -51,6 +51,7 @@ import {
   TransientProviderError,
   type VolumeOfInstance,
 } from '../provider';
+import { DEFAULT_CALL_BUDGETS } from './budgets';
 
 export interface AwsProviderOptions {
   region?: string;
@@ -80,13 +81,10 @@ export interface AwsProviderOptions {
 }
 
 /**
- * EC2 meters each API per account and Region with a token bucket; for non-mutating actions such as
- * DescribeVolumes the documented default is about 100 tokens refilled at 20/s, shared with every other tool
- * of the account. Half that refill rate leaves room for the rest of the account and for a second worker;
- * the burst lets a batch of stops start at once. Operators with a raised limit, or more workers on one account,
- * set `budget` (the worker: STOPFLOW_CALL_BUDGET).
+ * The default call budget (why this figure: activities/providers/budgets.ts). Operators with a raised limit, or more
+ * workers on one account, set `budget` (the worker: STOPFLOW_CALL_BUDGET).
  */
-export const DEFAULT_AWS_BUDGET: CallBudget = { callsPerSecond: 10, burst: 50 };
+export const DEFAULT_AWS_BUDGET: CallBudget = DEFAULT_CALL_BUDGETS.aws;
 /** Volumes per DescribeVolumes: EC2 takes up to 200 values in one filter, the fallback when an id is unknown. */
 export const DEFAULT_AWS_MAX_BATCH = 200;
 export const DEFAULT_CONNECTION_TIMEOUT_MS = 5_000;

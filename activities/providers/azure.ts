@@ -52,6 +52,7 @@ import {
   TransientProviderError,
   type VolumeOfInstance,
 } from '../provider';
+import { DEFAULT_CALL_BUDGETS } from './budgets';
 
 export interface AzureProviderOptions {
   /** The subscription of every VM this provider serves. Default: AZURE_SUBSCRIPTION_ID. */
@@ -80,13 +81,8 @@ export interface AzureProviderOptions {
   maxBatch?: number;
 }
 
-/**
- * Resource Manager meters each subscription and principal with token buckets (reads refill at about 25/s,
- * writes at 10/s), and the Compute resource provider adds its own, smaller per-operation buckets for VM reads
- * and writes over 3 and 30 minutes (reported in `x-ms-ratelimit-remaining-resource`). 5/s leaves most of that
- * to the rest of the subscription; a 429 still slows every call of this provider (ThrottledProviderError).
- */
-export const DEFAULT_AZURE_BUDGET: CallBudget = { callsPerSecond: 5, burst: 20 };
+/** The default call budget (why this figure: activities/providers/budgets.ts). */
+export const DEFAULT_AZURE_BUDGET: CallBudget = DEFAULT_CALL_BUDGETS.azure;
 /** A VM has at most 64 data disks; a batch of that many spans one VM or several, one GET each. */
 export const DEFAULT_AZURE_MAX_BATCH = 64;
 export const DEFAULT_AZURE_REQUEST_TIMEOUT_MS = 30_000;

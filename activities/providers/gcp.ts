@@ -48,6 +48,7 @@ import {
   TransientProviderError,
   type VolumeOfInstance,
 } from '../provider';
+import { DEFAULT_CALL_BUDGETS } from './budgets';
 
 type Instance = protos.google.cloud.compute.v1.IInstance;
 type AttachedDisk = protos.google.cloud.compute.v1.IAttachedDisk;
@@ -88,12 +89,8 @@ export interface GcpProviderOptions {
   maxBatch?: number;
 }
 
-/**
- * Compute Engine meters API requests per project and minute, reads (get, list) and writes (detachDisk, stop)
- * in separate quotas shared with every other tool of the project. 10 calls/s (600 a minute) stays well inside
- * the default quotas and leaves room for the rest of the project and a second worker.
- */
-export const DEFAULT_GCP_BUDGET: CallBudget = { callsPerSecond: 10, burst: 50 };
+/** The default call budget (why this figure: activities/providers/budgets.ts). */
+export const DEFAULT_GCP_BUDGET: CallBudget = DEFAULT_CALL_BUDGETS.gcp;
 /** State checks in one batch: one instances.get per distinct instance, so the batch size only bounds the work. */
 export const DEFAULT_GCP_MAX_BATCH = 100;
 export const DEFAULT_GCP_REQUEST_TIMEOUT_MS = 30_000;
