@@ -144,15 +144,16 @@ export class CallBudgetLimiter {
     this.stats.throttled++;
     const now = this.clock.now();
     // Calls already in flight when the pause began are answered "throttled" too: one backoff step for all of them.
-    const newPause = now >= this.pausedUntil;
-    if (newPause) this.backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.backoffMs * 2));
+    if (now >= this.pausedUntil) {
+      this.backoffMs = Math.min(BACKOFF_MAX_MS, Math.max(BACKOFF_MIN_MS, this.backoffMs * 2));
+      this.pauseSpread = this.random();
+    }
     // Jittered, so the workers a backend throttled at once do not all come back in step: a Retry-After is kept
     // (never sooner) plus up to a fifth more, and a backoff step lasts between half of it and all of it. One draw
     // per pause, kept for the answers that arrive during it: were each to draw, a hundred throttled calls in flight
     // would push every pause to the top of its range, and were they to add none, every worker's pause would end
     // exactly a Retry-After after its last answer, in step again.
     const hinted = honouredRetryAfterMs(retryAfterMs);
-    if (newPause) this.pauseSpread = this.random();
     const spread = this.pauseSpread;
     const pause =
       hinted !== undefined

@@ -12,6 +12,8 @@
  *   of their own, so a force never waits for an urgent slot and a mass abort's
  *   forces never take them.
  */
+
+import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { Client } from '@temporalio/client';
 import { bundleWorkflowCode, type NativeConnection, Runtime, Worker, type WorkerOptions } from '@temporalio/worker';
@@ -328,12 +330,7 @@ async function releaseUnstarted(worker: Worker): Promise<void> {
   // run() sets RUNNING before its first await (SDK 1.24, no plugin wrapping runWorker); a plugin that starts the
   // Worker later leaves it INITIALIZED here, and then the bound below is what ends the wait.
   if (worker.getState() === 'RUNNING') worker.shutdown();
-  let timer: NodeJS.Timeout | undefined;
-  const given = new Promise<void>((resolve) => {
-    timer = setTimeout(resolve, 10_000);
-  });
-  await Promise.race([running, given]);
-  clearTimeout(timer);
+  await Promise.race([running, sleep(10_000, undefined, { ref: false })]);
 }
 
 /**
